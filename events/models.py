@@ -1,0 +1,258 @@
+"""The event contract (CONTRACT.md) as pydantic v2 models.
+
+These mirror `schemas/*.avsc` field by field (a test checks it). Input records are
+validated here, at the edge; the core reads them by attribute and never re-validates.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_CHECKPOINT_BYTES = 1024 * 1024
+
+
+class EventKind(StrEnum):
+    HEARTBEAT = "HEARTBEAT"
+    TASK_STARTED = "TASK_STARTED"
+    CHECKPOINT = "CHECKPOINT"
+    SUCCESS = "SUCCESS"
+    FAILURE = "FAILURE"
+
+
+class FailureType(StrEnum):
+    HARDWARE_ERROR = "HARDWARE_ERROR"
+    SOFTWARE_ERROR = "SOFTWARE_ERROR"
+    RESOURCE_EXHAUSTION = "RESOURCE_EXHAUSTION"
+    TIMEOUT = "TIMEOUT"
+    COMMUNICATION_ERROR = "COMMUNICATION_ERROR"
+    BROWSER_FAILURE = "BROWSER_FAILURE"
+    TRANSIENT_ERROR = "TRANSIENT_ERROR"
+    PERSISTENT_ERROR = "PERSISTENT_ERROR"
+    WORKER_CRASH = "WORKER_CRASH"
+    WORKER_DISCONNECTION = "WORKER_DISCONNECTION"
+    COORDINATOR_ERROR = "COORDINATOR_ERROR"
+    UNKNOWN = "UNKNOWN"
+
+
+class CircuitKind(StrEnum):
+    WORKER = "worker"
+    HARDWARE_CLASS = "hardware_class"
+    TASK_TYPE = "task_type"
+
+
+class CircuitState(StrEnum):
+    CLOSED = "CLOSED"
+    OPEN = "OPEN"
+    HALF_OPEN = "HALF_OPEN"
+    FORCED_OPEN = "FORCED_OPEN"
+
+
+class RecoveryStrategy(StrEnum):
+    IMMEDIATE_RETRY = "IMMEDIATE_RETRY"
+    DELAYED_RETRY = "DELAYED_RETRY"
+    DIFFERENT_WORKER = "DIFFERENT_WORKER"
+    DIFFERENT_HARDWARE_CLASS = "DIFFERENT_HARDWARE_CLASS"
+    REDUCED_PRECISION = "REDUCED_PRECISION"
+    REDUCED_BATCH_SIZE = "REDUCED_BATCH_SIZE"
+    FALLBACK_CPU = "FALLBACK_CPU"
+    BROWSER_RESTART = "BROWSER_RESTART"
+    ESCALATION = "ESCALATION"
+
+
+class OperatorAction(StrEnum):
+    RESET = "RESET"
+    FORCE_OPEN = "FORCE_OPEN"
+
+
+# Bytes travel raw in Avro and as base64 in JSON Lines.
+_RECORD_CONFIG = ConfigDict(
+    frozen=True,
+    extra="forbid",
+    ser_json_bytes="base64",
+    val_json_bytes="base64",
+)
+
+Id = Annotated[str, Field(min_length=1, max_length=128)]
+Millis = Annotated[int, Field(ge=0)]
+
+_NEEDS_TASK_ID = frozenset(EventKind) - {EventKind.HEARTBEAT}
+_NEEDS_TASK_TYPE = frozenset({EventKind.TASK_STARTED, EventKind.SUCCESS, EventKind.FAILURE})
+
+
+class WorkerEvent(BaseModel):
+    """What a worker reports: topic `faultstream.events`, key `worker_id`."""
+
+    model_config = _RECORD_CONFIG
+
+    event_id: Id
+    kind: EventKind
+    ts: Millis
+    worker_id: Id
+    hardware_class: Annotated[str, Field(min_length=1, max_length=64)]
+    task_id: Id | None = None
+    task_type: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    failure_type: FailureType | None = None
+    message: Annotated[str, Field(max_length=4096)] | None = None
+    attempt: Annotated[int, Field(ge=0)] = 0
+    recovery_command_id: Id | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+    checkpoint_seq: Annotated[int, Field(ge=0)] | None = None
+    checkpoint_state: Annotated[bytes, Field(max_length=MAX_CHECKPOINT_BYTES)] | None = None
+
+    @model_validator(mode="after")
+    def _kind_rules(self) -> WorkerEvent:
+        kind = self.kind
+        if kind in _NEEDS_TASK_ID and self.task_id is None:
+            raise _field_error("task_id", f"is required for {kind} events")
+        if kind in _NEEDS_TASK_TYPE and self.task_type is None:
+            raise _field_error("task_type", f"is required for {kind} events")
+        if self.failure_type is not None and kind is not EventKind.FAILURE:
+            raise _field_error("failure_type", "is only allowed on FAILURE events")
+        if kind is not EventKind.CHECKPOINT and (
+            self.checkpoint_seq is not None or self.checkpoint_state is not None
+        ):
+            raise _field_error("checkpoint_seq", "is only allowed on CHECKPOINT events")
+        if kind is EventKind.CHECKPOINT and self.checkpoint_seq is None:
+            raise _field_error("checkpoint_seq", "is required for CHECKPOINT events")
+        return self
+
+
+class Tick(BaseModel):
+    """Advances event time for every circuit (topic `faultstream.control`)."""
+
+    model_config = _RECORD_CONFIG
+
+    event_id: Id
+    kind: Literal["TICK"] = "TICK"
+    ts: Millis
+
+
+class Operator(BaseModel):
+    """A person's action on one circuit."""
+
+    model_config = _RECORD_CONFIG
+
+    event_id: Id
+    kind: Literal["OPERATOR"] = "OPERATOR"
+    ts: Millis
+    action: OperatorAction
+    circuit_kind: CircuitKind
+    circuit_id: Annotated[str, Field(min_length=1, max_length=128)]
+    actor: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+class ConfigChanged(BaseModel):
+    """New circuit/recovery settings that apply from this record on.
+
+    `config` is the `[circuits.*]` and `[recovery]` part of faultstream.toml as a nested
+    mapping; the core validates it into `CoreSettings` when it applies it.
+    """
+
+    model_config = _RECORD_CONFIG
+
+    event_id: Id
+    kind: Literal["CONFIG_CHANGED"] = "CONFIG_CHANGED"
+    ts: Millis
+    config: dict[str, Any]
+    actor: Annotated[str, Field(min_length=1, max_length=128)]
+
+
+ControlRecord = Tick | Operator | ConfigChanged
+InputRecord = WorkerEvent | ControlRecord
+
+
+class CircuitStateChanged(BaseModel):
+    """One change of a circuit's state: topic `faultstream.circuits`."""
+
+    model_config = _RECORD_CONFIG
+
+    event_id: str
+    ts: int
+    circuit_kind: CircuitKind
+    circuit_id: str
+    from_state: CircuitState
+    to_state: CircuitState
+    reason: str
+    consecutive_failures: int
+    trips: int
+    reset_timeout_s: float
+    health: float
+    caused_by: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.circuit_kind}:{self.circuit_id}"
+
+
+class RecoveryCommand(BaseModel):
+    """What a coordinator should do about a failed task: topic `faultstream.commands`."""
+
+    model_config = _RECORD_CONFIG
+
+    command_id: str
+    ts: int
+    task_id: str
+    task_type: str | None
+    worker_id: str
+    strategy: RecoveryStrategy
+    attempt: int
+    delay_s: float
+    target_worker_id: str | None = None
+    target_hardware_class: str | None = None
+    parameters: dict[str, str] = Field(default_factory=dict)
+    checkpoint_seq: int | None = None
+    reason: str
+    caused_by: str
+
+
+DerivedRecord = CircuitStateChanged | RecoveryCommand
+
+
+class DeadLetter(BaseModel):
+    """A record that could not be decoded or validated: topic `faultstream.dlq`."""
+
+    model_config = _RECORD_CONFIG
+
+    event_id: str
+    ts: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    raw: bytes
+    reason: str
+
+
+def _field_error(field: str, text: str) -> ValueError:
+    # A ValueError raised inside a validator becomes a pydantic error; InvalidEventError
+    # (events/exceptions.py) picks the field name back out of the message.
+    return ValueError(f"{field} {text}")
+
+
+# --- JSON Lines -----------------------------------------------------------------------
+
+_WORKER_KINDS = frozenset(EventKind)
+_CONTROL_MODELS: dict[str, type[BaseModel]] = {
+    "TICK": Tick,
+    "OPERATOR": Operator,
+    "CONFIG_CHANGED": ConfigChanged,
+}
+DERIVED_TYPES: dict[type[BaseModel], str] = {
+    CircuitStateChanged: "circuit_state_changed",
+    RecoveryCommand: "recovery_command",
+}
+
+
+def input_model_for(kind: object) -> type[BaseModel] | None:
+    """The model of an input record of this `kind`, or None for an unknown kind."""
+    if kind in _WORKER_KINDS:
+        return WorkerEvent
+    return _CONTROL_MODELS.get(kind)  # type: ignore[arg-type]
+
+
+def derived_to_json(record: DerivedRecord) -> str:
+    """One JSON line for a derived record, `type` first, fields in schema order."""
+    body = record.model_dump_json()
+    return f'{{"type":"{DERIVED_TYPES[type(record)]}",{body[1:]}'

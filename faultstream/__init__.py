@@ -1,0 +1,1 @@
+"""faultstream: event-sourced fault tolerance for fleets of test workers."""
