@@ -1,0 +1,97 @@
+"""Settings: defaults of CONTRACT.md, TOML file, environment, and clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from faultstream.events.config import CoreSettings, load_settings
+from faultstream.events.exceptions import ConfigError
+from faultstream.events.models import CircuitKind, FailureType
+
+
+def test_defaults_match_the_contract():
+    settings = load_settings()
+    worker, hardware, task = (
+        settings.circuits.worker,
+        settings.circuits.hardware_class,
+        settings.circuits.task_type,
+    )
+    assert (worker.failure_threshold, worker.recovery_timeout_s, worker.success_threshold) == (
+        5,
+        60,
+        3,
+    )
+    assert (worker.max_open_fraction, worker.guard_min_workers) == (0.5, 4)
+    assert (hardware.failure_threshold, hardware.max_reset_timeout_s) == (3, 1800)
+    assert (task.failure_threshold, task.reset_timeout_factor) == (10, 1.2)
+    assert settings.recovery.max_retries == 3
+    assert settings.http.projector_port == 8765
+    assert settings.kafka.topic("events") == "faultstream.events"
+
+
+def test_toml_file_overrides_defaults(tmp_path):
+    config = tmp_path / "faultstream.toml"
+    config.write_text('[circuits.worker]\nfailure_threshold = 7\n[kafka]\ntopic_prefix = "ci"\n')
+    settings = load_settings(config)
+    assert settings.circuits.worker.failure_threshold == 7
+    assert settings.circuits.worker.recovery_timeout_s == 60
+    assert settings.kafka.topic("dlq") == "ci.dlq"
+
+
+def test_environment_overrides_the_file(tmp_path, monkeypatch):
+    config = tmp_path / "faultstream.toml"
+    config.write_text("[circuits.worker]\nfailure_threshold = 7\n")
+    monkeypatch.setenv("FAULTSTREAM_CIRCUITS__WORKER__FAILURE_THRESHOLD", "9")
+    assert load_settings(config).circuits.worker.failure_threshold == 9
+
+
+def test_half_open_calls_below_success_threshold_is_refused_naming_the_setting(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[circuits.task_type]\nhalf_open_max_calls = 1\n")
+    with pytest.raises(ConfigError, match=r"circuits\.task_type.*half_open_max_calls"):
+        load_settings(config)
+
+
+@pytest.mark.parametrize(
+    "setting", ["failure_threshold = 0", "recovery_timeout_s = -1", "reset_timeout_factor = 0"]
+)
+def test_non_positive_settings_are_refused(tmp_path, setting):
+    config = tmp_path / "bad.toml"
+    config.write_text(f"[circuits.worker]\n{setting}\n")
+    with pytest.raises(ConfigError, match=setting.split()[0]):
+        load_settings(config)
+
+
+def test_unknown_setting_is_refused(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text("[circuits.worker]\nfailure_treshold = 3\n")
+    with pytest.raises(ConfigError, match="failure_treshold"):
+        load_settings(config)
+
+
+def test_broken_toml_and_missing_file_give_clear_errors(tmp_path):
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[circuits.worker\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(broken)
+    with pytest.raises(ConfigError, match="no such configuration file"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_partial_config_change_merges_onto_current_settings():
+    merged = CoreSettings().merged({"circuits": {"worker": {"failure_threshold": 2}}})
+    assert merged.circuits.worker.failure_threshold == 2
+    assert merged.circuits.worker.recovery_timeout_s == 60
+    assert merged.circuits.task_type.failure_threshold == 10
+
+
+def test_attribution_maps_failure_types_to_circuits():
+    attribution = CoreSettings().circuits.attribution
+    assert attribution.circuit_for(FailureType.WORKER_CRASH) is CircuitKind.WORKER
+    assert attribution.circuit_for(FailureType.RESOURCE_EXHAUSTION) is CircuitKind.HARDWARE_CLASS
+    assert attribution.circuit_for(FailureType.TIMEOUT) is CircuitKind.TASK_TYPE
+
+
+def test_failure_type_on_two_circuits_is_refused():
+    with pytest.raises(ConfigError, match="both"):
+        CoreSettings().merged({"circuits": {"attribution": {"worker": ["HARDWARE_ERROR"]}}})
