@@ -1,0 +1,168 @@
+"""The topics of CONTRACT.md: their names under the configured prefix, and creating them.
+
+Every process that touches Kafka (the Faust app, the projector, the SDKs) takes topic
+names from `topic_names`, so the prefix is applied in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+
+from .config import KafkaSettings
+from .exceptions import FaultstreamError
+
+EVENTS = "events"
+CONTROL = "control"
+CIRCUITS = "circuits"
+COMMANDS = "commands"
+DLQ = "dlq"
+# The Faust app's internal, single-partition input of the serial decider.
+DECISIONS = "decisions"
+LOGICAL_TOPICS = (EVENTS, CONTROL, CIRCUITS, COMMANDS, DLQ, DECISIONS)
+
+_MS_PER_DAY = 86_400_000
+_TIMEOUT_S = 30.0
+_CONNECT_TIMEOUT_S = 10.0
+
+
+class KafkaAdminError(FaultstreamError):
+    """The broker is unreachable or refused a topic operation; the message names it."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    logical: str
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_names(kafka: KafkaSettings) -> dict[str, str]:
+    """Logical name → full topic name, e.g. `events` → `faultstream.events`."""
+    return {logical: kafka.topic(logical) for logical in LOGICAL_TOPICS}
+
+
+def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
+    """Every topic with its partitions and configuration, in LOGICAL_TOPICS order."""
+    retention = {
+        "cleanup.policy": "delete",
+        "retention.ms": str(round(kafka.retention_days * _MS_PER_DAY)),
+    }
+    configs = {
+        EVENTS: retention,
+        CONTROL: retention,
+        # The newest state of each circuit, forever: compacted by `<kind>:<id>`.
+        CIRCUITS: {"cleanup.policy": "compact"},
+        COMMANDS: retention,
+        DLQ: retention,
+        DECISIONS: retention,
+    }
+    return [
+        TopicSpec(
+            logical=logical,
+            name=kafka.topic(logical),
+            # One partition keeps the decider's input in a single total order.
+            partitions=1 if logical == DECISIONS else kafka.partitions,
+            replication_factor=kafka.replication_factor,
+            config=dict(configs[logical]),
+        )
+        for logical in LOGICAL_TOPICS
+    ]
+
+
+def create_topics(kafka: KafkaSettings) -> list[str]:
+    """Create the topics that do not exist yet; return the full names of those created.
+
+    Safe to run again: a topic that already exists is left as it is.
+    """
+    admin = admin_client(kafka)
+    existing = _existing_topics(admin, kafka)
+    wanted = [spec for spec in topic_specs(kafka) if spec.name not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                spec.name,
+                num_partitions=spec.partitions,
+                replication_factor=spec.replication_factor,
+                config=spec.config,
+            )
+            for spec in wanted
+        ],
+        request_timeout=_TIMEOUT_S,
+        operation_timeout=_TIMEOUT_S,
+    )
+    created: list[str] = []
+    for spec in wanted:
+        try:
+            futures[spec.name].result()
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            # Another process created it between our listing and our request.
+            if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            raise KafkaAdminError(f"cannot create topic {spec.name}: {error.str()}") from None
+        created.append(spec.name)
+    return created
+
+
+def describe_topics(kafka: KafkaSettings) -> dict[str, int]:
+    """Topics under the configured prefix that exist on the broker → partition count."""
+    metadata = _list_topics(admin_client(kafka), kafka)
+    prefix = f"{kafka.topic_prefix}."
+    return {
+        name: len(topic.partitions)
+        for name, topic in sorted(metadata.topics.items())
+        if name.startswith(prefix)
+    }
+
+
+_quiet = logging.getLogger("faultstream.events.admin.librdkafka")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+def admin_client(kafka: KafkaSettings) -> AdminClient:
+    # librdkafka would otherwise print every failed connection attempt to stderr; an
+    # unreachable broker is reported once, as KafkaAdminError.
+    return AdminClient(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "logger": _quiet,
+            "error_cb": lambda _err: None,
+        }
+    )
+
+
+def _existing_topics(admin: AdminClient, kafka: KafkaSettings) -> set[str]:
+    return set(_list_topics(admin, kafka).topics)
+
+
+def _list_topics(admin: AdminClient, kafka: KafkaSettings) -> ClusterMetadata:
+    hint = "start one with `faultstream broker start`"
+    # librdkafka keeps retrying a refused connection until its timeout; a TCP probe
+    # turns the common case (nothing listening) into an immediate, clear error.
+    if not any(_accepts_connections(address) for address in kafka.bootstrap_servers.split(",")):
+        raise KafkaAdminError(f"no Kafka broker answers at {kafka.bootstrap_servers}; {hint}")
+    try:
+        return admin.list_topics(timeout=_CONNECT_TIMEOUT_S)
+    except KafkaException as exc:
+        raise KafkaAdminError(
+            f"no Kafka broker answers at {kafka.bootstrap_servers} ({exc.args[0].str()}); {hint}"
+        ) from None
+
+
+def _accepts_connections(address: str) -> bool:
+    host, _, port = address.strip().split("://")[-1].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=3):
+            return True
+    except (OSError, ValueError):
+        return False

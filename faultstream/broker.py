@@ -1,0 +1,414 @@
+"""A local single-node Apache Kafka (KRaft) for development and CI, without Docker.
+
+The broker's jars come from Maven Central through Maven on first use and are cached per
+version; each state directory holds one broker: its server.properties, log4j config,
+data, log file and pid file. Everything listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from faultstream.events.config import BrokerSettings
+from faultstream.events.exceptions import FaultstreamError
+
+MIN_JAVA = 17
+# Kafka logs through slf4j; without a binding it falls back to the NOP logger and the
+# broker log would be empty. This is the binding the Kafka distribution itself ships.
+_SLF4J_BINDING = ("org.slf4j", "slf4j-reload4j", "1.7.36")
+_READY_MARKER = ".complete"
+
+
+class BrokerError(FaultstreamError):
+    """The local broker cannot be fetched, started or stopped; the message says why."""
+
+
+@dataclass(frozen=True)
+class BrokerPaths:
+    """Where one broker keeps its files."""
+
+    state_dir: Path
+    jar_dir: Path  # <cache>/<version>; libs/ inside
+
+    @classmethod
+    def of(cls, settings: BrokerSettings) -> BrokerPaths:
+        cache = Path(settings.cache_dir).expanduser().resolve()
+        return cls(Path(settings.state_dir).expanduser().resolve(), cache / settings.kafka_version)
+
+    @property
+    def libs(self) -> Path:
+        return self.jar_dir / "libs"
+
+    @property
+    def server_properties(self) -> Path:
+        return self.state_dir / "server.properties"
+
+    @property
+    def log4j_properties(self) -> Path:
+        return self.state_dir / "log4j.properties"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.state_dir / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "broker.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.state_dir / "broker.pid"
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    pid: int
+    bootstrap: str
+    state_dir: Path
+
+
+# --- tools --------------------------------------------------------------------------
+
+
+def require_java() -> str:
+    """The path of a `java` of version 17 or later, or BrokerError."""
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError(f"java not found on PATH (the broker needs Java {MIN_JAVA}+)")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
+    # `java -version` prints e.g. `openjdk version "17.0.15"` or `"1.8.0_392"` on stderr.
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    if match is None:
+        raise BrokerError(f"cannot tell the version of {java} (the broker needs Java {MIN_JAVA}+)")
+    major = int(match.group(1))
+    if major == 1 and match.group(2):
+        major = int(match.group(2))
+    if major < MIN_JAVA:
+        raise BrokerError(f"{java} is Java {major}; the broker needs Java {MIN_JAVA}+")
+    return java
+
+
+def ensure_jars(settings: BrokerSettings, progress: TextIO = sys.stderr) -> Path:
+    """The folder of the broker's jars, fetched with Maven on first use only."""
+    paths = BrokerPaths.of(settings)
+    if (paths.libs / _READY_MARKER).is_file():
+        return paths.libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerError(
+            f"mvn not found on PATH (needed once to fetch the Kafka {settings.kafka_version} jars)"
+        )
+    print(
+        f"fetching Kafka {settings.kafka_version} jars with Maven (first use only)…",
+        file=progress,
+        flush=True,
+    )
+    paths.jar_dir.mkdir(parents=True, exist_ok=True)
+    pom = paths.jar_dir / "pom.xml"
+    pom.write_text(_pom(settings.kafka_version))
+    # Copy into a scratch folder first so an interrupted fetch never looks complete.
+    scratch = paths.jar_dir / "libs.partial"
+    shutil.rmtree(scratch, ignore_errors=True)
+    mvn_log = paths.jar_dir / "mvn.log"
+    with mvn_log.open("w") as log:
+        done = subprocess.run(
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={scratch}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if done.returncode != 0 or not any(scratch.glob("kafka_2.13-*.jar")):
+        raise BrokerError(f"Maven could not fetch the Kafka jars; see {mvn_log}")
+    shutil.rmtree(paths.libs, ignore_errors=True)
+    scratch.rename(paths.libs)
+    (paths.libs / _READY_MARKER).write_text(settings.kafka_version + "\n")
+    return paths.libs
+
+
+def _pom(version: str) -> str:
+    group, artifact, binding_version = _SLF4J_BINDING
+    return f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>faultstream</groupId>
+  <artifactId>kafka-broker</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>{version}</version>
+    </dependency>
+    <dependency>
+      <groupId>{group}</groupId>
+      <artifactId>{artifact}</artifactId>
+      <version>{binding_version}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+
+# --- configuration files ------------------------------------------------------------
+
+
+def server_properties(settings: BrokerSettings, data_dir: Path) -> str:
+    port, cport = settings.port, settings.controller_port
+    lines = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.voters": f"1@127.0.0.1:{cport}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "true",
+    }
+    return "".join(f"{key}={value}\n" for key, value in lines.items())
+
+
+def log4j_properties(log_file: Path) -> str:
+    return (
+        "log4j.rootLogger=INFO, file\n"
+        "log4j.appender.file=org.apache.log4j.FileAppender\n"
+        f"log4j.appender.file.File={log_file}\n"
+        "log4j.appender.file.Append=true\n"
+        "log4j.appender.file.layout=org.apache.log4j.PatternLayout\n"
+        "log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+        # The state-change and request loggers are chatty at INFO on every topic creation.
+        "log4j.logger.state.change.logger=WARN\n"
+        "log4j.logger.kafka.request.logger=WARN\n"
+    )
+
+
+def _kafka_uuid() -> str:
+    """A cluster id in Kafka's form: 16 random bytes, URL-safe base64 without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+def _format_storage(java: str, libs: Path, paths: BrokerPaths) -> None:
+    if (paths.data_dir / "meta.properties").is_file():
+        return
+    with paths.log_file.open("ab") as log:
+        done = subprocess.run(
+            [
+                java,
+                f"-Dlog4j.configuration=file:{paths.log4j_properties}",
+                "-cp",
+                f"{libs}/*",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                _kafka_uuid(),
+                "-c",
+                str(paths.server_properties),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise BrokerError(f"formatting the broker storage failed; see {paths.log_file}")
+
+
+# --- lifecycle ----------------------------------------------------------------------
+
+
+def status(settings: BrokerSettings) -> BrokerStatus | None:
+    """The running broker of this state dir, or None (a stale pid file is removed)."""
+    paths = BrokerPaths.of(settings)
+    pid = _read_pid(paths.pid_file)
+    if pid is None:
+        return None
+    if not _is_alive(pid):
+        paths.pid_file.unlink(missing_ok=True)
+        return None
+    return BrokerStatus(pid, _bootstrap_of(paths, settings), paths.state_dir)
+
+
+def start(
+    settings: BrokerSettings, timeout_s: float = 90.0, progress: TextIO = sys.stderr
+) -> tuple[BrokerStatus, bool]:
+    """Start the broker (if not already running) and return once it answers.
+
+    Returns the status and whether this call started it.
+    """
+    running = status(settings)
+    if running is not None:
+        return running, False
+    java = require_java()
+    libs = ensure_jars(settings, progress)
+    paths = BrokerPaths.of(settings)
+    for port in (settings.port, settings.controller_port):
+        if _port_in_use(port):
+            raise BrokerError(f"port {port} on 127.0.0.1 is already in use (another broker?)")
+    paths.state_dir.mkdir(parents=True, exist_ok=True)
+    paths.server_properties.write_text(server_properties(settings, paths.data_dir))
+    paths.log4j_properties.write_text(log4j_properties(paths.log_file))
+    _format_storage(java, libs, paths)
+
+    command = [
+        java,
+        f"-Xmx{settings.heap}",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration=file:{paths.log4j_properties}",
+        "-cp",
+        f"{libs}/*",
+        "kafka.Kafka",
+        str(paths.server_properties),
+    ]
+    with paths.log_file.open("ab") as log:
+        # A new session, so the broker outlives this command and ignores its Ctrl-C.
+        process = subprocess.Popen(
+            command,
+            cwd=paths.state_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    paths.pid_file.write_text(f"{process.pid}\n")
+    bootstrap = f"127.0.0.1:{settings.port}"
+    deadline = time.monotonic() + timeout_s
+    while not _answers(bootstrap):
+        if process.poll() is not None:
+            paths.pid_file.unlink(missing_ok=True)
+            raise BrokerError(
+                f"the broker exited with code {process.returncode}; see {paths.log_file}"
+            )
+        if time.monotonic() > deadline:
+            _terminate(process.pid, grace_s=10.0)
+            paths.pid_file.unlink(missing_ok=True)
+            raise BrokerError(
+                f"the broker did not answer at {bootstrap} within {timeout_s:.0f}s; "
+                f"see {paths.log_file}"
+            )
+        time.sleep(0.5)
+    return BrokerStatus(process.pid, bootstrap, paths.state_dir), True
+
+
+def stop(settings: BrokerSettings, timeout_s: float = 30.0) -> BrokerStatus | None:
+    """Stop the broker: SIGTERM, then SIGKILL after `timeout_s`. None if it was not running."""
+    running = status(settings)
+    if running is None:
+        return None
+    _terminate(running.pid, grace_s=timeout_s)
+    BrokerPaths.of(settings).pid_file.unlink(missing_ok=True)
+    return running
+
+
+def _terminate(pid: int, grace_s: float) -> None:
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not _is_alive(pid):
+                return
+            time.sleep(0.2)
+    raise BrokerError(f"broker process {pid} did not exit after SIGKILL")
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_alive(pid: int) -> bool:
+    """True if `pid` is a live (not zombie) Kafka broker process."""
+    try:
+        # Reap it if it is our own child (a broker started by this same process).
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+        if reaped == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    if not proc.is_dir():
+        return True  # no procfs: trust the signal check
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return False
+    # A recycled pid belongs to some other program.
+    return state != "Z" and b"kafka.Kafka" in cmdline
+
+
+def _bootstrap_of(paths: BrokerPaths, settings: BrokerSettings) -> str:
+    """The address the running broker advertises (its ports may differ from `settings`)."""
+    try:
+        text = paths.server_properties.read_text()
+    except OSError:
+        return f"127.0.0.1:{settings.port}"
+    match = re.search(r"^advertised\.listeners=PLAINTEXT://(\S+)$", text, re.MULTILINE)
+    return match.group(1) if match else f"127.0.0.1:{settings.port}"
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+_quiet = logging.getLogger("faultstream.broker.librdkafka")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+def _answers(bootstrap: str) -> bool:
+    """True once the broker serves metadata (a plain TCP probe first, to keep it quiet)."""
+    _, _, port = bootstrap.rpartition(":")
+    if not _port_in_use(int(port)):
+        return False
+    from confluent_kafka.admin import AdminClient
+
+    client = AdminClient(
+        {"bootstrap.servers": bootstrap, "logger": _quiet, "error_cb": lambda _err: None}
+    )
+    try:
+        client.list_topics(timeout=5)
+    except Exception:
+        return False
+    return True
