@@ -1,0 +1,194 @@
+"""One circuit breaker: its state machine and its backoff (CIRCUITS.md, "States")."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from faultstream.events.config import CircuitSettings
+from faultstream.events.health import circuit_health
+from faultstream.events.models import CircuitKind, CircuitState, CircuitStateChanged
+
+from .ids import transition_id
+
+CLOSED = CircuitState.CLOSED
+OPEN = CircuitState.OPEN
+HALF_OPEN = CircuitState.HALF_OPEN
+FORCED_OPEN = CircuitState.FORCED_OPEN
+OPENISH = frozenset({OPEN, FORCED_OPEN})
+
+# The order of circuit kinds: the index is the kind's rank when due moments tie.
+KINDS = (CircuitKind.WORKER, CircuitKind.HARDWARE_CLASS, CircuitKind.TASK_TYPE)
+WORKER, HARDWARE_CLASS, TASK_TYPE = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitParams:
+    """One kind's settings, read as plain attributes in the hot path."""
+
+    failure_threshold: int
+    recovery_timeout_s: float
+    reset_timeout_factor: float
+    max_reset_timeout_s: float
+    success_threshold: int
+    half_open_max_calls: int
+
+    @classmethod
+    def of(cls, settings: CircuitSettings) -> CircuitParams:
+        return cls(
+            settings.failure_threshold,
+            float(settings.recovery_timeout_s),
+            float(settings.reset_timeout_factor),
+            float(settings.max_reset_timeout_s),
+            settings.success_threshold,
+            settings.half_open_max_calls,
+        )
+
+    def backoff_s(self, trips: int) -> float:
+        """The wait before half-opening after the `trips`-th consecutive opening.
+
+        The first wait is the configured one (the seed doubled it already on trip 1).
+        """
+        return min(
+            self.recovery_timeout_s * self.reset_timeout_factor ** (trips - 1),
+            self.max_reset_timeout_s,
+        )
+
+
+class Circuit:
+    """`(kind, id)`: counters, state and the moment it is due to half-open."""
+
+    __slots__ = (
+        "consecutive_failures",
+        "due_exact",
+        "due_ms",
+        "gen",
+        "half_open_successes",
+        "id",
+        "kind",
+        "rank",
+        "reset_timeout_s",
+        "state",
+        "total_failures",
+        "total_successes",
+        "total_trips",
+        "trips",
+    )
+
+    def __init__(self, rank: int, circuit_id: str, params: CircuitParams) -> None:
+        self.rank = rank
+        self.kind = KINDS[rank]
+        self.id = circuit_id
+        self.state = CLOSED
+        self.consecutive_failures = 0
+        self.half_open_successes = 0
+        self.trips = 0  # consecutive openings since last CLOSED
+        self.total_trips = 0  # every opening in the circuit's life
+        self.total_successes = 0
+        self.total_failures = 0
+        self.reset_timeout_s = params.recovery_timeout_s
+        self.due_exact = 0.0  # ms, unrounded: orders due moments
+        self.due_ms = 0  # ms, rounded up: the half-open transition's ts
+        self.gen = 0  # bumped on every transition; stale heap entries compare unequal
+
+    @property
+    def health(self) -> float:
+        return circuit_health(
+            self.state, self.consecutive_failures, self.half_open_successes, self.total_trips
+        )
+
+    def would_open_on_failure(self, params: CircuitParams) -> bool:
+        state = self.state
+        if state is CLOSED:
+            return self.consecutive_failures + 1 >= params.failure_threshold
+        return state is HALF_OPEN
+
+    # --- outcomes ------------------------------------------------------------------
+
+    def on_success(
+        self, params: CircuitParams, ts: int, caused_by: str
+    ) -> CircuitStateChanged | None:
+        self.total_successes += 1
+        state = self.state
+        if state is CLOSED:
+            self.consecutive_failures = 0
+        elif state is HALF_OPEN:
+            self.half_open_successes += 1
+            if self.half_open_successes >= params.success_threshold:
+                return self._close(params, ts, caused_by, "success_threshold reached")
+        return None  # OPEN / FORCED_OPEN: counted in the totals only
+
+    def on_failure(
+        self, params: CircuitParams, ts: int, caused_by: str, reason: str
+    ) -> CircuitStateChanged | None:
+        self.total_failures += 1
+        state = self.state
+        if state is CLOSED:
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= params.failure_threshold:
+                return self._open(params, ts, caused_by, f"{reason}; failure_threshold reached")
+        elif state is HALF_OPEN:
+            return self._open(params, ts, caused_by, f"{reason}; failed while half-open")
+        return None
+
+    # --- transitions ---------------------------------------------------------------
+
+    def half_open(self, params: CircuitParams, ts: int, caused_by: str) -> CircuitStateChanged:
+        self.half_open_successes = 0
+        reason = f"reset_timeout elapsed; {params.half_open_max_calls} probe calls allowed"
+        return self._become(HALF_OPEN, ts, caused_by, reason)
+
+    def force_open(self, ts: int, caused_by: str, actor: str) -> CircuitStateChanged | None:
+        if self.state is FORCED_OPEN:
+            return None
+        return self._become(FORCED_OPEN, ts, caused_by, f"operator FORCE_OPEN by {actor}")
+
+    def reset(
+        self, params: CircuitParams, ts: int, caused_by: str, actor: str
+    ) -> CircuitStateChanged | None:
+        """Every counter but the totals back to 0; a record only if the state changes."""
+        if self.state is CLOSED:
+            self.consecutive_failures = self.half_open_successes = self.trips = 0
+            self.reset_timeout_s = params.recovery_timeout_s
+            return None
+        return self._close(params, ts, caused_by, f"operator RESET by {actor}")
+
+    def _open(
+        self, params: CircuitParams, now: int, caused_by: str, reason: str
+    ) -> CircuitStateChanged:
+        self.trips += 1
+        self.total_trips += 1
+        self.half_open_successes = 0
+        self.reset_timeout_s = params.backoff_s(self.trips)
+        # Rounded to the nanosecond first so 1.2 s x 1000 is 1200 ms, not 1200.0000000002.
+        self.due_exact = round(now + self.reset_timeout_s * 1000.0, 6)
+        self.due_ms = math.ceil(self.due_exact)
+        return self._become(OPEN, now, caused_by, reason)
+
+    def _close(
+        self, params: CircuitParams, ts: int, caused_by: str, reason: str
+    ) -> CircuitStateChanged:
+        self.consecutive_failures = self.half_open_successes = self.trips = 0
+        self.reset_timeout_s = params.recovery_timeout_s
+        return self._become(CLOSED, ts, caused_by, reason)
+
+    def _become(
+        self, to_state: CircuitState, ts: int, caused_by: str, reason: str
+    ) -> CircuitStateChanged:
+        from_state = self.state
+        self.state = to_state
+        self.gen += 1
+        return CircuitStateChanged.model_construct(
+            event_id=transition_id(caused_by, self.kind.value, self.id, from_state, to_state),
+            ts=ts,
+            circuit_kind=self.kind,
+            circuit_id=self.id,
+            from_state=from_state,
+            to_state=to_state,
+            reason=reason,
+            consecutive_failures=self.consecutive_failures,
+            trips=self.trips,
+            reset_timeout_s=self.reset_timeout_s,
+            health=self.health,
+            caused_by=caused_by,
+        )

@@ -1,0 +1,35 @@
+"""Deterministic ids and jitter, derived from hashes so a replay yields the same bytes."""
+
+from __future__ import annotations
+
+from hashlib import blake2b
+
+_SEP = "\x1f"  # unit separator: keeps ("a", "bc") and ("ab", "c") apart
+JITTER = 0.2
+
+
+def _digest(*parts: object, size: int = 8) -> bytes:
+    return blake2b(_SEP.join(map(str, parts)).encode(), digest_size=size).digest()
+
+
+def transition_id(
+    caused_by: str, circuit_kind: str, circuit_id: str, from_state: str, to_state: str
+) -> str:
+    """The event_id of a circuit_state_changed record."""
+    return "cst-" + _digest(caused_by, circuit_kind, circuit_id, from_state, to_state).hex()
+
+
+def command_id(failure_event_id: str) -> str:
+    """The command_id of the recovery command planned for one failure."""
+    return "cmd-" + _digest(failure_event_id).hex()
+
+
+def migration_command_id(worker_id: str, due_ms: int, task_id: str) -> str:
+    """The command_id of a task migrated off a lost worker (once per silence)."""
+    return "mig-" + _digest(worker_id, due_ms, task_id).hex()
+
+
+def jitter(event_id: str) -> float:
+    """A fraction in [-0.2, 0.2], fixed for a given event id."""
+    unit = int.from_bytes(_digest("jitter", event_id), "big") / float(1 << 64)
+    return round((2 * unit - 1) * JITTER, 6)

@@ -1,0 +1,131 @@
+"""Recovery planning: rules 1-5 of CIRCUITS.md, the ladders and the retry delays."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from faultstream.events.models import FailureType, RecoveryStrategy
+
+from .circuit import FORCED_OPEN, OPENISH, Circuit
+from .ids import jitter
+
+S = RecoveryStrategy
+F = FailureType
+CPU = "cpu"
+
+_RETRY_LADDER = (S.IMMEDIATE_RETRY, S.DELAYED_RETRY, S.DIFFERENT_WORKER)
+_WORKER_LADDER = (S.DIFFERENT_WORKER, S.DIFFERENT_WORKER, S.ESCALATION)
+_SOFTWARE_LADDER = (S.DELAYED_RETRY, S.DIFFERENT_WORKER, S.ESCALATION)
+LADDERS: dict[FailureType, tuple[RecoveryStrategy, ...]] = {
+    F.RESOURCE_EXHAUSTION: (S.REDUCED_BATCH_SIZE, S.REDUCED_PRECISION, S.FALLBACK_CPU),
+    F.HARDWARE_ERROR: (S.DIFFERENT_WORKER, S.DELAYED_RETRY, S.FALLBACK_CPU),
+    F.BROWSER_FAILURE: (S.BROWSER_RESTART, S.DIFFERENT_WORKER, S.FALLBACK_CPU),
+    F.TRANSIENT_ERROR: _RETRY_LADDER,
+    F.COMMUNICATION_ERROR: _RETRY_LADDER,
+    F.TIMEOUT: _RETRY_LADDER,
+    F.WORKER_CRASH: _WORKER_LADDER,
+    F.WORKER_DISCONNECTION: _WORKER_LADDER,
+    F.PERSISTENT_ERROR: (S.ESCALATION,),
+    F.SOFTWARE_ERROR: _SOFTWARE_LADDER,
+    F.COORDINATOR_ERROR: _SOFTWARE_LADDER,
+    F.UNKNOWN: _SOFTWARE_LADDER,
+}
+
+# Strategies that move the task elsewhere: they name a target worker and carry the
+# task's newest checkpoint so it resumes instead of restarting.
+MOVES_TASK = frozenset({S.DIFFERENT_WORKER, S.DIFFERENT_HARDWARE_CLASS, S.FALLBACK_CPU})
+
+_LOWER_PRECISION = {"fp32": "fp16", "fp16": "int8", "bf16": "int8"}
+MAX_RETRY_DELAY_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to do about one failure; the fleet adds the target worker, ids and checkpoint."""
+
+    strategy: RecoveryStrategy
+    reason: str
+    delay_s: float = 0.0
+    target_hardware_class: str | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+def retry_delay_s(attempt: int, event_id: str) -> float:
+    """`min(2 x 2^attempt, 60) x (1 + j)`, j in [-0.2, 0.2] from the failure's event id."""
+    base = MAX_RETRY_DELAY_S if attempt >= 5 else min(2.0 * 2**attempt, MAX_RETRY_DELAY_S)
+    return round(base * (1 + jitter(event_id)), 3)
+
+
+def wait_until_half_open_s(circuit: Circuit, now: int) -> float:
+    """How long until an open circuit half-opens (a forced-open one: its current timeout)."""
+    if circuit.state is FORCED_OPEN:
+        return circuit.reset_timeout_s
+    return max(0.0, (circuit.due_ms - now) / 1000.0)
+
+
+def plan_failure(
+    *,
+    failure_type: FailureType,
+    attempt: int,
+    max_retries: int,
+    event_id: str,
+    hardware_class: str,
+    attributes: Mapping[str, str],
+    worker: Circuit,
+    hardware: Circuit,
+    task_type: Circuit,
+    now: int,
+) -> Plan:
+    """Rules 1-5, first that applies wins; the circuits have already taken the failure."""
+    if attempt >= max_retries:
+        return Plan(S.ESCALATION, f"attempt {attempt} reached max_retries {max_retries}")
+    if worker.state in OPENISH:
+        return Plan(S.DIFFERENT_WORKER, f"worker circuit {worker.id} is {worker.state}")
+    if hardware.state in OPENISH:
+        why = f"hardware_class circuit {hardware.id} is {hardware.state}"
+        if hardware_class == CPU:
+            return Plan(S.DELAYED_RETRY, why, delay_s=wait_until_half_open_s(hardware, now))
+        return Plan(S.DIFFERENT_HARDWARE_CLASS, why, target_hardware_class=CPU)
+    if task_type.state in OPENISH:
+        why = f"task_type circuit {task_type.id} is {task_type.state}"
+        return Plan(S.DELAYED_RETRY, why, delay_s=wait_until_half_open_s(task_type, now))
+    return ladder_plan(failure_type, attempt, event_id, hardware_class, attributes)
+
+
+def ladder_plan(
+    failure_type: FailureType,
+    attempt: int,
+    event_id: str,
+    hardware_class: str,
+    attributes: Mapping[str, str],
+) -> Plan:
+    """Rung `attempt` of the failure type's ladder; rungs that cannot apply are skipped."""
+    ladder = LADDERS[failure_type]
+    for rung in range(attempt, len(ladder)):
+        strategy = ladder[rung]
+        reason = f"{failure_type} ladder rung {rung}"
+        if strategy is S.REDUCED_BATCH_SIZE:
+            batch = _positive_int(attributes.get("batch_size"))
+            if batch is None or batch <= 1:
+                continue
+            return Plan(strategy, reason, parameters={"batch_size": str(batch // 2)})
+        if strategy is S.REDUCED_PRECISION:
+            lower = _LOWER_PRECISION.get(attributes.get("precision", ""))
+            if lower is None:
+                continue
+            return Plan(strategy, reason, parameters={"precision": lower})
+        if strategy is S.FALLBACK_CPU:
+            if hardware_class == CPU:
+                return Plan(S.DIFFERENT_WORKER, f"{reason} (already on cpu)")
+            return Plan(strategy, reason, target_hardware_class=CPU)
+        if strategy is S.DELAYED_RETRY:
+            return Plan(strategy, reason, delay_s=retry_delay_s(attempt, event_id))
+        return Plan(strategy, reason)
+    return Plan(S.ESCALATION, f"{failure_type} ladder exhausted at attempt {attempt}")
+
+
+def _positive_int(text: str | None) -> int | None:
+    if text is None or not text.strip().isdigit():
+        return None
+    return int(text)

@@ -1,0 +1,109 @@
+"""`faultstream replay --input`: JSON Lines in, derived records out, bad lines named."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from histories import History
+
+from faultstream.cli import main
+from faultstream.events.jsonl import write_records
+
+
+def history_file(tmp_path: Path) -> Path:
+    h = History()
+    h.heartbeat("w2", ts=500)
+    h.started("w1", ts=1_000)
+    for i in range(5):
+        h.failure("w1", ts=2_000 + i, failure_type="WORKER_CRASH")
+    h.tick(100_000)
+    path = tmp_path / "history.jsonl"
+    with path.open("w") as out:
+        write_records(h.records, out)
+    return path
+
+
+def test_replay_writes_derived_records_in_order(tmp_path: Path, capsys) -> None:
+    source = history_file(tmp_path)
+    assert main(["replay", "--input", str(source)]) == 0
+    captured = capsys.readouterr()
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [line["type"] for line in lines[:5]] == ["recovery_command"] * 4 + [
+        "circuit_state_changed"
+    ]
+    assert lines[4]["to_state"] == "OPEN"
+    assert "replayed 8 records -> " in captured.err and "0 invalid skipped" in captured.err
+
+
+def test_replay_twice_gives_identical_bytes(tmp_path: Path) -> None:
+    source = history_file(tmp_path)
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    assert main(["replay", "--input", str(source), "--output", str(first)]) == 0
+    assert main(["replay", "--input", str(source), "--output", str(second)]) == 0
+    assert first.read_bytes() == second.read_bytes() and first.stat().st_size > 0
+
+
+def test_bad_line_exits_2_naming_line_and_field(tmp_path: Path, capsys) -> None:
+    source = history_file(tmp_path)
+    lines = source.read_text().splitlines()
+    lines.insert(
+        2, '{"event_id":"x","kind":"HEARTBEAT","ts":-5,"worker_id":"w","hardware_class":"c"}'
+    )
+    source.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "out.jsonl"
+    assert main(["replay", "--input", str(source), "--output", str(output)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "line 3" in err and "ts" in err
+    assert not output.exists() and list(tmp_path.glob(".out.jsonl*")) == []
+
+
+def test_skip_invalid_skips_bad_lines_and_reports_them(tmp_path: Path, capsys) -> None:
+    source = history_file(tmp_path)
+    good = source.read_text()
+    source.write_text('not json\n{"kind":"NOPE","event_id":"z","ts":1}\n' + good)
+    assert main(["replay", "--input", str(source), "--skip-invalid"]) == 0
+    captured = capsys.readouterr()
+    assert "line 1: line: is not JSON" in captured.err
+    assert "line 2: kind" in captured.err
+    assert "2 invalid skipped" in captured.err
+    assert main(["replay", "--input", str(history_file(tmp_path))]) == 0
+    assert capsys.readouterr().out == captured.out  # the good lines, replayed alike
+
+
+def test_invalid_configuration_is_refused_naming_the_setting(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "faultstream.toml"
+    config.write_text("[circuits.worker]\nhalf_open_max_calls = 1\n")
+    code = main(["replay", "--config", str(config), "--input", str(history_file(tmp_path))])
+    assert code == 2
+    assert "half_open_max_calls" in capsys.readouterr().err
+
+
+def test_configuration_file_changes_the_replay(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "faultstream.toml"
+    config.write_text("[circuits.worker]\nfailure_threshold = 2\n")
+    assert main(["replay", "--config", str(config), "--input", str(history_file(tmp_path))]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[1]["type"] == "circuit_state_changed" and lines[1]["consecutive_failures"] == 2
+
+
+def test_replay_reads_stdin(tmp_path: Path, capsys, monkeypatch) -> None:
+    source = history_file(tmp_path)
+    monkeypatch.setattr("sys.stdin", io.StringIO(source.read_text()))
+    assert main(["replay", "--input", "-"]) == 0
+    from_stdin = capsys.readouterr().out
+    assert main(["replay", "--input", str(source)]) == 0
+    assert capsys.readouterr().out == from_stdin != ""
+
+
+def test_missing_input_file_is_one_clear_line(tmp_path: Path, capsys) -> None:
+    assert main(["replay", "--input", str(tmp_path / "nope.jsonl")]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err
+
+
+def test_input_is_required(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["replay"])
