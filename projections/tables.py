@@ -9,6 +9,7 @@ written with ON CONFLICT, so a record delivered twice is stored once.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping
 from operator import attrgetter
@@ -48,6 +49,8 @@ EVENTS: Columns = {
     "attributes": ("MAP(VARCHAR, VARCHAR)", _MAP),
     "checkpoint_seq": ("BIGINT", pa.int64()),
     "checkpoint_state": ("BLOB", pa.binary()),
+    # Ingestion order: the decisions offset (projector) or the embedded pipeline's counter.
+    "seq": ("BIGINT", pa.int64()),
 }
 CONTROL: Columns = {
     "event_id": ("VARCHAR PRIMARY KEY", _STR),
@@ -58,6 +61,7 @@ CONTROL: Columns = {
     "circuit_id": ("VARCHAR", _STR),
     "actor": ("VARCHAR", _STR),
     "config": ("JSON", _STR),
+    "seq": ("BIGINT", pa.int64()),
 }
 _TRANSITION_FIELDS: Columns = {
     "event_id": ("VARCHAR", _STR),
@@ -190,6 +194,12 @@ def _arrow(
     return pa.Table.from_arrays(arrays, names=names)
 
 
+def _with_seq(columns: Columns, rows: list[Any], seqs: list[int], getters: Any) -> pa.Table:
+    record_columns = {col: spec for col, spec in columns.items() if col != "seq"}
+    table = _arrow(record_columns, rows, getters)
+    return table.append_column("seq", pa.array(seqs, type=pa.int64()))
+
+
 def _config_json(record: Any) -> str | None:
     config = getattr(record, "config", None)
     return None if config is None else json.dumps(config, sort_keys=True)
@@ -232,16 +242,31 @@ class HistoryWriter:
         self._dead_letters: list[DeadLetter] = []
         self._health: list[dict[str, Any]] = []
         self._pending = 0
+        self._event_seqs: list[int] = []
+        self._control_seqs: list[int] = []
+        (self._next_seq,) = self.con.execute(
+            "SELECT coalesce(max(seq) + 1, 0) FROM "
+            "(SELECT max(seq) AS seq FROM events UNION ALL SELECT max(seq) FROM control)"
+        ).fetchone()
 
     # --- buffering ----------------------------------------------------------------------
 
-    def append_inputs(self, records: Iterable[InputRecord]) -> None:
-        for record in records:
+    def append_inputs(
+        self, records: Iterable[InputRecord], seqs: Iterable[int] | None = None
+    ) -> None:
+        """`seqs` is each record's place in the input order (default: the next numbers)."""
+        if seqs is None:
+            seqs = itertools.count(self._next_seq)
+        seq = self._next_seq - 1
+        for record, seq in zip(records, seqs, strict=False):
             if isinstance(record, WorkerEvent):
                 self._events.append(record)
+                self._event_seqs.append(seq)
             else:
                 self._control.append(record)
+                self._control_seqs.append(seq)
             self._pending += 1
+        self._next_seq = max(self._next_seq, seq + 1)
         self._maybe_flush()
 
     def append_derived(self, records: Iterable[DerivedRecord]) -> None:
@@ -290,8 +315,12 @@ class HistoryWriter:
 
     # --- writing ------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        if not self._pending:
+    def flush(
+        self, before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None
+    ) -> None:
+        """Write what is buffered in one transaction; `before_commit(con)` runs inside it
+        (the projector stores its Kafka offsets there, so rows and offsets commit together)."""
+        if not self._pending and before_commit is None:
             return
         con = self.con
         # Building columns from many live objects triggers needless GC passes.
@@ -299,12 +328,13 @@ class HistoryWriter:
         gc.disable()
         con.begin()
         try:
-            events = self._events and _arrow(EVENTS, self._events, {})
+            events = self._events and _with_seq(EVENTS, self._events, self._event_seqs, {})
             commands = self._commands and _arrow(COMMANDS, self._commands, {})
             if events:
                 self._insert("events", events)
             if self._control:
-                self._insert("control", _arrow(CONTROL, self._control, _CONTROL_GETTERS))
+                control = _with_seq(CONTROL, self._control, self._control_seqs, _CONTROL_GETTERS)
+                self._insert("control", control)
             if self._transitions:
                 transitions = _arrow(CIRCUIT_TRANSITIONS, self._transitions, {})
                 self._insert("circuit_transitions", transitions)
@@ -321,6 +351,8 @@ class HistoryWriter:
             if self._health:
                 health = pa.Table.from_pylist(self._health, schema=_schema(HEALTH_SNAPSHOTS))
                 self._insert("health_snapshots", health)
+            if before_commit is not None:
+                before_commit(con)
             con.commit()
             for name in ("batch", "batch_events", "batch_commands"):
                 con.unregister(name)  # let the batch's Arrow memory go
@@ -332,6 +364,7 @@ class HistoryWriter:
                 gc.enable()
         self._events, self._control, self._transitions = [], [], []
         self._commands, self._dead_letters, self._health = [], [], []
+        self._event_seqs, self._control_seqs = [], []
         self._pending = 0
 
     def _insert(self, table: str, batch: pa.Table) -> None:

@@ -1,0 +1,79 @@
+"""`faultstream projector`: Kafka → DuckDB, Parquet read models and the HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from typing import Any
+
+from faultstream.events.config import Settings
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "projector",
+        parents=[common],
+        help="land the processor's topics in DuckDB and serve the HTTP API",
+        description="Consume decisions, circuits, commands and dlq into the DuckDB history "
+        "(exactly once), publish Parquet read models, and serve /api/circuit-breakers and "
+        "/api/checkpoints/{task_id}. Stops cleanly on SIGTERM or Ctrl-C.",
+    )
+    parser.add_argument("--db", metavar="PATH", help="DuckDB file (default: storage.duckdb_path)")
+    parser.add_argument(
+        "--read-models", metavar="DIR", help="read models dir (default: storage.read_models_dir)"
+    )
+    parser.add_argument("--port", type=int, help="HTTP API port (default: http.projector_port)")
+    parser.add_argument("--host", default="0.0.0.0", help="HTTP API address (default 0.0.0.0)")
+    parser.add_argument("--no-api", action="store_true", help="do not serve the HTTP API")
+    parser.add_argument(
+        "--publish-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often the read models are published (default 2)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from faultstream.events.exceptions import FaultstreamError
+    from faultstream.projections.api import ApiServer
+    from faultstream.projections.projector import Projector, ProjectorOptions
+    from faultstream.projections.queries import History
+
+    if args.publish_interval <= 0:
+        raise FaultstreamError("--publish-interval: must be positive")
+    storage = settings.storage.model_copy(
+        update={
+            key: value
+            for key, value in (("duckdb_path", args.db), ("read_models_dir", args.read_models))
+            if value is not None
+        }
+    )
+    settings = settings.model_copy(update={"storage": storage})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    projector = Projector(settings, ProjectorOptions(publish_interval_s=args.publish_interval))
+
+    def stop(*_: Any) -> None:
+        projector.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    projector.start()
+    server = None
+    if not args.no_api:
+        port = args.port or settings.http.projector_port
+        history = History.from_read_models(storage.read_models_dir, settings.core)
+        try:
+            server = ApiServer(history, args.host, port).start()
+        except OSError as exc:
+            projector.close()
+            raise FaultstreamError(f"--port {port}: cannot listen ({exc.strerror})") from None
+        logging.getLogger(__name__).info("HTTP API on http://%s:%d", args.host, server.port)
+    try:
+        projector.run()
+    finally:
+        if server is not None:
+            server.close()
+    return 0

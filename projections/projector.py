@@ -1,0 +1,252 @@
+"""The Kafka → DuckDB projector: the one process that writes the history file.
+
+It reads `<prefix>.decisions` (the inputs, in the order the processor's core saw them),
+`.circuits`, `.commands` and `.dlq` with a plain confluent-kafka consumer, and lands them
+through `HistoryWriter` in batches.
+
+Exactly once into DuckDB: the next offset of every partition is stored in the table
+`projector_offsets` in the same transaction as the rows it covers. On start the projector
+assigns every partition itself and seeks to the stored offsets; Kafka's group offsets are
+never used. A projector killed at any moment restarts from the last committed batch, so no
+row is lost or doubled. Repeated ids (a processor re-sending after its own restart) are
+dropped by the tables' primary keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from faultstream.events.admin import CIRCUITS, COMMANDS, DECISIONS, DLQ, create_topics, topic_names
+from faultstream.events.codec import Codec
+from faultstream.events.config import Settings
+from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.models import (
+    CircuitStateChanged,
+    DeadLetter,
+    DerivedRecord,
+    InputRecord,
+    RecoveryCommand,
+)
+
+from .read_models import ReadModelPublisher
+from .tables import HistoryWriter
+
+log = logging.getLogger(__name__)
+
+OFFSETS_DDL = """
+CREATE TABLE IF NOT EXISTS projector_offsets (
+    topic VARCHAR, partition INTEGER, next_offset BIGINT, PRIMARY KEY (topic, partition))
+"""
+_NEVER = 1 << 62  # the writer must never flush by itself: only with the offsets
+
+
+@dataclass(frozen=True)
+class ProjectorOptions:
+    batch_rows: int = 10_000
+    flush_interval_s: float = 0.5
+    publish_interval_s: float = 2.0
+    poll_timeout_s: float = 0.1
+
+
+class Projector:
+    """Consumes the processor's topics into the history file and publishes read models."""
+
+    def __init__(self, settings: Settings, options: ProjectorOptions | None = None) -> None:
+        self.settings = settings
+        self.options = options or ProjectorOptions()
+        names = topic_names(settings.kafka)
+        self.topics = {
+            names[DECISIONS]: DECISIONS,
+            names[CIRCUITS]: CIRCUITS,
+            names[COMMANDS]: COMMANDS,
+            names[DLQ]: DLQ,
+        }
+        self.codec = Codec(
+            settings.kafka.schema_registry_url, topic_prefix=settings.kafka.topic_prefix
+        )
+        self.writer = HistoryWriter(settings.storage.duckdb_path, batch_size=_NEVER)
+        self.writer.con.execute(OFFSETS_DDL)
+        self.publisher = ReadModelPublisher(self.writer.con, settings.storage.read_models_dir)
+        self.consumer: Consumer | None = None
+        self._offsets: dict[tuple[str, int], int] = {}
+        self._pending_rows = 0
+        self._published_rows = 0
+        self.rows_landed = 0
+        self._stop = threading.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def stored_offsets(self) -> dict[tuple[str, int], int]:
+        rows = self.writer.con.execute(
+            "SELECT topic, partition, next_offset FROM projector_offsets"
+        ).fetchall()
+        return {(topic, partition): offset for topic, partition, offset in rows}
+
+    def start(self) -> None:
+        """Create the topics if needed, publish the read models once (so readers and the
+        API have something to open), then assign every partition at its stored offset."""
+        kafka = self.settings.kafka
+        create_topics(kafka)
+        self.publisher.publish()
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap_servers,
+                "group.id": f"{kafka.topic_prefix}.projector",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "queued.max.messages.kbytes": 256 * 1024,
+            }
+        )
+        stored = self.stored_offsets()
+        self._offsets = dict(stored)
+        assignment = []
+        metadata = self.consumer.list_topics(timeout=10)
+        for topic in self.topics:
+            info = metadata.topics.get(topic)
+            if info is None or info.error is not None:
+                raise FaultstreamError(f"topic {topic} is not available on the broker")
+            for partition in sorted(info.partitions):
+                offset = stored.get((topic, partition), OFFSET_BEGINNING)
+                assignment.append(TopicPartition(topic, partition, offset))
+        self.consumer.assign(assignment)
+        log.info("projector assigned %d partitions (%d stored offsets)", len(assignment),
+                 len(stored))  # fmt: skip
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        """Consume until `stop()`; then land what is buffered and publish."""
+        if self.consumer is None:
+            self.start()
+        opts = self.options
+        last_flush = last_publish = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                self.poll_once()
+                now = time.monotonic()
+                due = now - last_flush >= opts.flush_interval_s
+                if self._pending_rows >= opts.batch_rows or (self._pending_rows and due):
+                    self.flush()
+                    last_flush = now
+                elif due:
+                    last_flush = now
+                if now - last_publish >= opts.publish_interval_s:
+                    self.publish()
+                    last_publish = now
+            self.flush()
+            self.publish()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
+            self.consumer = None
+        self.writer.con.close()
+
+    # --- consuming ------------------------------------------------------------------------
+
+    def poll_once(self) -> int:
+        """Read up to one batch of messages into the writer's buffers; returns how many."""
+        assert self.consumer is not None
+        messages = self.consumer.consume(self.options.batch_rows, self.options.poll_timeout_s)
+        inputs: list[InputRecord] = []
+        seqs: list[int] = []
+        derived: list[DerivedRecord] = []
+        letters: list[DeadLetter] = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", error.str())
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            self._offsets[(topic, partition)] = offset + 1
+            try:
+                record = self._decode(self.topics[topic], message.value())
+            except FaultstreamError as exc:
+                letters.append(_dead_letter(message, str(exc)))
+                continue
+            if isinstance(record, (CircuitStateChanged, RecoveryCommand)):
+                derived.append(record)
+            elif isinstance(record, DeadLetter):
+                letters.append(record)
+            else:
+                inputs.append(record)
+                seqs.append(offset)  # the decisions offset is the input order
+        if inputs:
+            self.writer.append_inputs(inputs, seqs)
+        if derived:
+            self.writer.append_derived(derived)
+        if letters:
+            self.writer.append_dead_letters(letters)
+        self._pending_rows += len(messages)
+        return len(messages)
+
+    def _decode(self, logical: str, value: bytes | None) -> Any:
+        if value is None:
+            raise FaultstreamError("empty message value")
+        if logical == DECISIONS:
+            return self.codec.decode_input(value)
+        record = self.codec.decode(value)
+        expected = {CIRCUITS: CircuitStateChanged, COMMANDS: RecoveryCommand, DLQ: DeadLetter}
+        if not isinstance(record, expected[logical]):
+            raise FaultstreamError(f"a {type(record).__name__} on the {logical} topic")
+        return record
+
+    # --- landing --------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Commit buffered rows and the offsets that cover them in one transaction."""
+        if not self._pending_rows:
+            return
+        offsets = dict(self._offsets)
+        self.writer.flush(before_commit=lambda con: _store_offsets(con, offsets))
+        self.rows_landed += self._pending_rows
+        self._pending_rows = 0
+
+    def publish(self) -> None:
+        if self.rows_landed != self._published_rows or not self.publisher.manifest.version:
+            self.publisher.publish()
+            self._published_rows = self.rows_landed
+
+
+def _store_offsets(con: duckdb.DuckDBPyConnection, offsets: dict[tuple[str, int], int]) -> None:
+    if not offsets:
+        return
+    topics, partitions, next_offsets = zip(*((t, p, o) for (t, p), o in offsets.items()),
+                                           strict=True)  # fmt: skip
+    batch = pa.table(
+        {
+            "topic": pa.array(topics, pa.string()),
+            "partition": pa.array(partitions, pa.int32()),
+            "next_offset": pa.array(next_offsets, pa.int64()),
+        }
+    )
+    con.register("offsets_batch", batch)
+    con.execute("INSERT OR REPLACE INTO projector_offsets SELECT * FROM offsets_batch")
+    con.unregister("offsets_batch")
+
+
+def _dead_letter(message: Message, reason: str) -> DeadLetter:
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    return DeadLetter(
+        event_id=f"projector:{topic}:{partition}:{offset}",
+        ts=max(0, message.timestamp()[1]),
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        raw=message.value() or b"",
+        reason=f"projector could not decode: {reason}",
+    )

@@ -1,0 +1,357 @@
+"""`History`: the one set of queries over the history that the API, the dashboard, replay
+and tune share.
+
+It opens either the Parquet read models the projector publishes (in-memory DuckDB with a
+view per table over the files the manifest lists; re-read when the manifest changes), or a
+DuckDB file that nobody is writing (read-only). Never the projector's live file.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from faultstream.events.classify import _RULES as CLASSIFY_RULES
+from faultstream.events.config import AttributionSettings, CoreSettings
+from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.health import circuit_health, fleet_aggregate
+from faultstream.events.models import ConfigChanged, InputRecord, Operator, Tick, WorkerEvent
+
+from .read_models import MANIFEST, read_manifest
+from .tables import TABLES
+
+SECTIONS = {"worker": "workers", "hardware_class": "hardware_classes", "task_type": "task_types"}
+_CIRCUIT_COLUMNS = {"worker": "worker_id", "hardware_class": "hardware_class",
+                    "task_type": "task_type"}  # fmt: skip
+_BUCKET = re.compile(r"^(\d+)(s|m|h|d)$")
+_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_FETCH_ROWS = 10_000
+
+
+class HistoryError(FaultstreamError):
+    """A history that cannot be opened or a query argument that makes no sense."""
+
+
+def bucket_ms(bucket: str) -> int:
+    """'15m', '1h', '1d' → milliseconds."""
+    match = _BUCKET.match(bucket.strip())
+    if not match or int(match.group(1)) <= 0:
+        raise HistoryError(f"bucket: {bucket!r} is not a positive duration like 15m, 1h or 1d")
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def _failed_on_sql(attribution: AttributionSettings) -> str:
+    """SQL for the circuit kind a FAILURE row counts on (CIRCUITS.md), built from the very
+    rules the core uses: message classification first, then attribution by type."""
+    classify = " ".join(
+        f"WHEN regexp_matches(message, '{pattern.pattern}', 'i') THEN '{failure_type}'"
+        for pattern, failure_type in CLASSIFY_RULES
+    )
+    failure_type = f"coalesce(failure_type, CASE {classify} ELSE 'SOFTWARE_ERROR' END)"
+
+    def listed(types: tuple[Any, ...]) -> str:
+        return ", ".join(f"'{t}'" for t in types) or "NULL"
+
+    return (
+        f"CASE WHEN {failure_type} IN ({listed(attribution.worker)}) THEN 'worker' "
+        f"WHEN {failure_type} IN ({listed(attribution.hardware_class)}) THEN 'hardware_class' "
+        "ELSE 'task_type' END"
+    )
+
+
+class History:
+    """Queries over one recorded history. Thread-safe (one lock around the connection)."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        *,
+        read_models_dir: Path | None = None,
+        settings: CoreSettings | None = None,
+    ) -> None:
+        self.con = con
+        self.read_models_dir = read_models_dir
+        self.settings = settings or CoreSettings()
+        self._lock = threading.RLock()
+        self._manifest_stamp: tuple[int, int] | None = None
+        self._cache: dict[str, Any] = {}
+
+    # --- opening --------------------------------------------------------------------------
+
+    @classmethod
+    def from_read_models(
+        cls, directory: str | Path, settings: CoreSettings | None = None
+    ) -> History:
+        history = cls(duckdb.connect(), read_models_dir=Path(directory), settings=settings)
+        history.refresh()
+        return history
+
+    @classmethod
+    def from_db(cls, path: str | Path, settings: CoreSettings | None = None) -> History:
+        if not Path(path).is_file():
+            raise HistoryError(f"{path}: no such DuckDB file")
+        try:
+            con = duckdb.connect(str(path), read_only=True)
+        except duckdb.IOException as exc:
+            raise HistoryError(
+                f"{path}: cannot open read-only ({exc}); while the projector writes it, "
+                "read its read models instead"
+            ) from None
+        return cls(con, settings=settings)
+
+    def refresh(self) -> None:
+        """Point the views at the newest published files (no-op on a DuckDB file)."""
+        if self.read_models_dir is None:
+            return
+        with self._lock:
+            try:
+                stat = (self.read_models_dir / MANIFEST).stat()
+            except FileNotFoundError:
+                stat = None
+            stamp = (stat.st_mtime_ns, stat.st_ino) if stat else None
+            if stamp is not None and stamp == self._manifest_stamp:
+                return
+            manifest = read_manifest(self.read_models_dir)
+            for table in TABLES:
+                files = [str(self.read_models_dir / path) for path, _ in manifest.files[table]]
+                listed = ", ".join(f"'{f}'" for f in files)
+                self.con.execute(
+                    f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet([{listed}])"
+                )
+            self._manifest_stamp = stamp
+            self._cache.clear()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            self.refresh()
+            cursor = self.con.execute(sql, params or [])
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    # --- the API's documents --------------------------------------------------------------
+
+    def circuit_breakers(self) -> dict[str, Any]:
+        """The GET /api/circuit-breakers document (CONTRACT.md): every circuit any event
+        names, its current state and health, and the outcomes counted on it."""
+        with self._lock:
+            self.refresh()
+            cached = self._cache.get("circuit_breakers")
+            if cached is None:
+                cached = self._cache["circuit_breakers"] = self._circuit_breakers()
+            return cached
+
+    def _circuit_breakers(self) -> dict[str, Any]:
+        failed_on = _failed_on_sql(self.settings.circuits.attribution)
+        counted_sql = " UNION ALL ".join(
+            f"SELECT '{kind}' AS ck, {column} AS cid, seq, kind = 'SUCCESS' AS ok "
+            f"FROM outcomes WHERE {column} IS NOT NULL "
+            f"AND (kind = 'SUCCESS' OR failed_on = '{kind}')"
+            for kind, column in _CIRCUIT_COLUMNS.items()
+        )
+        known_sql = " UNION ".join(
+            f"SELECT DISTINCT '{kind}' AS ck, {column} AS cid FROM events "
+            f"WHERE {column} IS NOT NULL"
+            for kind, column in _CIRCUIT_COLUMNS.items()
+        )
+        # consecutive failures (CLOSED) and probe successes (HALF_OPEN) are what the core's
+        # health depends on between transitions: outcomes after the circuit's last change
+        # (`seq` orders them; the change sits at the seq of the input that caused it).
+        rows = self._rows(
+            f"""
+            WITH outcomes AS (
+                SELECT seq, worker_id, hardware_class, task_type, kind,
+                       CASE WHEN kind = 'FAILURE' THEN {failed_on} END AS failed_on
+                FROM events WHERE kind IN ('SUCCESS', 'FAILURE')),
+            counted AS ({counted_sql}),
+            changes AS (
+                SELECT s.circuit_kind AS ck, s.circuit_id AS cid, s.to_state, s.health,
+                       coalesce(i.seq, -1) AS change_seq
+                FROM circuit_states s LEFT JOIN (
+                    SELECT event_id, seq FROM events
+                    WHERE event_id IN (SELECT caused_by FROM circuit_states)
+                    UNION ALL SELECT event_id, seq FROM control) i
+                  ON i.event_id = s.caused_by),
+            circuits AS (SELECT ck, cid FROM ({known_sql}) UNION SELECT ck, cid FROM changes),
+            tallies AS (
+                SELECT c.ck, c.cid,
+                       count(*) FILTER (WHERE ok) AS total_successes,
+                       count(*) FILTER (WHERE NOT ok) AS total_failures,
+                       count(*) FILTER (WHERE ok AND seq >= coalesce(g.change_seq, -1))
+                           AS probe_successes,
+                       coalesce(max(seq) FILTER (WHERE ok), -1) AS last_success
+                FROM counted c LEFT JOIN changes g USING (ck, cid) GROUP BY ALL),
+            streaks AS (
+                SELECT c.ck, c.cid, count(*) AS consecutive_failures
+                FROM counted c JOIN tallies t USING (ck, cid) LEFT JOIN changes g USING (ck, cid)
+                WHERE NOT c.ok AND c.seq > greatest(t.last_success, coalesce(g.change_seq, -1))
+                GROUP BY ALL)
+            SELECT k.ck AS circuit_kind, k.cid AS circuit_id,
+                   coalesce(g.to_state, 'CLOSED') AS state, g.health,
+                   coalesce(t.total_successes, 0) AS total_successes,
+                   coalesce(t.total_failures, 0) AS total_failures,
+                   coalesce(t.probe_successes, 0) AS probe_successes,
+                   coalesce(s.consecutive_failures, 0) AS consecutive_failures
+            FROM circuits k LEFT JOIN changes g USING (ck, cid)
+            LEFT JOIN tallies t USING (ck, cid) LEFT JOIN streaks s USING (ck, cid)
+            ORDER BY 1, 2
+            """
+        )
+        sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS.values()}
+        pairs = []
+        for row in rows:
+            state = row["state"]
+            if state == "CLOSED":
+                health = circuit_health(state, row["consecutive_failures"])
+            elif state == "HALF_OPEN":
+                health = circuit_health(state, half_open_successes=row["probe_successes"])
+            else:  # OPEN and FORCED_OPEN health only changes with a transition
+                health = row["health"]
+            pairs.append((state, health))
+            sections[SECTIONS[row["circuit_kind"]]][row["circuit_id"]] = {
+                "state": state,
+                "health_percentage": health,
+                "total_successes": row["total_successes"],
+                "total_failures": row["total_failures"],
+            }
+        return {"timestamp": self.now(), "aggregate": dict(fleet_aggregate(pairs)), **sections}
+
+    def now(self) -> int:
+        """Event time of the history: the largest `ts` of any input (0 when empty)."""
+        (row,) = self._rows(
+            "SELECT greatest((SELECT coalesce(max(ts), 0) FROM events), "
+            "(SELECT coalesce(max(ts), 0) FROM control)) AS now"
+        )
+        return int(row["now"])
+
+    def checkpoint(self, task_id: str) -> dict[str, Any] | None:
+        """The task's newest checkpoint (`checkpoint_state` as bytes), or None."""
+        rows = self._rows("SELECT * FROM checkpoints WHERE task_id = ?", [task_id])
+        return rows[0] if rows else None
+
+    # --- dashboard-sized queries ----------------------------------------------------------
+
+    def current_states(self) -> list[dict[str, Any]]:
+        """One row per circuit that ever changed state: its newest transition."""
+        return self._rows("SELECT * FROM circuit_states ORDER BY circuit_kind, circuit_id")
+
+    def transitions(self, since: int | None = None, until: int | None = None) -> list[dict]:
+        """Circuit transitions with `since <= ts < until`, in time order."""
+        where, params = _time_range(since, until)
+        return self._rows(
+            f"SELECT * FROM circuit_transitions {where} ORDER BY ts, event_id", params
+        )
+
+    def failure_rates(
+        self,
+        bucket: str = "1h",
+        *,
+        since: int | None = None,
+        until: int | None = None,
+        by: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Successes, failures and failure rate per time bucket (optionally per `by`:
+        worker_id, hardware_class or task_type)."""
+        size = bucket_ms(bucket)
+        if by is not None and by not in _CIRCUIT_COLUMNS.values():
+            raise HistoryError(f"by: {by!r} is not one of {sorted(_CIRCUIT_COLUMNS.values())}")
+        where, params = _time_range(since, until)
+        where = f"{where} {'AND' if where else 'WHERE'} kind IN ('SUCCESS', 'FAILURE')"
+        group = f", {by}" if by else ""
+        return self._rows(
+            f"""
+            SELECT ts // {size} * {size} AS bucket_start{group},
+                   count(*) FILTER (WHERE kind = 'SUCCESS') AS successes,
+                   count(*) FILTER (WHERE kind = 'FAILURE') AS failures,
+                   failures / count(*) AS failure_rate
+            FROM events {where}
+            GROUP BY ALL ORDER BY ALL
+            """,
+            params,
+        )
+
+    # --- the recorded inputs, for replay and tune -----------------------------------------
+
+    def input_records(
+        self, since: int | None = None, until: int | None = None
+    ) -> Iterator[InputRecord]:
+        """Worker events and control records in the order the processor saw them (`seq`)."""
+        where, params = _time_range(since, until)
+        with self._lock:
+            self.refresh()
+            events = self.con.cursor()
+            control = self.con.cursor()
+        events.execute(f"SELECT * EXCLUDE (seq), seq FROM events {where} ORDER BY seq", params)
+        control.execute(f"SELECT * EXCLUDE (seq), seq FROM control {where} ORDER BY seq", params)
+        try:
+            yield from (
+                record
+                for _, record in heapq.merge(
+                    _stream(events, _worker_event), _stream(control, _control_record),
+                    key=lambda pair: pair[0],
+                )
+            )  # fmt: skip
+        finally:
+            events.close()
+            control.close()
+
+
+def _time_range(since: int | None, until: int | None) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    if since is not None:
+        clauses.append("ts >= ?")
+        params.append(since)
+    if until is not None:
+        clauses.append("ts < ?")
+        params.append(until)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _stream(cursor: duckdb.DuckDBPyConnection, build: Any) -> Iterator[tuple[int, Any]]:
+    names = [d[0] for d in cursor.description]
+    while rows := cursor.fetchmany(_FETCH_ROWS):
+        for row in rows:
+            fields = dict(zip(names, row, strict=True))
+            seq = fields.pop("seq")
+            yield seq, build(fields)
+
+
+def _worker_event(fields: dict[str, Any]) -> WorkerEvent:
+    fields["attributes"] = fields["attributes"] or {}
+    return WorkerEvent.model_validate({k: v for k, v in fields.items() if v is not None})
+
+
+def _control_record(fields: dict[str, Any]) -> InputRecord:
+    kind = fields["kind"]
+    if kind == "TICK":
+        return Tick(event_id=fields["event_id"], ts=fields["ts"])
+    if kind == "OPERATOR":
+        return Operator.model_validate(
+            {
+                k: fields[k]
+                for k in ("event_id", "ts", "action", "circuit_kind", "circuit_id", "actor")
+            }
+        )
+    if kind == "CONFIG_CHANGED":
+        return ConfigChanged(
+            event_id=fields["event_id"],
+            ts=fields["ts"],
+            config=json.loads(fields["config"]),
+            actor=fields["actor"],
+        )
+    raise HistoryError(f"control {fields['event_id']}: unknown kind {kind!r}")

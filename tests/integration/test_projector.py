@@ -1,0 +1,323 @@
+"""The projector against the real broker: records produced onto the processor's topics land
+in DuckDB exactly once, across a SIGKILL, while readers keep reading the read models.
+
+Records are produced with the Codec straight onto `.decisions`, `.circuits`, `.commands`
+and `.dlq`; the processor does not run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from confluent_kafka import Producer
+
+from faultstream.events.admin import create_topics, topic_names
+from faultstream.events.codec import Codec
+from faultstream.events.config import Settings
+from faultstream.events.models import (
+    CircuitStateChanged,
+    DeadLetter,
+    RecoveryCommand,
+    Tick,
+    WorkerEvent,
+)
+from faultstream.projections.queries import History
+from faultstream.projections.read_models import MANIFEST, Manifest
+
+pytestmark = pytest.mark.kafka
+FAULTSTREAM = str(Path(sys.executable).parent / "faultstream")
+WAIT_S = 120  # a generous bound: the tests wait for states, never for durations
+
+
+def inputs(first: int, count: int) -> list[Any]:
+    records: list[Any] = []
+    for n in range(first, first + count):
+        worker = f"w{n % 40}"
+        if n % 1000 == 999:
+            records.append(Tick(event_id=f"tick{n}", ts=n))
+        elif n % 7 == 3:
+            records.append(WorkerEvent(event_id=f"e{n}", kind="FAILURE", ts=n, worker_id=worker,
+                                       hardware_class="cuda", task_id=f"t{n}", task_type="bert",
+                                       message="CUDA error: device-side assert"))  # fmt: skip
+        elif n % 5 == 0:
+            records.append(WorkerEvent(event_id=f"e{n}", kind="CHECKPOINT", ts=n,
+                                       worker_id=worker, hardware_class="cuda",
+                                       task_id=f"t{n % 100}", checkpoint_seq=n,
+                                       checkpoint_state=n.to_bytes(4, "big")))  # fmt: skip
+        else:
+            records.append(WorkerEvent(event_id=f"e{n}", kind="SUCCESS", ts=n, worker_id=worker,
+                                       hardware_class="cpu" if n % 2 else "cuda",
+                                       task_id=f"t{n}", task_type="bert"))  # fmt: skip
+    return records
+
+
+def derived(first: int, count: int) -> list[Any]:
+    out: list[Any] = []
+    for n in range(first, first + count):
+        out.append(
+            CircuitStateChanged(
+                event_id=f"x{n}",
+                ts=n,
+                circuit_kind="worker",
+                circuit_id=f"w{n % 40}",
+                from_state="CLOSED" if n % 2 else "OPEN",
+                to_state="OPEN" if n % 2 else "CLOSED",
+                reason="test",
+                consecutive_failures=5 if n % 2 else 0,
+                trips=n % 2,
+                reset_timeout_s=60.0,
+                health=18.0 if n % 2 else 100.0,
+                caused_by=f"e{n}",
+            )
+        )
+        out.append(
+            RecoveryCommand(
+                command_id=f"c{n}",
+                ts=n,
+                task_id=f"t{n}",
+                task_type="bert",
+                worker_id="w1",
+                strategy="DELAYED_RETRY",
+                attempt=1,
+                delay_s=2.0,
+                reason="test",
+                caused_by=f"e{n}",
+            )
+        )
+    return out  # fmt: skip
+
+
+class Topics:
+    def __init__(self, settings: Settings) -> None:
+        create_topics(settings.kafka)
+        self.names = topic_names(settings.kafka)
+        self.codec = Codec(topic_prefix=settings.kafka.topic_prefix)
+        self.producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers,
+                                  "linger.ms": 20, "partitioner": "murmur2_random"})  # fmt: skip
+
+    def send(self, topic: str, records: list[Any], key: Callable[[Any], bytes]) -> None:
+        name = self.names[topic]
+        for record in records:
+            partition = {"partition": 0} if topic == "decisions" else {}
+            self.producer.produce(name, self.codec.encode(record), key(record), **partition)
+            self.producer.poll(0)
+        assert self.producer.flush(30) == 0
+
+    def send_batch(self, first: int, count: int, *, repeat_derived: bool = False) -> None:
+        self.send("decisions", inputs(first, count), lambda _: b"fleet")
+        changes = derived(first, count // 10)
+        if repeat_derived:  # a processor re-sending after its restart: same ids again
+            changes += changes[: len(changes) // 2]
+        self.send("circuits", [c for c in changes if isinstance(c, CircuitStateChanged)],
+                  lambda c: c.key.encode())  # fmt: skip
+        self.send("commands", [c for c in changes if isinstance(c, RecoveryCommand)],
+                  lambda c: c.task_id.encode())  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def start_projector(kafka_settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    started: list[subprocess.Popen] = []
+    env = {
+        **os.environ,
+        "FAULTSTREAM_KAFKA__BOOTSTRAP_SERVERS": kafka_settings.kafka.bootstrap_servers,
+        "FAULTSTREAM_KAFKA__TOPIC_PREFIX": kafka_settings.kafka.topic_prefix,
+        "FAULTSTREAM_STORAGE__DUCKDB_PATH": kafka_settings.storage.duckdb_path,
+        "FAULTSTREAM_STORAGE__READ_MODELS_DIR": kafka_settings.storage.read_models_dir,
+    }
+
+    def start(port: int | None = None) -> subprocess.Popen:
+        # The log outlives this call (the child writes to it); the test's tmp_path owns it.
+        log = open(tmp_path / f"projector{len(started)}.log", "w")  # noqa: SIM115
+        api = ["--port", str(port), "--host", "127.0.0.1"] if port else ["--no-api"]
+        proc = subprocess.Popen(
+            [FAULTSTREAM, "projector", "--publish-interval", "0.2",
+             *api],
+            env=env, cwd=tmp_path, stderr=log,
+        )  # fmt: skip
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def published_rows(directory: str, table: str) -> int:
+    try:
+        manifest = Manifest(**json.loads((Path(directory) / MANIFEST).read_text()))
+    except FileNotFoundError:
+        return 0
+    return sum(rows for _, rows in manifest.files.get(table, []))
+
+
+def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert proc.poll() is None, f"projector exited with {proc.returncode} before {what}"
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=WAIT_S) == 0
+
+
+def test_records_land_exactly_once_across_a_sigkill_of_the_projector(
+    kafka_settings: Settings, start_projector
+) -> None:
+    topics = Topics(kafka_settings)
+    directory = kafka_settings.storage.read_models_dir
+    topics.send_batch(0, 30_000)
+    first = start_projector()
+    wait_for(lambda: published_rows(directory, "events") > 0, first, "the first rows")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    # Whatever the moment of the kill, the rows on disk are exactly those the stored
+    # offsets cover: they were committed in one transaction.
+    landed, offsets = landed_and_offsets(kafka_settings)
+    assert landed["inputs"] == offsets.get(topics.names["decisions"], 0) > 0
+    assert landed["commands"] == offsets.get(topics.names["commands"], 0)
+    topics.send_batch(30_000, 30_000, repeat_derived=True)
+    second = start_projector()
+    wait_for(lambda: published_rows(directory, "commands") >= 6_000, second, "every command")
+    wait_for(lambda: published_rows(directory, "control") >= 60, second, "every tick")
+    stop(second)
+
+    con = duckdb.connect(kafka_settings.storage.duckdb_path, read_only=True)
+    counts = {
+        table: con.execute(f"SELECT count(*), count(DISTINCT {key}) FROM {table}").fetchone()
+        for table, key in [("events", "event_id"), ("control", "event_id"),
+                           ("circuit_transitions", "event_id"), ("commands", "command_id")]
+    }  # fmt: skip
+    seqs = con.execute(
+        "SELECT count(DISTINCT seq), min(seq), max(seq) FROM "
+        "(SELECT seq FROM events UNION ALL SELECT seq FROM control)"
+    ).fetchone()
+    con.close()
+    assert counts == {
+        "events": (59_940, 59_940),
+        "control": (60, 60),
+        "circuit_transitions": (6_000, 6_000),
+        "commands": (6_000, 6_000),
+    }
+    assert seqs == (60_000, 0, 59_999)  # the decisions offsets, each exactly once
+    _, offsets = landed_and_offsets(kafka_settings)
+    assert offsets[topics.names["decisions"]] == 60_000
+    assert offsets[topics.names["commands"]] == 3_000 + 3_000 + 1_500  # with the repeats
+
+
+def landed_and_offsets(settings: Settings) -> tuple[dict[str, int], dict[str, int]]:
+    """Rows in the history and the stored next offsets summed per topic."""
+    con = duckdb.connect(settings.storage.duckdb_path, read_only=True)
+    try:
+        (inputs,) = con.execute(
+            "SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM control)"
+        ).fetchone()
+        (commands,) = con.execute("SELECT count(*) FROM commands").fetchone()
+        offsets = dict(
+            con.execute(
+                "SELECT topic, sum(next_offset)::BIGINT FROM projector_offsets GROUP BY topic"
+            ).fetchall()
+        )
+    finally:
+        con.close()
+    return {"inputs": inputs, "commands": commands}, offsets
+
+
+def test_history_replays_inputs_in_decisions_order(
+    kafka_settings: Settings, start_projector
+) -> None:
+    topics = Topics(kafka_settings)
+    topics.send_batch(0, 3_000)
+    proc = start_projector()
+    directory = kafka_settings.storage.read_models_dir
+    wait_for(lambda: published_rows(directory, "control") >= 3, proc, "every tick")
+    stop(proc)
+    with History.from_db(kafka_settings.storage.duckdb_path) as history:
+        assert list(history.input_records()) == inputs(0, 3_000)
+
+
+def test_readers_open_the_read_models_while_the_projector_writes(
+    kafka_settings: Settings, start_projector
+) -> None:
+    topics = Topics(kafka_settings)
+    directory = kafka_settings.storage.read_models_dir
+    proc = start_projector()
+    wait_for(lambda: (Path(directory) / MANIFEST).exists(), proc, "the first manifest")
+    seen = []
+    for batch in range(10):
+        topics.send_batch(batch * 2_000, 2_000)
+        with History.from_read_models(directory) as history:
+            seen.append(history.circuit_breakers()["aggregate"]["total_circuits"])
+            history.failure_rates("1h")
+            history.current_states()
+    wait_for(lambda: published_rows(directory, "commands") >= 2_000, proc, "every command")
+    stop(proc)
+    assert seen == sorted(seen)  # readers only ever see the history grow
+
+
+def get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def test_api_answers_equal_the_figures_of_the_history_tables(
+    kafka_settings: Settings, start_projector
+) -> None:
+    topics = Topics(kafka_settings)
+    topics.send_batch(0, 5_000)
+    topics.send("dlq", [DeadLetter(event_id="bad1", ts=1, source_topic="x", source_partition=0,
+                                   source_offset=7, raw=b"\x00", reason="not avro")],
+                lambda _: b"")  # fmt: skip
+    port = free_port()
+    proc = start_projector(port)
+    directory = kafka_settings.storage.read_models_dir
+    wait_for(lambda: published_rows(directory, "dead_letters") >= 1, proc, "the dead letter")
+    wait_for(lambda: published_rows(directory, "commands") >= 500, proc, "every command")
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(base), proc, "the API")
+    _, breakers = get(f"{base}/api/circuit-breakers")
+    status, checkpoint = get(f"{base}/api/checkpoints/t5")
+    missing = get(f"{base}/api/checkpoints/no-such-task")
+    stop(proc)
+
+    with History.from_db(kafka_settings.storage.duckdb_path) as history:
+        assert breakers == json.loads(json.dumps(history.circuit_breakers()))
+        newest = history.checkpoint("t5")
+        (dead,) = history.con.execute("SELECT count(*) FROM dead_letters").fetchone()
+    assert breakers["aggregate"]["total_circuits"] == 40 + 2 + 1
+    assert status == 200 and checkpoint["checkpoint_seq"] == newest["checkpoint_seq"] == 4_905
+    assert missing == (404, {"error": "no checkpoint for task 'no-such-task'"})
+    assert dead == 1
+
+
+def _answers(base: str) -> bool:
+    try:
+        return get(f"{base}/api/circuit-breakers")[0] == 200
+    except OSError:
+        return False
