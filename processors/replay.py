@@ -1,7 +1,8 @@
 """Replay: a recorded history through one FleetCore, without Kafka.
 
 `replay(records, settings)` is the whole idea; the rest are sources and sinks around it.
-Later sources (`--db`, `--read-models`, `--from-kafka`) only need to yield InputRecords.
+The other sources (`--db`, `--read-models`, `--from-kafka`) live in `sources.py`; `--diff`
+compares against what really happened (`diff.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from faultstream.events.jsonl import InvalidLineError, read_input_records
 from faultstream.events.models import DerivedRecord, InputRecord, derived_to_json
 
 from .core import FleetCore
+from .diff import DiffReport, diff_derived
+from .sources import ALL_TIME, HistorySource, Window
 
 STDIO = "-"
 
@@ -130,3 +133,46 @@ def replay_jsonl(
         stats.records_in = records.count
     stats.elapsed_s = time.perf_counter() - started
     return stats
+
+
+def replay_source(
+    source: HistorySource,
+    output_path: str | None,
+    settings: CoreSettings | None = None,
+    window: Window = ALL_TIME,
+) -> ReplayStats:
+    """`faultstream replay --db/--read-models/--from-kafka`: any history source to JSON
+    Lines derived records (CONFIG_CHANGED records in the history still apply)."""
+    stats = ReplayStats()
+    started = time.perf_counter()
+    with open_output(output_path) as sink:
+        records = _Counted(source.inputs(window))
+        stats.derived_out = write_derived(replay(records, settings), sink)
+        stats.records_in = records.count
+    stats.elapsed_s = time.perf_counter() - started
+    return stats
+
+
+def replay_diff(
+    source: HistorySource,
+    output_path: str | None,
+    settings: CoreSettings,
+    window: Window = ALL_TIME,
+) -> DiffReport:
+    """`faultstream replay --diff`: what `settings` would have done differently from the
+    derived records the source holds (what really happened), one change per line, then
+    a summary line."""
+    actual = source.derived(window)
+    if actual is None:
+        raise FaultstreamError(
+            f"--diff needs a history that holds what really happened ({source.name} holds "
+            "only inputs): use --db, --read-models or --from-kafka"
+        )
+    actual_records = list(actual)
+    report = diff_derived(actual_records, replay(source.inputs(window), settings))
+    with open_output(output_path) as sink:
+        for line in report.lines():
+            sink.write(line)
+            sink.write("\n")
+        sink.write(f"summary: {report.summary()}\n")
+    return report

@@ -4,10 +4,53 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from faultstream.events.config import Settings
 
+if TYPE_CHECKING:
+    from faultstream.processors.sources import HistorySource, Window
+
 SHOWN_INVALID = 5
+
+
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """The history source group and its time window, shared by replay and tune."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--input", metavar="FILE.jsonl", help="a JSON Lines history ('-' for stdin)"
+    )
+    source.add_argument("--db", metavar="PATH", help="a history DuckDB file nobody writes")
+    source.add_argument("--read-models", metavar="DIR", help="the projector's Parquet read models")
+    source.add_argument(
+        "--from-kafka",
+        action="store_true",
+        help="<prefix>.decisions from the beginning to its end now ([kafka] settings)",
+    )
+    parser.add_argument(
+        "--since", metavar="TIME", help="only inputs at or after TIME (epoch ms or ISO-8601)"
+    )
+    parser.add_argument(
+        "--until", metavar="TIME", help="only inputs before TIME (epoch ms or ISO-8601)"
+    )
+
+
+def source_from_args(args: argparse.Namespace, settings: Settings) -> tuple[HistorySource, Window]:
+    from faultstream.processors.sources import Window, open_source, parse_time
+
+    window = Window(
+        parse_time(args.since, "--since") if args.since else None,
+        parse_time(args.until, "--until") if args.until else None,
+    )
+    source = open_source(
+        input_path=args.input,
+        db=args.db,
+        read_models=args.read_models,
+        from_kafka=args.from_kafka,
+        kafka=settings.kafka,
+        skip_invalid=getattr(args, "skip_invalid", False),
+    )
+    return source, window
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -19,11 +62,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "recovery core; write circuit_state_changed and recovery_command records as JSON "
         "lines, in order. The same history always gives the same bytes.",
     )
-    # One source of history; --db, --read-models and --from-kafka join this group later.
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--input", metavar="FILE.jsonl", help="a JSON Lines history ('-' for stdin)"
-    )
+    add_source_arguments(parser)
     parser.add_argument(
         "--output", metavar="FILE.jsonl", help="where to write (default: stdout; '-' too)"
     )
@@ -32,13 +71,27 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         action="store_true",
         help="skip bad lines and report them on stderr instead of stopping at the first",
     )
+    parser.add_argument(
+        "--diff",
+        action="store_true",
+        help="print only what these settings (--config) would have done differently from "
+        "what really happened (needs --db, --read-models or --from-kafka)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from faultstream.processors.replay import replay_jsonl
+    from faultstream.processors.replay import replay_diff, replay_jsonl, replay_source
 
-    stats = replay_jsonl(args.input, args.output, settings.core, skip_invalid=args.skip_invalid)
+    if args.input is not None and not args.diff and not (args.since or args.until):
+        stats = replay_jsonl(args.input, args.output, settings.core, skip_invalid=args.skip_invalid)
+    else:
+        source, window = source_from_args(args, settings)
+        if args.diff:
+            replay_diff(source, args.output, settings.core, window)
+            return 0
+        stats = replay_source(source, args.output, settings.core, window)
+        stats.invalid = getattr(source, "invalid", stats.invalid)
     for error in stats.invalid[:SHOWN_INVALID]:
         print(f"faultstream replay: skipped {error}", file=sys.stderr)
     if len(stats.invalid) > SHOWN_INVALID:

@@ -1,0 +1,320 @@
+"""Where a recorded history comes from, for replay and tune.
+
+Every source yields the validated input records in the order the core saw them, and,
+where it also holds them, the derived records that really happened (for `--diff`):
+
+- `JsonlSource`: a JSON Lines file (inputs only).
+- `DuckDBSource`: a history DuckDB file nobody writes (the `events` and `control` tables,
+  ordered by the ingestion counter `seq`; `circuit_transitions` and `commands`).
+- `ReadModelsSource`: the projector's Parquet read models (same tables).
+  Both read through `faultstream.projections.queries.History`.
+- `KafkaSource`: `<prefix>.decisions` from the beginning to its end offset at start (the
+  processor's total order of inputs), plus `.circuits` and `.commands` for what happened.
+
+`processors` reads `faultstream.projections` here, only to share its query module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import duckdb
+
+from faultstream.events.config import KafkaSettings
+from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.jsonl import InvalidLineError, read_input_records
+from faultstream.events.models import (
+    CircuitStateChanged,
+    DerivedRecord,
+    InputRecord,
+    RecoveryCommand,
+)
+from faultstream.projections.queries import History  # reading only: the shared queries
+
+_KAFKA_POLL_S = 1.0
+_KAFKA_IDLE_POLLS = 30  # give up when the end offset is not reached within ~30 s of quiet
+
+
+class HistoryError(FaultstreamError):
+    """A history that cannot be read; the message names the source."""
+
+
+def parse_time(text: str, flag: str = "--since") -> int:
+    """Epoch milliseconds from `1764355200000` or ISO-8601 (`2025-11-28T18:40:00Z`; naive
+    means UTC)."""
+    value = text.strip()
+    if value.lstrip("-").isdigit():
+        return int(value)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise FaultstreamError(
+            f"{flag} {text!r}: expected epoch milliseconds or ISO-8601 (2025-11-28T18:40:00Z)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Event-time bounds: `since <= ts < until`; None means open."""
+
+    since: int | None = None
+    until: int | None = None
+
+    def holds(self, ts: int) -> bool:
+        return (self.since is None or ts >= self.since) and (self.until is None or ts < self.until)
+
+    def filter(self, records: Iterable[Any]) -> Iterator[Any]:
+        if self.since is None and self.until is None:
+            yield from records
+            return
+        for record in records:
+            if self.holds(record.ts):
+                yield record
+
+    def sql(self) -> tuple[str, list[int]]:
+        clauses, params = [], []
+        if self.since is not None:
+            clauses.append("ts >= ?")
+            params.append(self.since)
+        if self.until is not None:
+            clauses.append("ts < ?")
+            params.append(self.until)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+ALL_TIME = Window()
+
+
+class HistorySource(Protocol):
+    name: str
+
+    def inputs(self, window: Window = ALL_TIME) -> Iterator[InputRecord]: ...
+
+    def derived(self, window: Window = ALL_TIME) -> Iterator[DerivedRecord] | None:
+        """What really happened, or None when this source does not hold it."""
+
+
+# --- JSON Lines -------------------------------------------------------------------------
+
+
+class JsonlSource:
+    def __init__(self, path: str, *, skip_invalid: bool = False) -> None:
+        self.name = f"--input {path}"
+        self.path = path
+        self.skip_invalid = skip_invalid
+        self.invalid: list[InvalidLineError] = []
+
+    def inputs(self, window: Window = ALL_TIME) -> Iterator[InputRecord]:
+        from .replay import open_input
+
+        with open_input(self.path) as handle:
+            records = read_input_records(
+                handle, skip_invalid=self.skip_invalid, errors=self.invalid
+            )
+            yield from window.filter(records)
+
+    def derived(self, window: Window = ALL_TIME) -> None:
+        return None
+
+
+# --- DuckDB and read models -------------------------------------------------------------
+
+
+class _ProjectedHistory:
+    """The history tables through `faultstream.projections.queries.History` (the query
+    module the dashboard and API share): inputs in `seq` order, plus what happened."""
+
+    name: str
+
+    def _open(self) -> History:
+        raise NotImplementedError
+
+    def inputs(self, window: Window = ALL_TIME) -> Iterator[InputRecord]:
+        history = self._open()
+        try:
+            yield from history.input_records(window.since, window.until)
+        except duckdb.Error as exc:
+            raise HistoryError(f"{self.name}: cannot read the inputs ({exc})") from None
+        finally:
+            history.close()
+
+    def derived(self, window: Window = ALL_TIME) -> Iterator[DerivedRecord] | None:
+        history = self._open()
+        where, params = window.sql()
+        try:
+            con = history.con
+            transitions = con.execute(
+                f"SELECT * FROM circuit_transitions{where} ORDER BY ts, event_id", params
+            )
+            records: list[DerivedRecord] = [
+                CircuitStateChanged.model_validate(_row_dict(transitions, row))
+                for row in transitions.fetchall()
+            ]
+            commands = con.execute(f"SELECT * FROM commands{where} ORDER BY ts, command_id", params)
+            for row in commands.fetchall():
+                data = _row_dict(commands, row)
+                data["parameters"] = data.get("parameters") or {}
+                records.append(RecoveryCommand.model_validate(data))
+        except duckdb.Error as exc:
+            raise HistoryError(f"{self.name}: cannot read derived records ({exc})") from None
+        finally:
+            history.close()
+        records.sort(key=lambda r: r.ts)  # stable: each kind keeps its own order on ties
+        return iter(records)
+
+
+class DuckDBSource(_ProjectedHistory):
+    """A history DuckDB file that no process is writing (read-only)."""
+
+    def __init__(self, path: str) -> None:
+        self.name = f"--db {path}"
+        self.path = path
+        if not Path(path).is_file():
+            raise HistoryError(f"--db {path}: no such DuckDB file")
+
+    def _open(self) -> History:
+        return History.from_db(self.path)
+
+
+class ReadModelsSource(_ProjectedHistory):
+    """The Parquet read models a projector publishes (safe while it writes)."""
+
+    def __init__(self, directory: str) -> None:
+        self.name = f"--read-models {directory}"
+        self.directory = directory
+        if not Path(directory).is_dir():
+            raise HistoryError(f"--read-models {directory}: no such directory")
+
+    def _open(self) -> History:
+        return History.from_read_models(self.directory)
+
+
+def _row_dict(cursor: duckdb.DuckDBPyConnection, row: tuple) -> dict[str, Any]:
+    names = [d[0] for d in cursor.description]
+    return {k: v for k, v in zip(names, row, strict=True) if k not in ("rowid", "seq")}
+
+
+# --- Kafka ------------------------------------------------------------------------------
+
+
+class KafkaSource:
+    """The processor's `decisions` topic, read from the beginning to its end at start."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self.kafka = kafka
+        self.name = f"--from-kafka {kafka.bootstrap_servers} {kafka.topic('decisions')}"
+
+    def inputs(self, window: Window = ALL_TIME) -> Iterator[InputRecord]:
+        from faultstream.events.codec import Codec
+
+        codec = Codec(self.kafka.schema_registry_url, topic_prefix=self.kafka.topic_prefix)
+        for value in self._read_topic("decisions"):
+            try:
+                record = codec.decode_input(value)
+            except FaultstreamError as exc:
+                raise HistoryError(f"{self.name}: undecodable record ({exc})") from None
+            if window.holds(record.ts):
+                yield record
+
+    def derived(self, window: Window = ALL_TIME) -> Iterator[DerivedRecord]:
+        from faultstream.events.codec import Codec
+
+        codec = Codec(self.kafka.schema_registry_url, topic_prefix=self.kafka.topic_prefix)
+        records: list[Any] = []
+        for topic in ("circuits", "commands"):
+            for value in self._read_topic(topic):
+                record = codec.decode(value)
+                if window.holds(record.ts):  # type: ignore[attr-defined]
+                    records.append(record)
+        records.sort(key=lambda r: r.ts)
+        return iter(records)
+
+    def _read_topic(self, logical: str) -> Iterator[bytes]:
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        topic = self.kafka.topic(logical)
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.kafka.bootstrap_servers,
+                "group.id": f"faultstream-replay-{logical}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
+        try:
+            try:
+                metadata = consumer.list_topics(topic, timeout=10)
+            except KafkaException as exc:
+                raise HistoryError(f"{self.name}: broker unreachable ({exc})") from None
+            info = metadata.topics.get(topic)
+            if info is None or info.error is not None or not info.partitions:
+                raise HistoryError(f"--from-kafka: topic {topic} does not exist")
+            # The end offsets at start: a history that keeps growing still ends.
+            ends: dict[int, int] = {}
+            for partition in info.partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )
+                if high > low:
+                    ends[partition] = high
+            if not ends:
+                return
+            consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+            # Partitions beginning after 0 (retention) start at their low watermark.
+            done: set[int] = set()
+            idle = 0
+            while len(done) < len(ends):
+                messages = consumer.consume(1000, _KAFKA_POLL_S)
+                if not messages:
+                    idle += 1
+                    if idle >= _KAFKA_IDLE_POLLS:
+                        raise HistoryError(f"{self.name}: {topic} stopped before its end offset")
+                    continue
+                idle = 0
+                for message in messages:
+                    if message.error() is not None:
+                        continue  # partition EOF and the like
+                    partition, offset = message.partition(), message.offset()
+                    if partition in done or offset >= ends[partition]:
+                        done.add(partition)
+                        continue
+                    yield message.value()
+                    if offset + 1 >= ends[partition]:
+                        done.add(partition)
+        finally:
+            consumer.close()
+
+
+def open_source(
+    *,
+    input_path: str | None = None,
+    db: str | None = None,
+    read_models: str | None = None,
+    from_kafka: bool = False,
+    kafka: KafkaSettings | None = None,
+    skip_invalid: bool = False,
+) -> HistorySource:
+    """The one history source the command line named."""
+    if input_path is not None:
+        return JsonlSource(input_path, skip_invalid=skip_invalid)
+    if db is not None:
+        return DuckDBSource(db)
+    if read_models is not None:
+        return ReadModelsSource(read_models)
+    if from_kafka:
+        return KafkaSource(kafka or KafkaSettings())
+    raise FaultstreamError("one of --input, --db, --read-models, --from-kafka is required")
+
+
+def strip_config_changes(records: Iterable[InputRecord]) -> Iterator[InputRecord]:
+    """The history without its CONFIG_CHANGED records: what-if settings stay in force."""
+    for record in records:
+        if record.kind != "CONFIG_CHANGED":
+            yield record

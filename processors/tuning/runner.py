@@ -1,0 +1,117 @@
+"""Replay one history under many configurations, in parallel, and rank them.
+
+Each configuration is one plain run of the core (`FleetCore`, the specification) and the
+scoring function (its fast path, `prepared.py`, with the input side prepared once);
+configurations are spread over processes (fork: the history is shared copy-on-write,
+not pickled per task).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+from faultstream.events.config import AttributionSettings, CoreSettings
+from faultstream.events.models import DerivedRecord, InputRecord
+
+from ..core import FleetCore
+from .grid import Candidate
+from .prepared import PreparedHistory, prepare, score_prepared
+from .score import Score, Weights, score_history
+
+Progress = Callable[[int, int], None]
+
+# The history being tuned and its prepared input side (per attribution): set before the
+# worker processes fork, so they share it copy-on-write instead of receiving pickles.
+_HISTORY: Sequence[InputRecord] = ()
+_PREPARED: dict[AttributionSettings, PreparedHistory] = {}
+
+
+def evaluate(inputs: Sequence[InputRecord], settings: CoreSettings) -> Score:
+    """One configuration: run the core over the history, score what it derived."""
+    return score_history(inputs, _derive(inputs, settings), settings)
+
+
+def _derive(inputs: Sequence[InputRecord], settings: CoreSettings) -> list[DerivedRecord]:
+    process = FleetCore(settings).process
+    return [out for record in inputs for out in process(record)]
+
+
+def _prepared_for(settings: CoreSettings) -> PreparedHistory:
+    attribution = settings.circuits.attribution
+    prepared = _PREPARED.get(attribution)
+    if prepared is None:
+        prepared = _PREPARED[attribution] = prepare(_HISTORY, attribution)
+    return prepared
+
+
+def _evaluate_in_worker(job: tuple[int, CoreSettings]) -> tuple[int, Score]:
+    index, settings = job
+    return index, score_prepared(_prepared_for(settings), _derive(_HISTORY, settings))
+
+
+@dataclass(frozen=True)
+class Result:
+    candidate: Candidate
+    score: Score
+    total: float
+
+
+def run_grid(
+    inputs: Sequence[InputRecord],
+    candidates: Sequence[Candidate],
+    weights: Weights | None = None,
+    *,
+    processes: int | None = None,
+    progress: Progress | None = None,
+) -> list[Result]:
+    """Every candidate's score, best first (ties keep grid order)."""
+    global _HISTORY
+    processes = max(1, min(processes or os.cpu_count() or 1, len(candidates)))
+    scores: dict[int, Score] = {}
+    jobs = [(i, c.settings) for i, c in enumerate(candidates)]
+    if progress:
+        progress(0, len(jobs))
+    _HISTORY = inputs
+    _PREPARED.clear()
+    try:
+        for settings in {c.settings.circuits.attribution: c.settings for c in candidates}.values():
+            _prepared_for(settings)  # before the fork, so every worker shares it
+        if processes == 1 or "fork" not in multiprocessing.get_all_start_methods():
+            for job in jobs:
+                i, score = _evaluate_in_worker(job)
+                scores[i] = score
+                if progress:
+                    progress(len(scores), len(jobs))
+        else:
+            with multiprocessing.get_context("fork").Pool(processes) as pool:
+                for i, score in pool.imap_unordered(_evaluate_in_worker, jobs):
+                    scores[i] = score
+                    if progress:
+                        progress(len(scores), len(jobs))
+    finally:
+        _HISTORY = ()
+        _PREPARED.clear()
+    results = [
+        Result(c, scores[i], scores[i].total(weights or Weights()))
+        for i, c in enumerate(candidates)
+    ]
+    order = sorted(range(len(results)), key=lambda i: (-results[i].total, i))
+    return [results[i] for i in order]
+
+
+def progress_bar(stream: IO[str] = sys.stderr, width: int = 30) -> Progress:
+    """A one-line bar redrawn in place: `tune [#####.....] 12/64`."""
+
+    def show(done: int, total: int) -> None:
+        filled = width * done // max(total, 1)
+        stream.write(f"\rtune [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        if done >= total:
+            stream.write("\n")
+        stream.flush()
+
+    return show
