@@ -1,0 +1,200 @@
+"""Processor throughput and latency on the local broker: batched agents vs one-at-a-time.
+
+    .venv/bin/python bench/bench_processor.py [--events 50000] [--rate 5000] [--runs 3]
+
+Per variant, on fresh topics: start `faultstream processor` (with `--naive` for the
+baseline), produce a history at full speed and time it through both stages (first
+produce to the last command on `<prefix>.commands`; every FAILURE yields one command),
+sampling consumer lag (produced minus forwarded to `<prefix>.decisions`) as it goes; then
+produce failures at a paced rate and measure produce → command latency. Medians of
+`--runs` runs, because the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from faultstream.events.admin import create_topics
+from faultstream.events.codec import Codec
+from faultstream.events.config import Settings, load_settings
+from faultstream.events.models import WorkerEvent
+
+FAULTSTREAM = str(Path(sys.executable).parent / "faultstream")
+BOOTSTRAP = os.environ.get("FAULTSTREAM_TEST_BOOTSTRAP", "127.0.0.1:9092")
+WORKERS = 200
+FAILURE_EVERY = 20
+
+
+def history(n: int, start_ts: int, tag: str) -> list[WorkerEvent]:
+    """Heartbeats, starts and successes across 200 workers; every 20th a FAILURE."""
+    events = []
+    for i in range(n):
+        worker = f"w{i % WORKERS}"
+        hardware = "cuda" if i % WORKERS < WORKERS // 2 else "cpu"
+        common = dict(event_id=f"{tag}-{i}", ts=start_ts + i // 20, worker_id=worker)
+        if i % FAILURE_EVERY == 0:
+            kind = dict(kind="FAILURE", task_id=f"t{i}", task_type="bert", failure_type="TIMEOUT")
+        elif i % 3 == 0:
+            kind = dict(kind="HEARTBEAT")
+        else:
+            kind = dict(kind="SUCCESS", task_id=f"t{i}", task_type="bert")
+        events.append(WorkerEvent(hardware_class=hardware, **common, **kind))
+    return events
+
+
+def end_offsets(consumer: Consumer, topic: str) -> int:
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    return sum(consumer.get_watermark_offsets(TopicPartition(topic, p))[1] for p in partitions)
+
+
+def start_processor(settings: Settings, naive: bool, workdir: str) -> subprocess.Popen:
+    env = dict(
+        os.environ,
+        FAULTSTREAM_KAFKA__BOOTSTRAP_SERVERS=BOOTSTRAP,
+        FAULTSTREAM_KAFKA__TOPIC_PREFIX=settings.kafka.topic_prefix,
+        FAULTSTREAM_PROCESSOR__DATA_DIR=workdir,
+    )
+    log = open(Path(workdir) / "processor.log", "ab")  # noqa: SIM115 - lives with the process
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [FAULTSTREAM, "processor", "--web-port", str(port), *(["--naive"] if naive else [])]
+    return subprocess.Popen(command, env=env, stdout=log, stderr=log)
+
+
+def wait_for(consumer: Consumer, topic: str, count: int, deadline_s: float = 300) -> float:
+    deadline = time.monotonic() + deadline_s
+    while end_offsets(consumer, topic) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timed out waiting for {count} records on {topic}")
+        time.sleep(0.02)
+    return time.perf_counter()
+
+
+def run_once(naive: bool, n_events: int, rate: int) -> dict[str, float]:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    settings = load_settings(kafka={"bootstrap_servers": BOOTSTRAP, "topic_prefix": prefix})
+    create_topics(settings.kafka)
+    codec = Codec(topic_prefix=prefix)
+    producer = Producer(
+        {"bootstrap.servers": BOOTSTRAP, "partitioner": "murmur2_random", "linger.ms": 5}
+    )
+    probe = Consumer({"bootstrap.servers": BOOTSTRAP, "group.id": f"{prefix}-probe"})
+    events_topic, commands = settings.kafka.topic("events"), settings.kafka.topic("commands")
+    workdir = tempfile.mkdtemp(prefix="bench-processor-")
+    proc = start_processor(settings, naive, workdir)
+    try:
+        now = int(time.time() * 1000)
+        # Warm up: the processor has joined its group once the first command is out.
+        for event in history(FAILURE_EVERY, now, "warm"):
+            producer.produce(events_topic, codec.encode(event), key=event.worker_id.encode())
+        producer.flush()
+        wait_for(probe, commands, 1, deadline_s=120)
+
+        batch = [(e.worker_id.encode(), codec.encode(e)) for e in history(n_events, now, "load")]
+        expected = 1 + n_events // FAILURE_EVERY
+        lag_samples: list[int] = []
+        started = time.perf_counter()
+        for i, (key, value) in enumerate(batch):
+            producer.produce(events_topic, value, key=key)
+            if i % 1000 == 0:
+                producer.poll(0)
+        producer.flush()
+        decisions = settings.kafka.topic("decisions")
+        while end_offsets(probe, commands) < expected:
+            lag_samples.append(n_events + FAILURE_EVERY - end_offsets(probe, decisions))
+            time.sleep(0.25)
+        finished = wait_for(probe, commands, expected)
+        throughput = n_events / (finished - started)
+
+        latencies = paced_latencies(settings, codec, producer, probe, rate, expected)
+    finally:
+        proc.kill()
+        proc.wait()
+        probe.close()
+    half = len(lag_samples) // 2
+    return {
+        "events/s": throughput,
+        "max lag": max(lag_samples, default=0),
+        "lag 2nd half": max(lag_samples[half:], default=0),
+        "p50 ms": statistics.median(latencies),
+        "p99 ms": statistics.quantiles(latencies, n=100)[98],
+    }
+
+
+def paced_latencies(
+    settings: Settings, codec: Codec, producer: Producer, probe: Consumer, rate: int, seen: int
+) -> list[float]:
+    """Produce 3 s of failures at `rate`/s; ms from each produce to its command."""
+    n = rate * 3
+    sent: dict[str, float] = {}
+    events = history(n * FAILURE_EVERY, int(time.time() * 1000), "paced")[::FAILURE_EVERY]
+    topic = settings.kafka.topic("events")
+    reader = Consumer(
+        {
+            "bootstrap.servers": BOOTSTRAP,
+            "group.id": f"{uuid.uuid4()}",
+            "auto.offset.reset": "latest",
+        }
+    )
+    reader.subscribe([settings.kafka.topic("commands")])
+    reader.consume(1, timeout=5)  # join before producing
+    latencies: list[float] = []
+    begin = time.perf_counter()
+    for i, event in enumerate(events):
+        due = begin + i / rate
+        while time.perf_counter() < due:
+            pass
+        sent[event.event_id] = time.perf_counter()
+        producer.produce(topic, codec.encode(event), key=event.worker_id.encode())
+        producer.poll(0)
+        for message in reader.consume(500, timeout=0):
+            record_arrived(message, codec, sent, latencies)
+    producer.flush()
+    deadline = time.monotonic() + 60
+    while len(latencies) < len(events) and time.monotonic() < deadline:
+        for message in reader.consume(500, timeout=0.1):
+            record_arrived(message, codec, sent, latencies)
+    reader.close()
+    return latencies
+
+
+def record_arrived(message, codec: Codec, sent: dict[str, float], latencies: list) -> None:
+    if message.error() is None:
+        command = codec.decode(message.value())
+        if command.caused_by in sent:
+            latencies.append((time.perf_counter() - sent.pop(command.caused_by)) * 1000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--rate", type=int, default=5_000)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    rows = {}
+    for name, naive in (("naive (one event at a time)", True), ("batched (take_events)", False)):
+        runs = [run_once(naive, args.events, args.rate) for _ in range(args.runs)]
+        rows[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    columns = list(next(iter(rows.values())))
+    print(f"{args.events} events, paced latency at {args.rate}/s, median of {args.runs} runs")
+    print(f"{'variant':<30}" + "".join(f"{c:>14}" for c in columns))
+    for name, row in rows.items():
+        print(f"{name:<30}" + "".join(f"{row[c]:>14.1f}" for c in columns))
+    base, fast = rows.values()
+    print(f"speed-up: {fast['events/s'] / base['events/s']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The decider's durable state: snapshots of the core in a changelog-backed Faust table.
+
+A snapshot is `FleetCore.snapshot()` plus the `<prefix>.decisions` offset it covers (the
+next record the restored core must see). It is written only after the outputs of every
+record it covers were flushed, so a restart that restores it and re-reads the decisions
+partition from its offset re-sends at most outputs already sent, with the same ids.
+
+Snapshots can outgrow Kafka's 1 MB message limit, so one is compressed and split into
+chunks (base64 text: Faust tables serialize plain values as JSON). Two slots (A and B)
+alternate: a crash in the middle of writing one slot leaves the other intact, and a
+digest tells a torn slot from a whole one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zlib
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+CHUNK_BYTES = 512 * 1024
+SLOTS = ("A", "B")
+
+
+class TableLike(Protocol):
+    def __getitem__(self, key: str) -> Any: ...
+    def __setitem__(self, key: str, value: Any) -> None: ...
+    def get(self, key: str, default: Any = None) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    offset: int
+    data: bytes
+
+
+class SnapshotStore:
+    """Reads and writes core snapshots in a key → bytes table (a Faust table, a dict)."""
+
+    def __init__(self, table: TableLike) -> None:
+        self._table = table
+        self._next_slot = 0
+        self._seq = 0
+
+    def save(self, offset: int, data: bytes) -> None:
+        packed = zlib.compress(data, 1)
+        chunks = [packed[i : i + CHUNK_BYTES] for i in range(0, len(packed), CHUNK_BYTES)]
+        slot = SLOTS[self._next_slot]
+        self._next_slot = 1 - self._next_slot
+        self._seq += 1
+        for index, chunk in enumerate(chunks):
+            self._table[f"chunk:{slot}:{index}"] = base64.b64encode(chunk).decode()
+        meta = {
+            "offset": offset,
+            "chunks": len(chunks),
+            "sha256": hashlib.sha256(packed).hexdigest(),
+            "seq": self._seq,
+        }
+        # The meta record goes last: the changelog has one partition, so it is restored
+        # after the chunks it describes.
+        self._table[f"meta:{slot}"] = meta
+
+    def load(self) -> Snapshot | None:
+        """The newest whole snapshot, or None when there is none."""
+        best: Snapshot | None = None
+        for position, slot in enumerate(SLOTS):
+            meta = self._table.get(f"meta:{slot}")
+            if not isinstance(meta, dict):
+                continue
+            self._seq = max(self._seq, int(meta.get("seq", 0)))
+            snapshot = self._assemble(slot, meta)
+            if snapshot is not None and (best is None or snapshot.offset > best.offset):
+                best = snapshot
+                self._next_slot = 1 - position
+        return best
+
+    def _assemble(self, slot: str, meta: dict[str, Any]) -> Snapshot | None:
+        parts = []
+        for index in range(int(meta["chunks"])):
+            chunk = self._table.get(f"chunk:{slot}:{index}")
+            if chunk is None:
+                return None
+            parts.append(base64.b64decode(chunk))
+        packed = b"".join(parts)
+        if hashlib.sha256(packed).hexdigest() != meta["sha256"]:
+            return None  # torn: a later write of this slot was cut short
+        return Snapshot(offset=int(meta["offset"]), data=zlib.decompress(packed))
