@@ -19,6 +19,8 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from faultstream.events.config import AttributionSettings
+from faultstream.projections.outcomes import update_circuit_totals
 from faultstream.projections.queries import History
 from faultstream.projections.read_models import ReadModelPublisher
 from faultstream.projections.tables import EVENTS, create_tables
@@ -71,6 +73,8 @@ def build(db: Path, events: int) -> None:
         FROM range({events // 100}) t(i)
         """
     )
+    # The writer keeps these per batch; one pass over the whole history gives the same.
+    update_circuit_totals(con, "events", AttributionSettings())
     con.execute(
         "INSERT INTO circuit_states SELECT * FROM circuit_transitions "
         "QUALIFY row_number() OVER (PARTITION BY circuit_kind, circuit_id ORDER BY ts DESC) = 1"

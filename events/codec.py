@@ -187,6 +187,13 @@ class Codec:
             raise DecodeError(f"expected a worker event or control record, got {name}")
         return _to_model(name, body)  # type: ignore[return-value]
 
+    def decode_trusted(self, data: bytes) -> tuple[str, dict[str, Any]]:
+        """(schema name, Avro fields) without the pydantic models: for records the processor
+        already validated (the projector's input). Still a DecodeError for bytes that are
+        not a faultstream record; contract checks beyond the schema are skipped. A control
+        record's `config` stays JSON text, as the history stores it."""
+        return self._read(data)
+
     def _read(self, data: bytes) -> tuple[str, dict[str, Any]]:
         if len(data) < HEADER.size:
             raise DecodeError(f"{len(data)} bytes is shorter than the 5-byte header")

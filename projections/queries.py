@@ -17,19 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
-from faultstream.events.classify import _RULES as CLASSIFY_RULES
-from faultstream.events.config import AttributionSettings, CoreSettings
+from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.health import circuit_health, fleet_aggregate
 from faultstream.events.models import ConfigChanged, InputRecord, Operator, Tick, WorkerEvent
 
+from .outcomes import CIRCUIT_COLUMNS as _CIRCUIT_COLUMNS
+from .outcomes import counted_sql, register_attribution
 from .read_models import MANIFEST, read_manifest
 from .tables import TABLES
 
 SECTIONS = {"worker": "workers", "hardware_class": "hardware_classes", "task_type": "task_types"}
-_CIRCUIT_COLUMNS = {"worker": "worker_id", "hardware_class": "hardware_class",
-                    "task_type": "task_type"}  # fmt: skip
 _BUCKET = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _FETCH_ROWS = 10_000
@@ -45,25 +45,6 @@ def bucket_ms(bucket: str) -> int:
     if not match or int(match.group(1)) <= 0:
         raise HistoryError(f"bucket: {bucket!r} is not a positive duration like 15m, 1h or 1d")
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
-
-
-def _failed_on_sql(attribution: AttributionSettings) -> str:
-    """SQL for the circuit kind a FAILURE row counts on (CIRCUITS.md), built from the very
-    rules the core uses: message classification first, then attribution by type."""
-    classify = " ".join(
-        f"WHEN regexp_matches(message, '{pattern.pattern}', 'i') THEN '{failure_type}'"
-        for pattern, failure_type in CLASSIFY_RULES
-    )
-    failure_type = f"coalesce(failure_type, CASE {classify} ELSE 'SOFTWARE_ERROR' END)"
-
-    def listed(types: tuple[Any, ...]) -> str:
-        return ", ".join(f"'{t}'" for t in types) or "NULL"
-
-    return (
-        f"CASE WHEN {failure_type} IN ({listed(attribution.worker)}) THEN 'worker' "
-        f"WHEN {failure_type} IN ({listed(attribution.hardware_class)}) THEN 'hardware_class' "
-        "ELSE 'task_type' END"
-    )
 
 
 class History:
@@ -157,69 +138,51 @@ class History:
             return cached
 
     def _circuit_breakers(self) -> dict[str, Any]:
-        failed_on = _failed_on_sql(self.settings.circuits.attribution)
-        counted_sql = " UNION ALL ".join(
-            f"SELECT '{kind}' AS ck, {column} AS cid, seq, kind = 'SUCCESS' AS ok "
-            f"FROM outcomes WHERE {column} IS NOT NULL "
-            f"AND (kind = 'SUCCESS' OR failed_on = '{kind}')"
-            for kind, column in _CIRCUIT_COLUMNS.items()
-        )
-        known_sql = " UNION ".join(
-            f"SELECT DISTINCT '{kind}' AS ck, {column} AS cid FROM events "
-            f"WHERE {column} IS NOT NULL"
-            for kind, column in _CIRCUIT_COLUMNS.items()
-        )
-        # consecutive failures (CLOSED) and probe successes (HALF_OPEN) are what the core's
-        # health depends on between transitions: outcomes after the circuit's last change
-        # (`seq` orders them; the change sits at the seq of the input that caused it).
+        # Totals come from `circuit_totals` (kept by the writer per batch); only the outcomes
+        # since a circuit's last change are read, for the few circuits whose health depends
+        # on them: consecutive failures (CLOSED after a change that is newer than its last
+        # success) and probe successes (HALF_OPEN). The change sits at the seq of the input
+        # that caused it; a change's cause is never older than the change itself.
         rows = self._rows(
-            f"""
-            WITH outcomes AS (
-                SELECT seq, worker_id, hardware_class, task_type, kind,
-                       CASE WHEN kind = 'FAILURE' THEN {failed_on} END AS failed_on
-                FROM events WHERE kind IN ('SUCCESS', 'FAILURE')),
-            counted AS ({counted_sql}),
-            changes AS (
+            """
+            WITH changes AS (
                 SELECT s.circuit_kind AS ck, s.circuit_id AS cid, s.to_state, s.health,
                        coalesce(i.seq, -1) AS change_seq
                 FROM circuit_states s LEFT JOIN (
                     SELECT event_id, seq FROM events
-                    WHERE event_id IN (SELECT caused_by FROM circuit_states)
+                    WHERE ts >= (SELECT min(ts) FROM circuit_states)
+                      AND event_id IN (SELECT caused_by FROM circuit_states)
                     UNION ALL SELECT event_id, seq FROM control) i
                   ON i.event_id = s.caused_by),
-            circuits AS (SELECT ck, cid FROM ({known_sql}) UNION SELECT ck, cid FROM changes),
-            tallies AS (
-                SELECT c.ck, c.cid,
-                       count(*) FILTER (WHERE ok) AS total_successes,
-                       count(*) FILTER (WHERE NOT ok) AS total_failures,
-                       count(*) FILTER (WHERE ok AND seq >= coalesce(g.change_seq, -1))
-                           AS probe_successes,
-                       coalesce(max(seq) FILTER (WHERE ok), -1) AS last_success
-                FROM counted c LEFT JOIN changes g USING (ck, cid) GROUP BY ALL),
-            streaks AS (
-                SELECT c.ck, c.cid, count(*) AS consecutive_failures
-                FROM counted c JOIN tallies t USING (ck, cid) LEFT JOIN changes g USING (ck, cid)
-                WHERE NOT c.ok AND c.seq > greatest(t.last_success, coalesce(g.change_seq, -1))
-                GROUP BY ALL)
+            circuits AS (
+                SELECT circuit_kind AS ck, circuit_id AS cid FROM circuit_totals
+                UNION SELECT ck, cid FROM changes)
             SELECT k.ck AS circuit_kind, k.cid AS circuit_id,
                    coalesce(g.to_state, 'CLOSED') AS state, g.health,
+                   coalesce(g.change_seq, -1) AS change_seq,
                    coalesce(t.total_successes, 0) AS total_successes,
                    coalesce(t.total_failures, 0) AS total_failures,
-                   coalesce(t.probe_successes, 0) AS probe_successes,
-                   coalesce(s.consecutive_failures, 0) AS consecutive_failures
+                   coalesce(t.last_success_seq, -1) AS last_success_seq,
+                   coalesce(t.failures_since_success, 0) AS failures_since_success
             FROM circuits k LEFT JOIN changes g USING (ck, cid)
-            LEFT JOIN tallies t USING (ck, cid) LEFT JOIN streaks s USING (ck, cid)
+            LEFT JOIN circuit_totals t ON t.circuit_kind = k.ck AND t.circuit_id = k.cid
             ORDER BY 1, 2
             """
         )
+        since_change = self._outcomes_since_change(rows)
         sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS.values()}
         pairs = []
         for row in rows:
             state = row["state"]
+            key = (row["circuit_kind"], row["circuit_id"])
             if state == "CLOSED":
-                health = circuit_health(state, row["consecutive_failures"])
+                failures = row["failures_since_success"]
+                if key in since_change:
+                    failures = since_change[key][1]
+                health = circuit_health(state, failures)
             elif state == "HALF_OPEN":
-                health = circuit_health(state, half_open_successes=row["probe_successes"])
+                probes = since_change.get(key, (0, 0))[0]
+                health = circuit_health(state, half_open_successes=probes)
             else:  # OPEN and FORCED_OPEN health only changes with a transition
                 health = row["health"]
             pairs.append((state, health))
@@ -230,6 +193,45 @@ class History:
                 "total_failures": row["total_failures"],
             }
         return {"timestamp": self.now(), "aggregate": dict(fleet_aggregate(pairs)), **sections}
+
+    def _outcomes_since_change(
+        self, circuits: list[dict[str, Any]]
+    ) -> dict[tuple[str, str], tuple[int, int]]:
+        """(successes at or after, failures after) each needing circuit's last change."""
+        needs = [
+            c
+            for c in circuits
+            if c["state"] == "HALF_OPEN"
+            or (c["state"] == "CLOSED" and c["change_seq"] > c["last_success_seq"])
+        ]
+        if not needs:
+            return {}
+        low = min(c["change_seq"] for c in needs)
+        source = f"(SELECT * FROM events WHERE seq >= {int(low)})"
+        with self._lock:
+            self.con.register(
+                "needs",
+                pa.table(
+                    {
+                        "ck": [c["circuit_kind"] for c in needs],
+                        "cid": [c["circuit_id"] for c in needs],
+                        "cs": pa.array([c["change_seq"] for c in needs], pa.int64()),
+                    }
+                ),
+            )
+            register_attribution(self.con, source, self.settings.circuits.attribution)
+            try:
+                rows = self.con.execute(
+                    f"""
+                    SELECT ck, cid, count(*) FILTER (WHERE ok AND seq >= cs),
+                           count(*) FILTER (WHERE NOT ok AND seq > cs)
+                    FROM ({counted_sql(source)}) JOIN needs USING (ck, cid) GROUP BY ALL
+                    """
+                ).fetchall()
+            finally:
+                for name in ("needs", "failure_circuits", "classified_messages"):
+                    self.con.unregister(name)
+        return {(ck, cid): (probes, failures) for ck, cid, probes, failures in rows}
 
     def now(self) -> int:
         """Event time of the history: the largest `ts` of any input (0 when empty)."""

@@ -10,7 +10,7 @@ Every file is written under a temporary name and renamed into place, then the ma
 replaced. A file that leaves the manifest (compacted, or an older current-state file) is
 deleted only after `grace_s`, so a reader that read the previous manifest can still open
 what it names. Appended rows are found by DuckDB `rowid`: the history tables are only
-ever appended to (ON CONFLICT DO NOTHING), so `rowid >= watermark` is exactly the new rows.
+ever appended to (repeats are anti-joined away), so `rowid >= watermark` is exactly the new rows.
 """
 
 from __future__ import annotations
@@ -29,7 +29,19 @@ from faultstream.events.exceptions import FaultstreamError
 from .tables import TABLES
 
 MANIFEST = "manifest.json"
-CURRENT_STATE_TABLES = ("circuit_states", "checkpoints")
+CURRENT_STATE_TABLES = ("circuit_states", "checkpoints", "circuit_totals")
+# What identifies a current-state table's content (a row's event_id changes with it), and
+# its order in the file.
+_FINGERPRINT = {
+    "circuit_states": "hash(event_id, ts)",
+    "checkpoints": "hash(event_id, ts)",
+    "circuit_totals": "hash(circuit_kind, circuit_id, total_successes, total_failures)",
+}
+_ORDER = {
+    "circuit_states": "circuit_kind, circuit_id",
+    "checkpoints": "task_id",
+    "circuit_totals": "circuit_kind, circuit_id",
+}
 APPEND_ONLY_TABLES = tuple(name for name in TABLES if name not in CURRENT_STATE_TABLES)
 # A part below this many rows is "small"; this many small parts get merged into one.
 SMALL_PART_ROWS = 1_000_000
@@ -138,13 +150,12 @@ class ReadModelPublisher:
         # Current-state tables change in place: a row's event_id changes with its content.
         fingerprint = str(
             self.con.execute(
-                f"SELECT count(*), coalesce(sum(hash(event_id, ts)), 0) FROM {table}"
+                f"SELECT count(*), coalesce(sum({_FINGERPRINT[table]}), 0) FROM {table}"
             ).fetchone()
         )
         if old and m.fingerprints.get(table) == fingerprint:
             return
-        order = "circuit_kind, circuit_id" if table == "circuit_states" else "task_id"
-        new = self._copy(f"SELECT * FROM {table} ORDER BY {order}", self._next_name(table))
+        new = self._copy(f"SELECT * FROM {table} ORDER BY {_ORDER[table]}", self._next_name(table))
         now = time.time()
         for path, _ in old:
             m.retired[path] = now

@@ -1,185 +1,60 @@
-"""The history in DuckDB: table layout (CONTRACT.md) and the bulk writer.
+"""The bulk writer of the history in DuckDB (the layout is in schema.py).
 
 `HistoryWriter` is the one piece that writes the history, used by the embedded pipeline
-and by the Kafka → DuckDB projector. Records are buffered and appended in batches as Arrow
-tables (never `executemany`, about 1 ms a row). Every table is keyed by its record's id and
-written with ON CONFLICT, so a record delivered twice is stored once.
+and by the Kafka → DuckDB projector. Records (pydantic models, or the plain dicts of the
+codec's trusted decode) are buffered and appended in batches as Arrow tables (never
+`executemany`, about 1 ms a row). A record delivered twice is stored once: each batch is
+anti-joined on (id, ts) against the rows of its own time range (see schema.DEDUPE_KEYS).
 """
 
 from __future__ import annotations
 
 import gc
-import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from faultstream.events.models import (
-    CircuitStateChanged,
-    DeadLetter,
-    DerivedRecord,
-    InputRecord,
-    RecoveryCommand,
-    WorkerEvent,
+from faultstream.events.config import AttributionSettings
+from faultstream.events.models import CircuitStateChanged, WorkerEvent
+
+from .outcomes import update_circuit_totals
+from .schema import (  # noqa: F401  (re-exported: the layout used to live here)
+    CHECKPOINTS,
+    CIRCUIT_STATES,
+    CIRCUIT_TOTALS,
+    CIRCUIT_TRANSITIONS,
+    COMMANDS,
+    CONTROL,
+    DEAD_LETTERS,
+    DEDUPE_KEYS,
+    EVENTS,
+    HEALTH_SNAPSHOTS,
+    RECOVERY_OUTCOMES,
+    TABLES,
+    Columns,
+    arrow_schema,
+    create_tables,
 )
 
-_STR = pa.string()
-_MAP = pa.map_(pa.string(), pa.string())
-
-# column name -> (DuckDB type, Arrow type); order is the table's column order.
-Columns = dict[str, tuple[str, pa.DataType]]
-
-EVENTS: Columns = {
-    "event_id": ("VARCHAR PRIMARY KEY", _STR),
-    "kind": ("VARCHAR", _STR),
-    "ts": ("BIGINT", pa.int64()),
-    "worker_id": ("VARCHAR", _STR),
-    "hardware_class": ("VARCHAR", _STR),
-    "task_id": ("VARCHAR", _STR),
-    "task_type": ("VARCHAR", _STR),
-    "failure_type": ("VARCHAR", _STR),
-    "message": ("VARCHAR", _STR),
-    "attempt": ("INTEGER", pa.int32()),
-    "recovery_command_id": ("VARCHAR", _STR),
-    "attributes": ("MAP(VARCHAR, VARCHAR)", _MAP),
-    "checkpoint_seq": ("BIGINT", pa.int64()),
-    "checkpoint_state": ("BLOB", pa.binary()),
-    # Ingestion order: the decisions offset (projector) or the embedded pipeline's counter.
-    "seq": ("BIGINT", pa.int64()),
-}
-CONTROL: Columns = {
-    "event_id": ("VARCHAR PRIMARY KEY", _STR),
-    "kind": ("VARCHAR", _STR),
-    "ts": ("BIGINT", pa.int64()),
-    "action": ("VARCHAR", _STR),
-    "circuit_kind": ("VARCHAR", _STR),
-    "circuit_id": ("VARCHAR", _STR),
-    "actor": ("VARCHAR", _STR),
-    "config": ("JSON", _STR),
-    "seq": ("BIGINT", pa.int64()),
-}
-_TRANSITION_FIELDS: Columns = {
-    "event_id": ("VARCHAR", _STR),
-    "ts": ("BIGINT", pa.int64()),
-    "circuit_kind": ("VARCHAR", _STR),
-    "circuit_id": ("VARCHAR", _STR),
-    "from_state": ("VARCHAR", _STR),
-    "to_state": ("VARCHAR", _STR),
-    "reason": ("VARCHAR", _STR),
-    "consecutive_failures": ("INTEGER", pa.int32()),
-    "trips": ("INTEGER", pa.int32()),
-    "reset_timeout_s": ("DOUBLE", pa.float64()),
-    "health": ("DOUBLE", pa.float64()),
-    "caused_by": ("VARCHAR", _STR),
-}
-CIRCUIT_TRANSITIONS: Columns = {
-    **_TRANSITION_FIELDS,
-    "event_id": ("VARCHAR PRIMARY KEY", _STR),
-}
-CIRCUIT_STATES: Columns = dict(_TRANSITION_FIELDS)
-COMMANDS: Columns = {
-    "command_id": ("VARCHAR PRIMARY KEY", _STR),
-    "ts": ("BIGINT", pa.int64()),
-    "task_id": ("VARCHAR", _STR),
-    "task_type": ("VARCHAR", _STR),
-    "worker_id": ("VARCHAR", _STR),
-    "strategy": ("VARCHAR", _STR),
-    "attempt": ("INTEGER", pa.int32()),
-    "delay_s": ("DOUBLE", pa.float64()),
-    "target_worker_id": ("VARCHAR", _STR),
-    "target_hardware_class": ("VARCHAR", _STR),
-    "parameters": ("MAP(VARCHAR, VARCHAR)", _MAP),
-    "checkpoint_seq": ("BIGINT", pa.int64()),
-    "reason": ("VARCHAR", _STR),
-    "caused_by": ("VARCHAR", _STR),
-}
-CHECKPOINTS: Columns = {
-    "task_id": ("VARCHAR PRIMARY KEY", _STR),
-    "event_id": ("VARCHAR", _STR),
-    "ts": ("BIGINT", pa.int64()),
-    "worker_id": ("VARCHAR", _STR),
-    "hardware_class": ("VARCHAR", _STR),
-    "task_type": ("VARCHAR", _STR),
-    "checkpoint_seq": ("BIGINT", pa.int64()),
-    "checkpoint_state": ("BLOB", pa.binary()),
-}
-DEAD_LETTERS: Columns = {
-    "event_id": ("VARCHAR PRIMARY KEY", _STR),
-    "ts": ("BIGINT", pa.int64()),
-    "source_topic": ("VARCHAR", _STR),
-    "source_partition": ("INTEGER", pa.int32()),
-    "source_offset": ("BIGINT", pa.int64()),
-    "raw": ("BLOB", pa.binary()),
-    "reason": ("VARCHAR", _STR),
-}
-RECOVERY_OUTCOMES: Columns = {
-    "command_id": ("VARCHAR PRIMARY KEY", _STR),
-    "ts": ("BIGINT", pa.int64()),
-    "task_id": ("VARCHAR", _STR),
-    "task_type": ("VARCHAR", _STR),
-    "worker_id": ("VARCHAR", _STR),
-    "strategy": ("VARCHAR", _STR),
-    "attempt": ("INTEGER", pa.int32()),
-    "outcome_event_id": ("VARCHAR", _STR),
-    "outcome_kind": ("VARCHAR", _STR),
-    "outcome_ts": ("BIGINT", pa.int64()),
-    "outcome_worker_id": ("VARCHAR", _STR),
-    "outcome_hardware_class": ("VARCHAR", _STR),
-    "outcome_failure_type": ("VARCHAR", _STR),
-}
-HEALTH_SNAPSHOTS: Columns = {
-    "ts": ("BIGINT PRIMARY KEY", pa.int64()),
-    "total_circuits": ("INTEGER", pa.int32()),
-    "open_circuits": ("INTEGER", pa.int32()),
-    "half_open_circuits": ("INTEGER", pa.int32()),
-    "closed_circuits": ("INTEGER", pa.int32()),
-    "average_health": ("DOUBLE", pa.float64()),
-    "overall_health": ("DOUBLE", pa.float64()),
-    "open_workers": ("INTEGER", pa.int32()),
-    "open_hardware_classes": ("INTEGER", pa.int32()),
-    "open_task_types": ("INTEGER", pa.int32()),
-}
-
-TABLES: dict[str, Columns] = {
-    "events": EVENTS,
-    "control": CONTROL,
-    "circuit_transitions": CIRCUIT_TRANSITIONS,
-    "circuit_states": CIRCUIT_STATES,
-    "commands": COMMANDS,
-    "checkpoints": CHECKPOINTS,
-    "dead_letters": DEAD_LETTERS,
-    "recovery_outcomes": RECOVERY_OUTCOMES,
-    "health_snapshots": HEALTH_SNAPSHOTS,
-}
-_EXTRA_DDL = [
-    # circuit_states is one row per circuit: the newest transition.
-    "ALTER TABLE circuit_states ADD PRIMARY KEY (circuit_kind, circuit_id)",
-]
-
-
-def create_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """Create every history table that does not exist yet."""
-    existing = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    for name, columns in TABLES.items():
-        if name in existing:
-            continue
-        body = ", ".join(f"{col} {sql}" for col, (sql, _) in columns.items())
-        con.execute(f"CREATE TABLE {name} ({body})")
-        if name == "circuit_states":
-            for ddl in _EXTRA_DDL:
-                con.execute(ddl)
+Row = Any  # a record model or the dict of its fields
 
 
 def _arrow(
-    columns: Columns, rows: list[Any], getters: Mapping[str, Callable[[Any], Any]]
+    columns: Columns, rows: list[Row], getters: Mapping[str, Callable[[Any], Any]]
 ) -> pa.Table:
     names = list(columns)
-    if getters:
+    if not rows:
+        return arrow_schema(columns).empty_table()
+    if isinstance(rows[0], dict):
+        # Trusted decode: the dict has every field already (control's config as JSON text).
+        values = list(zip(*map(itemgetter(*names), rows), strict=True))
+    elif getters:
         values = [
             [getters[col](r) for r in rows] if col in getters else [getattr(r, col) for r in rows]
             for col in names
@@ -194,9 +69,22 @@ def _arrow(
     return pa.Table.from_arrays(arrays, names=names)
 
 
-def _with_seq(columns: Columns, rows: list[Any], seqs: list[int], getters: Any) -> pa.Table:
+def _build(columns: Columns, rows: list[Row], getters: Any = None) -> pa.Table:
+    """Models and dicts may be mixed in one buffer: build each kind, then concatenate."""
+    if dict not in set(map(type, rows)) or all(type(r) is dict for r in rows):
+        return _arrow(columns, rows, getters or {})
+    models = [r for r in rows if not isinstance(r, dict)]
+    dicts = [r for r in rows if isinstance(r, dict)]
+    return pa.concat_tables([_arrow(columns, models, getters or {}), _arrow(columns, dicts, {})])
+
+
+def _with_seq(columns: Columns, rows: list[Row], seqs: list[int], getters: Any) -> pa.Table:
     record_columns = {col: spec for col, spec in columns.items() if col != "seq"}
-    table = _arrow(record_columns, rows, getters)
+    if rows and len(set(map(type, rows))) > 1:
+        # keep seqs aligned with rows: split by kind, then restore the order by seq
+        order = sorted(range(len(rows)), key=lambda i: isinstance(rows[i], dict))
+        rows, seqs = [rows[i] for i in order], [seqs[i] for i in order]
+    table = _build(record_columns, rows, getters)
     return table.append_column("seq", pa.array(seqs, type=pa.int64()))
 
 
@@ -221,25 +109,34 @@ _OUTCOME_SELECT = """
     FROM {commands} c JOIN {events} e ON e.recovery_command_id = c.command_id
     WHERE e.kind IN ('SUCCESS', 'FAILURE')
 """
+_CHECKPOINT_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in CHECKPOINTS if c != "task_id")
 
 
 class HistoryWriter:
     """Appends records to the history tables of one DuckDB file, in batches.
 
     Call `flush()` (or `close()`) to make buffered records visible to queries; the writer
-    also flushes by itself once `batch_size` records are waiting.
+    also flushes by itself once `batch_size` records are waiting. `attribution` decides
+    which circuit a FAILURE counts on in `circuit_totals` (the core's configuration).
     """
 
-    def __init__(self, db_path: str | Path, *, batch_size: int = 50_000) -> None:
+    def __init__(
+        self,
+        db_path: str | Path,
+        *,
+        batch_size: int = 50_000,
+        attribution: AttributionSettings | None = None,
+    ) -> None:
         self.db_path = str(db_path)
         self.batch_size = batch_size
+        self.attribution = attribution or AttributionSettings()
         self.con = duckdb.connect(self.db_path)
         create_tables(self.con)
-        self._events: list[WorkerEvent] = []
-        self._control: list[InputRecord] = []
-        self._transitions: list[CircuitStateChanged] = []
-        self._commands: list[RecoveryCommand] = []
-        self._dead_letters: list[DeadLetter] = []
+        self._events: list[Row] = []
+        self._control: list[Row] = []
+        self._transitions: list[Row] = []
+        self._commands: list[Row] = []
+        self._dead_letters: list[Row] = []
         self._health: list[dict[str, Any]] = []
         self._pending = 0
         self._event_seqs: list[int] = []
@@ -251,34 +148,42 @@ class HistoryWriter:
 
     # --- buffering ----------------------------------------------------------------------
 
-    def append_inputs(
-        self, records: Iterable[InputRecord], seqs: Iterable[int] | None = None
-    ) -> None:
-        """`seqs` is each record's place in the input order (default: the next numbers)."""
+    def append_inputs(self, records: Iterable[Row], seqs: Iterable[int] | None = None) -> None:
+        """`seqs` is each record's place in the input order (default: the next numbers).
+        A record is a model or, from the trusted decode, a dict with every field."""
+        records = records if isinstance(records, list) else list(records)
         if seqs is None:
-            seqs = itertools.count(self._next_seq)
-        seq = self._next_seq - 1
-        for record, seq in zip(records, seqs, strict=False):
-            if isinstance(record, WorkerEvent):
-                self._events.append(record)
-                self._event_seqs.append(seq)
-            else:
-                self._control.append(record)
-                self._control_seqs.append(seq)
-            self._pending += 1
-        self._next_seq = max(self._next_seq, seq + 1)
+            seqs = range(self._next_seq, self._next_seq + len(records))
+        seqs = seqs if isinstance(seqs, (list, range)) else list(seqs)
+        kinds = set(map(type, records))
+        if kinds == {WorkerEvent}:  # the common case: no control records at all
+            self._events.extend(records)
+            self._event_seqs.extend(seqs)
+        else:
+            for record, seq in zip(records, seqs, strict=True):
+                if _is_worker_event(record):
+                    self._events.append(record)
+                    self._event_seqs.append(seq)
+                else:
+                    self._control.append(record)
+                    self._control_seqs.append(seq)
+        if records:
+            self._next_seq = max(self._next_seq, seqs[-1] + 1)
+        self._pending += len(records)
         self._maybe_flush()
 
-    def append_derived(self, records: Iterable[DerivedRecord]) -> None:
+    def append_derived(self, records: Iterable[Row]) -> None:
         for record in records:
-            if isinstance(record, CircuitStateChanged):
+            if isinstance(record, CircuitStateChanged) or (
+                isinstance(record, dict) and "to_state" in record
+            ):
                 self._transitions.append(record)
             else:
                 self._commands.append(record)
             self._pending += 1
         self._maybe_flush()
 
-    def append_dead_letters(self, records: Iterable[DeadLetter]) -> None:
+    def append_dead_letters(self, records: Iterable[Row]) -> None:
         for record in records:
             self._dead_letters.append(record)
             self._pending += 1
@@ -326,40 +231,45 @@ class HistoryWriter:
         # Building columns from many live objects triggers needless GC passes.
         gc_was_enabled = gc.isenabled()
         gc.disable()
+        registered: list[str] = []
         con.begin()
         try:
-            events = self._events and _with_seq(EVENTS, self._events, self._event_seqs, {})
-            commands = self._commands and _arrow(COMMANDS, self._commands, {})
-            if events:
-                self._insert("events", events)
+            events = commands = None
+            if self._events:
+                batch = _with_seq(EVENTS, self._events, self._event_seqs, None)
+                events = self._append("events", batch, registered)
             if self._control:
-                control = _with_seq(CONTROL, self._control, self._control_seqs, _CONTROL_GETTERS)
-                self._insert("control", control)
+                batch = _with_seq(CONTROL, self._control, self._control_seqs, _CONTROL_GETTERS)
+                self._append("control", batch, registered)
             if self._transitions:
-                transitions = _arrow(CIRCUIT_TRANSITIONS, self._transitions, {})
-                self._insert("circuit_transitions", transitions)
-                self._upsert_circuit_states()
-            if commands:
-                self._insert("commands", commands)
-            if events:
+                batch = _build(CIRCUIT_TRANSITIONS, self._transitions)
+                transitions = self._append("circuit_transitions", batch, registered)
+                self._upsert_circuit_states(transitions)
+            if self._commands:
+                commands = self._append("commands", _build(COMMANDS, self._commands), registered)
+            if events is not None and events.num_rows:
+                update_circuit_totals(con, "new_events", self.attribution)
                 self._upsert_checkpoints()
-                self._join_outcomes(events, "batch_events", _OUTCOME_SELECT, "events")
-            if commands:
-                self._join_outcomes(commands, "batch_commands", _OUTCOME_SELECT, "commands")
+                self._join_outcomes("new_events", "events")
+            if commands is not None and commands.num_rows:
+                self._join_outcomes("new_commands", "commands")
             if self._dead_letters:
-                self._insert("dead_letters", _arrow(DEAD_LETTERS, self._dead_letters, {}))
+                self._append("dead_letters", _build(DEAD_LETTERS, self._dead_letters), registered)
             if self._health:
-                health = pa.Table.from_pylist(self._health, schema=_schema(HEALTH_SNAPSHOTS))
-                self._insert("health_snapshots", health)
+                health = pa.Table.from_pylist(self._health, schema=arrow_schema(HEALTH_SNAPSHOTS))
+                con.register("new_health", health)
+                registered.append("new_health")
+                con.execute("INSERT INTO health_snapshots SELECT * FROM new_health "
+                            "ON CONFLICT DO NOTHING")  # fmt: skip
             if before_commit is not None:
                 before_commit(con)
             con.commit()
-            for name in ("batch", "batch_events", "batch_commands"):
-                con.unregister(name)  # let the batch's Arrow memory go
         except BaseException:
             con.rollback()
             raise
         finally:
+            for name in registered:
+                con.unregister(name)  # let the batch's Arrow memory go
             if gc_was_enabled:
                 gc.enable()
         self._events, self._control, self._transitions = [], [], []
@@ -367,41 +277,62 @@ class HistoryWriter:
         self._event_seqs, self._control_seqs = [], []
         self._pending = 0
 
-    def _insert(self, table: str, batch: pa.Table) -> None:
-        self.con.register("batch", batch)
-        self.con.execute(f"INSERT INTO {table} SELECT * FROM batch ON CONFLICT DO NOTHING")
+    def _append(self, table: str, batch: pa.Table, registered: list[str]) -> pa.Table:
+        """Insert the rows of `batch` not stored yet; registers them as `new_<table>`."""
+        id_col, ts_col = DEDUPE_KEYS[table]
+        ids = batch.column(id_col)
+        if pc.count_distinct(ids).as_py() != batch.num_rows:
+            # Repeats inside the batch itself: keep the first of each.
+            first = {}
+            for i, key in enumerate(
+                zip(ids.to_pylist(), batch.column(ts_col).to_pylist(), strict=True)
+            ):
+                first.setdefault(key, i)
+            batch = batch.take(sorted(first.values()))
+        bounds = pc.min_max(batch.column(ts_col)).as_py()
+        self.con.register("incoming", batch)
+        stored = self.con.execute(
+            f"SELECT b.{id_col} FROM incoming b SEMI JOIN "
+            f"(SELECT {id_col}, {ts_col} FROM {table} WHERE {ts_col} BETWEEN ? AND ?) t "
+            f"USING ({id_col}, {ts_col})",
+            [bounds["min"], bounds["max"]],
+        ).fetchall()
+        self.con.unregister("incoming")
+        if stored:
+            repeated = pa.array([row[0] for row in stored], pa.string())
+            batch = batch.filter(pc.invert(pc.is_in(batch.column(id_col), repeated)))
+        name = f"new_{table}"
+        self.con.register(name, batch)
+        registered.append(name)
+        self.con.execute(f"INSERT INTO {table} SELECT * FROM {name}")
+        return batch
 
-    def _upsert_circuit_states(self) -> None:
+    def _upsert_circuit_states(self, transitions: pa.Table) -> None:
         # A batch may hold several changes of one circuit; the last one is current.
-        current = {(t.circuit_kind, t.circuit_id): t for t in self._transitions}
-        batch = _arrow(CIRCUIT_STATES, list(current.values()), {})
-        self.con.register("batch", batch)
-        self.con.execute("INSERT OR REPLACE INTO circuit_states SELECT * FROM batch")
+        order = pa.array(range(transitions.num_rows), pa.int64())
+        self.con.register("ordered_transitions", transitions.append_column("n", order))
+        self.con.execute(
+            "INSERT OR REPLACE INTO circuit_states SELECT * EXCLUDE (n) FROM ordered_transitions "
+            "QUALIFY row_number() OVER (PARTITION BY circuit_kind, circuit_id ORDER BY n DESC) = 1"
+        )
+        self.con.unregister("ordered_transitions")
 
     def _upsert_checkpoints(self) -> None:
-        newest: dict[str, WorkerEvent] = {}
-        for event in self._events:
-            if event.checkpoint_seq is None:
-                continue
-            seen = newest.get(event.task_id)  # type: ignore[arg-type]
-            if seen is None or (event.ts, event.checkpoint_seq) >= (seen.ts, seen.checkpoint_seq):
-                newest[event.task_id] = event  # type: ignore[index]
-        if not newest:
-            return
-        batch = _arrow(CHECKPOINTS, list(newest.values()), {})
-        updates = ", ".join(f"{col} = excluded.{col}" for col in CHECKPOINTS if col != "task_id")
-        self.con.register("batch", batch)
+        columns = ", ".join(CHECKPOINTS)
         self.con.execute(
-            "INSERT INTO checkpoints SELECT * FROM batch ON CONFLICT (task_id) DO UPDATE "
-            f"SET {updates} WHERE excluded.ts >= checkpoints.ts"
+            f"INSERT INTO checkpoints SELECT {columns} FROM new_events "
+            "WHERE checkpoint_seq IS NOT NULL AND task_id IS NOT NULL "
+            "QUALIFY row_number() OVER (PARTITION BY task_id "
+            "ORDER BY ts DESC, checkpoint_seq DESC, seq DESC) = 1 "
+            f"ON CONFLICT (task_id) DO UPDATE SET {_CHECKPOINT_UPDATES} "
+            "WHERE excluded.ts >= checkpoints.ts"
         )
 
-    def _join_outcomes(self, batch: pa.Table, name: str, select: str, side: str) -> None:
+    def _join_outcomes(self, name: str, side: str) -> None:
         # New outcomes meet stored commands, and new commands meet stored outcomes, so the
         # join holds whichever of the two a projector happens to read first.
         other = "commands" if side == "events" else "events"
-        sql = select.format(**{side: name, other: other})
-        self.con.register(name, batch)
+        sql = _OUTCOME_SELECT.format(**{side: name, other: other})
         self.con.execute(
             f"INSERT INTO recovery_outcomes {sql} "
             "QUALIFY row_number() OVER (PARTITION BY c.command_id "
@@ -421,5 +352,6 @@ class HistoryWriter:
         self.close()
 
 
-def _schema(columns: Columns) -> pa.Schema:
-    return pa.schema([(col, arrow_type) for col, (_, arrow_type) in columns.items()])
+def _is_worker_event(record: Row) -> bool:
+    kind = type(record)
+    return kind is WorkerEvent or (kind is dict and "worker_id" in record)
