@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--processes", type=int, default=None, help="parallel replays (default: every core)"
     )
     parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="replay every configuration through the core itself, not the compiled path",
+    )
+    parser.add_argument(
         "--apply",
         action="store_true",
         help="write the winner as a CONFIG_CHANGED record (actor tune) to <prefix>.control",
@@ -101,6 +106,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         period_ms=every_ms,
         window_ms=parse_duration_ms(args.window, name="--window") if args.window else None,
         processes=args.processes,
+        exact=args.exact,
     )
     source, window = source_from_args(args, settings)
 

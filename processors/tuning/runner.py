@@ -1,9 +1,10 @@
 """Replay one history under many configurations, in parallel, and rank them.
 
-Each configuration is one plain run of the core (`FleetCore`, the specification) and the
-scoring function (its fast path, `prepared.py`, with the input side prepared once);
-configurations are spread over processes (fork: the history is shared copy-on-write,
-not pickled per task).
+The compiled path (`fast.py`, numba) runs first when it can model the history exactly;
+otherwise (or with `exact=True`) each configuration is one plain run of the core
+(`FleetCore`, the specification) and the scoring function (its fast path, `prepared.py`,
+with the input side prepared once), spread over processes (fork: the history is shared
+copy-on-write, not pickled per task).
 """
 
 from __future__ import annotations
@@ -68,14 +69,57 @@ def run_grid(
     *,
     processes: int | None = None,
     progress: Progress | None = None,
+    exact: bool = False,
 ) -> list[Result]:
-    """Every candidate's score, best first (ties keep grid order)."""
-    global _HISTORY
+    """Every candidate's score, best first (ties keep grid order). `exact` skips the
+    compiled path and runs the core itself for every configuration."""
     processes = max(1, min(processes or os.cpu_count() or 1, len(candidates)))
+    if progress:
+        progress(0, len(candidates))
+    fast = None if exact else _compiled_scores(inputs, candidates, processes, progress)
+    scores = fast if fast is not None else _exact_scores(inputs, candidates, processes, progress)
+    results = [
+        Result(c, scores[i], scores[i].total(weights or Weights()))
+        for i, c in enumerate(candidates)
+    ]
+    order = sorted(range(len(results)), key=lambda i: (-results[i].total, i))
+    return [results[i] for i in order]
+
+
+def _compiled_scores(
+    inputs: Sequence[InputRecord],
+    candidates: Sequence[Candidate],
+    threads: int,
+    progress: Progress | None,
+) -> list[Score] | None:
+    """The numba path's scores, or None (with a one-line note) when it cannot be exact."""
+    try:
+        from .encode import UnsupportedHistory, encode
+        from .fast import score_grid
+    except ImportError as exc:  # numba missing or broken: the core is always there
+        print(f"tune: exact path: compiled path unavailable ({exc})", file=sys.stderr)
+        return None
+    try:
+        return score_grid(
+            encode(inputs),
+            [c.settings for c in candidates],
+            threads=threads,
+            progress=(lambda done: progress(done, len(candidates))) if progress else None,
+        )
+    except UnsupportedHistory as exc:
+        print(f"tune: exact path: {exc}", file=sys.stderr)
+        return None
+
+
+def _exact_scores(
+    inputs: Sequence[InputRecord],
+    candidates: Sequence[Candidate],
+    processes: int,
+    progress: Progress | None,
+) -> dict[int, Score]:
+    global _HISTORY
     scores: dict[int, Score] = {}
     jobs = [(i, c.settings) for i, c in enumerate(candidates)]
-    if progress:
-        progress(0, len(jobs))
     _HISTORY = inputs
     _PREPARED.clear()
     try:
@@ -96,12 +140,7 @@ def run_grid(
     finally:
         _HISTORY = ()
         _PREPARED.clear()
-    results = [
-        Result(c, scores[i], scores[i].total(weights or Weights()))
-        for i, c in enumerate(candidates)
-    ]
-    order = sorted(range(len(results)), key=lambda i: (-results[i].total, i))
-    return [results[i] for i in order]
+    return scores
 
 
 def progress_bar(stream: IO[str] = sys.stderr, width: int = 30) -> Progress:

@@ -34,6 +34,7 @@ class TunePolicy:
     period_ms: int | None = None  # at most one change per period (with --every)
     window_ms: int | None = None  # the sliding window, back from the newest input
     processes: int | None = None
+    exact: bool = False  # skip the compiled path: the core replays every configuration
 
 
 @dataclass
@@ -86,6 +87,7 @@ def tune_round(
         policy.weights,
         processes=policy.processes,
         progress=progress,
+        exact=policy.exact,
     )
     current_result = next(r for r in ranked if r.candidate is current)
     results = [r for r in ranked if r.candidate is not current]

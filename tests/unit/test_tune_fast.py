@@ -1,0 +1,243 @@
+"""The compiled tuner (`processors/tuning/fast.py`) against the specification: for random
+histories and random valid settings, its score equals a plain `FleetCore` run scored by
+`score_history`, exactly."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from histories import History
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from faultstream.events.config import CoreSettings
+from faultstream.events.models import InputRecord, WorkerEvent
+from faultstream.processors.tuning import expand_grid, fast, parse_grid, run_grid
+from faultstream.processors.tuning.encode import UnsupportedHistory, encode
+from faultstream.processors.tuning.fast import (
+    A_STATUS,
+    Config,
+    round6,
+    score_config,
+    score_grid,
+)
+from faultstream.processors.tuning.runner import evaluate
+
+WORKERS = ["w1", "w2", "w3", "w4", "w5", "cuda"]  # "cuda" also names a class: ids tie
+CLASSES = ["cuda", "cuda", "cuda", "cuda", "rocm", "cpu"]
+FAILURE_TYPES = [
+    "WORKER_CRASH",
+    "WORKER_DISCONNECTION",
+    "BROWSER_FAILURE",
+    "HARDWARE_ERROR",
+    "RESOURCE_EXHAUSTION",
+    "TIMEOUT",
+    None,  # classified from the message
+]
+MESSAGES = ["CUDA out of memory", "cuda error 700", "browser crashed", "worker crash", "boom"]
+
+step = st.tuples(
+    st.sampled_from(
+        [
+            "heartbeat",
+            "started",
+            "started",
+            "success",
+            "success",
+            "failure",
+            "failure",
+            "failure",
+            "class_failure",
+            "class_failure",
+            "tick",
+            "silence",
+            "operator",
+            "repeat",
+            "reused_id",
+            "late",
+            "move",
+        ]
+    ),
+    st.integers(0, len(WORKERS) - 1),
+    st.integers(0, 3_000),  # ts step
+    st.integers(0, len(FAILURE_TYPES) - 1),
+    st.sampled_from(["bert", "resnet"]),
+    st.integers(0, 2**16),  # a free choice for the step (message, operator, …)
+)
+
+
+def build(steps: list[tuple]) -> list[InputRecord]:
+    """A history from steps: outcomes, silences long enough to lose workers, failures of
+    a whole class at once (the fleet guard), operators, repeated ids, late events."""
+    h = History()
+    ts = 1_000
+    classes = dict(zip(WORKERS, CLASSES, strict=True))
+    for kind, wi, delta, fi, task_type, choice in steps:
+        ts += delta
+        worker = WORKERS[wi]
+        hw = classes[worker]
+        failure_type = FAILURE_TYPES[fi]
+        message = MESSAGES[choice % len(MESSAGES)] if failure_type is None else None
+        task = f"t-{worker}-{choice % 3}"
+        if kind == "tick":
+            h.tick(ts)
+        elif kind == "silence":
+            ts += 5_000 + choice % 40_000
+            h.tick(ts)
+        elif kind == "heartbeat":
+            h.heartbeat(worker, ts, hardware_class=hw)
+        elif kind == "started":
+            h.started(worker, ts, hardware_class=hw, task_type=task_type, task_id=task)
+        elif kind == "success":
+            h.success(worker, ts, hardware_class=hw, task_type=task_type, task_id=task)
+        elif kind == "failure":
+            h.failure(
+                worker, ts, failure_type, hardware_class=hw, task_type=task_type,
+                task_id=task, message=message, attempt=choice % 4,
+            )  # fmt: skip
+        elif kind == "class_failure":  # every worker of the class crashes at once
+            for other in WORKERS:
+                if classes[other] == hw:
+                    h.failure(other, ts, "WORKER_CRASH", hardware_class=hw, task_type=task_type)
+        elif kind == "operator":
+            circuit_kind = ("worker", "hardware_class", "task_type")[choice % 3]
+            circuit_id = (worker, hw, task_type)[choice % 3]
+            action = "FORCE_OPEN" if choice % 5 < 2 else "RESET"
+            h.operator(action, circuit_kind, circuit_id, ts)
+        elif kind == "repeat" and h.records:
+            h.records.append(h.records[choice % len(h.records)])
+        elif kind == "reused_id":  # an outcome reusing the id of the worker's heartbeat:
+            beat = h.heartbeat(worker, ts, hardware_class=hw)  # the core drops it, the
+            h.records.append(  # score counts it
+                WorkerEvent(
+                    event_id=beat.event_id, kind="FAILURE" if choice % 2 else "SUCCESS",
+                    ts=ts + 1, worker_id=worker, hardware_class=hw, task_id=task,
+                    task_type=task_type,
+                )
+            )  # fmt: skip
+        elif kind == "late":  # an event whose ts is behind the clock
+            h.failure(worker, max(0, ts - choice % 8_000), failure_type or "TIMEOUT",
+                      hardware_class=hw, task_type=task_type, message=message)  # fmt: skip
+        elif kind == "move":  # the worker now reports another class
+            classes[worker] = CLASSES[choice % len(CLASSES)]
+            h.heartbeat(worker, ts, hardware_class=classes[worker])
+    return h.records
+
+
+ATTRIBUTIONS = [
+    {},
+    {"worker": ["WORKER_CRASH"], "hardware_class": ["HARDWARE_ERROR", "WORKER_DISCONNECTION"]},
+    {"worker": ["WORKER_CRASH", "BROWSER_FAILURE"], "hardware_class": []},  # disc. → task
+]
+
+
+@st.composite
+def core_settings(draw: st.DrawFn) -> CoreSettings:
+    def circuit(threshold_max: int) -> dict:
+        success = draw(st.integers(1, 3))
+        return {
+            "failure_threshold": draw(st.integers(1, threshold_max)),
+            "recovery_timeout_s": draw(st.sampled_from([0.5, 1.5, 2, 3.3, 7, 20])),
+            "reset_timeout_factor": draw(st.sampled_from([1.0, 1.2, 1.5, 2.0, 3.7])),
+            "max_reset_timeout_s": draw(st.sampled_from([4, 9.9, 60, 600])),
+            "success_threshold": success,
+            "half_open_max_calls": success + draw(st.integers(0, 2)),
+        }
+
+    worker = circuit(4) | {
+        "max_open_fraction": draw(st.sampled_from([0.2, 0.5, 0.75, 1.0])),
+        "guard_min_workers": draw(st.integers(1, 5)),
+    }
+    return CoreSettings().merged(
+        {
+            "circuits": {
+                "worker": worker,
+                "hardware_class": circuit(4),
+                "task_type": circuit(4),
+                "attribution": draw(st.sampled_from(ATTRIBUTIONS)),
+            },
+            "recovery": {"heartbeat_timeout_s": draw(st.sampled_from([2, 4.5, 10, 30]))},
+        }
+    )
+
+
+checks = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@checks
+@given(st.lists(step, min_size=10, max_size=120).map(build), core_settings())
+def test_compiled_score_equals_core_run_and_score_history(
+    records: list[InputRecord], core: CoreSettings
+) -> None:
+    history = encode(records)
+    assert score_config(history, Config(core, history)) == evaluate(records, core)
+
+
+def test_grid_through_threads_equals_core_per_configuration() -> None:
+    rng = random.Random(3)
+    steps = [
+        (rng.choice(["started", "success", "failure", "failure", "class_failure", "silence"]),
+         rng.randrange(len(WORKERS)), rng.randrange(3_000), rng.randrange(len(FAILURE_TYPES)),
+         rng.choice(["bert", "resnet"]), rng.randrange(2**16))
+        for _ in range(400)
+    ]  # fmt: skip
+    records = build(steps)
+    candidates, _ = expand_grid(
+        parse_grid(["worker.failure_threshold=1,3", "task_type.recovery_timeout_s=2,30"]),
+        CoreSettings(),
+    )
+    history = encode(records)
+    scores = score_grid(history, [c.settings for c in candidates], threads=2)
+    assert scores == [evaluate(records, c.settings) for c in candidates]
+
+
+def test_round6_matches_python_round_to_the_microsecond() -> None:
+    rng = random.Random(11)
+    acc = np.zeros(11, np.int64)
+    waits = [0.0, 1.2, 0.1, 1.5e3, 746.496, 4.5, 33.3]
+    values = [rng.randrange(10**9) + rng.choice(waits) * 1000.0 for _ in range(20_000)]
+    values += [rng.randrange(2**33, 2**41) + rng.choice(waits) * 1000.0 for _ in range(5_000)]
+    values += [1000 + 1.2 * 1000, 2**33 + 0.3, 1.764e12 + 90000.00000001]
+    for x in values:
+        assert round6(x, acc) == round(x, 6), x
+    assert acc[A_STATUS] == 0  # no near-tie needed the core
+
+
+def test_history_with_config_changed_is_unsupported() -> None:
+    h = History()
+    h.failure("w1", 1_000, "WORKER_CRASH")
+    h.config(2_000, {"circuits": {"worker": {"failure_threshold": 2}}})
+    with pytest.raises(UnsupportedHistory, match="CONFIG_CHANGED"):
+        encode(h.records)
+
+
+def test_unsupported_history_falls_back_to_the_core_with_a_note(capsys) -> None:
+    h = History()
+    for i in range(6):
+        h.failure("w1", 1_000 + 1_000 * i, "WORKER_CRASH")
+    h.config(9_000, {"circuits": {"worker": {"failure_threshold": 2}}})
+    h.failure("w1", 10_000, "WORKER_CRASH")
+    h.failure("w1", 11_000, "WORKER_CRASH")
+    candidates, _ = expand_grid(parse_grid(["worker.failure_threshold=1,3"]), CoreSettings())
+    results = run_grid(h.records, candidates, processes=1)
+    for result in results:  # the core applied the CONFIG_CHANGED: exact scores all the same
+        assert result.score == evaluate(h.records, result.candidate.settings)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exact path" in err and "CONFIG_CHANGED" in err
+
+
+def test_exact_flag_skips_the_compiled_path(monkeypatch, capsys) -> None:
+    h = History()
+    h.failure("w1", 1_000, "WORKER_CRASH")
+    candidates, _ = expand_grid(parse_grid(["worker.failure_threshold=1,3"]), CoreSettings())
+    compiled = run_grid(h.records, candidates, processes=1)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the compiled path ran despite exact=True")
+
+    monkeypatch.setattr(fast, "score_grid", refuse)
+    exact = run_grid(h.records, candidates, processes=1, exact=True)
+    assert [r.score for r in compiled] == [r.score for r in exact]
+    assert capsys.readouterr().err == ""
