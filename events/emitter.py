@@ -1,195 +1,57 @@
 """The worker SDK: build, validate and send worker events without ever blocking or failing
 the worker because of the broker.
 
-`Emitter` builds events (validated by the pydantic model; bad input raises
-InvalidEventError naming the field and sends nothing) and hands them to a `Transport`.
-`KafkaTransport` produces them with confluent-kafka and keeps every record it has not yet
-seen acknowledged; what fails delivery or is still unacknowledged at close goes to the
-spool (events/spool.py) and is sent again by the next emitter or by `resend_spool()`.
+`Emitter` builds events (events/build.py: bad input raises InvalidEventError naming the
+field and sends nothing) and hands them to a `Transport` (events/transport.py; by default
+`KafkaTransport`, which sends from a background thread and spools what the broker does
+not acknowledge).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from functools import partial
+from random import Random
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
-from confluent_kafka import KafkaError, Producer
-from pydantic import ValidationError
-
-from .codec import Codec
+from .build import build_worker_event
 from .config import Settings, load_settings
-from .exceptions import InvalidEventError
 from .models import EventKind, FailureType, WorkerEvent
-from .spool import Spool
+from .transport import DEFAULT_MESSAGE_TIMEOUT_MS, KafkaTransport, Transport
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "DEFAULT_MESSAGE_TIMEOUT_MS",
+    "Emitter",
+    "KafkaTransport",
+    "Transport",
+    "build_worker_event",
+    "new_event_id",
+]
 
-DEFAULT_MESSAGE_TIMEOUT_MS = 5 * 60 * 1000  # a broker may be away this long, no event lost
-_PRODUCE_RETRIES = 5  # on a full local queue: serve callbacks and retry, then spool
 
-
-class Transport(Protocol):
-    """Where an emitter's events go: Kafka here, an in-process pipeline for the demo."""
-
-    def send(self, event: WorkerEvent) -> None: ...
-
-    def flush(self, timeout: float) -> int:
-        """Wait up to `timeout` s for delivery; returns how many are still undelivered."""
-        ...
-
-    def close(self, timeout: float) -> None: ...
+# uuid4's version and variant bits, applied to 128 random bits.
+_UUID4_KEEP = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID4_SET = (0x4 << 76) | (0x2 << 62)
+# A private generator, seeded from os.urandom: a `random.seed(n)` elsewhere (a simulator,
+# a test) must not make two processes repeat ids, and neither may a fork.
+_ids = Random()
+os.register_at_fork(after_in_child=_ids.seed)
+_random_bits = _ids.getrandbits
 
 
 def new_event_id() -> str:
-    """A uuid4 as 32 hex digits, a third of the cost of `uuid.uuid4().hex`."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    return raw.hex()
+    """A uuid4 as 32 hex digits at a quarter of the cost of `uuid.uuid4().hex`: ids need
+    to be unique, not secret, so a seeded generator (thread-safe) replaces a system call
+    per event."""
+    return "%032x" % ((_random_bits(128) & _UUID4_KEEP) | _UUID4_SET)
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class KafkaTransport:
-    """Produces worker events to `<prefix>.events`, key worker_id, and spools what the
-    broker did not acknowledge. Never raises to the caller for a broker problem."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        codec: Codec | None = None,
-        spool: Spool | None = None,
-        message_timeout_ms: int = DEFAULT_MESSAGE_TIMEOUT_MS,
-        producer_config: Mapping[str, Any] | None = None,
-        resend_spooled: bool = True,
-    ) -> None:
-        kafka = settings.kafka
-        self.topic = kafka.topic("events")
-        self.codec = codec or Codec(kafka.schema_registry_url, topic_prefix=kafka.topic_prefix)
-        self.spool = spool if spool is not None else Spool(settings.emitter.spool_path)
-        config: dict[str, Any] = {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "enable.idempotence": True,
-            "acks": "all",
-            # Where aiokafka (Faust) puts a key, so a worker's events stay in order.
-            "partitioner": "murmur2_random",
-            "linger.ms": 5,
-            "queue.buffering.max.messages": 1_000_000,
-            "message.timeout.ms": message_timeout_ms,
-            "compression.type": "lz4",
-        }
-        config.update(producer_config or {})
-        self._producer = Producer(config)
-        self._unacked: dict[str, WorkerEvent] = {}
-        self._failed: list[WorkerEvent] = []
-        # Events re-sent from the spool: still in the file until acknowledged.
-        self._from_spool: set[str] = set()
-        self._spool_acked: set[str] = set()
-        self._closed = False
-        self.acked = 0
-        if resend_spooled:
-            self._send_spooled()
-
-    # --- sending -------------------------------------------------------------------------
-
-    def send(self, event: WorkerEvent) -> None:
-        self._produce(event)
-        self._producer.poll(0)  # serve delivery callbacks on the caller's thread
-        if self._failed:
-            self._spool_failed()
-
-    def _produce(self, event: WorkerEvent) -> None:
-        value = self.codec.encode_worker_event(event)
-        self._unacked[event.event_id] = event
-        on_delivery = partial(self._on_delivery, event.event_id)
-        for attempt in range(_PRODUCE_RETRIES):
-            try:
-                self._producer.produce(self.topic, value, event.worker_id, on_delivery=on_delivery)
-                return
-            except BufferError:
-                self._producer.poll(0.001 * (attempt + 1))
-        # The local queue stayed full: keep the event on disk rather than block the worker.
-        log.warning("producer queue full; event %s spooled", event.event_id)
-        self._failed.append(self._unacked.pop(event.event_id))
-
-    def _on_delivery(self, event_id: str, err: KafkaError | None, _msg: object) -> None:
-        event = self._unacked.pop(event_id, None)
-        if event is None:  # already spooled by close()
-            return
-        if err is None:
-            self.acked += 1
-            if event_id in self._from_spool:
-                self._spool_acked.add(event_id)
-            return
-        log.warning("event %s not delivered (%s); spooled", event_id, err.str())
-        if event_id not in self._from_spool:  # a re-sent one is still in the spool
-            self._failed.append(event)
-
-    def _spool_failed(self) -> None:
-        failed, self._failed = self._failed, []
-        self.spool.append(failed)
-
-    # --- the spool -----------------------------------------------------------------------
-
-    def _send_spooled(self) -> int:
-        events = [e for e in self.spool.read() if e.event_id not in self._from_spool]
-        for event in events:
-            self._from_spool.add(event.event_id)
-            self._produce(event)
-        if events:
-            log.info("re-sending %d spooled events", len(events))
-        return len(events)
-
-    def resend_spool(self, timeout: float = 30.0) -> int:
-        """Send the spooled events again and wait for them; returns how many remain."""
-        self._send_spooled()
-        self.flush(timeout)
-        return len(self.spool.read())
-
-    def _settle_spool(self) -> None:
-        if self._failed:
-            self._spool_failed()
-        if self._spool_acked:
-            acked, self._spool_acked = self._spool_acked, set()
-            self.spool.remove(acked)
-            self._from_spool -= acked
-
-    # --- lifecycle -----------------------------------------------------------------------
-
-    @property
-    def pending(self) -> int:
-        """Events sent but not yet acknowledged."""
-        return len(self._unacked)
-
-    def flush(self, timeout: float) -> int:
-        self._producer.flush(timeout)
-        self._settle_spool()
-        return len(self._unacked)
-
-    def close(self, timeout: float) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.flush(timeout)
-        left = [e for eid, e in self._unacked.items() if eid not in self._from_spool]
-        self._unacked.clear()
-        if left:
-            # Possibly delivered after all (in flight); a repeat event_id is ignored downstream.
-            self.spool.append(left)
-            log.warning("%d events unacknowledged at close; spooled", len(left))
-        self._producer.purge()
-        self._producer.flush(0)  # purged records' callbacks find nothing left to spool
-        self._settle_spool()
 
 
 class Emitter(AbstractContextManager["Emitter"]):
@@ -228,20 +90,23 @@ class Emitter(AbstractContextManager["Emitter"]):
         ts: int | None = None,
         **fields: Any,
     ) -> WorkerEvent:
-        try:
-            return WorkerEvent(
-                event_id=event_id if event_id is not None else new_event_id(),
-                kind=kind,
-                ts=ts if ts is not None else time.time_ns() // 1_000_000,
-                worker_id=worker_id,
-                hardware_class=hardware_class,
-                **fields,
-            )
-        except ValidationError as exc:
-            raise InvalidEventError.from_validation(exc) from None
+        """Any worker's event, validated (the `faultstream emit` command uses this)."""
+        fields["event_id"] = new_event_id() if event_id is None else event_id
+        fields["kind"] = kind
+        fields["ts"] = now_ms() if ts is None else ts
+        fields["worker_id"] = worker_id
+        fields["hardware_class"] = hardware_class
+        return build_worker_event(fields)
 
-    def _send(self, kind: EventKind, **fields: Any) -> str:
-        event = self._build(kind, self.worker_id, self.hardware_class, **fields)
+    def _send(
+        self, kind: EventKind, event_id: str | None, ts: int | None, fields: dict[str, Any]
+    ) -> str:
+        fields["event_id"] = new_event_id() if event_id is None else event_id
+        fields["kind"] = kind
+        fields["ts"] = time.time_ns() // 1_000_000 if ts is None else ts
+        fields["worker_id"] = self.worker_id
+        fields["hardware_class"] = self.hardware_class
+        event = build_worker_event(fields)
         self.transport.send(event)
         return event.event_id
 
@@ -251,7 +116,7 @@ class Emitter(AbstractContextManager["Emitter"]):
         return event.event_id
 
     def heartbeat(self, *, event_id: str | None = None, ts: int | None = None) -> str:
-        return self._send(EventKind.HEARTBEAT, event_id=event_id, ts=ts)
+        return self._send(EventKind.HEARTBEAT, event_id, ts, {})
 
     def task_started(
         self,
@@ -266,13 +131,15 @@ class Emitter(AbstractContextManager["Emitter"]):
     ) -> str:
         return self._send(
             EventKind.TASK_STARTED,
-            task_id=task_id,
-            task_type=task_type,
-            attempt=attempt,
-            recovery_command_id=recovery_command_id,
-            attributes=attributes or {},
-            event_id=event_id,
-            ts=ts,
+            event_id,
+            ts,
+            {
+                "task_id": task_id,
+                "task_type": task_type,
+                "attempt": attempt,
+                "recovery_command_id": recovery_command_id,
+                "attributes": {} if attributes is None else attributes,
+            },
         )
 
     def checkpoint(
@@ -289,14 +156,16 @@ class Emitter(AbstractContextManager["Emitter"]):
     ) -> str:
         return self._send(
             EventKind.CHECKPOINT,
-            task_id=task_id,
-            task_type=task_type,
-            checkpoint_seq=seq,
-            checkpoint_state=state,
-            attempt=attempt,
-            attributes=attributes or {},
-            event_id=event_id,
-            ts=ts,
+            event_id,
+            ts,
+            {
+                "task_id": task_id,
+                "task_type": task_type,
+                "checkpoint_seq": seq,
+                "checkpoint_state": state,
+                "attempt": attempt,
+                "attributes": {} if attributes is None else attributes,
+            },
         )
 
     def success(
@@ -312,13 +181,15 @@ class Emitter(AbstractContextManager["Emitter"]):
     ) -> str:
         return self._send(
             EventKind.SUCCESS,
-            task_id=task_id,
-            task_type=task_type,
-            attempt=attempt,
-            recovery_command_id=recovery_command_id,
-            attributes=attributes or {},
-            event_id=event_id,
-            ts=ts,
+            event_id,
+            ts,
+            {
+                "task_id": task_id,
+                "task_type": task_type,
+                "attempt": attempt,
+                "recovery_command_id": recovery_command_id,
+                "attributes": {} if attributes is None else attributes,
+            },
         )
 
     def failure(
@@ -337,15 +208,17 @@ class Emitter(AbstractContextManager["Emitter"]):
         """A failed task; with no `failure_type` the processor classifies `message`."""
         return self._send(
             EventKind.FAILURE,
-            task_id=task_id,
-            task_type=task_type,
-            failure_type=failure_type,
-            message=message,
-            attempt=attempt,
-            recovery_command_id=recovery_command_id,
-            attributes=attributes or {},
-            event_id=event_id,
-            ts=ts,
+            event_id,
+            ts,
+            {
+                "task_id": task_id,
+                "task_type": task_type,
+                "failure_type": failure_type,
+                "message": message,
+                "attempt": attempt,
+                "recovery_command_id": recovery_command_id,
+                "attributes": {} if attributes is None else attributes,
+            },
         )
 
     def task(

@@ -20,7 +20,7 @@ from fastavro import parse_schema, schemaless_reader
 from faultstream import broker
 from faultstream.events.admin import create_topics
 from faultstream.events.config import BrokerSettings, KafkaSettings, Settings
-from faultstream.events.emitter import Emitter
+from faultstream.events.emitter import Emitter, KafkaTransport
 from faultstream.events.spool import Spool
 
 pytestmark = pytest.mark.kafka
@@ -195,3 +195,50 @@ def test_spool_survives_the_process_and_the_next_emitter_delivers_it(
     topic = kafka_settings.kafka.topic("events")
     counts = _event_ids(_consume(kafka_settings.kafka.bootstrap_servers, topic, 5))
     assert counts == Counter(emitted)
+
+
+def test_close_right_after_a_burst_drains_the_sender_queue_and_everything_arrives_once(
+    kafka_settings: Settings,
+) -> None:
+    create_topics(kafka_settings.kafka)
+    emitter = Emitter(kafka_settings, worker_id="w1", hardware_class="cuda")
+    emitted = [emitter.failure(f"t{n}", "bert", message="oom") for n in range(2000)]
+    emitter.close(60)  # no flush first: close itself must empty the queue
+    assert emitter.transport.pending == 0
+    assert Spool(kafka_settings.emitter.spool_path).read() == []
+    topic = kafka_settings.kafka.topic("events")
+    counts = _event_ids(_consume(kafka_settings.kafka.bootstrap_servers, topic, 2000))
+    assert counts == Counter(emitted)
+
+
+def test_a_workers_events_keep_their_order_when_the_caller_helps_drain_a_full_queue(
+    kafka_settings: Settings,
+) -> None:
+    create_topics(kafka_settings.kafka)
+    # A tiny queue bound, so the caller drains it itself again and again.
+    transport = KafkaTransport(kafka_settings, max_queued=8)
+    with Emitter(worker_id="w1", hardware_class="cuda", transport=transport) as emitter:
+        emitted = [emitter.heartbeat() for _ in range(3000)]
+        assert emitter.flush(60) == 0
+    topic = kafka_settings.kafka.topic("events")
+    messages = _consume(kafka_settings.kafka.bootstrap_servers, topic, 3000)
+    assert [_plain_avro(msg.value())["event_id"] for msg in messages] == emitted
+
+
+def test_unreachable_broker_the_sender_spools_every_event_and_a_send_after_close_too(
+    kafka_settings: Settings,
+) -> None:
+    spool_path = kafka_settings.emitter.spool_path
+    unreachable = kafka_settings.model_copy(
+        update={
+            "kafka": kafka_settings.kafka.model_copy(
+                update={"bootstrap_servers": f"127.0.0.1:{_free_port()}"}
+            )
+        }
+    )
+    emitter = Emitter(unreachable, worker_id="w1", hardware_class="cuda", message_timeout_ms=1000)
+    emitted = [emitter.failure(f"t{n}", "bert", message="boom") for n in range(500)]
+    emitter.close(timeout=10)  # returns: an outage never blocks the worker for long
+    late = emitter.heartbeat()  # after close: straight to the spool, not lost
+    spooled = Counter(e.event_id for e in Spool(spool_path).read())
+    assert spooled == Counter([*emitted, late])

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import threading
+from types import MappingProxyType
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from faultstream.events.build import FAST_PATH, build_worker_event
 from faultstream.events.emitter import Emitter, new_event_id
 from faultstream.events.exceptions import InvalidEventError
 from faultstream.events.models import EventKind, FailureType, WorkerEvent
@@ -117,3 +124,111 @@ def test_close_closes_the_transport(transport: RecordingTransport) -> None:
     with Emitter(worker_id="w1", hardware_class="cpu", transport=transport):
         pass
     assert transport.closed
+
+
+# --- the fast validation path (events/build.py) ------------------------------------------
+
+_text = st.one_of(st.none(), st.text(max_size=130), st.sampled_from(["", "x" * 128, "x" * 129]))
+_FIELDS = st.fixed_dictionaries(
+    {
+        "event_id": st.text(max_size=130),
+        "kind": st.sampled_from([*EventKind, "HEARTBEAT", "NOPE"]),
+        "ts": st.one_of(st.integers(min_value=-2, max_value=2**62), st.booleans()),
+        "worker_id": st.text(max_size=130),
+        "hardware_class": st.sampled_from(["cpu", "", "x" * 64, "x" * 65]),
+    },
+    optional={
+        "task_id": _text,
+        "task_type": _text,
+        "failure_type": st.sampled_from([None, *FailureType, "TIMEOUT", "NOPE", 3]),
+        "message": st.one_of(st.none(), st.sampled_from(["oom", "x" * 4096, "x" * 4097])),
+        "attempt": st.one_of(st.integers(min_value=-1, max_value=5), st.just("1")),
+        "recovery_command_id": _text,
+        "attributes": st.one_of(
+            st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
+            st.just({"batch_size": 32}),
+            st.just(MappingProxyType({"k": "v"})),
+        ),
+        "checkpoint_seq": st.one_of(st.none(), st.integers(min_value=-1, max_value=9)),
+        "checkpoint_state": st.one_of(st.none(), st.binary(max_size=4), st.just("text")),
+    },
+)
+
+
+def _full(fields: dict) -> WorkerEvent | str:
+    try:
+        return WorkerEvent(**fields)
+    except ValidationError as exc:
+        return InvalidEventError.from_validation(exc).field
+
+
+def test_fast_validation_is_in_use() -> None:
+    assert FAST_PATH
+
+
+@settings(max_examples=400, deadline=None)
+@given(fields=_FIELDS)
+def test_fast_path_accepts_and_refuses_exactly_what_pydantic_does(fields: dict) -> None:
+    expected = _full(fields)
+    try:
+        built: WorkerEvent | str = build_worker_event(fields)
+    except InvalidEventError as exc:
+        built = exc.field
+    assert built == expected
+    if isinstance(built, WorkerEvent):
+        assert built.model_dump() == expected.model_dump()  # type: ignore[union-attr]
+        assert built.model_fields_set == expected.model_fields_set  # type: ignore[union-attr]
+
+
+def test_a_mapping_that_is_not_a_dict_still_validates_through_pydantic(
+    emitter: Emitter, transport: RecordingTransport
+) -> None:
+    emitter.success("t1", "bert", attributes=MappingProxyType({"batch_size": "8"}))
+    assert transport.sent[-1].attributes == {"batch_size": "8"}
+    emitter.failure("t1", "bert", failure_type="TIMEOUT")
+    assert transport.sent[-1].failure_type is FailureType.TIMEOUT
+
+
+def test_changing_the_attributes_dict_after_emitting_leaves_the_event_alone(
+    emitter: Emitter, transport: RecordingTransport
+) -> None:
+    attributes = {"batch_size": "8"}
+    emitter.task_started("t1", "bert", attributes=attributes)
+    attributes["batch_size"] = "4"
+    assert transport.sent[-1].attributes == {"batch_size": "8"}
+
+
+def test_event_ids_from_concurrent_threads_are_all_distinct() -> None:
+    ids: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: ids.extend(new_event_id() for _ in range(5000)))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == 20000
+
+
+def test_seeding_the_global_random_does_not_repeat_event_ids() -> None:
+    import random
+
+    random.seed(7)
+    first = new_event_id()
+    random.seed(7)
+    assert new_event_id() != first
+
+
+def test_a_forked_child_does_not_repeat_the_parents_event_ids() -> None:
+    import os
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next id and leave at once
+        os.write(write_end, new_event_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child_id = os.read(read_end, 64).decode()
+    assert child_id != new_event_id()
+    assert len(child_id) == 32
