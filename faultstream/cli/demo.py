@@ -49,19 +49,31 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     add_fleet_arguments(parser)
     parser.add_argument("--db", metavar="PATH", help="DuckDB file (default: storage.duckdb_path)")
-    parser.add_argument(
-        "--bootstrap-servers", metavar="HOST:PORT", help="run through Kafka (not yet available)"
+    kafka = parser.add_argument_group("through Kafka")
+    kafka.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="run through Kafka with `faultstream processor` and `faultstream projector`",
+    )
+    kafka.add_argument(
+        "--prefix",
+        help="topic prefix of the run (default: a fresh demo-<seed>-<id>, so runs never mix)",
+    )
+    kafka.add_argument(
+        "--read-models",
+        metavar="DIR",
+        help="where the projector publishes read models (default: a temporary dir)",
     )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    if args.bootstrap_servers:
-        raise FaultstreamError(
-            "--bootstrap-servers: the Kafka mode of the demo is not yet available; "
-            "run without it for the embedded pipeline"
-        )
     db_path = Path(args.db or settings.storage.duckdb_path)
+    if args.bootstrap_servers:
+        return _run_on_kafka(args, settings, db_path)
+    if args.prefix or args.read_models:
+        flag = "--prefix" if args.prefix else "--read-models"
+        raise FaultstreamError(f"{flag}: only with --bootstrap-servers")
     started = time.perf_counter()
     result = run_demo(
         settings,
@@ -78,6 +90,50 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"Simulated {len(sim.workers)} workers for {sim.duration_ms // 60_000} min "
         f"(seed {sim.seed}) in {elapsed:.1f} s: {result.pipeline.inputs} input records, "
         f"{result.pipeline.derived} derived records.\n"
+    )
+    for report in incident_reports(db_path, sim.incidents):
+        print(format_report(report))
+    print(f"History: {db_path}\nOpen the dashboard on it:  faultstream dashboard --db {db_path}")
+    return 0
+
+
+def _run_on_kafka(args: argparse.Namespace, settings: Settings, db_path: Path) -> int:
+    from faultstream.demo_kafka import default_prefix, run_kafka_demo
+    from faultstream.events.admin import KafkaAdminError
+    from faultstream.projections.read_models import MANIFEST
+
+    from .processor import check_broker
+
+    kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+    settings = settings.model_copy(update={"kafka": kafka})
+    prefix = args.prefix or default_prefix(args.seed)
+    read_models = Path(args.read_models) if args.read_models else None
+    if read_models is not None and (read_models / MANIFEST).exists():
+        raise FaultstreamError(f"--read-models {read_models}: holds another history already")
+    check_broker(args.bootstrap_servers)
+    started = time.perf_counter()
+    try:
+        result = run_kafka_demo(
+            settings,
+            db_path,
+            prefix=prefix,
+            read_models_dir=read_models,
+            scenario_path=args.scenario,
+            seed=args.seed,
+            workers=args.workers,
+            duration_ms=duration_arg(args),
+            progress=_progress_bar(),
+        )
+    except KafkaAdminError as exc:
+        raise FaultstreamError(f"--bootstrap-servers {args.bootstrap_servers}: {exc}") from None
+    elapsed = time.perf_counter() - started
+    sim = result.simulator
+    services = " and ".join(f"`faultstream {name}`" for name in result.started) or "nothing"
+    print(
+        f"Simulated {len(sim.workers)} workers for {sim.duration_ms // 60_000} min "
+        f"(seed {sim.seed}) through Kafka {args.bootstrap_servers}, prefix {prefix}, "
+        f"in {elapsed:.1f} s: {result.inputs} input records, {result.derived} derived "
+        f"records (started and stopped {services}).\n"
     )
     for report in incident_reports(db_path, sim.incidents):
         print(format_report(report))

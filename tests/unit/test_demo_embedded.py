@@ -171,9 +171,9 @@ def test_demo_command_reports_incidents_and_the_dashboard_command(
     assert _query(db, "SELECT count(*) FROM events")[0][0] > 0
 
 
-def test_demo_on_kafka_says_it_is_not_yet_available(
+def test_demo_topic_prefix_without_bootstrap_servers_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["demo", "--bootstrap-servers", "127.0.0.1:9092", "--db", str(tmp_path / "x")])
+    code = main(["demo", "--prefix", "mine", "--db", str(tmp_path / "x")])
     assert code == 2
-    assert "not yet available" in capsys.readouterr().err
+    assert "--prefix: only with --bootstrap-servers" in capsys.readouterr().err
