@@ -181,6 +181,14 @@ class HttpSettings(BaseModel):
     dashboard_port: int = Field(8080, gt=0, lt=65536)
 
 
+class DashboardSettings(BaseModel):
+    model_config = _STRICT
+
+    # Operations (reset, force open, apply a tuning) are refused while this is unset.
+    operator_token: str | None = None
+    refresh_s: float = Field(5.0, gt=0)
+
+
 class StorageSettings(BaseModel):
     model_config = _STRICT
 
@@ -216,6 +224,7 @@ class Settings(BaseSettings):
     emitter: EmitterSettings = Field(default_factory=EmitterSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
 
     @property

@@ -21,6 +21,11 @@ SUBCOMMANDS = [
     "commands",
     "processor",
     "replay",
+    "tune",
+    "simulate",
+    "demo",
+    "projector",
+    "dashboard",
 ]
 
 

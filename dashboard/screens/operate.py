@@ -1,0 +1,3 @@
+from faultstream.dashboard.views import operate
+
+operate.render()

@@ -1,0 +1,3 @@
+from faultstream.dashboard.views import overview
+
+overview.render()

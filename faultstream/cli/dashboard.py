@@ -1,0 +1,82 @@
+"""`faultstream dashboard`: the Streamlit app on a history (a DuckDB file nobody writes, or
+the live projector's read models), served headless on one port."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from faultstream.events.config import CONFIG_ENV, Settings
+
+from . import CliError
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    parser = subparsers.add_parser(
+        "dashboard",
+        parents=[common],
+        help="serve the Streamlit dashboard on a history",
+        description="Fleet health, circuits, failures, recovery, workers, time travel, "
+        "tuning and operations, on a DuckDB file nobody writes (after a demo) or on the "
+        "projector's read models while it runs. The circuit page is at /circuit-breakers.",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--db", metavar="PATH", help="DuckDB file (default: storage.duckdb_path)")
+    where.add_argument(
+        "--read-models", metavar="DIR", help="the live projector's Parquet read models"
+    )
+    parser.add_argument(
+        "--port", type=int, default=None, help="port (default: http.dashboard_port, 8080)"
+    )
+    parser.add_argument("--address", default="0.0.0.0", help="address to listen on")
+    parser.set_defaults(run=run)
+
+
+def app_path() -> Path:
+    import faultstream.dashboard
+
+    return Path(faultstream.dashboard.__file__).parent / "app.py"
+
+
+def streamlit_command(port: int, address: str) -> list[str]:
+    return [
+        sys.executable, "-m", "streamlit", "run", str(app_path()),
+        "--server.headless", "true",
+        "--server.port", str(port),
+        "--server.address", address,
+        "--browser.gatherUsageStats", "false",
+        "--server.fileWatcherType", "none",
+    ]  # fmt: skip
+
+
+def dashboard_env(db: str | None, read_models: str | None, config: str | None) -> dict[str, str]:
+    from faultstream.dashboard.data import DB_ENV, READ_MODELS_ENV
+
+    env = dict(os.environ)
+    env.pop(DB_ENV, None)
+    env.pop(READ_MODELS_ENV, None)
+    if read_models:
+        env[READ_MODELS_ENV] = str(Path(read_models).resolve())
+    elif db:
+        env[DB_ENV] = str(Path(db).resolve())
+    if config:
+        env[CONFIG_ENV] = str(Path(config).resolve())
+    return env
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    port = args.port if args.port is not None else settings.http.dashboard_port
+    if not 0 < port < 65536:
+        raise CliError(f"--port: {port} is not a port number")
+    db = None if args.read_models else (args.db or settings.storage.duckdb_path)
+    where = f"read models {args.read_models}" if args.read_models else f"DuckDB file {db}"
+    print(
+        f"Dashboard on http://{args.address}:{port}/ ({where}); circuits at "
+        f"http://{args.address}:{port}/circuit-breakers",
+        flush=True,
+    )
+    env = dashboard_env(db, args.read_models, args.config)
+    return subprocess.call(streamlit_command(port, args.address), env=env)

@@ -1,0 +1,247 @@
+"""Every dashboard page through Streamlit's AppTest, on a small demo history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import faultstream.dashboard
+from faultstream.cli.demo import run_demo
+from faultstream.dashboard.data import DB_ENV, READ_MODELS_ENV
+from faultstream.events.config import load_settings
+from faultstream.events.health import fleet_aggregate
+from faultstream.processors.core import FleetCore
+from faultstream.projections.queries import History
+from faultstream.projections.tables import create_tables
+
+APP = str(Path(faultstream.dashboard.__file__).parent / "app.py")
+RUN_TIMEOUT_S = 60  # only stops a hung run; never a performance bound
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five minutes of a 20-worker fleet: a flaky worker's and a bad release's circuits
+    are open at the end, and two tasks are escalated."""
+    path = tmp_path_factory.mktemp("dashboard") / "demo.duckdb"
+    run_demo(load_settings(), path, workers=20, duration_ms=5 * 60_000)
+    return path
+
+
+@pytest.fixture
+def on_history(demo_db: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(DB_ENV, str(demo_db))
+    monkeypatch.delenv(READ_MODELS_ENV, raising=False)
+    return demo_db
+
+
+PAGES = ("overview", "circuits", "failures", "recovery", "workers", "timetravel", "tuning",
+         "operate")  # fmt: skip
+
+
+def open_page(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=RUN_TIMEOUT_S)
+    at.run()
+    if page != "overview":
+        at.switch_page(f"screens/{page}.py")
+        at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def dataframe(at: AppTest, *columns: str):
+    """The first table shown that has all these columns."""
+    return next(d.value for d in at.dataframe if set(columns) <= set(d.value.columns))
+
+
+def replayed_aggregate(db: Path) -> dict:
+    """The fleet figures rebuilt independently: every input through a fresh core, and
+    the health formula of events/health.py over its circuits."""
+    core = FleetCore(load_settings().core)
+    with History.from_db(db) as history:
+        for record in history.input_records():
+            core.process(record)
+    view = core.circuits_view()
+    pairs = [
+        (fields["state"], fields["health_percentage"])
+        for section in ("workers", "hardware_classes", "task_types")
+        for fields in view[section].values()
+    ]
+    return dict(fleet_aggregate(pairs))
+
+
+def open_in_table(db: Path) -> set[tuple[str, str]]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT circuit_kind, circuit_id FROM circuit_states "
+            "WHERE to_state IN ('OPEN', 'FORCED_OPEN', 'HALF_OPEN')"
+        ).fetchall()
+    finally:
+        con.close()
+    return set(rows)
+
+
+def test_overview_health_equals_the_formula_over_the_replayed_history(on_history: Path) -> None:
+    at = open_page("overview")
+    expected = replayed_aggregate(on_history)
+    assert metric(at, "Overall health") == f"{expected['overall_health']:.1f}%"
+    assert metric(at, "Average health") == f"{expected['average_health']:.1f}%"
+    assert metric(at, "Open circuits") == str(expected["open_circuits"])
+    assert expected["overall_health"] < 100  # the fixture does have broken circuits
+
+
+def test_overview_lists_exactly_the_open_circuits_of_circuit_states(on_history: Path) -> None:
+    at = open_page("overview")
+    broken = dataframe(at, "kind", "circuit", "state", "for")
+    listed = set(zip(broken["kind"], broken["circuit"], strict=True))
+    assert listed == open_in_table(on_history)
+    assert listed  # non-trivial: the flaky worker and the bad release
+
+
+def empty_duckdb(path: Path) -> Path:
+    con = duckdb.connect(str(path))
+    create_tables(con)
+    con.close()
+    return path
+
+
+@pytest.mark.parametrize("history", ["no file", "no rows", "no read models"])
+def test_empty_history_explains_how_to_get_data_in(
+    history: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(DB_ENV, raising=False)
+    monkeypatch.delenv(READ_MODELS_ENV, raising=False)
+    if history == "no file":
+        monkeypatch.setenv(DB_ENV, str(tmp_path / "missing.duckdb"))
+    elif history == "no rows":
+        monkeypatch.setenv(DB_ENV, str(empty_duckdb(tmp_path / "empty.duckdb")))
+    else:
+        monkeypatch.setenv(READ_MODELS_ENV, str(tmp_path))
+    for page in PAGES:
+        at = open_page(page)
+        assert any("faultstream demo" in info.value for info in at.info), page
+
+
+def sql(db: Path, query: str, params: list | None = None) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(query, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def test_circuits_page_filtered_to_open_lists_the_open_circuits(on_history: Path) -> None:
+    at = open_page("circuits")
+    at.multiselect(key="circuit_states").set_value(["OPEN"]).run()
+    listed = dataframe(at, "kind", "circuit", "state", "health_percentage")
+    assert set(zip(listed["kind"], listed["circuit"], strict=True)) == open_in_table(on_history)
+
+
+def test_circuit_detail_shows_its_state_backoff_and_every_transition(on_history: Path) -> None:
+    kind, cid, state, backoff = sql(
+        on_history,
+        "SELECT circuit_kind, circuit_id, to_state, reset_timeout_s FROM circuit_states "
+        "WHERE to_state = 'OPEN' ORDER BY 1, 2 LIMIT 1",
+    )[0]
+    at = open_page("circuits")
+    at.selectbox(key="circuit_detail").set_value(f"{kind}:{cid}").run()
+    assert metric(at, "State") == state
+    assert metric(at, "Current backoff") == f"{backoff:g} s"
+    transitions = dataframe(at, "from_state", "to_state", "cause_kind")
+    (count,) = sql(
+        on_history,
+        "SELECT count(*) FROM circuit_transitions WHERE circuit_kind = ? AND circuit_id = ?",
+        [kind, cid],
+    )[0]
+    assert len(transitions) == count
+    assert transitions["cause_kind"].notna().all()  # each one names the input behind it
+
+
+def test_failures_page_counts_every_recorded_failure(on_history: Path) -> None:
+    at = open_page("failures")
+    ((failures,),) = sql(on_history, "SELECT count(*) FROM events WHERE kind = 'FAILURE'")
+    assert metric(at, "Failures") == str(failures)
+    top = dataframe(at, "failure_type", "failures")
+    assert int(top["failures"].sum()) == failures
+
+
+def test_recovery_page_success_rates_come_from_recovery_outcomes(on_history: Path) -> None:
+    at = open_page("recovery")
+    ((commands,),) = sql(on_history, "SELECT count(*) FROM commands")
+    assert metric(at, "Recovery commands") == str(commands)
+    by_class = dataframe(at, "strategy", "hardware_class", "success_rate")
+    expected = dict(
+        sql(
+            on_history,
+            "SELECT strategy, count(*) FILTER (WHERE outcome_kind = 'SUCCESS') FROM "
+            "recovery_outcomes GROUP BY 1",
+        )
+    )
+    shown = by_class.groupby("strategy")["succeeded"].sum().to_dict()
+    assert shown == expected
+
+
+def test_workers_page_accounts_for_every_worker(on_history: Path) -> None:
+    at = open_page("workers")
+    ((workers,),) = sql(on_history, "SELECT count(DISTINCT worker_id) FROM events")
+    assert int(metric(at, "Live workers")) + int(metric(at, "Lost workers")) == workers
+
+
+def test_time_travel_rebuilt_through_the_core_agrees_with_the_recorded_states(
+    on_history: Path,
+) -> None:
+    # the moment the first circuit opened, plus a minute
+    ((first_open,),) = sql(
+        on_history, "SELECT min(ts) FROM circuit_transitions WHERE to_state = 'OPEN'"
+    )
+    moment = datetime.fromtimestamp((first_open + 60_000) // 1000, tz=UTC)
+    at = open_page("timetravel")
+    at.slider(key="moment").set_value(moment).run()
+    at.button(key="rebuild").click().run()
+    assert not at.exception, at.exception
+    recorded = dataframe(at, "kind", "circuit", "state", "since")
+    rebuilt = dataframe(at, "kind", "circuit", "state", "health")
+    assert not rebuilt.empty
+    assert set(zip(rebuilt["kind"], rebuilt["circuit"], rebuilt["state"], strict=True)) == set(
+        zip(recorded["kind"], recorded["circuit"], recorded["state"], strict=True)
+    )
+    opened = int((rebuilt["state"] == "OPEN").sum())
+    assert metric(at, "Open circuits (rebuilt)") == str(opened)
+
+
+def test_tuning_page_compares_current_settings_with_every_candidate(on_history: Path) -> None:
+    at = open_page("tuning")
+    at.text_area[0].set_value("worker.failure_threshold=3,8")
+    at.button[0].click().run()
+    assert not at.exception, at.exception
+    scores = dataframe(at, "candidate", "score", "protected")
+    assert len(scores) == 3  # the current settings and the two candidates
+    at.button[1].click().run()  # apply, without an operator token configured
+    assert any("no operator token is configured" in e.value for e in at.error)
+
+
+def test_operations_are_refused_without_a_configured_token(on_history: Path, monkeypatch) -> None:
+    monkeypatch.delenv("FAULTSTREAM_DASHBOARD__OPERATOR_TOKEN", raising=False)
+    at = open_page("operate")
+    assert any("Operations are disabled" in w.value for w in at.warning)
+    at.text_input[0].set_value("cpu-03")
+    at.button[0].click().run()
+    assert any("no operator token is configured" in e.value for e in at.error)
+
+
+def test_operations_are_refused_with_a_wrong_token(on_history: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FAULTSTREAM_DASHBOARD__OPERATOR_TOKEN", "s3cret")
+    at = open_page("operate")
+    at.text_input[0].set_value("cpu-03")
+    at.text_input[1].set_value("alice")
+    at.text_input[2].set_value("guess")
+    at.button[0].click().run()
+    assert any("operator token: missing or wrong" in e.value for e in at.error)
