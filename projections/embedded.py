@@ -7,6 +7,7 @@ Nothing here decides anything: there is no second implementation of any rule.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import IO
 
@@ -18,7 +19,7 @@ from .tables import HistoryWriter
 
 DerivedListener = Callable[[list[DerivedRecord]], None]
 DEFAULT_HEALTH_INTERVAL_MS = 60_000
-_INPUT_CHUNK = 4096
+_HAND_OVER = 4096  # inputs per call into the writer: one call per record costs more than the core
 
 
 class EmbeddedPipeline:
@@ -28,6 +29,8 @@ class EmbeddedPipeline:
     (a coordinator's inbox, say). With a `writer`, the history lands in DuckDB, with a
     health snapshot at every `health_interval_ms` boundary of event time. With `tap`, every
     input record is also written as one JSON line (the `simulate --output` history).
+    Records reach the writer in chunks (a call per record costs more than the core itself);
+    `flush()` writes everything ingested so far.
     """
 
     def __init__(
@@ -40,11 +43,16 @@ class EmbeddedPipeline:
     ) -> None:
         self.core = FleetCore(settings)
         self.writer = writer
+        if writer is not None:
+            # The totals must count outcomes on the circuits this core counts them on.
+            writer.attribution = self.core.settings.circuits.attribution
         self.tap = tap
         self.health_interval_ms = health_interval_ms
         self._next_snapshot: int | None = None
+        self._snapshot_due: float = -math.inf  # the event time of the next health snapshot
         self._listeners: list[DerivedListener] = []
         self._inputs: list[InputRecord] = []
+        self._derived: list[DerivedRecord] = []
         self.inputs = 0
         self.derived = 0
 
@@ -52,21 +60,20 @@ class EmbeddedPipeline:
         self._listeners.append(listener)
 
     def ingest(self, record: InputRecord) -> list[DerivedRecord]:
-        if self.writer is not None:
-            self._maybe_snapshot(record.ts)
+        writer = self.writer
+        if writer is not None and record.ts >= self._snapshot_due:
+            self._snapshot(record.ts)
         out = self.core.process(record)
         self.inputs += 1
         if self.tap is not None:
             self.tap.write(record.model_dump_json())
             self.tap.write("\n")
-        if self.writer is not None:
-            # Inputs go to the writer in chunks: one call per record costs more than the core.
+        if writer is not None:
             self._inputs.append(record)
             if out:
-                self._flush_inputs()
-                self.writer.append_derived(out)
-            elif len(self._inputs) >= _INPUT_CHUNK:
-                self._flush_inputs()
+                self._derived.extend(out)
+            if len(self._inputs) >= _HAND_OVER:
+                self._hand_over()
         if out:
             self.derived += len(out)
             for listener in self._listeners:
@@ -76,32 +83,43 @@ class EmbeddedPipeline:
     def ingest_many(self, records: Iterable[InputRecord]) -> int:
         """Feed a recorded history; returns how many derived records it produced."""
         before = self.derived
+        ingest = self.ingest
         for record in records:
-            self.ingest(record)
+            ingest(record)
         return self.derived - before
 
-    def _flush_inputs(self) -> None:
-        if self._inputs:
-            self.writer.append_inputs(self._inputs)  # type: ignore[union-attr]
-            self._inputs = []
+    def flush(self) -> None:
+        """Write every record ingested so far to the history (one writer transaction)."""
+        if self.writer is not None:
+            self._hand_over()
+            self.writer.flush()
 
-    def _maybe_snapshot(self, ts: int) -> None:
+    def _hand_over(self) -> None:
+        writer = self.writer
+        assert writer is not None
+        if self._inputs:
+            writer.append_inputs(self._inputs)
+            self._inputs = []
+        if self._derived:
+            writer.append_derived(self._derived)
+            self._derived = []
+
+    def _snapshot(self, ts: int) -> None:
         # The figures at a boundary are the state after every record before it.
         interval = self.health_interval_ms
         if self._next_snapshot is None:
             self._next_snapshot = (ts // interval + 1) * interval
             self.writer.snapshot_health(ts, self.core.circuits_view())  # type: ignore[union-attr]
-            return
-        if ts < self._next_snapshot:
-            return
-        view = self.core.circuits_view()
-        while self._next_snapshot <= ts:
-            self.writer.snapshot_health(self._next_snapshot, view)  # type: ignore[union-attr]
-            self._next_snapshot += interval
+        else:
+            view = self.core.circuits_view()
+            while self._next_snapshot <= ts:
+                self.writer.snapshot_health(self._next_snapshot, view)  # type: ignore[union-attr]
+                self._next_snapshot += interval
+        self._snapshot_due = self._next_snapshot
 
     def close(self) -> None:
         if self.writer is not None:
-            self._flush_inputs()
+            self._hand_over()
             if self._next_snapshot is not None:
                 self.writer.snapshot_health(self.core.now, self.core.circuits_view())
             self.writer.close()

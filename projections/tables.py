@@ -12,7 +12,8 @@ from __future__ import annotations
 import gc
 import json
 from collections.abc import Callable, Iterable, Mapping
-from operator import attrgetter, itemgetter
+from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -45,61 +46,40 @@ from .schema import (  # noqa: F401  (re-exported: the layout used to live here)
 Row = Any  # a record model or the dict of its fields
 
 
-def _arrow(
-    columns: Columns, rows: list[Row], getters: Mapping[str, Callable[[Any], Any]]
-) -> pa.Table:
-    names = list(columns)
+_FIELDS = attrgetter("__dict__")  # a pydantic model's __dict__ is exactly its fields
+
+
+def _arrow(columns: Columns, rows: list[Row]) -> pa.Table:
+    """Rows (models, or the dicts of the trusted decode, mixed in any order) as one Arrow
+    table. Arrow reads each record's fields by name in C (a struct array, then split into
+    columns): no Python loop per column, no transpose."""
     if not rows:
         return arrow_schema(columns).empty_table()
-    if isinstance(rows[0], dict):
-        # Trusted decode: the dict has every field already (control's config as JSON text).
-        values = list(zip(*map(itemgetter(*names), rows), strict=True))
-    elif getters:
-        values = [
-            [getters[col](r) for r in rows] if col in getters else [getattr(r, col) for r in rows]
-            for col in names
-        ]
-    else:
-        # One C-level attrgetter per row, then transpose: far cheaper than a loop per column.
-        values = list(zip(*map(attrgetter(*names), rows), strict=True))
-    arrays = [
-        pa.array(vals, type=arrow_type)
-        for vals, (_, arrow_type) in zip(values, columns.values(), strict=True)
-    ]
-    return pa.Table.from_arrays(arrays, names=names)
+    fields = [r if type(r) is dict else _FIELDS(r) for r in rows]
+    struct = pa.array(fields, type=pa.struct(list(arrow_schema(columns))))
+    return pa.Table.from_struct_array(struct)
 
 
-def _build(columns: Columns, rows: list[Row], getters: Any = None) -> pa.Table:
-    """Models and dicts may be mixed in one buffer: build each kind, then concatenate."""
-    if dict not in set(map(type, rows)) or all(type(r) is dict for r in rows):
-        return _arrow(columns, rows, getters or {})
-    models = [r for r in rows if not isinstance(r, dict)]
-    dicts = [r for r in rows if isinstance(r, dict)]
-    return pa.concat_tables([_arrow(columns, models, getters or {}), _arrow(columns, dicts, {})])
-
-
-def _with_seq(columns: Columns, rows: list[Row], seqs: list[int], getters: Any) -> pa.Table:
+def _with_seq(columns: Columns, rows: list[Row], seqs: list[int]) -> pa.Table:
     record_columns = {col: spec for col, spec in columns.items() if col != "seq"}
-    if rows and len(set(map(type, rows))) > 1:
-        # keep seqs aligned with rows: split by kind, then restore the order by seq
-        order = sorted(range(len(rows)), key=lambda i: isinstance(rows[i], dict))
-        rows, seqs = [rows[i] for i in order], [seqs[i] for i in order]
-    table = _build(record_columns, rows, getters)
+    table = _arrow(record_columns, rows)
     return table.append_column("seq", pa.array(seqs, type=pa.int64()))
 
 
-def _config_json(record: Any) -> str | None:
-    config = getattr(record, "config", None)
-    return None if config is None else json.dumps(config, sort_keys=True)
+def _control_fields(record: Row) -> dict[str, Any]:
+    """A control record's columns: the trusted decode's dict already has them (config as
+    JSON text); a model's config is written as the same sorted JSON."""
+    if type(record) is dict:
+        return record
+    fields = dict(_FIELDS(record))
+    config = fields.get("config")
+    fields["config"] = None if config is None else json.dumps(config, sort_keys=True)
+    return fields
 
 
-_CONTROL_GETTERS: dict[str, Callable[[Any], Any]] = {
-    "action": lambda r: getattr(r, "action", None),
-    "circuit_kind": lambda r: getattr(r, "circuit_kind", None),
-    "circuit_id": lambda r: getattr(r, "circuit_id", None),
-    "actor": lambda r: getattr(r, "actor", None),
-    "config": _config_json,
-}
+# At least one DuckDB row group (122,880 rows) per transaction: a full group goes straight
+# to the file instead of through the WAL and a later checkpoint (~1.5x cheaper than 50k).
+DEFAULT_BATCH_SIZE = 131_072
 
 _OUTCOME_SELECT = """
     SELECT c.command_id, c.ts, c.task_id, c.task_type, c.worker_id, c.strategy, c.attempt,
@@ -112,19 +92,35 @@ _OUTCOME_SELECT = """
 _CHECKPOINT_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in CHECKPOINTS if c != "task_id")
 
 
+@dataclass
+class _Batch:
+    """The records buffered for one transaction."""
+
+    events: list[Row] = field(default_factory=list)
+    event_seqs: list[int] = field(default_factory=list)
+    control: list[Row] = field(default_factory=list)
+    control_seqs: list[int] = field(default_factory=list)
+    transitions: list[Row] = field(default_factory=list)
+    commands: list[Row] = field(default_factory=list)
+    dead_letters: list[Row] = field(default_factory=list)
+    health: list[dict[str, Any]] = field(default_factory=list)
+    size: int = 0
+
+
 class HistoryWriter:
     """Appends records to the history tables of one DuckDB file, in batches.
 
     Call `flush()` (or `close()`) to make buffered records visible to queries; the writer
     also flushes by itself once `batch_size` records are waiting. `attribution` decides
     which circuit a FAILURE counts on in `circuit_totals` (the core's configuration).
+
     """
 
     def __init__(
         self,
         db_path: str | Path,
         *,
-        batch_size: int = 50_000,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         attribution: AttributionSettings | None = None,
     ) -> None:
         self.db_path = str(db_path)
@@ -132,15 +128,7 @@ class HistoryWriter:
         self.attribution = attribution or AttributionSettings()
         self.con = duckdb.connect(self.db_path)
         create_tables(self.con)
-        self._events: list[Row] = []
-        self._control: list[Row] = []
-        self._transitions: list[Row] = []
-        self._commands: list[Row] = []
-        self._dead_letters: list[Row] = []
-        self._health: list[dict[str, Any]] = []
-        self._pending = 0
-        self._event_seqs: list[int] = []
-        self._control_seqs: list[int] = []
+        self._batch = _Batch()
         (self._next_seq,) = self.con.execute(
             "SELECT coalesce(max(seq) + 1, 0) FROM "
             "(SELECT max(seq) AS seq FROM events UNION ALL SELECT max(seq) FROM control)"
@@ -155,38 +143,41 @@ class HistoryWriter:
         if seqs is None:
             seqs = range(self._next_seq, self._next_seq + len(records))
         seqs = seqs if isinstance(seqs, (list, range)) else list(seqs)
+        batch = self._batch
         kinds = set(map(type, records))
         if kinds == {WorkerEvent}:  # the common case: no control records at all
-            self._events.extend(records)
-            self._event_seqs.extend(seqs)
+            batch.events.extend(records)
+            batch.event_seqs.extend(seqs)
         else:
             for record, seq in zip(records, seqs, strict=True):
                 if _is_worker_event(record):
-                    self._events.append(record)
-                    self._event_seqs.append(seq)
+                    batch.events.append(record)
+                    batch.event_seqs.append(seq)
                 else:
-                    self._control.append(record)
-                    self._control_seqs.append(seq)
+                    batch.control.append(record)
+                    batch.control_seqs.append(seq)
         if records:
             self._next_seq = max(self._next_seq, seqs[-1] + 1)
-        self._pending += len(records)
+        batch.size += len(records)
         self._maybe_flush()
 
     def append_derived(self, records: Iterable[Row]) -> None:
+        batch = self._batch
         for record in records:
             if isinstance(record, CircuitStateChanged) or (
                 isinstance(record, dict) and "to_state" in record
             ):
-                self._transitions.append(record)
+                batch.transitions.append(record)
             else:
-                self._commands.append(record)
-            self._pending += 1
+                batch.commands.append(record)
+            batch.size += 1
         self._maybe_flush()
 
     def append_dead_letters(self, records: Iterable[Row]) -> None:
+        batch = self._batch
         for record in records:
-            self._dead_letters.append(record)
-            self._pending += 1
+            batch.dead_letters.append(record)
+            batch.size += 1
         self._maybe_flush()
 
     def snapshot_health(self, ts: int, view: Mapping[str, Any]) -> None:
@@ -197,7 +188,7 @@ class HistoryWriter:
             circuits = view.get(section, {}) or {}
             return sum(1 for c in circuits.values() if c.get("state") in ("OPEN", "FORCED_OPEN"))
 
-        self._health.append(
+        self._batch.health.append(
             {
                 "ts": ts,
                 "total_circuits": aggregate.get("total_circuits", 0),
@@ -211,11 +202,11 @@ class HistoryWriter:
                 "open_task_types": open_in("task_types"),
             }
         )
-        self._pending += 1
+        self._batch.size += 1
         self._maybe_flush()
 
     def _maybe_flush(self) -> None:
-        if self._pending >= self.batch_size:
+        if self._batch.size >= self.batch_size:
             self.flush()
 
     # --- writing ------------------------------------------------------------------------
@@ -225,57 +216,60 @@ class HistoryWriter:
     ) -> None:
         """Write what is buffered in one transaction; `before_commit(con)` runs inside it
         (the projector stores its Kafka offsets there, so rows and offsets commit together)."""
-        if not self._pending and before_commit is None:
+        batch, self._batch = self._batch, _Batch()
+        if not batch.size and before_commit is None:
             return
+        self.con.begin()
+        try:
+            self._write_rows(batch)
+            if before_commit is not None:
+                before_commit(self.con)
+            self.con.commit()
+        except BaseException:
+            self.con.rollback()
+            raise
+
+    def _write_rows(self, b: _Batch) -> None:
+        """Every table's rows of one batch, inside the caller's transaction."""
         con = self.con
         # Building columns from many live objects triggers needless GC passes.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         registered: list[str] = []
-        con.begin()
         try:
             events = commands = None
-            if self._events:
-                batch = _with_seq(EVENTS, self._events, self._event_seqs, None)
+            if b.events:
+                batch = _with_seq(EVENTS, b.events, b.event_seqs)
                 events = self._append("events", batch, registered)
-            if self._control:
-                batch = _with_seq(CONTROL, self._control, self._control_seqs, _CONTROL_GETTERS)
+            if b.control:
+                control = list(map(_control_fields, b.control))
+                batch = _with_seq(CONTROL, control, b.control_seqs)
                 self._append("control", batch, registered)
-            if self._transitions:
-                batch = _build(CIRCUIT_TRANSITIONS, self._transitions)
+            if b.transitions:
+                batch = _arrow(CIRCUIT_TRANSITIONS, b.transitions)
                 transitions = self._append("circuit_transitions", batch, registered)
                 self._upsert_circuit_states(transitions)
-            if self._commands:
-                commands = self._append("commands", _build(COMMANDS, self._commands), registered)
+            if b.commands:
+                commands = self._append("commands", _arrow(COMMANDS, b.commands), registered)
             if events is not None and events.num_rows:
                 update_circuit_totals(con, "new_events", self.attribution)
                 self._upsert_checkpoints()
                 self._join_outcomes("new_events", "events")
             if commands is not None and commands.num_rows:
                 self._join_outcomes("new_commands", "commands")
-            if self._dead_letters:
-                self._append("dead_letters", _build(DEAD_LETTERS, self._dead_letters), registered)
-            if self._health:
-                health = pa.Table.from_pylist(self._health, schema=arrow_schema(HEALTH_SNAPSHOTS))
+            if b.dead_letters:
+                self._append("dead_letters", _arrow(DEAD_LETTERS, b.dead_letters), registered)
+            if b.health:
+                health = pa.Table.from_pylist(b.health, schema=arrow_schema(HEALTH_SNAPSHOTS))
                 con.register("new_health", health)
                 registered.append("new_health")
                 con.execute("INSERT INTO health_snapshots SELECT * FROM new_health "
                             "ON CONFLICT DO NOTHING")  # fmt: skip
-            if before_commit is not None:
-                before_commit(con)
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
         finally:
             for name in registered:
                 con.unregister(name)  # let the batch's Arrow memory go
             if gc_was_enabled:
                 gc.enable()
-        self._events, self._control, self._transitions = [], [], []
-        self._commands, self._dead_letters, self._health = [], [], []
-        self._event_seqs, self._control_seqs = [], []
-        self._pending = 0
 
     def _append(self, table: str, batch: pa.Table, registered: list[str]) -> pa.Table:
         """Insert the rows of `batch` not stored yet; registers them as `new_<table>`."""

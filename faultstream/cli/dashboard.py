@@ -49,6 +49,7 @@ def streamlit_command(port: int, address: str) -> list[str]:
         "--server.address", address,
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
+        "--client.toolbarMode", "viewer",  # no "Deploy" button on an operations screen
     ]  # fmt: skip
 
 
