@@ -210,8 +210,14 @@ def log4j_properties(log_file: Path) -> str:
 
 
 def _kafka_uuid() -> str:
-    """A cluster id in Kafka's form: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A cluster id in Kafka's form: 16 random bytes, URL-safe base64 without padding.
+
+    Never one starting with "-": the storage tool would read it as an option (Kafka's own
+    Uuid.randomUuid redraws those too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _format_storage(java: str, libs: Path, paths: BrokerPaths) -> None:
