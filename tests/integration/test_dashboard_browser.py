@@ -105,9 +105,13 @@ class Browser:
         result = self.call("Runtime.evaluate", expression="document.body.innerText")
         return result.get("result", {}).get("value", "") or ""
 
-    def open(self, url: str, until: str) -> str:
+    def open(self, url: str, *until: str) -> str:
+        """Navigate and wait until every one of `until` is on the page (Streamlit renders
+        a page's sections one after another, so the first one is no sign of the rest)."""
         self.call("Page.navigate", url=url)
-        return wait_for(lambda: (t := self.text()) and until in t and t, f"{until!r} at {url}")
+        return wait_for(
+            lambda: (t := self.text()) and all(u in t for u in until) and t, f"{until!r} at {url}"
+        )
 
     def count(self, selector: str) -> int:
         expression = f"document.querySelectorAll({json.dumps(selector)}).length"
@@ -160,7 +164,7 @@ def test_overview_renders_the_fleet_health_in_chromium(
     with History.from_db(demo_db) as history:
         aggregate = history.circuit_breakers()["aggregate"]
     health = f"{aggregate['overall_health']:.1f}%"
-    text = browser.open(f"{dashboard_url}/", until=health)
+    text = browser.open(f"{dashboard_url}/", health, "Broken now")
     assert "Fleet overview" in text
     assert "Overall health" in text
     assert "Broken now" in text
@@ -171,7 +175,7 @@ def test_overview_renders_the_fleet_health_in_chromium(
     browser.call(
         "Emulation.setEmulatedMedia", features=[{"name": "prefers-color-scheme", "value": "dark"}]
     )
-    browser.open(f"{dashboard_url}/", until=health)
+    browser.open(f"{dashboard_url}/", health, "Broken now")
     browser.drawn()
     browser.screenshot(tmp_path / "overview-dark.png")
 
@@ -179,6 +183,6 @@ def test_overview_renders_the_fleet_health_in_chromium(
 def test_circuit_page_is_served_at_circuit_breakers(
     dashboard_url: str, browser: Browser, tmp_path: Path
 ) -> None:
-    text = browser.open(f"{dashboard_url}/circuit-breakers", until="Circuit detail")
+    text = browser.open(f"{dashboard_url}/circuit-breakers", "Circuit detail")
     assert "Circuit breakers" in text
     browser.screenshot(tmp_path / "circuits.png")
