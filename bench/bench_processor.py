@@ -1,13 +1,17 @@
-"""Processor throughput and latency on the local broker: batched agents vs one-at-a-time.
+"""Processor throughput and latency on the local broker: framed batches vs one-at-a-time.
 
     .venv/bin/python bench/bench_processor.py [--events 50000] [--rate 5000] [--runs 3]
+        [--sustain-rate 20000] [--sustain-s 10]
 
 Per variant, on fresh topics: start `faultstream processor` (with `--naive` for the
 baseline), produce a history at full speed and time it through both stages (first
-produce to the last command on `<prefix>.commands`; every FAILURE yields one command),
-sampling consumer lag (produced minus forwarded to `<prefix>.decisions`) as it goes; then
-produce failures at a paced rate and measure produce → command latency. Medians of
-`--runs` runs, because the machine is shared and noisy.
+produce to the last command on `<prefix>.commands`; every 20th event is a FAILURE that
+yields one command), sampling the backlog (events produced minus 20 x commands out, i.e.
+end-to-end lag in events) as it goes; then produce failures at a paced rate and measure
+produce -> command latency. For the batched variant, last, produce at a steady
+`--sustain-rate` for `--sustain-s` seconds and print the backlog over time: a rate is
+sustained when the backlog does not grow. Medians of `--runs` runs (the machine is shared
+and noisy).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from faultstream.events.admin import create_topics
 from faultstream.events.codec import Codec
@@ -54,8 +58,18 @@ def history(n: int, start_ts: int, tag: str) -> list[WorkerEvent]:
 
 
 def end_offsets(consumer: Consumer, topic: str) -> int:
-    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-    return sum(consumer.get_watermark_offsets(TopicPartition(topic, p))[1] for p in partitions)
+    for attempt in range(20):
+        try:
+            partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            watermarks = [
+                consumer.get_watermark_offsets(TopicPartition(topic, p)) for p in partitions
+            ]
+            return sum(high for _low, high in watermarks)
+        except KafkaException:  # a fresh topic's leader not known yet, on a busy broker
+            if attempt == 19:
+                raise
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
 
 
 def start_processor(settings: Settings, naive: bool, workdir: str) -> subprocess.Popen:
@@ -82,7 +96,9 @@ def wait_for(consumer: Consumer, topic: str, count: int, deadline_s: float = 300
     return time.perf_counter()
 
 
-def run_once(naive: bool, n_events: int, rate: int) -> dict[str, float]:
+def run_once(
+    naive: bool, n_events: int, rate: int, sustain: tuple[int, float] | None = None
+) -> dict[str, float]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     settings = load_settings(kafka={"bootstrap_servers": BOOTSTRAP, "topic_prefix": prefix})
     create_topics(settings.kafka)
@@ -111,14 +127,15 @@ def run_once(naive: bool, n_events: int, rate: int) -> dict[str, float]:
             if i % 1000 == 0:
                 producer.poll(0)
         producer.flush()
-        decisions = settings.kafka.topic("decisions")
-        while end_offsets(probe, commands) < expected:
-            lag_samples.append(n_events + FAILURE_EVERY - end_offsets(probe, decisions))
+        while (done := end_offsets(probe, commands)) < expected:
+            lag_samples.append(n_events + FAILURE_EVERY - done * FAILURE_EVERY)
             time.sleep(0.25)
         finished = wait_for(probe, commands, expected)
         throughput = n_events / (finished - started)
 
         latencies = paced_latencies(settings, codec, producer, probe, rate, expected)
+        if sustain is not None:
+            sustained_backlog(settings, codec, producer, probe, *sustain)
     finally:
         proc.kill()
         proc.wait()
@@ -126,8 +143,8 @@ def run_once(naive: bool, n_events: int, rate: int) -> dict[str, float]:
     half = len(lag_samples) // 2
     return {
         "events/s": throughput,
-        "max lag": max(lag_samples, default=0),
-        "lag 2nd half": max(lag_samples[half:], default=0),
+        "max backlog": max(lag_samples, default=0),
+        "backlog 2nd half": max(lag_samples[half:], default=0),
         "p50 ms": statistics.median(latencies),
         "p99 ms": statistics.quantiles(latencies, n=100)[98],
     }
@@ -154,13 +171,15 @@ def paced_latencies(
     begin = time.perf_counter()
     for i, event in enumerate(events):
         due = begin + i / rate
-        while time.perf_counter() < due:
-            pass
+        if (now := time.perf_counter()) < due:
+            # Sleep, not spin: a spinning client takes a core from the processor.
+            for message in reader.consume(500, timeout=0):
+                record_arrived(message, codec, sent, latencies)
+            if (now := time.perf_counter()) < due:
+                time.sleep(due - now)
         sent[event.event_id] = time.perf_counter()
         producer.produce(topic, codec.encode(event), key=event.worker_id.encode())
         producer.poll(0)
-        for message in reader.consume(500, timeout=0):
-            record_arrived(message, codec, sent, latencies)
     producer.flush()
     deadline = time.monotonic() + 60
     while len(latencies) < len(events) and time.monotonic() < deadline:
@@ -168,6 +187,55 @@ def paced_latencies(
             record_arrived(message, codec, sent, latencies)
     reader.close()
     return latencies
+
+
+def sustained_backlog(
+    settings: Settings,
+    codec: Codec,
+    producer: Producer,
+    probe: Consumer,
+    rate: int,
+    seconds: float,
+) -> None:
+    """Produce at `rate` events/s for `seconds`; print the backlog every second."""
+    commands = settings.kafka.topic("commands")
+    topic = settings.kafka.topic("events")
+    base = end_offsets(probe, commands)
+    n = int(rate * seconds)
+    batch = [(e.worker_id.encode(), codec.encode(e)) for e in history(n, now_ms(), "steady")]
+    samples: list[tuple[float, int]] = []
+    begin = time.perf_counter()
+    next_sample = begin
+    sent = 0
+    chunk = max(1, rate // 100)  # every 10 ms
+    while sent < n:
+        due = begin + sent / rate
+        if (now := time.perf_counter()) < due:
+            time.sleep(due - now)
+        for key, value in batch[sent : sent + chunk]:
+            producer.produce(topic, value, key=key)
+        sent = min(n, sent + chunk)
+        producer.poll(0)
+        if time.perf_counter() >= next_sample:
+            done = (end_offsets(probe, commands) - base) * FAILURE_EVERY
+            samples.append((time.perf_counter() - begin, sent - done))
+            next_sample += 1.0
+    producer.flush()
+    produce_s = time.perf_counter() - begin
+    expected = base + n // FAILURE_EVERY
+    while (out := end_offsets(probe, commands)) < expected:
+        samples.append((time.perf_counter() - begin, n - (out - base) * FAILURE_EVERY))
+        time.sleep(0.5)
+    drained = time.perf_counter() - begin
+    print(
+        f"  sustained {rate}/s for {seconds:.0f} s (produced in {produce_s:.1f} s, all out "
+        f"after {drained:.1f} s); backlog in events over time:"
+    )
+    print("   " + "  ".join(f"{t:.0f}s:{lag}" for t, lag in samples), flush=True)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def record_arrived(message, codec: Codec, sent: dict[str, float], latencies: list) -> None:
@@ -182,18 +250,28 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sustain-rate", type=int, default=20_000)
+    parser.add_argument("--sustain-s", type=float, default=10.0)
+    parser.add_argument("--skip-naive", action="store_true", help="e.g. for a stretch rate")
     args = parser.parse_args()
     rows = {}
-    for name, naive in (("naive (one event at a time)", True), ("batched (take_events)", False)):
-        runs = [run_once(naive, args.events, args.rate) for _ in range(args.runs)]
+    variants = (("naive (one event at a time)", True), ("framed batches", False))
+    for name, naive in variants[args.skip_naive :]:
+        print(name, flush=True)
+        sustain = None if naive else (args.sustain_rate, args.sustain_s)
+        runs = []
+        for _ in range(args.runs):
+            runs.append(run_once(naive, args.events, args.rate, sustain))
+            print("  " + "  ".join(f"{k} {v:.1f}" for k, v in runs[-1].items()), flush=True)
         rows[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     columns = list(next(iter(rows.values())))
     print(f"{args.events} events, paced latency at {args.rate}/s, median of {args.runs} runs")
-    print(f"{'variant':<30}" + "".join(f"{c:>14}" for c in columns))
+    print(f"{'variant':<30}" + "".join(f"{c:>17}" for c in columns))
     for name, row in rows.items():
-        print(f"{name:<30}" + "".join(f"{row[c]:>14.1f}" for c in columns))
-    base, fast = rows.values()
-    print(f"speed-up: {fast['events/s'] / base['events/s']:.1f}x")
+        print(f"{name:<30}" + "".join(f"{row[c]:>17.1f}" for c in columns))
+    if len(rows) == 2:
+        base, fast = rows.values()
+        print(f"speed-up: {fast['events/s'] / base['events/s']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -166,6 +166,8 @@ class ProcessorSettings(BaseModel):
     store: str = "auto"
     data_dir: str = ".faultstream/processor"
     web_port: int = Field(6066, gt=0, lt=65536)
+    # How often the decider snapshots its core (processors/state.py).
+    snapshot_every_s: float = Field(10.0, gt=0)
 
 
 class EmitterSettings(BaseModel):

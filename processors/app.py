@@ -3,17 +3,23 @@
 Two stages, because CIRCUITS.md's rules cross keys (a failure touches worker, hardware
 class and task type circuits; the fleet guard and target choice look across workers):
 
-1. `ingest` (parallel over the 6 partitions of `<prefix>.events`, plus `<prefix>.control`):
-   decode and validate each record; bad ones become DeadLetters on `<prefix>.dlq`, good
-   ones are forwarded byte for byte to `<prefix>.decisions` (1 partition, key "fleet").
-2. `decide` (the one consumer of `<prefix>.decisions`): one FleetCore sees every record in
-   that partition's order and sends its outputs to `<prefix>.circuits` / `.commands`.
+1. `ingest` (processors/ingest.py: an aiokafka consumer run as an app task, group
+   `<prefix>-processor-ingest`, parallel over the 6 partitions of `<prefix>.events` plus
+   `<prefix>.control`; with `naive=True` a Faust agent, one event per frame): decode and
+   validate each record (the only full validation);
+   bad ones become DeadLetters on `<prefix>.dlq`; the good ones of a poll are packed, byte
+   for byte, into ONE framed record (processors/decisions.py) on `<prefix>.decisions`
+   (1 partition, key "fleet"): Kafka's per-message cost is paid per batch, not per event.
+2. `decide` (the one consumer of `<prefix>.decisions`): unpacks each frame, decodes its
+   records without re-validating them (processors/decode.py), and runs one FleetCore over
+   them in (decisions offset, index in frame) order, sending its outputs to
+   `<prefix>.circuits` / `.commands`.
 
-The order of `<prefix>.decisions` *is* the history: replaying it through FleetCore gives
-the processor's outputs exactly. Restarts restore a snapshot (processors/state.py) and
-re-process from its offset, whatever Faust committed; outputs are at-least-once with
-deterministic ids, and consumers dedupe by id (ARCHITECTURE.md: idempotence, not
-exactly_once).
+That order of `<prefix>.decisions` *is* the history: replaying it through FleetCore gives
+the processor's outputs exactly. Restarts restore a snapshot (processors/state.py: the
+offset after the last fully applied frame) and re-process from it, whatever Faust
+committed; outputs are at-least-once with deterministic ids, and consumers dedupe by id
+(ARCHITECTURE.md: idempotence, not exactly_once).
 """
 
 from __future__ import annotations
@@ -28,23 +34,26 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from faultstream.events.codec import Codec
 from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
-from faultstream.events.models import CircuitStateChanged, DeadLetter, RecoveryCommand
+from faultstream.events.models import CircuitStateChanged, RecoveryCommand
 from faultstream.processors.core import FleetCore
 
+from . import decisions
 from .clock import install_clock
+from .decode import InputDecoder
+from .ingest import Ingest
 from .state import SnapshotStore
 
 log = logging.getLogger("faultstream.processor")
 
-DECISIONS_KEY = b"fleet"
-BATCH_MAX = 2000
-# Small enough for the 50 ms latency target, large enough to amortise Faust's overhead.
-BATCH_WITHIN_S = 0.005
-SNAPSHOT_EVERY_RECORDS = 50_000
-SNAPSHOT_EVERY_S = 2.0
+# A snapshot pickles the whole core on the event loop (~0.5 ms per 1,000 events of history
+# here, as the core keeps every task and event id): too often and it stalls the loop past
+# the latency target; too rarely and a restart re-reads more of `.decisions`.
+# (settings.processor.snapshot_every_s, 10 s by default, sets the time-based rhythm.)
+SNAPSHOT_EVERY_RECORDS = 500_000
+STATS_EVERY_S = 10.0
+CATCH_UP_FRAMES = 100  # per poll when re-reading `.decisions` after a restore
 
 
 @dataclass(frozen=True)
@@ -80,21 +89,59 @@ def store_url(settings: Settings) -> str:
     return "rocksdb://"
 
 
+class BatchStats:
+    """Time counters, logged every STATS_EVERY_S: where each agent's time goes."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.batches = self.messages = self.records = 0
+        self.busy_s = 0.0
+        self._since = time.monotonic()
+
+    def add(self, messages: int, records: int, busy_s: float) -> None:
+        self.batches += 1
+        self.messages += messages
+        self.records += records
+        self.busy_s += busy_s
+        elapsed = time.monotonic() - self._since
+        if elapsed >= STATS_EVERY_S:
+            log.info(
+                "%s: %d records (%d messages, %d batches) in %.1f s = %.0f/s, busy %.0f%%",
+                self.name,
+                self.records,
+                self.messages,
+                self.batches,
+                elapsed,
+                self.records / elapsed,
+                100 * self.busy_s / elapsed,
+            )
+            self.batches = self.messages = self.records = 0
+            self.busy_s = 0.0
+            self._since = time.monotonic()
+
+
 class Decider:
     """Feeds `<prefix>.decisions` records through one FleetCore and sends its outputs."""
 
     def __init__(
-        self, app: faust.App, settings: Settings, codec: Codec, topics: Topics, table: Any
+        self,
+        app: faust.App,
+        settings: Settings,
+        decoder: InputDecoder,
+        topics: Topics,
+        table: Any,
     ) -> None:
         self.app = app
         self.settings = settings
-        self.codec = codec
+        self.decoder = decoder
+        self.codec = decoder.codec
         self.topics = topics
         self.store = SnapshotStore(table)
         self.core: FleetCore | None = None
         self.next_offset = 0
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
+        self.applied = 0  # records, for BatchStats
 
     def forget(self) -> None:
         """The partition moved: the table, not memory, is the truth from now on."""
@@ -110,9 +157,8 @@ class Decider:
             offset = event.message.offset
             if offset < self.next_offset:
                 continue  # already covered by the restored snapshot
-            await self._decide(event.value)
+            await self._decide_frame(event.value)
             self.next_offset = offset + 1
-            self._since_snapshot += 1
         await self._maybe_snapshot()
 
     def _restore(self) -> None:
@@ -140,91 +186,58 @@ class Decider:
             consumer.seek(tp, start)
             log.info("decider catching up on decisions offsets %d..%d", start, until - 1)
             while self.next_offset < until:
-                batches = await consumer.getmany(tp, timeout_ms=1000, max_records=BATCH_MAX)
+                batches = await consumer.getmany(tp, timeout_ms=1000, max_records=CATCH_UP_FRAMES)
                 for message in batches.get(tp, []):
                     if message.offset >= until:
                         break
-                    await self._decide(message.value)
+                    await self._decide_frame(message.value)
                     self.next_offset = message.offset + 1
-                    self._since_snapshot += 1
         finally:
             await consumer.stop()
         self.next_offset = until
 
-    async def _decide(self, raw: bytes) -> None:
+    async def _decide_frame(self, frame: bytes) -> None:
+        """Apply every record of one frame; all or nothing as far as snapshots go."""
         assert self.core is not None
-        # Stage 1 validated it; a failure here would be a codec bug, not bad input.
-        record = self.codec.decode_input(raw)
-        send = self.app.producer.send
-        for output in self.core.process(record):
+        process = self.core.process
+        # Stage 1 validated these; a failure here would be a codec bug, not bad input.
+        trusted = self.decoder.trusted
+        records = decisions.unpack(frame)
+        outputs = [output for raw in records for output in process(trusted(raw))]
+        self._since_snapshot += len(records)
+        self.applied += len(records)
+        if not outputs:
+            return
+        send, encode, topics = self.app.producer.send, self.codec.encode, self.topics
+        for output in outputs:
             if isinstance(output, CircuitStateChanged):
-                await send(
-                    self.topics.circuits,
-                    output.key.encode(),
-                    self.codec.encode(output),
-                    None,
-                    None,
-                    None,
-                )
+                topic, key = topics.circuits, output.key
             elif isinstance(output, RecoveryCommand):
-                await send(
-                    self.topics.commands,
-                    output.task_id.encode(),
-                    self.codec.encode(output),
-                    None,
-                    None,
-                    None,
-                )
+                topic, key = topics.commands, output.task_id
+            else:
+                continue
+            await send(topic, key.encode(), encode(output), None, None, None)
 
     async def _maybe_snapshot(self) -> None:
         if not self._since_snapshot:
             return
-        due = time.monotonic() - self._snapshot_at >= SNAPSHOT_EVERY_S
+        due = time.monotonic() - self._snapshot_at >= self.settings.processor.snapshot_every_s
         if not due and self._since_snapshot < SNAPSHOT_EVERY_RECORDS:
             return
         assert self.core is not None
         # Only outputs already on the broker may be covered by a snapshot.
         await self.app.producer.flush()
-        self.store.save(self.next_offset, self.core.snapshot())
+        started = time.perf_counter()
+        data = self.core.snapshot()
+        self.store.save(self.next_offset, data)
+        log.info(
+            "decider snapshot at decisions offset %d: %d bytes in %.0f ms",
+            self.next_offset,
+            len(data),
+            (time.perf_counter() - started) * 1000,
+        )
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
-
-
-class Ingest:
-    """Validates raw input records; forwards good ones, dead-letters bad ones."""
-
-    def __init__(self, app: faust.App, codec: Codec, topics: Topics) -> None:
-        self.app = app
-        self.codec = codec
-        self.topics = topics
-
-    async def on_batch(self, events: Sequence[Any]) -> None:
-        send = self.app.producer.send
-        for event in events:
-            raw = event.value or b""  # a null value is bad input too
-            try:
-                self.codec.decode_input(raw)
-            except Exception as exc:
-                reason = str(exc) if isinstance(exc, FaultstreamError) else repr(exc)
-                letter = self.dead_letter(event.message, raw, reason)
-                await send(self.topics.dlq, None, self.codec.encode(letter), None, None, None)
-                continue
-            # No flush per batch: Faust flushes the producer before every offset commit,
-            # so a committed input offset never passes an unsent forward.
-            await send(self.topics.decisions, DECISIONS_KEY, raw, 0, None, None)
-
-    @staticmethod
-    def dead_letter(message: Any, raw: bytes, reason: str) -> DeadLetter:
-        topic, partition, offset = message.topic, message.partition, message.offset
-        return DeadLetter(
-            event_id=f"dlq:{topic}:{partition}:{offset}",
-            ts=int(time.time() * 1000),
-            source_topic=topic,
-            source_partition=partition,
-            source_offset=offset,
-            raw=raw,
-            reason=reason,
-        )
 
 
 def create_app(
@@ -237,7 +250,7 @@ def create_app(
     """The processor app. `naive=True` handles one event at a time (the bench baseline)."""
     kafka = settings.kafka
     topics = Topics.of(settings)
-    codec = Codec(kafka.schema_registry_url, topic_prefix=kafka.topic_prefix)
+    decoder = InputDecoder(kafka.schema_registry_url, topic_prefix=kafka.topic_prefix)
     brokers = [f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",")]
     app_id = f"{kafka.topic_prefix}-processor"
     datadir = Path(settings.processor.data_dir) / app_id / instance_id
@@ -272,11 +285,10 @@ def create_app(
         use_partitioner=True,
         key_type=str,
     )
-    decider = Decider(app, settings, codec, topics, table)
-    ingest = Ingest(app, codec, topics)
+    decider = Decider(app, settings, decoder, topics, table)
+    ingest = Ingest(app, settings, decoder, topics)
     app.faultstream_decider = decider  # type: ignore[attr-defined]
 
-    input_topics = app.topic(topics.events, topics.control, value_serializer="raw")
     decisions_topic = app.topic(
         topics.decisions, partitions=1, key_serializer="raw", value_serializer="raw"
     )
@@ -285,32 +297,38 @@ def create_app(
     async def _on_revoked(*_args: Any, **_kwargs: Any) -> None:
         decider.forget()
 
+    ingest_stats, decide_stats = BatchStats("ingest"), BatchStats("decide")
+
+    async def run_ingest(events: Sequence[Any]) -> None:
+        started = time.perf_counter()
+        await ingest.on_faust_events(events)
+        ingest_stats.add(len(events), len(events), time.perf_counter() - started)
+
+    async def run_decide(events: Sequence[Any]) -> None:
+        started, applied = time.perf_counter(), decider.applied
+        await decider.on_batch(events)
+        decide_stats.add(len(events), decider.applied - applied, time.perf_counter() - started)
+
     if naive:
+        input_topics = app.topic(topics.events, topics.control, value_serializer="raw")
 
         @app.agent(input_topics, name="ingest", concurrency=1)
         async def ingest_naive(stream: faust.StreamT) -> None:
             async for event in stream.events():
-                await ingest.on_batch([event])
-
-        @app.agent(decisions_topic, name="decide", concurrency=1)
-        async def decide_naive(stream: faust.StreamT) -> None:
-            async for event in stream.events():
-                await decider.on_batch([event])
+                await run_ingest([event])
 
     else:
 
-        @app.agent(input_topics, name="ingest", concurrency=1)
-        async def ingest_batches(stream: faust.StreamT) -> None:
-            async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-                await ingest.on_batch(events)
+        @app.task
+        async def ingest_batches() -> None:
+            await ingest.run(ingest_stats)
 
-        @app.agent(decisions_topic, name="decide", concurrency=1)
-        async def decide_batches(stream: faust.StreamT) -> None:
-            async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
-                # take_events fills its buffer in another task; the RocksDB store picks
-                # its partition from the current event, so name one in this task.
-                stream._set_current_event(events[-1])
-                await decider.on_batch(events)
+    # One frame at a time: a frame is already a batch, and `take_events` would hold a
+    # lone frame for its whole `within` window, straight onto the latency.
+    @app.agent(decisions_topic, name="decide", concurrency=1)
+    async def decide(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await run_decide([event])
 
-    install_clock(app, topics.control, codec, settings.processor.tick_interval_s)
+    install_clock(app, topics.control, decoder.codec, settings.processor.tick_interval_s)
     return app

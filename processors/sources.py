@@ -9,7 +9,8 @@ where it also holds them, the derived records that really happened (for `--diff`
 - `ReadModelsSource`: the projector's Parquet read models (same tables).
   Both read through `faultstream.projections.queries.History`.
 - `KafkaSource`: `<prefix>.decisions` from the beginning to its end offset at start (the
-  processor's total order of inputs), plus `.circuits` and `.commands` for what happened.
+  processor's total order of inputs, framed: processors/decisions.py), plus `.circuits`
+  and `.commands` for what happened.
 
 `processors` reads `faultstream.projections` here, only to share its query module.
 """
@@ -214,14 +215,18 @@ class KafkaSource:
     def inputs(self, window: Window = ALL_TIME) -> Iterator[InputRecord]:
         from faultstream.events.codec import Codec
 
+        from .decisions import unpack
+
         codec = Codec(self.kafka.schema_registry_url, topic_prefix=self.kafka.topic_prefix)
-        for value in self._read_topic("decisions"):
+        # Each decisions record is a frame of inputs: (offset, index in frame) order.
+        for frame in self._read_topic("decisions"):
             try:
-                record = codec.decode_input(value)
+                records = [codec.decode_input(value) for value in unpack(frame)]
             except FaultstreamError as exc:
                 raise HistoryError(f"{self.name}: undecodable record ({exc})") from None
-            if window.holds(record.ts):
-                yield record
+            for record in records:
+                if window.holds(record.ts):
+                    yield record
 
     def derived(self, window: Window = ALL_TIME) -> Iterator[DerivedRecord]:
         from faultstream.events.codec import Codec

@@ -1,6 +1,7 @@
 """The Kafka → DuckDB projector: the one process that writes the history file.
 
-It reads `<prefix>.decisions` (the inputs, in the order the processor's core saw them),
+It reads `<prefix>.decisions` (frames of inputs, processors/decisions.py, in the order the
+processor's core saw them; the `seq` column is `decisions.seq(offset, index in frame)`),
 `.circuits`, `.commands` and `.dlq` with a plain confluent-kafka consumer, and lands them
 through `HistoryWriter` in batches.
 
@@ -32,6 +33,8 @@ from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.models import (
     DeadLetter,
 )
+from faultstream.processors.decisions import seq as decision_seq
+from faultstream.processors.decisions import unpack as unpack_frame
 
 from .read_models import ReadModelPublisher
 from .tables import HistoryWriter
@@ -189,16 +192,24 @@ class Projector:
                 if value is None:
                     raise FaultstreamError("empty message value")
                 # Trusted: the processor validated these records before it wrote them.
-                name, fields = decode(value)
-                if name not in _SCHEMAS_ON[logical]:
-                    raise FaultstreamError(f"a {name} on the {logical} topic")
+                # A decisions record is a frame of them (processors/decisions.py).
+                records = unpack_frame(value) if logical == DECISIONS else (value,)
+                decoded = [decode(record) for record in records]
+                for name, _ in decoded:
+                    if name not in _SCHEMAS_ON[logical]:
+                        raise FaultstreamError(f"a {name} on the {logical} topic")
             except FaultstreamError as exc:
                 letters.append(_dead_letter(message, str(exc)))
                 continue
             if logical == DECISIONS:
-                inputs.append(fields)
-                seqs.append(offset)  # the decisions offset is the input order
-            elif logical == DLQ:
+                for index, (_, fields) in enumerate(decoded):
+                    inputs.append(fields)
+                    # The input order (offset, index in frame), unique while a frame
+                    # holds at most decisions.MAX_RECORDS records.
+                    seqs.append(decision_seq(offset, index))
+                continue
+            name, fields = decoded[0]
+            if logical == DLQ:
                 letters.append(fields)
             else:
                 derived.append(fields)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ from faultstream.events.models import (
     WorkerEvent,
     derived_to_json,
 )
+from faultstream.processors import decisions as framing
 from faultstream.processors.core import FleetCore
 
 pytestmark = pytest.mark.kafka
@@ -137,7 +139,16 @@ def read_topic(settings: Settings, name: str) -> list:
             "enable.auto.commit": False,
         }
     )
-    decode = codec.decode_input if name == "decisions" else codec.decode
+    # A decisions record is a frame of input records, in (offset, index) order.
+    if name == "decisions":
+
+        def decode(value: bytes) -> list:
+            return [codec.decode_input(raw) for raw in framing.unpack(value)]
+    else:
+
+        def decode(value: bytes) -> list:
+            return [codec.decode(value)]
+
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         last: dict[int, int] = {}
@@ -154,7 +165,7 @@ def read_topic(settings: Settings, name: str) -> list:
                     continue
                 partition = message.partition()
                 if partition in remaining and message.offset() <= last[partition]:
-                    records[partition].append(decode(message.value()))
+                    records[partition].extend(decode(message.value()))
                 if message.offset() >= last[partition]:
                     remaining.discard(partition)
         return [record for p in sorted(records) for record in records[p]]
@@ -218,6 +229,8 @@ def processor(settings: Settings, tmp_path: Path, instance: str = "0") -> Iterat
         FAULTSTREAM_KAFKA__TOPIC_PREFIX=settings.kafka.topic_prefix,
         FAULTSTREAM_PROCESSOR__DATA_DIR=settings.processor.data_dir,
         FAULTSTREAM_PROCESSOR__TICK_INTERVAL_S=str(settings.processor.tick_interval_s),
+        # Snapshots often, so a restart restores one and re-reads only the frames after it.
+        FAULTSTREAM_PROCESSOR__SNAPSHOT_EVERY_S="0.5",
     )
     log = (tmp_path / f"processor-{instance}.log").open("ab")
     command = [FAULTSTREAM, "processor", "--instance-id", instance, "--web-port"]
@@ -231,6 +244,17 @@ def processor(settings: Settings, tmp_path: Path, instance: str = "0") -> Iterat
             proc.kill()
         proc.wait()
         log.close()
+
+
+def snapshot_offsets(tmp_path: Path) -> list[int]:
+    """The decisions offsets of the snapshots the processor logged (instance 0)."""
+    log = (tmp_path / "processor-0.log").read_text()
+    return [int(n) for n in re.findall(r"decider snapshot at decisions offset (\d+)", log)]
+
+
+def restored_offset(tmp_path: Path) -> int:
+    log = (tmp_path / "processor-0.log").read_text()
+    return int(re.findall(r"decider restored at decisions offset (\d+)", log)[-1])
 
 
 def by_key(records: list[DerivedRecord]) -> dict[str, list[DerivedRecord]]:
@@ -273,10 +297,13 @@ def test_sigkilled_processor_restarts_without_losing_or_reopening(kafka_settings
     produce(kafka_settings, history[: len(history) // 2])
     with processor(kafka_settings, tmp_path) as proc:
         wait_until(lambda: len(read_topic(kafka_settings, "commands")) > 50, "the first commands")
+        wait_until(lambda: snapshot_offsets(tmp_path), "a snapshot")
         produce(kafka_settings, history[len(history) // 2 :])
         proc.send_signal(signal.SIGKILL)
     with processor(kafka_settings, tmp_path):
         expected, out = wait_for_replayed_ids(kafka_settings)
+    # The restart resumed from a snapshot, not from the first decisions record.
+    assert 0 < restored_offset(tmp_path) <= max(snapshot_offsets(tmp_path))
 
     expected_commands = {r.command_id for r in expected if isinstance(r, RecoveryCommand)}
     assert {r.command_id for r in out if isinstance(r, RecoveryCommand)} == expected_commands

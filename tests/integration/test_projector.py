@@ -1,8 +1,8 @@
 """The projector against the real broker: records produced onto the processor's topics land
 in DuckDB exactly once, across a SIGKILL, while readers keep reading the read models.
 
-Records are produced with the Codec straight onto `.decisions`, `.circuits`, `.commands`
-and `.dlq`; the processor does not run.
+Records are produced with the Codec straight onto `.decisions` (in frames, as the
+processor writes them), `.circuits`, `.commands` and `.dlq`; the processor does not run.
 """
 
 from __future__ import annotations
@@ -34,12 +34,14 @@ from faultstream.events.models import (
     Tick,
     WorkerEvent,
 )
+from faultstream.processors import decisions as framing
 from faultstream.projections.queries import History
 from faultstream.projections.read_models import MANIFEST, Manifest
 
 pytestmark = pytest.mark.kafka
 FAULTSTREAM = str(Path(sys.executable).parent / "faultstream")
 WAIT_S = 120  # a generous bound: the tests wait for states, never for durations
+FRAME = 100  # input records per decisions record
 
 
 def inputs(first: int, count: int) -> list[Any]:
@@ -111,13 +113,21 @@ class Topics:
     def send(self, topic: str, records: list[Any], key: Callable[[Any], bytes]) -> None:
         name = self.names[topic]
         for record in records:
-            partition = {"partition": 0} if topic == "decisions" else {}
-            self.producer.produce(name, self.codec.encode(record), key(record), **partition)
+            self.producer.produce(name, self.codec.encode(record), key(record))
+            self.producer.poll(0)
+        assert self.producer.flush(30) == 0
+
+    def send_frames(self, records: list[Any]) -> None:
+        """Inputs as the processor writes them: FRAME records to a decisions record."""
+        raws = [self.codec.encode(record) for record in records]
+        for start in range(0, len(raws), FRAME):
+            frame = framing.pack(raws[start : start + FRAME])
+            self.producer.produce(self.names["decisions"], frame, b"fleet", partition=0)
             self.producer.poll(0)
         assert self.producer.flush(30) == 0
 
     def send_batch(self, first: int, count: int, *, repeat_derived: bool = False) -> None:
-        self.send("decisions", inputs(first, count), lambda _: b"fleet")
+        self.send_frames(inputs(first, count))
         changes = derived(first, count // 10)
         if repeat_derived:  # a processor re-sending after its restart: same ids again
             changes += changes[: len(changes) // 2]
@@ -197,7 +207,7 @@ def test_records_land_exactly_once_across_a_sigkill_of_the_projector(
     # Whatever the moment of the kill, the rows on disk are exactly those the stored
     # offsets cover: they were committed in one transaction.
     landed, offsets = landed_and_offsets(kafka_settings)
-    assert landed["inputs"] == offsets.get(topics.names["decisions"], 0) > 0
+    assert landed["inputs"] == offsets.get(topics.names["decisions"], 0) * FRAME > 0
     assert landed["commands"] == offsets.get(topics.names["commands"], 0)
     topics.send_batch(30_000, 30_000, repeat_derived=True)
     second = start_projector()
@@ -222,9 +232,10 @@ def test_records_land_exactly_once_across_a_sigkill_of_the_projector(
         "circuit_transitions": (6_000, 6_000),
         "commands": (6_000, 6_000),
     }
-    assert seqs == (60_000, 0, 59_999)  # the decisions offsets, each exactly once
+    # (decisions offset, index in frame), each exactly once
+    assert seqs == (60_000, 0, framing.seq(60_000 // FRAME - 1, FRAME - 1))
     _, offsets = landed_and_offsets(kafka_settings)
-    assert offsets[topics.names["decisions"]] == 60_000
+    assert offsets[topics.names["decisions"]] == 60_000 // FRAME
     assert offsets[topics.names["commands"]] == 3_000 + 3_000 + 1_500  # with the repeats
 
 

@@ -14,6 +14,7 @@ from faultstream.events.admin import create_topics
 from faultstream.events.codec import Codec
 from faultstream.events.config import CoreSettings, Settings
 from faultstream.events.models import CircuitStateChanged, ConfigChanged, derived_to_json
+from faultstream.processors import decisions as framing
 from faultstream.processors.replay import replay
 from faultstream.processors.sources import KafkaSource
 
@@ -103,6 +104,13 @@ def test_apply_writes_the_winner_as_config_changed_by_tune_on_the_control_topic(
     assert adopted.circuits.worker.failure_threshold == 2
 
 
+def produce_frames(producer: Producer, codec: Codec, kafka, records: list) -> None:
+    """The records as the processor writes them: framed decisions, 7 to a frame."""
+    raws = [codec.encode(record) for record in records]
+    for start in range(0, len(raws), 7):
+        producer.produce(kafka.topic("decisions"), framing.pack(raws[start : start + 7]), b"fleet")
+
+
 def test_replay_from_kafka_decisions_equals_replay_of_the_same_records(
     kafka_env: Settings,
 ) -> None:
@@ -111,8 +119,7 @@ def test_replay_from_kafka_decisions_equals_replay_of_the_same_records(
     codec = Codec(topic_prefix=kafka.topic_prefix)
     derived = list(replay(records, CoreSettings()))
     producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "acks": "all"})
-    for record in records:
-        producer.produce(kafka.topic("decisions"), codec.encode(record), b"fleet")
+    produce_frames(producer, codec, kafka, records)
     produce_derived(producer, codec, kafka, derived)
     assert producer.flush(HANG_GUARD_S) == 0
 
@@ -130,8 +137,7 @@ def test_replay_command_diff_from_kafka_shows_what_other_settings_change(
     kafka = kafka_env.kafka
     codec = Codec(topic_prefix=kafka.topic_prefix)
     producer = Producer({"bootstrap.servers": kafka.bootstrap_servers, "acks": "all"})
-    for record in records:
-        producer.produce(kafka.topic("decisions"), codec.encode(record), b"fleet")
+    produce_frames(producer, codec, kafka, records)
     produce_derived(producer, codec, kafka, replay(records, CoreSettings()))
     assert producer.flush(HANG_GUARD_S) == 0
     config = tmp_path / "eager.toml"

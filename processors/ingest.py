@@ -1,0 +1,199 @@
+"""Stage 1 of the processor: validate raw input records, frame the good ones onto
+`<prefix>.decisions`, dead-letter the bad ones.
+
+The batched path (`Ingest.run`) reads `<prefix>.events` and `.control` with its own
+aiokafka consumer (group `<app id>-ingest`) and `getmany`, inside the Faust app: Faust's
+per-message stream machinery costs ~100 µs per event here (profiled: task creation and
+`wait_first` per event), ten times the validation itself, and the input is the only
+high-volume topic. Several instances share the input partitions through that group.
+
+At least once: input offsets are committed only after the broker acknowledged every frame
+and dead letter that covers them (every COMMIT_EVERY_S, on a rebalance, on stop). The
+periodic commit waits for those acknowledgements in the background, so the poll loop never
+stalls on it (a blocking flush cost up to 50 ms of latency). A record forwarded twice after
+a crash is harmless: the core ignores a repeated event_id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from faultstream.events.config import Settings
+from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.models import DeadLetter
+
+from . import decisions
+from .decode import InputDecoder
+
+log = logging.getLogger("faultstream.processor")
+
+DECISIONS_KEY = b"fleet"
+# Records per poll, hence at most per frame (decisions.MAX_RECORDS caps a frame).
+POLL_MAX_RECORDS = 5000
+COMMIT_EVERY_S = 1.0
+assert POLL_MAX_RECORDS <= decisions.MAX_RECORDS
+
+
+class Ingest:
+    """Validates raw input records; forwards good ones in frames, dead-letters bad ones."""
+
+    def __init__(
+        self, app: faust.App, settings: Settings, decoder: InputDecoder, topics: Any
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.decoder = decoder
+        self.codec = decoder.codec
+        self.topics = topics
+        self.forwarded = 0  # records, for the stats log
+        self._pending: dict[TopicPartition, int] = {}  # next offsets not yet committed
+        self._sent: list[Awaitable[Any]] = []  # deliveries the pending offsets wait for
+        self._committing: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def forward(self, messages: Sequence[Any]) -> None:
+        """Validate `messages` (anything with topic, partition, offset and value) and send
+        the good ones as frames to `.decisions`, in order."""
+        send = self.app.producer.send
+        validated = self.decoder.validated
+        good: list[bytes] = []
+        sent = self._sent
+        for message in messages:
+            raw = message.value or b""  # a null value is bad input too
+            try:
+                validated(raw)
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, FaultstreamError) else repr(exc)
+                letter = self.codec.encode(dead_letter(message, raw, reason))
+                sent.append(await send(self.topics.dlq, None, letter, None, None, None))
+                continue
+            good.append(raw)
+        for frame in decisions.pack_all(good) if good else ():
+            sent.append(await send(self.topics.decisions, DECISIONS_KEY, frame, 0, None, None))
+        self.forwarded += len(good)
+
+    async def on_faust_events(self, events: Sequence[Any]) -> None:
+        """The naive baseline: a Faust agent hands over events. Faust flushes the producer
+        before it commits their offsets."""
+        await self.forward([event.message for event in events])
+
+    async def run(self, stats: Any) -> None:
+        """Consume the input topics until cancelled (the batched path)."""
+        kafka = self.settings.kafka
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers,
+            group_id=f"{kafka.topic_prefix}-processor-ingest",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=POLL_MAX_RECORDS,
+            # As the Faust consumer: a SIGKILLed instance's partitions move within seconds.
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+            rebalance_timeout_ms=20_000,
+        )
+        consumer.subscribe([self.topics.events, self.topics.control], listener=_Listener(self))
+        self._consumer = consumer
+        await consumer.start()
+        log.info("ingest consuming %s and %s", self.topics.events, self.topics.control)
+        committed_at = time.monotonic()
+        try:
+            while True:
+                batches = await consumer.getmany(timeout_ms=500, max_records=POLL_MAX_RECORDS)
+                if batches:
+                    started = time.perf_counter()
+                    async with self._lock:
+                        messages = [m for records in batches.values() for m in records]
+                        await self.forward(messages)
+                        for tp, records in batches.items():
+                            self._pending[tp] = records[-1].offset + 1
+                    stats.add(len(messages), len(messages), time.perf_counter() - started)
+                due = time.monotonic() - committed_at >= COMMIT_EVERY_S
+                if due and (self._committing is None or self._committing.done()):
+                    self._committing = asyncio.create_task(self._commit_in_background())
+                    committed_at = time.monotonic()
+        finally:
+            if self._committing is not None:
+                self._committing.cancel()
+            try:
+                await self.commit()
+            except Exception as exc:  # stopping anyway: the next owner re-reads
+                log.warning("ingest: final commit failed (%r)", exc)
+            await consumer.stop()
+            self._consumer = None
+
+    def _take(
+        self, partitions: Sequence[TopicPartition] | None
+    ) -> tuple[dict[TopicPartition, int], list[Awaitable[Any]]]:
+        """The offsets to commit and the deliveries they wait for (all sent so far)."""
+        chosen = list(self._pending) if partitions is None else partitions
+        offsets = {tp: self._pending.pop(tp) for tp in chosen if tp in self._pending}
+        sent, self._sent = self._sent, []
+        return offsets, sent
+
+    async def _commit_in_background(self) -> None:
+        async with self._lock:  # a cut between batches; then wait outside the lock
+            offsets, sent = self._take(None)
+        await self._commit(offsets, sent)
+
+    async def commit(self, partitions: Sequence[TopicPartition] | None = None) -> None:
+        """Wait for every delivery so far, then commit the input offsets they cover."""
+        async with self._lock:
+            offsets, sent = self._take(partitions)
+            await self._commit(offsets, sent)
+
+    async def _commit(self, offsets: dict[TopicPartition, int], sent: list[Awaitable[Any]]) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        try:
+            await asyncio.gather(*sent)  # all of them: later commits no longer wait for these
+        except Exception as exc:
+            # A frame or dead letter was lost: committing any later offset would skip it.
+            # Stop; the restarted processor re-reads from the last commit.
+            self._pending.clear()
+            log.error("ingest: a send failed (%r); stopping the processor", exc)
+            await self.app.crash(exc)
+            return
+        try:
+            owned = consumer.assignment()
+            # Offsets of partitions revoked meanwhile are their new owner's business.
+            offsets = {tp: offset for tp, offset in offsets.items() if tp in owned}
+            if offsets:
+                await consumer.commit(offsets)
+        except KafkaError as exc:
+            # The partitions moved on: their new owner re-forwards from the last commit,
+            # and the core ignores the repeats.
+            log.warning("ingest: commit failed (%r)", exc)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, ingest: Ingest) -> None:
+        self.ingest = ingest
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.ingest.commit(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("ingest assigned %d input partitions", len(assigned))
+
+
+def dead_letter(message: Any, raw: bytes, reason: str) -> DeadLetter:
+    topic, partition, offset = message.topic, message.partition, message.offset
+    return DeadLetter(
+        event_id=f"dlq:{topic}:{partition}:{offset}",
+        ts=int(time.time() * 1000),
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        raw=raw,
+        reason=reason,
+    )

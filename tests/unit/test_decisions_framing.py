@@ -1,0 +1,62 @@
+"""The framing of `<prefix>.decisions` records (processors/decisions.py)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from faultstream.events.codec import Codec
+from faultstream.events.exceptions import DecodeError
+from faultstream.events.models import Tick
+from faultstream.processors import decisions
+
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=50))
+def test_unpack_returns_the_packed_records_in_order(records):
+    assert decisions.unpack(decisions.pack(records)) == records
+
+
+def test_a_bare_avro_record_reads_as_a_frame_of_one():
+    raw = Codec().encode(Tick(event_id="t1", ts=1))
+    assert decisions.unpack(raw) == [raw]
+
+
+def test_an_empty_or_oversized_batch_is_refused():
+    with pytest.raises(ValueError, match="1 to 65536 records"):
+        decisions.pack([])
+    with pytest.raises(ValueError, match="not 65537"):
+        decisions.pack([b""] * (decisions.MAX_RECORDS + 1))
+
+
+def test_a_truncated_frame_is_a_decode_error_naming_the_record():
+    frame = decisions.pack([b"abc", b"defgh"])
+    with pytest.raises(DecodeError, match="truncated in record 1 of 2"):
+        decisions.unpack(frame[:-1])
+    with pytest.raises(DecodeError, match="trailing bytes"):
+        decisions.unpack(frame + b"x")
+    with pytest.raises(DecodeError, match="version 7"):
+        decisions.unpack(b"\x07" + frame[1:])
+    with pytest.raises(DecodeError, match="empty"):
+        decisions.unpack(b"")
+
+
+def test_pack_all_splits_by_bytes_and_keeps_a_large_record_alone():
+    small, large = b"s" * 1000, b"L" * (decisions.MAX_FRAME_BYTES + 10)
+    records = [small] * 600 + [large] + [small] * 3
+    frames = decisions.pack_all(records)
+    assert all(len(frame) <= decisions.MAX_FRAME_BYTES + 20 for frame in frames[:-2])
+    assert decisions.unpack(frames[-2]) == [large]
+    assert [r for frame in frames for r in decisions.unpack(frame)] == records
+
+
+def test_seq_orders_by_offset_then_index_within_the_cap():
+    positions = [(0, 0), (0, 1), (0, decisions.MAX_RECORDS - 1), (1, 0), (2, 5)]
+    seqs = [decisions.seq(offset, index) for offset, index in positions]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    frames = [(7, decisions.pack([b"a", b"b"])), (8, decisions.pack([b"c"]))]
+    assert list(decisions.iter_records(iter(frames))) == [
+        (decisions.seq(7, 0), b"a"),
+        (decisions.seq(7, 1), b"b"),
+        (decisions.seq(8, 0), b"c"),
+    ]
