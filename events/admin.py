@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from .config import KafkaSettings
@@ -122,6 +123,27 @@ def describe_topics(kafka: KafkaSettings) -> dict[str, int]:
         for name, topic in sorted(metadata.topics.items())
         if name.startswith(prefix)
     }
+
+
+def end_offsets(
+    consumer: Consumer, topic: str, partitions: list[int], *, timeout_s: float = _TIMEOUT_S
+) -> dict[int, tuple[int, int]]:
+    """(low, high) watermarks per partition, retried while a freshly created topic's
+    leadership settles (NOT_LEADER_FOR_PARTITION and friends are transient there)."""
+    deadline = time.monotonic() + timeout_s
+    result: dict[int, tuple[int, int]] = {}
+    for partition in partitions:
+        while True:
+            try:
+                result[partition] = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=max(0.1, deadline - time.monotonic())
+                )
+                break
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    return result
 
 
 _quiet = logging.getLogger("faultstream.events.admin.librdkafka")

@@ -230,6 +230,8 @@ class Decider:
         started = time.perf_counter()
         data = self.core.snapshot()
         self.store.save(self.next_offset, data)
+        # The changelog write is buffered: flush so the log line below means "durable".
+        await self.app.producer.flush()
         log.info(
             "decider snapshot at decisions offset %d: %d bytes in %.0f ms",
             self.next_offset,

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import duckdb
 
+from faultstream.events.admin import end_offsets
 from faultstream.events.config import KafkaSettings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.jsonl import InvalidLineError, read_input_records
@@ -262,13 +263,8 @@ class KafkaSource:
             if info is None or info.error is not None or not info.partitions:
                 raise HistoryError(f"--from-kafka: topic {topic} does not exist")
             # The end offsets at start: a history that keeps growing still ends.
-            ends: dict[int, int] = {}
-            for partition in info.partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=10
-                )
-                if high > low:
-                    ends[partition] = high
+            watermarks = end_offsets(consumer, topic, list(info.partitions))
+            ends = {p: high for p, (low, high) in watermarks.items() if high > low}
             if not ends:
                 return
             consumer.assign([TopicPartition(topic, p, 0) for p in ends])

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from faultstream.events.admin import create_topics
+from faultstream.events.admin import create_topics, end_offsets
 from faultstream.events.codec import Codec
 from faultstream.events.config import Settings
 from faultstream.events.jsonl import write_records
@@ -151,11 +151,8 @@ def read_topic(settings: Settings, name: str) -> list:
 
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        last: dict[int, int] = {}
-        for partition in partitions:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition))
-            if high > 0:
-                last[partition] = high - 1
+        watermarks = end_offsets(consumer, topic, list(partitions))
+        last = {p: high - 1 for p, (_low, high) in watermarks.items() if high > 0}
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in last])
         records: dict[int, list] = {p: [] for p in last}
         remaining = set(last)
