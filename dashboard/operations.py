@@ -11,8 +11,7 @@ import time
 import uuid
 from typing import Any
 
-from faultstream.events.codec import Codec
-from faultstream.events.config import KafkaSettings
+from faultstream.events.control import publish_control
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.models import (
     CircuitKind,
@@ -21,7 +20,6 @@ from faultstream.events.models import (
     OperatorAction,
 )
 
-_FLUSH_S = 30.0
 ACTOR_PREFIX = "dashboard:"
 
 
@@ -71,30 +69,4 @@ def config_record(config: dict[str, Any], actor: str) -> ConfigChanged:
     return ConfigChanged(event_id=_event_id(), ts=_now_ms(), config=config, actor=actor)
 
 
-def publish(record: Operator | ConfigChanged, kafka: KafkaSettings) -> None:
-    """Write one control record to `<prefix>.control`, acknowledged by all replicas."""
-    from confluent_kafka import KafkaException, Producer
-
-    topic = kafka.topic("control")
-    codec = Codec(kafka.schema_registry_url, topic_prefix=kafka.topic_prefix)
-    errors: list[str] = []
-
-    def on_delivery(err: object, _msg: object) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    try:
-        producer = Producer(
-            {
-                "bootstrap.servers": kafka.bootstrap_servers,
-                "acks": "all",
-                "enable.idempotence": True,
-                "message.timeout.ms": int(_FLUSH_S * 1000),
-            }
-        )
-        producer.produce(topic, codec.encode(record), on_delivery=on_delivery)
-        left = producer.flush(_FLUSH_S)
-    except KafkaException as exc:
-        raise FaultstreamError(f"{topic}: cannot write: {exc}") from None
-    if left or errors:
-        raise FaultstreamError(f"{topic}: {errors[0] if errors else 'not acknowledged in time'}")
+publish = publish_control  # the one way any adapter writes to the control topic

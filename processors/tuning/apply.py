@@ -10,13 +10,11 @@ import time
 import uuid
 from typing import Any
 
-from faultstream.events.codec import Codec
-from faultstream.events.config import KafkaSettings
-from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.control import publish_control
 from faultstream.events.models import ConfigChanged
 
 ACTOR = "tune"
-_FLUSH_S = 30.0
+__all__ = ["ACTOR", "config_changed", "publish_control"]
 
 
 def config_changed(config: dict[str, Any], ts: int | None = None) -> ConfigChanged:
@@ -28,34 +26,3 @@ def config_changed(config: dict[str, Any], ts: int | None = None) -> ConfigChang
         config=config,
         actor=ACTOR,
     )
-
-
-def publish_control(record: ConfigChanged, kafka: KafkaSettings) -> None:
-    """Write one control record to `<prefix>.control`, acknowledged by all replicas."""
-    from confluent_kafka import KafkaException, Producer
-
-    codec = Codec(kafka.schema_registry_url, topic_prefix=kafka.topic_prefix)
-    errors: list[str] = []
-
-    def on_delivery(err: object, _msg: object) -> None:
-        if err is not None:
-            errors.append(str(err))
-
-    try:
-        producer = Producer(
-            {
-                "bootstrap.servers": kafka.bootstrap_servers,
-                "acks": "all",
-                "enable.idempotence": True,
-                "message.timeout.ms": int(_FLUSH_S * 1000),
-            }
-        )
-        producer.produce(kafka.topic("control"), codec.encode(record), on_delivery=on_delivery)
-        left = producer.flush(_FLUSH_S)
-    except KafkaException as exc:
-        raise FaultstreamError(
-            f"--apply: cannot write to {kafka.topic('control')}: {exc}"
-        ) from None
-    if left or errors:
-        why = errors[0] if errors else "not acknowledged in time"
-        raise FaultstreamError(f"--apply: {kafka.topic('control')}: {why}")
