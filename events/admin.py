@@ -125,6 +125,16 @@ def describe_topics(kafka: KafkaSettings) -> dict[str, int]:
     }
 
 
+# What a broker answers about a topic created a moment ago, until its leader is known.
+_SETTLING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
 def end_offsets(
     consumer: Consumer, topic: str, partitions: list[int], *, timeout_s: float = _TIMEOUT_S
 ) -> dict[int, tuple[int, int]]:
@@ -140,7 +150,9 @@ def end_offsets(
                 )
                 break
             except KafkaException as exc:
-                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                error = exc.args[0]
+                transient = error.retriable() or error.code() in _SETTLING
+                if not transient or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
     return result

@@ -340,3 +340,75 @@ def test_garbage_bytes_go_to_the_dlq_while_good_events_flow(kafka_settings, tmp_
     failures = {e.event_id for e in good if e.kind == "FAILURE"}
     commanded = {r.caused_by for r in expected if isinstance(r, RecoveryCommand)}
     assert failures <= commanded
+
+
+def crashes(worker: str, count: int, start_ts: int, prefix: str) -> list[WorkerEvent]:
+    """`count` WORKER_CRASH failures of one cpu worker, a second apart."""
+    return [
+        WorkerEvent(
+            event_id=f"{prefix}-{n}",
+            kind="FAILURE",
+            ts=start_ts + n * 1_000,
+            worker_id=worker,
+            hardware_class="cpu",
+            task_id=f"{prefix}-task-{n}",
+            task_type="bert",
+            failure_type="WORKER_CRASH",
+        )
+        for n in range(count)
+    ]
+
+
+def test_tune_apply_changes_what_the_processor_does_next(kafka_settings, tmp_path):
+    create_topics(kafka_settings.kafka)
+    now = int(time.time() * 1000)
+    # A recorded streak of crashes: a threshold of 2 protects far more than the default 5.
+    history = tmp_path / "history.jsonl"
+    with history.open("w") as fh:
+        write_records(crashes("cpu-old", 12, now - 600_000, "old"), fh)
+    env = dict(
+        os.environ,
+        FAULTSTREAM_KAFKA__BOOTSTRAP_SERVERS=kafka_settings.kafka.bootstrap_servers,
+        FAULTSTREAM_KAFKA__TOPIC_PREFIX=kafka_settings.kafka.topic_prefix,
+    )
+    with processor(kafka_settings, tmp_path):
+        # Two crashes under the default threshold (5): the worker's circuit stays closed.
+        produce(kafka_settings, crashes("cpu-a", 2, now, "before"))
+        wait_until(
+            lambda: (
+                len([r for r in published(kafka_settings) if isinstance(r, RecoveryCommand)]) >= 2
+            ),
+            "the commands for the first two crashes",
+        )
+        tuned = subprocess.run(
+            [FAULTSTREAM, "tune", "--input", str(history), "--apply",
+             "--grid", "worker.failure_threshold=2,5", "--min-events", "1"],
+            capture_output=True, text=True, env=env,
+        )  # fmt: skip
+        assert tuned.returncode == 0, tuned.stderr
+        assert "applied" in tuned.stdout, tuned.stdout
+        control = read_topic(kafka_settings, "control")
+        changes = [r for r in control if r.kind == "CONFIG_CHANGED"]
+        assert [c.actor for c in changes] == ["tune"]
+        assert changes[0].config["circuits"]["worker"]["failure_threshold"] == 2
+        wait_until(
+            lambda: any(
+                r.event_id == changes[0].event_id for r in read_topic(kafka_settings, "decisions")
+            ),
+            "the decider to take the CONFIG_CHANGED",
+        )
+        # The same two crashes on another worker now open its circuit.
+        produce(kafka_settings, crashes("cpu-b", 2, now + 10_000, "after"))
+        wait_until(
+            lambda: any(
+                isinstance(r, CircuitStateChanged)
+                and r.key == "worker:cpu-b"
+                and r.to_state == "OPEN"
+                for r in published(kafka_settings)
+            ),
+            "worker:cpu-b to open after two crashes",
+        )
+    assert not any(
+        isinstance(r, CircuitStateChanged) and r.key == "worker:cpu-a"
+        for r in published(kafka_settings)
+    )
