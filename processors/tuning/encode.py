@@ -8,11 +8,13 @@ dedupe, the per-circuit outcome times) is laid out as sorted per-circuit arrays.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import compress
+from operator import itemgetter
 
 import numpy as np
+from numba import njit
 
 from faultstream.events.classify import classify_message
 from faultstream.events.config import AttributionSettings
@@ -92,117 +94,111 @@ def attribution_ranks(attribution: AttributionSettings) -> np.ndarray:
 
 
 def encode(inputs: Sequence[InputRecord]) -> EncodedHistory:
+    """Columnar: one C-level pass per field over the records (no per-record Python code),
+    strings factorized through dicts, repeated ids found by numba over the ids' hashes
+    (every match re-checked on the strings, so a hash collision cannot merge two ids)."""
     n = len(inputs)
-    kind = np.empty(n, np.int8)
-    ts = np.empty(n, np.int64)
-    skip = np.zeros(n, np.int8)
-    scored = np.zeros(n, np.int8)
+    fields = list(map(vars, inputs))  # a model's field values live in its __dict__
+    try:
+        kind = np.fromiter(map(_KIND_CODE.__getitem__, map(_get_kind, fields)), np.int8, n)
+    except KeyError as exc:
+        raise UnsupportedHistory(f"{exc.args[0]} records in the history") from None
+    ts = np.fromiter(map(_get_ts, fields), np.int64, n)
+    end_ts = int(ts.max()) if n else 0
+    event_ids = list(map(_get_event_id, fields))
+
+    is_worker = kind <= FAILURE
+    widx = np.flatnonzero(is_worker)
+    wrecs = list(compress(fields, is_worker.tolist()))
+    wkind = kind[widx]
+    w_codes, worker_ids = _factorize(list(map(_get_worker_id, wrecs)))
+    hw_codes, classes = _factorize(list(map(_get_hardware_class, wrecs)))
+    # Task types and ids of the records that carry a task (a heartbeat's or checkpoint's
+    # task type changes no circuit, so it is not read).
+    has_task = (wkind != HEARTBEAT) & (wkind != CHECKPOINT)
+    tidx = widx[has_task]
+    trecs = list(compress(wrecs, has_task.tolist()))
+    tt_codes, task_types = _factorize(list(map(_get_task_type, trecs)))
+    n_work, n_cls = len(worker_ids), len(classes)
+    # Circuits: workers, then classes, then task types, then any only an operator names.
+    names = [*worker_ids, *classes]
+    ranks = [0] * n_work + [1] * n_cls
+    tt_circuit = np.full(len(task_types) + 1, -1, np.int64)  # code -> circuit (None: -1)
+    for code, name in enumerate(task_types):
+        if name is not None:
+            tt_circuit[code] = len(names)
+            names.append(name)
+            ranks.append(2)
+    circuits = {(r, name): index for index, (r, name) in enumerate(zip(ranks, names, strict=True))}
+
     worker = np.full(n, -1, np.int32)
+    worker[widx] = w_codes
     hw = np.full(n, -1, np.int32)
+    hw[widx] = hw_codes + n_work
     tt = np.full(n, -1, np.int32)
+    tt[tidx] = tt_circuit[tt_codes]
+    for i in np.flatnonzero(kind == OPERATOR).tolist():
+        record = inputs[i]
+        key = (_RANK[record.circuit_kind], record.circuit_id)  # type: ignore[union-attr]
+        if key not in circuits:
+            circuits[key] = len(names)
+            names.append(key[1])
+            ranks.append(key[0])
+        hw[i] = circuits[key]
+
     ftype = np.full(n, -1, np.int8)
-    task = np.full(n, -1, np.int32)
-
-    circuits: dict[tuple[int, str], int] = {}
-    workers: dict[str, int] = {}
-    worker_circuit: list[int] = []
-    pairs: dict[tuple[int, str], int] = {}
-    pair_worker: list[int] = []
-    seen: list[tuple[set[str], deque[str]]] = []  # the core's window, per worker
-    control_seen: set[str] = set()
-    control_order: deque[str] = deque()
-    score_seen: set[tuple[str, str]] = set()  # the scoring function's, unbounded
+    fidx = np.flatnonzero(kind == FAILURE)
+    failure_types = list(map(_get_failure_type, compress(fields, (kind == FAILURE).tolist())))
     classified: dict[str | None, int] = {}
-    end_ts = 0
-
-    def circuit(rank: int, circuit_id: str) -> int:
-        index = circuits.get((rank, circuit_id))
-        if index is None:
-            index = circuits[(rank, circuit_id)] = len(circuits)
-        return index
-
-    for i, record in enumerate(inputs):
-        code = _KIND_CODE.get(record.kind)
-        if code is None:
-            raise UnsupportedHistory(f"{record.kind} records in the history")
-        t = record.ts
-        kind[i] = code
-        ts[i] = t
-        if t > end_ts:
-            end_ts = t
-        event_id = record.event_id
-        if code >= TICK:
-            if event_id in control_seen:
-                skip[i] = 1
-            else:
-                control_seen.add(event_id)
-                control_order.append(event_id)
-                if len(control_order) > SEEN_CONTROL_IDS:
-                    control_seen.discard(control_order.popleft())
-            if code == OPERATOR:
-                hw[i] = circuit(_RANK[record.circuit_kind], record.circuit_id)  # type: ignore[union-attr]
-                ftype[i] = FORCE_OPEN if record.action == "FORCE_OPEN" else RESET  # type: ignore[union-attr]
-            continue
-        worker_id = record.worker_id  # type: ignore[union-attr]
-        w = workers.get(worker_id)
-        if w is None:
-            w = workers[worker_id] = len(workers)
-            worker_circuit.append(circuit(0, worker_id))
-            seen.append((set(), deque()))
-        worker[i] = w
-        ids, order = seen[w]
-        if event_id in ids:
-            skip[i] = 1
+    for j, failure_type in enumerate(failure_types):
+        if failure_type is None:  # classified from the message, once per message
+            message = inputs[int(fidx[j])].message  # type: ignore[union-attr]
+            if message not in classified:
+                classified[message] = _FAILURE_CODE[classify_message(message)]
+            failure_types[j] = classified[message]
         else:
-            ids.add(event_id)
-            order.append(event_id)
-            if len(order) > SEEN_IDS_PER_WORKER:
-                ids.discard(order.popleft())
-        hw[i] = circuit(1, record.hardware_class)  # type: ignore[union-attr]
-        task_type = record.task_type  # type: ignore[union-attr]
-        if task_type is not None:
-            tt[i] = circuit(2, task_type)
-        if code in (HEARTBEAT, CHECKPOINT):
-            continue
-        pair = pairs.get((w, record.task_id))  # type: ignore[union-attr]
-        if pair is None:
-            pair = pairs[(w, record.task_id)] = len(pairs)  # type: ignore[union-attr]
-            pair_worker.append(w)
-        task[i] = pair
-        if code == TASK_STARTED:
-            continue
-        identity = (worker_id, event_id)
-        if identity not in score_seen:
-            score_seen.add(identity)
-            scored[i] = 1
-        if code == FAILURE:
-            failure_type = record.failure_type  # type: ignore[union-attr]
-            if failure_type is None:
-                message = record.message  # type: ignore[union-attr]
-                cached = classified.get(message)
-                if cached is None:
-                    cached = classified[message] = _FAILURE_CODE[classify_message(message)]
-                ftype[i] = cached
-            else:
-                ftype[i] = _FAILURE_CODE[failure_type]
+            failure_types[j] = _FAILURE_CODE[failure_type]
+    ftype[fidx] = failure_types
+    for i in np.flatnonzero(kind == OPERATOR).tolist():
+        ftype[i] = FORCE_OPEN if inputs[i].action == "FORCE_OPEN" else RESET  # type: ignore[union-attr]
 
-    n_circuits = len(circuits)
-    circuit_rank = np.empty(n_circuits, np.int64)
-    keys = [""] * n_circuits
-    names = [""] * n_circuits
-    for (rank, circuit_id), index in circuits.items():
-        circuit_rank[index] = rank
-        names[index] = circuit_id
-        keys[index] = f"{('worker', 'hardware_class', 'task_type')[rank]}:{circuit_id}"
+    # Task pairs (worker, task_id).
+    task_codes, _ = _factorize(list(map(_get_task_id, trecs)))
+    pair_ids, pair_first = _key_ids(task_codes, w_codes[has_task])
+    task = np.full(n, -1, np.int32)
+    task[tidx] = pair_ids
+    pair_worker_arr = w_codes[has_task][pair_first].astype(np.int64)
+
+    # Repeated ids: the core's bounded windows (per worker, one for control records) and
+    # the scoring function's unbounded set of (worker, event_id), over the same keys.
+    group = np.where(is_worker, worker, n_work).astype(np.int64)
+    hashes = np.fromiter(map(_id_hash, event_ids), np.int64, n)
+    key_ids, key_first = _key_ids(hashes, group)
+    firsts = key_first[key_ids]
+    for i in np.flatnonzero(firsts != np.arange(n)).tolist():
+        if event_ids[i] != event_ids[firsts[i]]:  # two ids, one hash: key on the strings
+            keys_of: dict[tuple[int, str], int] = {}
+            pairs = zip(group.tolist(), event_ids, strict=True)
+            key_ids = np.fromiter((keys_of.setdefault(p, len(keys_of)) for p in pairs), np.int64, n)
+            break
+    window = np.full(n_work + 1, SEEN_IDS_PER_WORKER, np.int64)
+    window[n_work] = SEEN_CONTROL_IDS
+    skip, scored = _dedupe(kind, group, key_ids, window)
+
+    n_circuits = len(names)
+    circuit_rank = np.array(ranks, np.int64)
+    keys = [
+        f"{('worker', 'hardware_class', 'task_type')[r]}:{name}"
+        for r, name in zip(ranks, names, strict=True)
+    ]
     # Due moments that tie are ordered by id string, across circuits and workers alike.
     order_of = {name: r for r, name in enumerate(sorted(set(names)))}
     circuit_order = np.array([order_of[name] for name in names], np.int64)
     circuit_worker = np.full(n_circuits, -1, np.int64)
-    worker_circuit_arr = np.array(worker_circuit, np.int64)
-    circuit_worker[worker_circuit_arr] = np.arange(len(worker_circuit_arr))
-    pair_worker_arr = np.array(pair_worker, np.int64)
+    worker_circuit_arr = np.arange(n_work, dtype=np.int64)
+    circuit_worker[:n_work] = worker_circuit_arr
     worker_tasks_offsets, worker_tasks = _csr(
-        pair_worker_arr, np.arange(len(pair_worker_arr), dtype=np.int64), len(workers)
+        pair_worker_arr, np.arange(len(pair_worker_arr), dtype=np.int64), n_work
     )
 
     ok = np.nonzero((kind == SUCCESS) & (scored == 1))[0]
@@ -227,13 +223,91 @@ def encode(inputs: Sequence[InputRecord]) -> EncodedHistory:
         worker_circuit_arr,
         worker_tasks_offsets,
         worker_tasks,
-        len(pairs),
+        len(pair_first),
         ok_offsets,
         ok_ts,
         deferred,
         end_ts,
         keys,
     )
+
+
+_get_kind, _get_ts, _get_event_id = itemgetter("kind"), itemgetter("ts"), itemgetter("event_id")
+_get_worker_id, _get_hardware_class = itemgetter("worker_id"), itemgetter("hardware_class")
+_get_task_type, _get_task_id = itemgetter("task_type"), itemgetter("task_id")
+_get_failure_type = itemgetter("failure_type")
+_id_hash = hash  # str caches it; a test swaps in a colliding one
+
+
+def _factorize(values: list) -> tuple[np.ndarray, list]:
+    """Codes in order of first appearance, and the distinct values."""
+    distinct = list(dict.fromkeys(values))
+    index = {value: code for code, value in enumerate(distinct)}
+    return np.fromiter(map(index.__getitem__, values), np.int64, len(values)), distinct
+
+
+@njit(cache=True, nogil=True)
+def _key_ids(values, groups):
+    """Compact ids of the (value, group) pairs in order of first appearance (open
+    addressing), and the first record of each id."""
+    n = values.shape[0]
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = np.uint64(size - 1)
+    slots = np.full(size, -1, np.int64)
+    key_value = np.empty(n, np.int64)
+    key_group = np.empty(n, np.int64)
+    first = np.empty(n, np.int64)
+    ids = np.empty(n, np.int64)
+    n_keys = 0
+    for i in range(n):
+        value = values[i]
+        g = groups[i]
+        mixed = (np.uint64(value) ^ (np.uint64(g) * np.uint64(0x9E3779B97F4A7C15))) * np.uint64(
+            0xBF58476D1CE4E5B9
+        )
+        s = np.int64((mixed ^ (mixed >> np.uint64(31))) & mask)
+        while True:
+            k = slots[s]
+            if k < 0:
+                slots[s] = n_keys
+                key_value[n_keys] = value
+                key_group[n_keys] = g
+                first[n_keys] = i
+                ids[i] = n_keys
+                n_keys += 1
+                break
+            if key_value[k] == value and key_group[k] == g:
+                ids[i] = k
+                break
+            s = (s + 1) & (size - 1)
+    return ids, first[:n_keys].copy()
+
+
+@njit(cache=True, nogil=True)
+def _dedupe(kind, group, key_ids, window):
+    """skip: the core ignores the record (its key is among the group's newest `window`
+    remembered ids); scored: the first outcome of its key (the score's unbounded set)."""
+    n = kind.shape[0]
+    skip = np.zeros(n, np.int8)
+    scored = np.zeros(n, np.int8)
+    n_keys = key_ids.max() + 1 if n else 0
+    added_at = np.zeros(n_keys, np.int64)  # the key's newest remembering, 1-based
+    outcome_seen = np.zeros(n_keys, np.int8)
+    remembered = np.zeros(window.shape[0], np.int64)
+    for i in range(n):
+        key = key_ids[i]
+        g = group[i]
+        if added_at[key] > 0 and added_at[key] > remembered[g] - window[g]:
+            skip[i] = 1
+        else:
+            remembered[g] += 1
+            added_at[key] = remembered[g]
+        if (kind[i] == SUCCESS or kind[i] == FAILURE) and outcome_seen[key] == 0:
+            outcome_seen[key] = 1
+            scored[i] = 1
+    return skip, scored
 
 
 def _csr(groups: np.ndarray, values: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,12 @@ left out. `FleetCore` stays the specification: a property test checks that every
 here equals the core's run plus `score_history`, and anything not modelled exactly
 (CONFIG_CHANGED records, an ambiguous rounding, an enormous trip count) raises
 `UnsupportedHistory` so that the caller falls back to the core.
+
+What depends on only part of the settings is computed once per distinct part and shared
+across the grid: the failures per circuit (per attribution) and the liveness pass
+(`liveness.py`, per heartbeat timeout), which leaves each configuration's replay only
+the inputs that can change a circuit. Each replay is one nogil kernel call, so the
+threads of `score_grid` run them in parallel.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 
 from faultstream.events.config import CircuitSettings, CoreSettings
 
-from .encode import EncodedHistory, UnsupportedHistory, attribution_ranks
+from .encode import WORKER_DISCONNECTION, EncodedHistory, UnsupportedHistory, attribution_ranks
 from .kernel import (
     A_DELAY_SUM,
     A_DELAYS,
@@ -36,6 +42,7 @@ from .kernel import (
     _replay,
     round6,
 )
+from .liveness import liveness
 from .score import Score
 
 __all__ = ["A_STATUS", "Config", "round6", "score_config", "score_grid"]
@@ -60,9 +67,14 @@ def backoff_ms(settings: CircuitSettings) -> tuple[np.ndarray, bool]:
 
 
 class Config:
-    """One candidate's settings as the kernel reads them."""
+    """One candidate's settings as the kernel reads them, with what depends only on part
+    of them (the failures per circuit under its attribution, the liveness pass under its
+    heartbeat timeout) taken from `shared` when another configuration computed it."""
 
-    def __init__(self, settings: CoreSettings, history: EncodedHistory) -> None:
+    def __init__(
+        self, settings: CoreSettings, history: EncodedHistory, shared: dict | None = None
+    ) -> None:
+        shared = {} if shared is None else shared
         circuits = settings.circuits
         kinds = (circuits.worker, circuits.hardware_class, circuits.task_type)
         tables = [backoff_ms(k) for k in kinds]
@@ -78,9 +90,31 @@ class Config:
         self.success_threshold = np.array([k.success_threshold for k in kinds], np.int64)
         self.guard_fraction = float(circuits.worker.max_open_fraction)
         self.guard_min = int(circuits.worker.guard_min_workers)
-        self.heartbeat_ms = float(settings.recovery.heartbeat_timeout_s) * 1000.0
+        heartbeat_ms = float(settings.recovery.heartbeat_timeout_s) * 1000.0
         self.ranks = attribution_ranks(circuits.attribution)
-        self.fail_offsets, self.fail_ts = history.failures_by_circuit(self.ranks)
+        key = ("failures", self.ranks.tobytes())
+        if key not in shared:
+            shared[key] = history.failures_by_circuit(self.ranks)
+        self.fail_offsets, self.fail_ts = shared[key]
+        track_tasks = bool(self.ranks[WORKER_DISCONNECTION] == 2)
+        key = ("liveness", heartbeat_ms, track_tasks)
+        if key not in shared:
+            shared[key] = _visits(history, heartbeat_ms, track_tasks)
+        status, *self.liveness = shared[key]
+        self.liveness_status = int(status)
+
+
+def _visits(history: EncodedHistory, heartbeat_ms: float, track_tasks: bool) -> tuple:
+    """The liveness pass, with the visited inputs' fields gathered into contiguous
+    arrays (every configuration streams them instead of striding through the history)."""
+    h = history
+    status, visit, vnow, *lost = liveness(
+        h.kind, h.ts, h.skip, h.worker, h.hw, h.tt, h.task, h.circuit_order,
+        h.worker_circuit, h.worker_tasks_offsets, h.worker_tasks, h.n_tasks,
+        heartbeat_ms, track_tasks,
+    )  # fmt: skip
+    columns = (h.kind, h.ts, h.worker, h.hw, h.tt, h.ftype, h.scored)
+    return (status, *(column[visit] for column in columns), vnow, *lost)
 
 
 # --- the Python side ------------------------------------------------------------------
@@ -88,13 +122,14 @@ class Config:
 
 def score_config(history: EncodedHistory, config: Config) -> Score:
     h, c = history, config
+    if c.liveness_status != STATUS_OK:
+        raise UnsupportedHistory(WHY[c.liveness_status])
     acc = _replay(
-        h.kind, h.ts, h.skip, h.scored, h.worker, h.hw, h.tt, h.ftype, h.task,
+        h.kind, h.ts, h.worker, h.hw, h.tt, h.ftype,
         h.circuit_rank, h.circuit_order, h.circuit_worker, h.worker_circuit,
-        h.worker_tasks_offsets, h.worker_tasks, h.n_tasks, h.ok_offsets, h.ok_ts,
-        h.deferred, h.end_ts,
+        h.ok_offsets, h.ok_ts, h.deferred, h.end_ts, *c.liveness,
         c.backoff, c.backoff_len, c.backoff_done, c.failure_threshold, c.success_threshold,
-        c.guard_fraction, c.guard_min, c.heartbeat_ms, c.ranks, c.fail_offsets, c.fail_ts,
+        c.guard_fraction, c.guard_min, c.ranks, c.fail_offsets, c.fail_ts,
     )  # fmt: skip
     status = int(acc[A_STATUS])
     if status != STATUS_OK:
@@ -120,7 +155,8 @@ def score_grid(
 ) -> list[Score]:
     """Every configuration's score, configurations spread over threads (the kernel
     releases the GIL). Raises UnsupportedHistory when any run cannot be exact."""
-    configs = [Config(s, history) for s in settings]
+    shared: dict = {}
+    configs = [Config(s, history, shared) for s in settings]
     threads = max(1, min(threads or os.cpu_count() or 1, len(configs)))
     scores: list[Score | None] = [None] * len(configs)
     if threads == 1:

@@ -1,6 +1,11 @@
 """The numba kernel of the compiled tuner: one configuration's replay of an encoded
 history (`encode.py`), scored as it goes. Read beside `processors/core/` (the
 specification) and `score.py`; `fast.py` is its Python side.
+
+A replay visits only the inputs that `liveness.py` selected (outcomes, operators, worker
+events that change the fleet guard's counts, inputs that reveal lost workers): the
+others only advance the clock, and a half-opening they reveal takes effect at its own
+due millisecond whichever input reveals it, so it is applied at the next visit.
 """
 
 from __future__ import annotations
@@ -13,18 +18,16 @@ from .encode import (
     FORCE_OPEN,
     OPERATOR,
     SUCCESS,
-    TASK_STARTED,
     TICK,
     WORKER_DISCONNECTION,
 )
 
 CLOSED, OPEN, HALF_OPEN, FORCED_OPEN = 0, 1, 2, 3
-LOST = 3  # heap rank of a lost-worker timer (after the three circuit kinds)
 BACKOFF_STEPS = 4096
 # Circuit columns.
 C_STATE, C_CF, C_HOS, C_TRIPS, C_GEN, C_DUE_MS, C_LAST = range(7)
 # Worker columns.
-W_EXISTS, W_LAST_TS, W_LOST, W_TIMER, W_CLASS = range(5)
+W_EXISTS, W_LOST, W_CLASS = range(3)
 # Heap entry columns beside the due moment: the tie-breaking id order, rank, seq, target, gen.
 H_ORDER, H_RANK, H_SEQ, H_TARGET, H_GEN = range(5)
 # Transition log columns.
@@ -207,121 +210,92 @@ def _open_at(c, t, circ, log) -> bool:
 
 @njit(cache=True, nogil=True)
 def _replay(
-    kind, ts, skip, scored, worker, hw, tt, ftype, task,
-    circuit_rank, circuit_order, circuit_worker, worker_circuit, wt_off, wt,
-    n_tasks, ok_off, ok_ts, deferred, end_ts,
+    kind, ts, worker, hw, tt, ftype,
+    circuit_rank, circuit_order, circuit_worker, worker_circuit,
+    ok_off, ok_ts, deferred, end_ts,
+    v_kind, v_ts, v_worker, v_hw, v_tt, v_ftype, v_scored, vnow,
+    lost_off, lost_due, lost_int, lost_tasks, final_now,
     backoff, backoff_len, backoff_done, failure_threshold, success_threshold,
-    guard_fraction, guard_min, heartbeat_ms, ranks, fail_off, fail_ts,
+    guard_fraction, guard_min, ranks, fail_off, fail_ts,
 ):  # fmt: skip
     n_circ = circuit_rank.shape[0]
     n_work = worker_circuit.shape[0]
     circ = np.zeros((n_circ, 7), np.int64)
     circ[:, C_LAST] = -1
     circ_due = np.zeros(n_circ)
-    work = np.zeros((n_work, 5), np.int64)
+    work = np.zeros((n_work, 3), np.int64)
     cls = np.zeros((n_circ, 2), np.int64)  # per hardware class: live workers, open ones
     log = np.empty((max(16, n_circ), 3), np.int64)
-    hdue = np.empty(max(16, 2 * n_work + n_circ))
+    hdue = np.empty(max(16, n_circ))
     hkey = np.empty((hdue.shape[0], 5), np.int64)
-    not_yet_due = np.empty(16)
-    not_yet_key = np.empty((16, 5), np.int64)
     popped = np.empty(5, np.int64)
     acc = np.zeros(11, np.int64)
-    track_tasks = ranks[WORKER_DISCONNECTION] == 2
-    running = np.full(max(1, n_tasks), -1, np.int64)  # pair -> task type circuit
-    mark = np.full(n_circ, -1, np.int64)
-    now = np.int64(0)
+    disconnection_rank = ranks[WORKER_DISCONNECTION]
 
-    for i in range(kind.shape[0]):
-        if skip[i] == 1:
-            continue
-        k = kind[i]
-        t = ts[i]
-        floor = now
-        if t > now:
-            now = t
-        # --- due moments, in order, all before the input itself ---------------------
-        if acc[A_HEAP] > 0 and hdue[0] <= now:
-            n_not_yet = 0
-            while acc[A_HEAP] > 0 and hdue[0] <= now:
-                due = _heap_pop(hdue, hkey, acc, popped)
+    n_visit = v_kind.shape[0]
+    for v in range(n_visit + 1):  # the last round: what inputs after the last visit revealed
+        now = vnow[v] if v < n_visit else final_now
+        # --- due moments, in order, all before the input itself: half-openings from the
+        # heap merged with the lost workers this input reveals (already in due order).
+        li = lost_off[v]
+        le = lost_off[v + 1] if v < n_visit else li
+        while True:
+            from_heap = acc[A_HEAP] > 0 and hdue[0] <= now
+            if li < le and from_heap:  # on a tie of due and id, circuits before lost workers
+                from_heap = hdue[0] < lost_due[li] or (
+                    hdue[0] == lost_due[li] and hkey[0, H_ORDER] <= lost_int[li, 0]
+                )
+            if from_heap:
+                _heap_pop(hdue, hkey, acc, popped)
                 target = popped[H_TARGET]
-                gen = popped[H_GEN]
-                if popped[H_RANK] != LOST:
-                    if gen == circ[target, C_GEN] and circ[target, C_STATE] == OPEN:
-                        circ[target, C_HOS] = 0
-                        log = _become(
-                            target, HALF_OPEN, max(circ[target, C_DUE_MS], floor),
-                            circ, log, acc, circuit_worker, work, cls,
-                            ok_off, ok_ts, fail_off, fail_ts,
-                        )  # fmt: skip
-                    continue
-                w = target
-                if gen != work[w, W_TIMER] or work[w, W_LOST] == 1:
-                    continue
-                current = round6(work[w, W_LAST_TS] + heartbeat_ms, acc)
-                if current > due:  # seen since the timer was set
-                    work[w, W_TIMER] += 1
-                    hdue, hkey = _heap_push(
-                        hdue, hkey, acc, current, popped[H_ORDER], LOST, w, work[w, W_TIMER]
-                    )
-                elif due >= now:  # lost only when strictly past the timeout
-                    not_yet_due = _grow(not_yet_due, n_not_yet)
-                    not_yet_key = _grow(not_yet_key, n_not_yet)
-                    not_yet_due[n_not_yet] = due
-                    not_yet_key[n_not_yet] = popped
-                    n_not_yet += 1
-                else:  # lost: one WORKER_DISCONNECTION counted, without the guard
-                    cw = worker_circuit[w]
-                    home = work[w, W_CLASS]
-                    cls[home, 0] -= 1
-                    cls[home, 1] -= _openish(circ[cw, C_STATE])
-                    work[w, W_LOST] = 1
-                    work[w, W_TIMER] += 1
-                    lost_ts = max(_ceil(due), floor)
-                    rank = ranks[WORKER_DISCONNECTION]
-                    n_counted = 0
-                    if rank == 0:
-                        mark[0] = cw
-                        n_counted = 1
-                    elif rank == 1:
-                        mark[0] = home
-                        n_counted = 1
-                    else:  # the task types of the tasks it was running, once each
-                        for p in range(wt_off[w], wt_off[w + 1]):
-                            pair = wt[p]
-                            c = running[pair]
-                            if c >= 0:
-                                running[pair] = -1
-                                seen_before = False
-                                for q in range(n_counted):
-                                    seen_before = seen_before or mark[q] == c
-                                if not seen_before:
-                                    mark[n_counted] = c
-                                    n_counted += 1
-                    for q in range(n_counted):
-                        c = mark[q]
-                        log, hdue, hkey = _count_failure(
-                            c, lost_ts, circ, circ_due, log, hdue, hkey, acc,
-                            circuit_rank, circuit_order, circuit_worker, work, cls,
-                            backoff, backoff_len, backoff_done, failure_threshold,
-                            ok_off, ok_ts, fail_off, fail_ts,
-                        )  # fmt: skip
-            for q in range(n_not_yet):
-                k2 = not_yet_key[q]
-                hdue, hkey = _heap_push(
-                    hdue, hkey, acc, not_yet_due[q], k2[H_ORDER], k2[H_RANK], k2[H_TARGET],
-                    k2[H_GEN],
+                if popped[H_GEN] == circ[target, C_GEN] and circ[target, C_STATE] == OPEN:
+                    # Due after the clock before its revealing input, so at its own ms.
+                    circ[target, C_HOS] = 0
+                    log = _become(
+                        target, HALF_OPEN, circ[target, C_DUE_MS],
+                        circ, log, acc, circuit_worker, work, cls,
+                        ok_off, ok_ts, fail_off, fail_ts,
+                    )  # fmt: skip
+                continue
+            if li >= le:
+                break
+            # A lost worker: one WORKER_DISCONNECTION counted, without the guard.
+            w = lost_int[li, 1]
+            lost_ts = lost_int[li, 2]
+            home = lost_int[li, 3]
+            cw = worker_circuit[w]
+            cls[home, 0] -= 1
+            cls[home, 1] -= _openish(circ[cw, C_STATE])
+            work[w, W_LOST] = 1
+            if disconnection_rank == 2:
+                for q in range(lost_int[li - 1, 4] if li > 0 else 0, lost_int[li, 4]):
+                    log, hdue, hkey = _count_failure(
+                        lost_tasks[q], lost_ts, circ, circ_due, log, hdue, hkey, acc,
+                        circuit_rank, circuit_order, circuit_worker, work, cls,
+                        backoff, backoff_len, backoff_done, failure_threshold,
+                        ok_off, ok_ts, fail_off, fail_ts,
+                    )  # fmt: skip
+            else:
+                log, hdue, hkey = _count_failure(
+                    cw if disconnection_rank == 0 else home, lost_ts, circ, circ_due, log,
+                    hdue, hkey, acc, circuit_rank, circuit_order, circuit_worker, work, cls,
+                    backoff, backoff_len, backoff_done, failure_threshold,
+                    ok_off, ok_ts, fail_off, fail_ts,
                 )  # fmt: skip
+            li += 1
         if acc[A_STATUS] != 0:
             return acc
+        if v == n_visit:
+            break
         # --- the input itself ----------------------------------------------------------
+        k = v_kind[v]
+        t = v_ts[v]
         if k == TICK:
             continue
         if k == OPERATOR:
-            c = hw[i]
+            c = v_hw[v]
             state = circ[c, C_STATE]
-            if ftype[i] == FORCE_OPEN:
+            if v_ftype[v] == FORCE_OPEN:
                 if state != FORCED_OPEN:
                     log = _become(
                         c, FORCED_OPEN, now, circ, log, acc, circuit_worker, work, cls,
@@ -337,20 +311,14 @@ def _replay(
                         ok_off, ok_ts, fail_off, fail_ts,
                     )  # fmt: skip
             continue
-        w = worker[i]
+        w = v_worker[v]
         cw = worker_circuit[w]
-        here = np.int64(hw[i])
+        here = np.int64(v_hw[v])
         if work[w, W_EXISTS] == 0:
             work[w, W_EXISTS] = 1
             work[w, W_CLASS] = here
-            work[w, W_LAST_TS] = t
             cls[here, 0] += 1
             cls[here, 1] += _openish(circ[cw, C_STATE])
-            work[w, W_TIMER] += 1
-            hdue, hkey = _heap_push(
-                hdue, hkey, acc, round6(t + heartbeat_ms, acc), circuit_order[cw], LOST, w,
-                work[w, W_TIMER],
-            )  # fmt: skip
         else:
             if here != work[w, W_CLASS]:
                 if work[w, W_LOST] == 0:
@@ -360,28 +328,15 @@ def _replay(
                     cls[here, 0] += 1
                     cls[here, 1] += opened
                 work[w, W_CLASS] = here
-            if t > work[w, W_LAST_TS]:
-                work[w, W_LAST_TS] = t
             if work[w, W_LOST] == 1:
                 work[w, W_LOST] = 0
                 cls[here, 0] += 1
                 cls[here, 1] += _openish(circ[cw, C_STATE])
-                work[w, W_TIMER] += 1
-                hdue, hkey = _heap_push(
-                    hdue, hkey, acc, round6(work[w, W_LAST_TS] + heartbeat_ms, acc),
-                    circuit_order[cw], LOST, w, work[w, W_TIMER],
-                )  # fmt: skip
-        if k == TASK_STARTED:
-            if track_tasks:
-                running[task[i]] = tt[i]
-            continue
         if k != SUCCESS and k != FAILURE:
             continue
-        if track_tasks:
-            running[task[i]] = -1
-        c_task = np.int64(tt[i])
+        c_task = np.int64(v_tt[v])
         if k == SUCCESS:
-            if scored[i] == 1 and (
+            if v_scored[v] == 1 and (
                 _open_at(cw, t, circ, log)
                 or _open_at(here, t, circ, log)
                 or _open_at(c_task, t, circ, log)
@@ -402,9 +357,9 @@ def _replay(
                             ok_off, ok_ts, fail_off, fail_ts,
                         )  # fmt: skip
             continue
-        rank = ranks[ftype[i]]
+        rank = ranks[v_ftype[v]]
         c = cw if rank == 0 else (here if rank == 1 else c_task)
-        if scored[i] == 1 and _open_at(c, t, circ, log):
+        if v_scored[v] == 1 and _open_at(c, t, circ, log):
             acc[A_PROTECTED] += 1
         if rank == 0:
             state = circ[c, C_STATE]

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.models import InputRecord, WorkerEvent
+from faultstream.processors.core.fleet import SEEN_IDS_PER_WORKER
+from faultstream.processors.tuning import encode as encode_module
 from faultstream.processors.tuning import expand_grid, fast, parse_grid, run_grid
 from faultstream.processors.tuning.encode import UnsupportedHistory, encode
 from faultstream.processors.tuning.fast import (
@@ -241,3 +243,49 @@ def test_exact_flag_skips_the_compiled_path(monkeypatch, capsys) -> None:
     exact = run_grid(h.records, candidates, processes=1, exact=True)
     assert [r.score for r in compiled] == [r.score for r in exact]
     assert capsys.readouterr().err == ""
+
+
+def test_repeated_id_is_ignored_inside_the_window_and_processed_again_after_it() -> None:
+    h = History()
+    first = h.failure("w1", 1_000, "WORKER_CRASH")
+    h.records.append(first)  # inside the window: ignored, the circuit stays CLOSED
+    for i in range(SEEN_IDS_PER_WORKER):
+        h.heartbeat("w1", 2_000 + i)
+    h.records.append(first)  # forgotten by now: the core counts it, the circuit opens
+    core = CoreSettings().merged({"circuits": {"worker": {"failure_threshold": 2}}})
+    history = encode(h.records)
+    assert history.skip[1] == 1 and history.skip[-1] == 0
+    score = score_config(history, Config(core, history))
+    assert score == evaluate(h.records, core)
+    assert score.openings == 1
+
+
+def test_event_ids_sharing_a_hash_are_told_apart_by_their_strings(monkeypatch) -> None:
+    rng = random.Random(5)
+    steps = [
+        (rng.choice(["heartbeat", "success", "failure", "repeat", "reused_id", "tick"]),
+         rng.randrange(len(WORKERS)), rng.randrange(3_000), rng.randrange(len(FAILURE_TYPES)),
+         rng.choice(["bert", "resnet"]), rng.randrange(2**16))
+        for _ in range(300)
+    ]  # fmt: skip
+    records = build(steps)
+    honest = encode(records)
+    monkeypatch.setattr(encode_module, "_id_hash", lambda event_id: 7)  # all collide
+    colliding = encode(records)
+    assert (colliding.skip == honest.skip).all() and (colliding.scored == honest.scored).all()
+    assert honest.skip.any() and not honest.scored.all()  # the history has repeats
+    core = CoreSettings()
+    assert score_config(colliding, Config(core, colliding)) == evaluate(records, core)
+
+
+def test_half_opening_revealed_only_by_trailing_heartbeats_counts_as_the_core_does() -> None:
+    h = History()
+    h.failure("w1", 1_000, "WORKER_CRASH")
+    h.heartbeat("w1", 1_501)  # past the due moment (1,500): the last input reveals it
+    core = CoreSettings().merged(
+        {"circuits": {"worker": {"failure_threshold": 1, "recovery_timeout_s": 0.5}}}
+    )
+    history = encode(h.records)
+    score = score_config(history, Config(core, history))
+    assert score == evaluate(h.records, core)
+    assert score.open_time_s == 0.5
