@@ -196,6 +196,8 @@ class StorageSettings(BaseModel):
 
     duckdb_path: str = "faultstream.duckdb"
     read_models_dir: str = "faultstream-read-models"
+    # Event time between two health_snapshots rows the projector writes.
+    health_interval_s: float = Field(60.0, gt=0)
 
 
 class BrokerSettings(BaseModel):

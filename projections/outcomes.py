@@ -75,10 +75,14 @@ def counted_sql(source: str) -> str:
 
 
 def update_circuit_totals(
-    con: duckdb.DuckDBPyConnection, source: str, attribution: AttributionSettings
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    attribution: AttributionSettings,
+    table: str = "circuit_totals",
 ) -> None:
     """Add the events of `source` (new rows only, in seq order after every stored row) to
-    `circuit_totals`; every circuit an event names gets a row, even without outcomes."""
+    `table` (circuit_totals' layout); every circuit an event names gets a row, even without
+    outcomes."""
     register_attribution(con, source, attribution)
     known = " UNION ".join(
         f"SELECT DISTINCT '{kind}' AS ck, {column} AS cid FROM {source} WHERE {column} IS NOT NULL"
@@ -86,7 +90,7 @@ def update_circuit_totals(
     )
     con.execute(
         f"""
-        INSERT INTO circuit_totals
+        INSERT INTO {table}
         WITH counted AS ({counted_sql(source)}),
         last AS (SELECT ck, cid, max(seq) FILTER (WHERE ok) AS ls FROM counted GROUP BY ALL),
         tallies AS (
@@ -100,13 +104,13 @@ def update_circuit_totals(
                coalesce(t.fss, 0)
         FROM ({known}) k LEFT JOIN tallies t USING (ck, cid)
         ON CONFLICT (circuit_kind, circuit_id) DO UPDATE SET
-            total_successes = circuit_totals.total_successes + excluded.total_successes,
-            total_failures = circuit_totals.total_failures + excluded.total_failures,
+            total_successes = {table}.total_successes + excluded.total_successes,
+            total_failures = {table}.total_failures + excluded.total_failures,
             failures_since_success = CASE WHEN excluded.last_success_seq >= 0
                 THEN excluded.failures_since_success
-                ELSE circuit_totals.failures_since_success + excluded.failures_since_success
+                ELSE {table}.failures_since_success + excluded.failures_since_success
                 END,
-            last_success_seq = greatest(circuit_totals.last_success_seq,
+            last_success_seq = greatest({table}.last_success_seq,
                                         excluded.last_success_seq)
         """
     )

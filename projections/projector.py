@@ -36,6 +36,7 @@ from faultstream.events.models import (
 from faultstream.processors.decisions import seq as decision_seq
 from faultstream.processors.decisions import unpack as unpack_frame
 
+from .health import HealthSnapshots
 from .read_models import ReadModelPublisher
 from .tables import HistoryWriter
 
@@ -84,9 +85,17 @@ class Projector:
             attribution=settings.core.circuits.attribution,
         )
         self.writer.con.execute(OFFSETS_DDL)
+        self.health = HealthSnapshots(
+            self.writer.con,
+            round(settings.storage.health_interval_s * 1000),
+            settings.core.circuits.attribution,
+        )
         self.publisher = ReadModelPublisher(self.writer.con, settings.storage.read_models_dir)
         self.consumer: Consumer | None = None
         self._offsets: dict[tuple[str, int], int] = {}
+        self._circuits_topic = names[CIRCUITS]
+        self._circuits_partitions: list[int] = []
+        self._circuits_newest_ts: dict[int, int] = {}  # per partition, since this start
         self._pending_rows = 0
         self._published_rows = 0
         self.rows_landed = 0
@@ -128,6 +137,8 @@ class Projector:
             for partition in sorted(info.partitions):
                 offset = stored.get((topic, partition), OFFSET_BEGINNING)
                 assignment.append(TopicPartition(topic, partition, offset))
+            if self.topics[topic] == CIRCUITS:
+                self._circuits_partitions = sorted(info.partitions)
         self.consumer.assign(assignment)
         log.info("projector assigned %d partitions (%d stored offsets)", len(assignment),
                  len(stored))  # fmt: skip
@@ -213,6 +224,10 @@ class Projector:
                 letters.append(fields)
             else:
                 derived.append(fields)
+                if logical == CIRCUITS:
+                    newest = self._circuits_newest_ts
+                    partition = message.partition()
+                    newest[partition] = max(newest.get(partition, fields["ts"]), fields["ts"])
         if inputs:
             self.writer.append_inputs(inputs, seqs)
         if derived:
@@ -225,13 +240,61 @@ class Projector:
     # --- landing --------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Commit buffered rows and the offsets that cover them in one transaction."""
+        """Commit buffered rows, the offsets that cover them and the health snapshots of
+        the boundaries they complete in one transaction."""
         if not self._pending_rows:
             return
         offsets = dict(self._offsets)
-        self.writer.flush(before_commit=lambda con: _store_offsets(con, offsets))
+        ends: dict[int, bool] = {}  # circuits partition -> at its end offset (asked once)
+
+        def caught_up(boundary: int, settled: bool) -> bool:
+            return self._circuits_caught_up(boundary, settled, offsets, ends)
+
+        def before_commit(con: duckdb.DuckDBPyConnection) -> None:
+            _store_offsets(con, offsets)
+            self.health.record(con, caught_up)
+
+        self.writer.flush(before_commit=before_commit)
         self.rows_landed += self._pending_rows
         self._pending_rows = 0
+
+    def _circuits_caught_up(
+        self,
+        boundary: int,
+        settled: bool,
+        offsets: dict[tuple[str, int], int],
+        ends: dict[int, bool],
+    ) -> bool:
+        """Whether every transition with ts <= boundary has landed, as far as we can tell.
+
+        A circuits partition has caught up once it delivered an output newer than the
+        boundary. A partition with nothing newer counts only at its end offset and once the
+        inputs have `settled` (passed the boundary by a whole interval): the processor
+        writes its outputs after the inputs reach `.decisions`, so an end offset seen right
+        after the inputs may not hold them yet; an interval of event time gives it room.
+        """
+        for partition in self._circuits_partitions:
+            if self._circuits_newest_ts.get(partition, boundary) > boundary:
+                continue
+            if not settled:
+                return False
+            if partition not in ends:
+                ends[partition] = self._at_end(partition, offsets)
+            if not ends[partition]:
+                return False
+        return True
+
+    def _at_end(self, partition: int, offsets: dict[tuple[str, int], int]) -> bool:
+        assert self.consumer is not None
+        topic = self._circuits_topic
+        # The high watermark of the last fetch response: asking the broker instead queues
+        # behind the consumer's own long-polling fetch (~0.5 s a call).
+        low, high = self.consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), cached=True
+        )
+        if high < 0:  # no fetch response for this partition yet: not known to be at its end
+            return False
+        return offsets.get((topic, partition), max(low, 0)) >= high
 
     def publish(self) -> None:
         if self.rows_landed != self._published_rows or not self.publisher.manifest.version:

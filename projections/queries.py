@@ -17,19 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import FaultstreamError
-from faultstream.events.health import circuit_health, fleet_aggregate
 from faultstream.events.models import ConfigChanged, InputRecord, Operator, Tick, WorkerEvent
 
+from .health import circuit_figures
 from .outcomes import CIRCUIT_COLUMNS as _CIRCUIT_COLUMNS
-from .outcomes import counted_sql, register_attribution
 from .read_models import MANIFEST, read_manifest
 from .tables import TABLES
 
-SECTIONS = {"worker": "workers", "hardware_class": "hardware_classes", "task_type": "task_types"}
 _BUCKET = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _FETCH_ROWS = 10_000
@@ -138,100 +135,10 @@ class History:
             return cached
 
     def _circuit_breakers(self) -> dict[str, Any]:
-        # Totals come from `circuit_totals` (kept by the writer per batch); only the outcomes
-        # since a circuit's last change are read, for the few circuits whose health depends
-        # on them: consecutive failures (CLOSED after a change that is newer than its last
-        # success) and probe successes (HALF_OPEN). The change sits at the seq of the input
-        # that caused it; a change's cause is never older than the change itself.
-        rows = self._rows(
-            """
-            WITH changes AS (
-                SELECT s.circuit_kind AS ck, s.circuit_id AS cid, s.to_state, s.health,
-                       coalesce(i.seq, -1) AS change_seq
-                FROM circuit_states s LEFT JOIN (
-                    SELECT event_id, seq FROM events
-                    WHERE ts >= (SELECT min(ts) FROM circuit_states)
-                      AND event_id IN (SELECT caused_by FROM circuit_states)
-                    UNION ALL SELECT event_id, seq FROM control) i
-                  ON i.event_id = s.caused_by),
-            circuits AS (
-                SELECT circuit_kind AS ck, circuit_id AS cid FROM circuit_totals
-                UNION SELECT ck, cid FROM changes)
-            SELECT k.ck AS circuit_kind, k.cid AS circuit_id,
-                   coalesce(g.to_state, 'CLOSED') AS state, g.health,
-                   coalesce(g.change_seq, -1) AS change_seq,
-                   coalesce(t.total_successes, 0) AS total_successes,
-                   coalesce(t.total_failures, 0) AS total_failures,
-                   coalesce(t.last_success_seq, -1) AS last_success_seq,
-                   coalesce(t.failures_since_success, 0) AS failures_since_success
-            FROM circuits k LEFT JOIN changes g USING (ck, cid)
-            LEFT JOIN circuit_totals t ON t.circuit_kind = k.ck AND t.circuit_id = k.cid
-            ORDER BY 1, 2
-            """
-        )
-        since_change = self._outcomes_since_change(rows)
-        sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS.values()}
-        pairs = []
-        for row in rows:
-            state = row["state"]
-            key = (row["circuit_kind"], row["circuit_id"])
-            if state == "CLOSED":
-                failures = row["failures_since_success"]
-                if key in since_change:
-                    failures = since_change[key][1]
-                health = circuit_health(state, failures)
-            elif state == "HALF_OPEN":
-                probes = since_change.get(key, (0, 0))[0]
-                health = circuit_health(state, half_open_successes=probes)
-            else:  # OPEN and FORCED_OPEN health only changes with a transition
-                health = row["health"]
-            pairs.append((state, health))
-            sections[SECTIONS[row["circuit_kind"]]][row["circuit_id"]] = {
-                "state": state,
-                "health_percentage": health,
-                "total_successes": row["total_successes"],
-                "total_failures": row["total_failures"],
-            }
-        return {"timestamp": self.now(), "aggregate": dict(fleet_aggregate(pairs)), **sections}
-
-    def _outcomes_since_change(
-        self, circuits: list[dict[str, Any]]
-    ) -> dict[tuple[str, str], tuple[int, int]]:
-        """(successes at or after, failures after) each needing circuit's last change."""
-        needs = [
-            c
-            for c in circuits
-            if c["state"] == "HALF_OPEN"
-            or (c["state"] == "CLOSED" and c["change_seq"] > c["last_success_seq"])
-        ]
-        if not needs:
-            return {}
-        low = min(c["change_seq"] for c in needs)
-        source = f"(SELECT * FROM events WHERE seq >= {int(low)})"
         with self._lock:
-            self.con.register(
-                "needs",
-                pa.table(
-                    {
-                        "ck": [c["circuit_kind"] for c in needs],
-                        "cid": [c["circuit_id"] for c in needs],
-                        "cs": pa.array([c["change_seq"] for c in needs], pa.int64()),
-                    }
-                ),
-            )
-            register_attribution(self.con, source, self.settings.circuits.attribution)
-            try:
-                rows = self.con.execute(
-                    f"""
-                    SELECT ck, cid, count(*) FILTER (WHERE ok AND seq >= cs),
-                           count(*) FILTER (WHERE NOT ok AND seq > cs)
-                    FROM ({counted_sql(source)}) JOIN needs USING (ck, cid) GROUP BY ALL
-                    """
-                ).fetchall()
-            finally:
-                for name in ("needs", "failure_circuits", "classified_messages"):
-                    self.con.unregister(name)
-        return {(ck, cid): (probes, failures) for ck, cid, probes, failures in rows}
+            self.refresh()
+            figures = circuit_figures(self.con, self.settings.circuits.attribution)
+        return {"timestamp": self.now(), **figures}
 
     def now(self) -> int:
         """Event time of the history: the largest `ts` of any input (0 when empty)."""

@@ -26,7 +26,7 @@ from confluent_kafka import Producer
 
 from faultstream.events.admin import create_topics, topic_names
 from faultstream.events.codec import Codec
-from faultstream.events.config import Settings
+from faultstream.events.config import CoreSettings, Settings, load_settings
 from faultstream.events.models import (
     CircuitStateChanged,
     DeadLetter,
@@ -35,6 +35,8 @@ from faultstream.events.models import (
     WorkerEvent,
 )
 from faultstream.processors import decisions as framing
+from faultstream.processors.core import FleetCore
+from faultstream.projections.health import snapshot_row
 from faultstream.projections.queries import History
 from faultstream.projections.read_models import MANIFEST, Manifest
 
@@ -154,14 +156,15 @@ def start_projector(kafka_settings: Settings, tmp_path: Path) -> Iterator[Callab
         "FAULTSTREAM_STORAGE__READ_MODELS_DIR": kafka_settings.storage.read_models_dir,
     }
 
-    def start(port: int | None = None) -> subprocess.Popen:
+    def start(port: int | None = None, health_interval_s: float = 60.0) -> subprocess.Popen:
         # The log outlives this call (the child writes to it); the test's tmp_path owns it.
         log = open(tmp_path / f"projector{len(started)}.log", "w")  # noqa: SIM115
         api = ["--port", str(port), "--host", "127.0.0.1"] if port else ["--no-api"]
         proc = subprocess.Popen(
             [FAULTSTREAM, "projector", "--publish-interval", "0.2",
              *api],
-            env=env, cwd=tmp_path, stderr=log,
+            env={**env, "FAULTSTREAM_STORAGE__HEALTH_INTERVAL_S": str(health_interval_s)},
+            cwd=tmp_path, stderr=log,
         )  # fmt: skip
         started.append(proc)
         return proc
@@ -332,3 +335,89 @@ def _answers(base: str) -> bool:
         return get(f"{base}/api/circuit-breakers")[0] == 200
     except OSError:
         return False
+
+
+HEALTH_INTERVAL_MS = 10_000
+
+
+def health_history(first_interval: int, intervals: int) -> list[Any]:
+    """Six workers reporting every 250 ms; in each interval one worker crashes often enough
+    to open its circuit (and w5 every third interval), so circuits open, go half-open and
+    close across the boundaries. A TICK closes each interval exactly at its boundary."""
+    records: list[Any] = []
+    for i in range(first_interval, first_interval + intervals):
+        base = i * HEALTH_INTERVAL_MS
+        for k in range(1, 40):
+            for w in range(6):
+                ts = base + k * 250 + w
+                fields = dict(worker_id=f"w{w}", hardware_class="cuda" if w % 2 else "cpu",
+                              task_id=f"t{i}-{k}-{w}", task_type="bert")  # fmt: skip
+                if (w == i % 6 and k < 12) or (w == 5 and i % 3 == 0):
+                    records.append(WorkerEvent(event_id=f"f{i}-{k}-{w}", kind="FAILURE", ts=ts,
+                                               failure_type="WORKER_CRASH", **fields))  # fmt: skip
+                else:
+                    records.append(WorkerEvent(event_id=f"s{i}-{k}-{w}", kind="SUCCESS", ts=ts,
+                                               **fields))  # fmt: skip
+        records.append(Tick(event_id=f"tick{i}", ts=base + HEALTH_INTERVAL_MS))
+    return records
+
+
+def health_core_settings() -> CoreSettings:
+    # A short recovery timeout, so circuits also go half-open and close within the history.
+    circuits = {"worker": {"recovery_timeout_s": 3, "success_threshold": 2}}
+    return load_settings(circuits=circuits).core
+
+
+def send_with_outputs(topics: Topics, core: FleetCore, records: list[Any]) -> dict[int, Any]:
+    """Feed `records` to the core, send inputs and outputs as the processor would, and
+    return the core's own health_snapshots row at every boundary (after its TICK)."""
+    outputs: list[Any] = []
+    expected = {}
+    for record in records:
+        outputs.extend(core.process(record))
+        if isinstance(record, Tick):
+            expected[record.ts] = snapshot_row(record.ts, core.circuits_view())
+    topics.send_frames(records)
+    topics.send("circuits", [o for o in outputs if isinstance(o, CircuitStateChanged)],
+                lambda c: c.key.encode())  # fmt: skip
+    topics.send("commands", [o for o in outputs if isinstance(o, RecoveryCommand)],
+                lambda c: c.task_id.encode())  # fmt: skip
+    return expected
+
+
+def landed_snapshots(settings: Settings) -> dict[int, dict[str, Any]]:
+    con = duckdb.connect(settings.storage.duckdb_path, read_only=True)
+    try:
+        cursor = con.execute("SELECT * FROM health_snapshots ORDER BY ts")
+        names = [d[0] for d in cursor.description]
+        return {row[0]: dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+    finally:
+        con.close()
+
+
+def test_projector_lands_one_health_snapshot_per_boundary_with_the_cores_figures_across_a_restart(
+    kafka_settings: Settings, start_projector
+) -> None:
+    topics = Topics(kafka_settings)
+    directory = kafka_settings.storage.read_models_dir
+    core = FleetCore(health_core_settings())
+    expected = send_with_outputs(topics, core, health_history(0, 4))
+    first = start_projector(health_interval_s=HEALTH_INTERVAL_MS / 1000)
+    # Inputs end at the 40 s TICK: 10 s and 20 s are passed by a whole interval, 30 s is not
+    # (and some circuits partition has no output after it), so exactly two are due.
+    wait_for(lambda: published_rows(directory, "health_snapshots") >= 2, first, "2 snapshots")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert sorted(landed_snapshots(kafka_settings)) == [10_000, 20_000]
+
+    expected |= send_with_outputs(topics, core, health_history(4, 4))
+    second = start_projector(health_interval_s=HEALTH_INTERVAL_MS / 1000)
+    wait_for(lambda: published_rows(directory, "health_snapshots") >= 6, second, "6 snapshots")
+    stop(second)
+
+    landed = landed_snapshots(kafka_settings)
+    assert sorted(landed) == [10_000, 20_000, 30_000, 40_000, 50_000, 60_000]
+    assert landed == {ts: expected[ts] for ts in landed}
+    # The history really moves: circuits open, go half-open and close between boundaries.
+    assert {row["open_workers"] for row in landed.values()} != {0}
+    assert len({row["average_health"] for row in landed.values()}) > 1
