@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import duckdb
+import pyarrow as pa
 
 from faultstream.events.admin import end_offsets
 from faultstream.events.config import KafkaSettings
@@ -36,9 +37,29 @@ from faultstream.events.models import (
     RecoveryCommand,
 )
 from faultstream.projections.queries import History  # reading only: the shared queries
+from faultstream.projections.schema import CONTROL, EVENTS
 
 _KAFKA_POLL_S = 1.0
 _KAFKA_IDLE_POLLS = 30  # give up when the end offset is not reached within ~30 s of quiet
+
+
+# What `input_columns` returns: every field the tuner reads, plus what CONFIG_CHANGED holds.
+INPUT_COLUMNS = (
+    "event_id",
+    "kind",
+    "ts",
+    "worker_id",
+    "hardware_class",
+    "task_id",
+    "task_type",
+    "failure_type",
+    "message",
+    "action",
+    "circuit_kind",
+    "circuit_id",
+    "actor",
+    "config",
+)
 
 
 class HistoryError(FaultstreamError):
@@ -102,6 +123,10 @@ class HistorySource(Protocol):
     def derived(self, window: Window = ALL_TIME) -> Iterator[DerivedRecord] | None:
         """What really happened, or None when this source does not hold it."""
 
+    def input_columns(self, window: Window = ALL_TIME) -> pa.Table | None:
+        """The inputs as Arrow columns (`INPUT_COLUMNS`), or None when this source only
+        yields records."""
+
 
 # --- JSON Lines -------------------------------------------------------------------------
 
@@ -125,6 +150,9 @@ class JsonlSource:
     def derived(self, window: Window = ALL_TIME) -> None:
         return None
 
+    def input_columns(self, window: Window = ALL_TIME) -> None:
+        return None  # the validating parse is the only way in
+
 
 # --- DuckDB and read models -------------------------------------------------------------
 
@@ -142,6 +170,31 @@ class _ProjectedHistory:
         history = self._open()
         try:
             yield from history.input_records(window.since, window.until)
+        except duckdb.Error as exc:
+            raise HistoryError(f"{self.name}: cannot read the inputs ({exc})") from None
+        finally:
+            history.close()
+
+    def input_columns(self, window: Window = ALL_TIME) -> pa.Table | None:
+        """The inputs of `inputs(window)`, in the same order, as Arrow columns (one row per
+        record: `INPUT_COLUMNS`, null where a record has no such field; CONFIG_CHANGED's
+        `config` as JSON text), read by DuckDB without building a record per row."""
+        history = self._open()
+        where, params = window.sql()
+        event_columns = ", ".join(
+            c if c in EVENTS else f"NULL::VARCHAR AS {c}" for c in INPUT_COLUMNS
+        )
+        control_columns = ", ".join(
+            c if c in CONTROL else f"NULL::VARCHAR AS {c}" for c in INPUT_COLUMNS
+        )
+        try:
+            # `seq` is unique across both tables: the order the processor saw them.
+            table = history.con.sql(
+                f"SELECT {event_columns}, seq FROM events{where} UNION ALL "
+                f"SELECT {control_columns}, seq FROM control{where} ORDER BY seq",
+                params=params + params,
+            ).to_arrow_table()
+            return table.drop_columns(["seq"])
         except duckdb.Error as exc:
             raise HistoryError(f"{self.name}: cannot read the inputs ({exc})") from None
         finally:
@@ -212,6 +265,9 @@ class KafkaSource:
     def __init__(self, kafka: KafkaSettings) -> None:
         self.kafka = kafka
         self.name = f"--from-kafka {kafka.bootstrap_servers} {kafka.topic('decisions')}"
+
+    def input_columns(self, window: Window = ALL_TIME) -> None:
+        return None  # framed Avro: decoded record by record
 
     def inputs(self, window: Window = ALL_TIME) -> Iterator[InputRecord]:
         from faultstream.events.codec import Codec

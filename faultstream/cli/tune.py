@@ -83,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from faultstream.processors.simulator import parse_duration_ms
     from faultstream.processors.tuning import (
+        ColumnarHistory,
         TunePolicy,
         TuneRound,
         Weights,
@@ -110,7 +111,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     source, window = source_from_args(args, settings)
 
-    def load() -> list:
+    def load() -> list | ColumnarHistory:
+        # Columns where the source has them: no record is built unless the exact path runs.
+        table = source.input_columns(window)
+        if table is not None:
+            return ColumnarHistory(table, lambda: source.inputs(window))
         return list(source.inputs(window))
 
     def report(outcome: TuneRound) -> None:

@@ -1,6 +1,7 @@
 """The tuner: replay a history under a grid of settings, score each, propose the best."""
 
 from .apply import config_changed, publish_control
+from .columns import ColumnarHistory, ColumnarInputs
 from .grid import Candidate, expand_grid, nested, parse_bounds, parse_grid, setting_path
 from .report import format_round
 from .runner import Result, evaluate, progress_bar, run_grid
@@ -9,6 +10,8 @@ from .session import TunePolicy, TuneRound, settings_in_force, tune_every, tune_
 
 __all__ = [
     "Candidate",
+    "ColumnarHistory",
+    "ColumnarInputs",
     "Result",
     "Score",
     "TunePolicy",

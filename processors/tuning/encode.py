@@ -8,12 +8,14 @@ dedupe, the per-circuit outcome times) is laid out as sorted per-circuit arrays.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from operator import itemgetter
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from numba import njit
 
 from faultstream.events.classify import classify_message
@@ -93,38 +95,109 @@ def attribution_ranks(attribution: AttributionSettings) -> np.ndarray:
     return np.array([_RANK[attribution.circuit_for(ft)] for ft in FAILURE_TYPES], np.int64)
 
 
+@dataclass
+class _Fields:
+    """What the encoder reads of a history, whatever it is stored as. Per record: `kind`,
+    `ts`, `ids` (event ids as integers: equal ids equal integers; `event_ids` given when
+    unequal ids may share one, a hash). Per worker record (in order): worker and hardware
+    class codes; per record carrying a task (not HEARTBEAT/CHECKPOINT): task type and task
+    id codes; per FAILURE: the failure type code; per OPERATOR: (rank, circuit id, action
+    code). Codes number the distinct values in order of first appearance."""
+
+    kind: np.ndarray
+    ts: np.ndarray
+    ids: np.ndarray
+    event_ids: list[str] | None
+    w_codes: np.ndarray
+    worker_ids: list
+    hw_codes: np.ndarray
+    classes: list
+    tt_codes: np.ndarray
+    task_types: list
+    task_codes: np.ndarray
+    failure_codes: np.ndarray
+    operators: list[tuple[int, str, int]]
+
+
 def encode(inputs: Sequence[InputRecord]) -> EncodedHistory:
     """Columnar: one C-level pass per field over the records (no per-record Python code),
     strings factorized through dicts, repeated ids found by numba over the ids' hashes
     (every match re-checked on the strings, so a hash collision cannot merge two ids)."""
-    n = len(inputs)
-    fields = list(map(vars, inputs))  # a model's field values live in its __dict__
+    return _encode(_model_fields(inputs))
+
+
+def _kind_codes(kinds: Iterable) -> np.ndarray:
+    kinds = list(kinds)
     try:
-        kind = np.fromiter(map(_KIND_CODE.__getitem__, map(_get_kind, fields)), np.int8, n)
+        return np.fromiter(map(_KIND_CODE.__getitem__, kinds), np.int8, len(kinds))
     except KeyError as exc:
         raise UnsupportedHistory(f"{exc.args[0]} records in the history") from None
-    ts = np.fromiter(map(_get_ts, fields), np.int64, n)
-    end_ts = int(ts.max()) if n else 0
-    event_ids = list(map(_get_event_id, fields))
 
-    is_worker = kind <= FAILURE
-    widx = np.flatnonzero(is_worker)
-    wrecs = list(compress(fields, is_worker.tolist()))
-    wkind = kind[widx]
+
+def _model_fields(inputs: Sequence[InputRecord]) -> _Fields:
+    n = len(inputs)
+    fields = list(map(vars, inputs))  # a model's field values live in its __dict__
+    kind = _kind_codes(map(_get_kind, fields))
+    ts = np.fromiter(map(_get_ts, fields), np.int64, n)
+    event_ids = list(map(_get_event_id, fields))
+    is_worker = (kind <= FAILURE).tolist()
+    wrecs = list(compress(fields, is_worker))
+    wkind = kind[kind <= FAILURE]
     w_codes, worker_ids = _factorize(list(map(_get_worker_id, wrecs)))
     hw_codes, classes = _factorize(list(map(_get_hardware_class, wrecs)))
-    # Task types and ids of the records that carry a task (a heartbeat's or checkpoint's
-    # task type changes no circuit, so it is not read).
+    # A heartbeat's or checkpoint's task type changes no circuit, so it is not read.
+    trecs = list(compress(wrecs, ((wkind != HEARTBEAT) & (wkind != CHECKPOINT)).tolist()))
+    tt_codes, task_types = _factorize(list(map(_get_task_type, trecs)))
+    task_codes, _ = _factorize(list(map(_get_task_id, trecs)))
+    failures = list(compress(inputs, (kind == FAILURE).tolist()))
+    classified: dict[str | None, int] = {}
+    codes = []
+    for record in failures:
+        failure_type = record.failure_type  # type: ignore[union-attr]
+        if failure_type is None:  # classified from the message, once per message
+            message = record.message  # type: ignore[union-attr]
+            if message not in classified:
+                classified[message] = _FAILURE_CODE[classify_message(message)]
+            codes.append(classified[message])
+        else:
+            codes.append(_FAILURE_CODE[failure_type])
+    operators = [
+        (_RANK[r.circuit_kind], r.circuit_id, FORCE_OPEN if r.action == "FORCE_OPEN" else RESET)  # type: ignore[union-attr]
+        for r in compress(inputs, (kind == OPERATOR).tolist())
+    ]
+    return _Fields(
+        kind,
+        ts,
+        np.fromiter(map(_id_hash, event_ids), np.int64, n),
+        event_ids,
+        w_codes,
+        worker_ids,
+        hw_codes,
+        classes,
+        tt_codes,
+        task_types,
+        task_codes,
+        np.array(codes, np.int8),
+        operators,
+    )
+
+
+def _encode(f: _Fields) -> EncodedHistory:
+    """Every step after field extraction, shared by `encode` and `encode_columns`."""
+    kind, ts, w_codes, hw_codes = f.kind, f.ts, f.w_codes, f.hw_codes
+    n = len(kind)
+    end_ts = int(ts.max()) if n else 0
+    is_worker = kind <= FAILURE
+    widx = np.flatnonzero(is_worker)
+    wkind = kind[widx]
     has_task = (wkind != HEARTBEAT) & (wkind != CHECKPOINT)
     tidx = widx[has_task]
-    trecs = list(compress(wrecs, has_task.tolist()))
-    tt_codes, task_types = _factorize(list(map(_get_task_type, trecs)))
-    n_work, n_cls = len(worker_ids), len(classes)
+    n_work, n_cls = len(f.worker_ids), len(f.classes)
     # Circuits: workers, then classes, then task types, then any only an operator names.
-    names = [*worker_ids, *classes]
+    names = [*f.worker_ids, *f.classes]
     ranks = [0] * n_work + [1] * n_cls
-    tt_circuit = np.full(len(task_types) + 1, -1, np.int64)  # code -> circuit (None: -1)
-    for code, name in enumerate(task_types):
+    tt_circuit = np.full(len(f.task_types) + 1, -1, np.int64)  # code -> circuit (None: -1)
+    for code, name in enumerate(f.task_types):
         if name is not None:
             tt_circuit[code] = len(names)
             names.append(name)
@@ -136,35 +209,22 @@ def encode(inputs: Sequence[InputRecord]) -> EncodedHistory:
     hw = np.full(n, -1, np.int32)
     hw[widx] = hw_codes + n_work
     tt = np.full(n, -1, np.int32)
-    tt[tidx] = tt_circuit[tt_codes]
-    for i in np.flatnonzero(kind == OPERATOR).tolist():
-        record = inputs[i]
-        key = (_RANK[record.circuit_kind], record.circuit_id)  # type: ignore[union-attr]
+    tt[tidx] = tt_circuit[f.tt_codes]
+    ftype = np.full(n, -1, np.int8)
+    ftype[kind == FAILURE] = f.failure_codes
+    for i, (rank, circuit_id, action) in zip(
+        np.flatnonzero(kind == OPERATOR).tolist(), f.operators, strict=True
+    ):
+        key = (rank, circuit_id)
         if key not in circuits:
             circuits[key] = len(names)
-            names.append(key[1])
-            ranks.append(key[0])
+            names.append(circuit_id)
+            ranks.append(rank)
         hw[i] = circuits[key]
-
-    ftype = np.full(n, -1, np.int8)
-    fidx = np.flatnonzero(kind == FAILURE)
-    failure_types = list(map(_get_failure_type, compress(fields, (kind == FAILURE).tolist())))
-    classified: dict[str | None, int] = {}
-    for j, failure_type in enumerate(failure_types):
-        if failure_type is None:  # classified from the message, once per message
-            message = inputs[int(fidx[j])].message  # type: ignore[union-attr]
-            if message not in classified:
-                classified[message] = _FAILURE_CODE[classify_message(message)]
-            failure_types[j] = classified[message]
-        else:
-            failure_types[j] = _FAILURE_CODE[failure_type]
-    ftype[fidx] = failure_types
-    for i in np.flatnonzero(kind == OPERATOR).tolist():
-        ftype[i] = FORCE_OPEN if inputs[i].action == "FORCE_OPEN" else RESET  # type: ignore[union-attr]
+        ftype[i] = action
 
     # Task pairs (worker, task_id).
-    task_codes, _ = _factorize(list(map(_get_task_id, trecs)))
-    pair_ids, pair_first = _key_ids(task_codes, w_codes[has_task])
+    pair_ids, pair_first = _key_ids(f.task_codes, w_codes[has_task])
     task = np.full(n, -1, np.int32)
     task[tidx] = pair_ids
     pair_worker_arr = w_codes[has_task][pair_first].astype(np.int64)
@@ -172,15 +232,18 @@ def encode(inputs: Sequence[InputRecord]) -> EncodedHistory:
     # Repeated ids: the core's bounded windows (per worker, one for control records) and
     # the scoring function's unbounded set of (worker, event_id), over the same keys.
     group = np.where(is_worker, worker, n_work).astype(np.int64)
-    hashes = np.fromiter(map(_id_hash, event_ids), np.int64, n)
-    key_ids, key_first = _key_ids(hashes, group)
-    firsts = key_first[key_ids]
-    for i in np.flatnonzero(firsts != np.arange(n)).tolist():
-        if event_ids[i] != event_ids[firsts[i]]:  # two ids, one hash: key on the strings
-            keys_of: dict[tuple[int, str], int] = {}
-            pairs = zip(group.tolist(), event_ids, strict=True)
-            key_ids = np.fromiter((keys_of.setdefault(p, len(keys_of)) for p in pairs), np.int64, n)
-            break
+    key_ids, key_first = _key_ids(f.ids, group)
+    event_ids = f.event_ids
+    if event_ids is not None:
+        firsts = key_first[key_ids]
+        for i in np.flatnonzero(firsts != np.arange(n)).tolist():
+            if event_ids[i] != event_ids[firsts[i]]:  # two ids, one hash: key on the strings
+                keys_of: dict[tuple[int, str], int] = {}
+                pairs = zip(group.tolist(), event_ids, strict=True)
+                key_ids = np.fromiter(
+                    (keys_of.setdefault(p, len(keys_of)) for p in pairs), np.int64, n
+                )
+                break
     window = np.full(n_work + 1, SEEN_IDS_PER_WORKER, np.int64)
     window[n_work] = SEEN_CONTROL_IDS
     skip, scored = _dedupe(kind, group, key_ids, window)
@@ -319,3 +382,90 @@ def _csr(groups: np.ndarray, values: np.ndarray, n_groups: int) -> tuple[np.ndar
     offsets = np.zeros(n_groups + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     return offsets, values[order]
+
+
+# --- from Arrow columns -----------------------------------------------------------------
+
+# The columns `encode_columns` reads (a source's `input_columns` table holds at least these).
+COLUMNS = (
+    "event_id",
+    "kind",
+    "ts",
+    "worker_id",
+    "hardware_class",
+    "task_id",
+    "task_type",
+    "failure_type",
+    "message",
+    "action",
+    "circuit_kind",
+    "circuit_id",
+)
+
+
+def encode_columns(table: pa.Table) -> EncodedHistory:
+    """`encode` of the same history stored as Arrow columns (one row per input record, in
+    order; the `COLUMNS`): the strings are factorized by Arrow's dictionary encoding in
+    C++, and event ids become exact codes (no hash to re-check)."""
+    return _encode(_column_fields(table))
+
+
+def _dictionary(column: pa.ChunkedArray | pa.Array, values: bool = True) -> tuple[np.ndarray, list]:
+    """Codes in order of first appearance (None is a value too), and the distinct values
+    (not turned into Python strings unless `values`)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    encoded = pc.dictionary_encode(column, null_encoding="encode")
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, encoded.dictionary.to_pylist() if values else []
+
+
+def _column_fields(table: pa.Table) -> _Fields:
+    kind_codes, kinds = _dictionary(table["kind"])
+    kind = _kind_codes(kinds)[kind_codes] if kinds else np.zeros(0, np.int8)
+    ts = table["ts"].combine_chunks().to_numpy(zero_copy_only=False).astype(np.int64)
+    ids, _ = _dictionary(table["event_id"], values=False)
+    is_worker = kind <= FAILURE
+    workers = table.filter(pa.array(is_worker))
+    wkind = kind[is_worker]
+    w_codes, worker_ids = _dictionary(workers["worker_id"])
+    hw_codes, classes = _dictionary(workers["hardware_class"])
+    tasks = workers.filter(pa.array((wkind != HEARTBEAT) & (wkind != CHECKPOINT)))
+    tt_codes, task_types = _dictionary(tasks["task_type"])
+    task_codes, _ = _dictionary(tasks["task_id"], values=False)
+
+    failures = workers.filter(pa.array(wkind == FAILURE))
+    type_codes, failure_types = _dictionary(failures["failure_type"])
+    by_type = np.array([-1 if t is None else _FAILURE_CODE[t] for t in failure_types], np.int8)
+    failure_codes = by_type[type_codes] if len(failure_types) else np.zeros(0, np.int8)
+    unclassified = np.flatnonzero(failure_codes == -1)
+    if len(unclassified):  # classified from the message, once per distinct message
+        message_codes, messages = _dictionary(failures["message"].take(unclassified))
+        by_message = np.array([_FAILURE_CODE[classify_message(m)] for m in messages], np.int8)
+        failure_codes[unclassified] = by_message[message_codes]
+
+    operator_rows = table.filter(pa.array(kind == OPERATOR))
+    operators = [
+        (_RANK[circuit_kind], circuit_id, FORCE_OPEN if action == "FORCE_OPEN" else RESET)
+        for circuit_kind, circuit_id, action in zip(
+            operator_rows["circuit_kind"].to_pylist(),
+            operator_rows["circuit_id"].to_pylist(),
+            operator_rows["action"].to_pylist(),
+            strict=True,
+        )
+    ]
+    return _Fields(
+        kind,
+        ts,
+        ids,
+        None,
+        w_codes,
+        worker_ids,
+        hw_codes,
+        classes,
+        tt_codes,
+        task_types,
+        task_codes,
+        failure_codes,
+        operators,
+    )

@@ -20,6 +20,7 @@ from faultstream.events.config import AttributionSettings, CoreSettings
 from faultstream.events.models import DerivedRecord, InputRecord
 
 from ..core import FleetCore
+from .columns import ColumnarInputs
 from .grid import Candidate
 from .prepared import PreparedHistory, prepare, score_prepared
 from .score import Score, Weights, score_history
@@ -63,7 +64,7 @@ class Result:
 
 
 def run_grid(
-    inputs: Sequence[InputRecord],
+    inputs: Sequence[InputRecord] | ColumnarInputs,
     candidates: Sequence[Candidate],
     weights: Weights | None = None,
     *,
@@ -72,12 +73,18 @@ def run_grid(
     exact: bool = False,
 ) -> list[Result]:
     """Every candidate's score, best first (ties keep grid order). `exact` skips the
-    compiled path and runs the core itself for every configuration."""
+    compiled path and runs the core itself for every configuration. Columnar inputs are
+    encoded from their columns; their records are built only for the exact path."""
     processes = max(1, min(processes or os.cpu_count() or 1, len(candidates)))
     if progress:
         progress(0, len(candidates))
     fast = None if exact else _compiled_scores(inputs, candidates, processes, progress)
-    scores = fast if fast is not None else _exact_scores(inputs, candidates, processes, progress)
+    scores: list[Score] | dict[int, Score]
+    if fast is None:
+        records = inputs.records() if isinstance(inputs, ColumnarInputs) else inputs
+        scores = _exact_scores(records, candidates, processes, progress)
+    else:
+        scores = fast
     results = [
         Result(c, scores[i], scores[i].total(weights or Weights()))
         for i, c in enumerate(candidates)
@@ -87,21 +94,25 @@ def run_grid(
 
 
 def _compiled_scores(
-    inputs: Sequence[InputRecord],
+    inputs: Sequence[InputRecord] | ColumnarInputs,
     candidates: Sequence[Candidate],
     threads: int,
     progress: Progress | None,
 ) -> list[Score] | None:
     """The numba path's scores, or None (with a one-line note) when it cannot be exact."""
     try:
-        from .encode import UnsupportedHistory, encode
+        from .encode import UnsupportedHistory, encode, encode_columns
         from .fast import score_grid
     except ImportError as exc:  # numba missing or broken: the core is always there
         print(f"tune: exact path: compiled path unavailable ({exc})", file=sys.stderr)
         return None
     try:
+        if isinstance(inputs, ColumnarInputs):
+            history = encode_columns(inputs.table)
+        else:
+            history = encode(inputs)
         return score_grid(
-            encode(inputs),
+            history,
             [c.settings for c in candidates],
             threads=threads,
             progress=(lambda done: progress(done, len(candidates))) if progress else None,

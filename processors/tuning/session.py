@@ -19,6 +19,7 @@ from faultstream.events.exceptions import ConfigError
 from faultstream.events.models import ConfigChanged, InputRecord
 
 from .apply import ACTOR
+from .columns import ColumnarHistory, ColumnarInputs
 from .grid import Candidate, Rejected, Value, current_value, expand_grid, nested
 from .runner import Progress, Result, run_grid
 from .score import Weights
@@ -65,20 +66,32 @@ def settings_in_force(base: CoreSettings, history: Sequence[InputRecord]) -> Cor
 
 
 def tune_round(
-    history: Sequence[InputRecord],
+    history: Sequence[InputRecord] | ColumnarHistory,
     base: CoreSettings,
     policy: TunePolicy,
     progress: Progress | None = None,
 ) -> TuneRound:
-    if policy.window_ms is not None and history:
-        newest = max(r.ts for r in history)
-        history = [r for r in history if r.ts >= newest - policy.window_ms]
-    in_force = settings_in_force(base, history)
-    inputs = [r for r in history if r.kind != "CONFIG_CHANGED"]
+    """One round over `history`: records, or columns (a source's `input_columns`), whose
+    records are built only if the compiled path refuses the history."""
+    inputs: Sequence[InputRecord] | ColumnarInputs
+    if isinstance(history, ColumnarHistory):
+        newest = history.newest()
+        if policy.window_ms is not None and newest is not None:
+            history = history.since(newest - policy.window_ms)
+        changes: Sequence[InputRecord] = history.config_changes()
+        inputs = history.inputs()
+        events = history.worker_events()
+    else:
+        newest = max((r.ts for r in history), default=None)
+        if policy.window_ms is not None and newest is not None:
+            history = [r for r in history if r.ts >= newest - policy.window_ms]
+        changes = [r for r in history if r.kind == "CONFIG_CHANGED"]
+        inputs = [r for r in history if r.kind != "CONFIG_CHANGED"]
+        events = sum(1 for r in inputs if r.kind not in ("TICK", "OPERATOR"))
+    in_force = settings_in_force(base, changes)
     candidates, rejected = expand_grid(policy.grid, in_force, policy.bounds)
     now_values = {name: current_value(in_force, name) for name in policy.grid}
     current = Candidate(now_values, in_force)
-    events = sum(1 for r in inputs if r.kind not in ("TICK", "OPERATOR"))
     if not candidates:
         return TuneRound(None, [], rejected, events, reason="no valid configuration in the grid")
     ranked = run_grid(
@@ -92,12 +105,15 @@ def tune_round(
     current_result = next(r for r in ranked if r.candidate is current)
     results = [r for r in ranked if r.candidate is not current]
     outcome = TuneRound(current_result, results, rejected, events)
-    outcome.proposal, outcome.reason = _propose(outcome, history, policy)
+    outcome.proposal, outcome.reason = _propose(outcome, newest, changes, policy)
     return outcome
 
 
 def _propose(
-    outcome: TuneRound, history: Sequence[InputRecord], policy: TunePolicy
+    outcome: TuneRound,
+    newest: int | None,
+    changes: Sequence[InputRecord],
+    policy: TunePolicy,
 ) -> tuple[dict[str, Any] | None, str]:
     best, current = outcome.best, outcome.current
     assert best is not None and current is not None
@@ -108,11 +124,10 @@ def _propose(
     gain = best.total - current.total
     if gain <= 0 or gain < policy.min_improvement:
         return None, f"improvement {gain:.3f} below the minimum {policy.min_improvement:g}"
-    if policy.period_ms is not None and history:
-        newest = max(r.ts for r in history)
+    if policy.period_ms is not None and newest is not None:
         recent = [
             r
-            for r in history
+            for r in changes
             if isinstance(r, ConfigChanged)
             and r.actor == ACTOR
             and r.ts > newest - policy.period_ms
@@ -128,7 +143,7 @@ def _propose(
 
 
 def tune_every(
-    load_history: Callable[[], Sequence[InputRecord]],
+    load_history: Callable[[], Sequence[InputRecord] | ColumnarHistory],
     base: CoreSettings,
     policy: TunePolicy,
     apply: Callable[[dict[str, Any]], None],

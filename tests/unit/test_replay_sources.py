@@ -16,6 +16,7 @@ from faultstream.events.models import derived_to_json
 from faultstream.processors.diff import diff_derived
 from faultstream.processors.replay import replay
 from faultstream.processors.sources import (
+    INPUT_COLUMNS,
     DuckDBSource,
     JsonlSource,
     ReadModelsSource,
@@ -158,3 +159,27 @@ def test_diff_pairs_occurrences_and_reports_moves() -> None:
     moved = [c for c in report.changes if c.kind == "moved" and c.key[2] == "OPEN"]
     assert [(c.actual_ts, c.other_ts) for c in moved] == [(5_000, 3_000)]
     assert moved[0].describe().endswith("(-2.000s)")
+
+
+def test_input_columns_hold_the_inputs_in_order_within_the_window(recorded, tmp_path) -> None:
+    import duckdb
+
+    _, db = recorded
+    con = duckdb.connect(str(db), read_only=True)
+    ReadModelPublisher(con, tmp_path / "read-models").publish()
+    con.close()
+    all_ts = [r.ts for r in DuckDBSource(str(db)).inputs()]
+    window = Window(all_ts[len(all_ts) // 4], all_ts[len(all_ts) // 2])
+    for source in (DuckDBSource(str(db)), ReadModelsSource(str(tmp_path / "read-models"))):
+        records = list(source.inputs(window))
+        table = source.input_columns(window)
+        assert table.column_names == list(INPUT_COLUMNS)
+        assert table["event_id"].to_pylist() == [r.event_id for r in records]
+        assert table["kind"].to_pylist() == [str(r.kind) for r in records]
+        assert table["ts"].to_pylist() == [r.ts for r in records]
+        assert "TICK" in table["kind"].to_pylist() and len(records) > 10
+
+
+def test_json_lines_source_offers_no_columns(recorded) -> None:
+    jsonl, _ = recorded
+    assert JsonlSource(str(jsonl)).input_columns() is None

@@ -4,7 +4,9 @@ histories and random valid settings, its score equals a plain `FleetCore` run sc
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import tempfile
 
 import numpy as np
 import pytest
@@ -15,9 +17,18 @@ from hypothesis import strategies as st
 from faultstream.events.config import CoreSettings
 from faultstream.events.models import InputRecord, WorkerEvent
 from faultstream.processors.core.fleet import SEEN_IDS_PER_WORKER
+from faultstream.processors.sources import DuckDBSource
+from faultstream.processors.tuning import (
+    ColumnarHistory,
+    TunePolicy,
+    expand_grid,
+    fast,
+    parse_grid,
+    run_grid,
+    tune_round,
+)
 from faultstream.processors.tuning import encode as encode_module
-from faultstream.processors.tuning import expand_grid, fast, parse_grid, run_grid
-from faultstream.processors.tuning.encode import UnsupportedHistory, encode
+from faultstream.processors.tuning.encode import UnsupportedHistory, encode, encode_columns
 from faultstream.processors.tuning.fast import (
     A_STATUS,
     Config,
@@ -26,6 +37,7 @@ from faultstream.processors.tuning.fast import (
     score_grid,
 )
 from faultstream.processors.tuning.runner import evaluate
+from faultstream.projections.tables import HistoryWriter
 
 WORKERS = ["w1", "w2", "w3", "w4", "w5", "cuda"]  # "cuda" also names a class: ids tie
 CLASSES = ["cuda", "cuda", "cuda", "cuda", "rocm", "cpu"]
@@ -289,3 +301,86 @@ def test_half_opening_revealed_only_by_trailing_heartbeats_counts_as_the_core_do
     score = score_config(history, Config(core, history))
     assert score == evaluate(h.records, core)
     assert score.open_time_s == 0.5
+
+
+# --- the columnar path: a DuckDB history encoded straight from its columns ---------------
+
+
+def written_to_duckdb(records: list[InputRecord], directory: str) -> DuckDBSource:
+    """The history as the embedded pipeline stores it (a repeated record is stored once)."""
+    path = f"{directory}/history.duckdb"
+    writer = HistoryWriter(path)
+    writer.append_inputs(records, range(len(records)))
+    writer.close()
+    return DuckDBSource(path)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(step, min_size=10, max_size=120).map(build), core_settings())
+def test_scores_from_duckdb_columns_equal_scores_from_its_records_and_the_core(
+    records: list[InputRecord], core: CoreSettings
+) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        source = written_to_duckdb(records, directory)
+        stored = list(source.inputs())
+        from_columns = encode_columns(source.input_columns())
+    from_models = encode(stored)
+    for name in (f.name for f in dataclasses.fields(from_models)):
+        a, b = getattr(from_models, name), getattr(from_columns, name)
+        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, name
+    score = score_config(from_columns, Config(core, from_columns))
+    assert score == score_config(from_models, Config(core, from_models))
+    assert score == evaluate(stored, core)
+
+
+def columnar(records: list[InputRecord], directory: str, *, load=None) -> ColumnarHistory:
+    source = written_to_duckdb(records, directory)
+    stored = list(source.inputs())
+    return ColumnarHistory(source.input_columns(), load or (lambda: iter(stored)))
+
+
+def tune_history() -> list[InputRecord]:
+    h = History()
+    for i in range(12):
+        h.failure("w1", 1_000 + 1_000 * i, "WORKER_CRASH", task_type="bert", task_id=f"t{i}")
+        h.success("w2", 1_500 + 1_000 * i, task_type="bert", task_id=f"u{i}")
+    h.config(20_000, {"circuits": {"worker": {"failure_threshold": 4}}})
+    h.operator("FORCE_OPEN", "hardware_class", "rocm", 21_000)
+    for i in range(6):
+        h.failure("w3", 22_000 + 500 * i, None, message="CUDA out of memory", task_id=f"v{i}")
+    h.tick(40_000)
+    return h.records
+
+
+def test_tune_round_over_duckdb_columns_equals_the_round_over_its_records(tmp_path) -> None:
+    def refuse() -> list:
+        raise AssertionError("records were built although the compiled path ran")
+
+    history = columnar(tune_history(), str(tmp_path), load=refuse)
+    records = list(DuckDBSource(f"{tmp_path}/history.duckdb").inputs())
+    policy = TunePolicy(
+        grid=parse_grid(["worker.failure_threshold=1,3,6", "recovery.max_retries=1,2"]),
+        min_events=1,
+        window_ms=35_000,
+        processes=1,
+    )
+    from_columns = tune_round(history, CoreSettings(), policy)
+    from_records = tune_round(records, CoreSettings(), policy)
+    assert from_columns.current.candidate.settings.circuits.worker.failure_threshold == 4
+    assert [(r.candidate.changes, r.score) for r in from_columns.results] == [
+        (r.candidate.changes, r.score) for r in from_records.results
+    ]
+    assert from_columns.current.score == from_records.current.score
+    assert (from_columns.events, from_columns.proposal, from_columns.reason) == (
+        from_records.events,
+        from_records.proposal,
+        from_records.reason,
+    )
+
+
+def test_exact_path_over_duckdb_columns_builds_the_records_it_needs(tmp_path) -> None:
+    history = columnar(tune_history(), str(tmp_path))
+    policy = TunePolicy(grid=parse_grid(["worker.failure_threshold=1,3"]), processes=1)
+    exact = tune_round(history, CoreSettings(), TunePolicy(**{**vars(policy), "exact": True}))
+    compiled = tune_round(history, CoreSettings(), policy)
+    assert [r.score for r in exact.results] == [r.score for r in compiled.results]
