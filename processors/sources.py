@@ -59,6 +59,7 @@ INPUT_COLUMNS = (
     "circuit_id",
     "actor",
     "config",
+    "event_hash",  # hash(event_id), UBIGINT: the tuner's cheap repeat finder
 )
 
 
@@ -181,11 +182,15 @@ class _ProjectedHistory:
         `config` as JSON text), read by DuckDB without building a record per row."""
         history = self._open()
         where, params = window.sql()
+        # DuckDB hashes the ids in parallel as it reads them (see `encode_columns`).
+        computed = {"event_hash": "hash(event_id) AS event_hash"}
         event_columns = ", ".join(
-            c if c in EVENTS else f"NULL::VARCHAR AS {c}" for c in INPUT_COLUMNS
+            computed.get(c) or (c if c in EVENTS else f"NULL::VARCHAR AS {c}")
+            for c in INPUT_COLUMNS
         )
         control_columns = ", ".join(
-            c if c in CONTROL else f"NULL::VARCHAR AS {c}" for c in INPUT_COLUMNS
+            computed.get(c) or (c if c in CONTROL else f"NULL::VARCHAR AS {c}")
+            for c in INPUT_COLUMNS
         )
         try:
             # `seq` is unique across both tables: the order the processor saw them.

@@ -107,7 +107,7 @@ class _Fields:
     kind: np.ndarray
     ts: np.ndarray
     ids: np.ndarray
-    event_ids: list[str] | None
+    event_ids: list[str] | pa.ChunkedArray | None
     w_codes: np.ndarray
     worker_ids: list
     hw_codes: np.ndarray
@@ -233,17 +233,11 @@ def _encode(f: _Fields) -> EncodedHistory:
     # the scoring function's unbounded set of (worker, event_id), over the same keys.
     group = np.where(is_worker, worker, n_work).astype(np.int64)
     key_ids, key_first = _key_ids(f.ids, group)
-    event_ids = f.event_ids
-    if event_ids is not None:
+    if f.event_ids is not None:  # ids are hashes: re-check every repeat on the strings
         firsts = key_first[key_ids]
-        for i in np.flatnonzero(firsts != np.arange(n)).tolist():
-            if event_ids[i] != event_ids[firsts[i]]:  # two ids, one hash: key on the strings
-                keys_of: dict[tuple[int, str], int] = {}
-                pairs = zip(group.tolist(), event_ids, strict=True)
-                key_ids = np.fromiter(
-                    (keys_of.setdefault(p, len(keys_of)) for p in pairs), np.int64, n
-                )
-                break
+        repeats = np.flatnonzero(firsts != np.arange(n))
+        if len(repeats) and not _same_ids(f.event_ids, repeats, firsts[repeats]):
+            key_ids = _exact_key_ids(f.event_ids, group)  # two ids, one hash
     window = np.full(n_work + 1, SEEN_IDS_PER_WORKER, np.int64)
     window[n_work] = SEEN_CONTROL_IDS
     skip, scored = _dedupe(kind, group, key_ids, window)
@@ -309,6 +303,29 @@ def _factorize(values: list) -> tuple[np.ndarray, list]:
     return np.fromiter(map(index.__getitem__, values), np.int64, len(values)), distinct
 
 
+def _same_ids(event_ids: list[str] | pa.ChunkedArray, rows: np.ndarray, firsts: np.ndarray) -> bool:
+    """Whether each of `rows` holds the same event id string as its `firsts` row."""
+    if isinstance(event_ids, list):
+        return all(
+            event_ids[i] == event_ids[j]
+            for i, j in zip(rows.tolist(), firsts.tolist(), strict=True)
+        )
+    same = pc.equal(event_ids.take(pa.array(rows)), event_ids.take(pa.array(firsts)))
+    return bool(pc.all(same).as_py())
+
+
+def _exact_key_ids(event_ids: list[str] | pa.ChunkedArray, group: np.ndarray) -> np.ndarray:
+    """`_key_ids` keyed on the strings themselves (after a hash collision)."""
+    if isinstance(event_ids, list):
+        keys_of: dict[tuple[int, str], int] = {}
+        pairs = zip(group.tolist(), event_ids, strict=True)
+        return np.fromiter(
+            (keys_of.setdefault(p, len(keys_of)) for p in pairs), np.int64, len(group)
+        )
+    codes, _ = _dictionary(event_ids, values=False)
+    return _key_ids(codes, group)[0]
+
+
 @njit(cache=True, nogil=True)
 def _key_ids(values, groups):
     """Compact ids of the (value, group) pairs in order of first appearance (open
@@ -318,9 +335,7 @@ def _key_ids(values, groups):
     while size < 2 * n:
         size *= 2
     mask = np.uint64(size - 1)
-    slots = np.full(size, -1, np.int64)
-    key_value = np.empty(n, np.int64)
-    key_group = np.empty(n, np.int64)
+    slots = np.full(size, -1, np.int32)  # a key's index; its first record holds the key
     first = np.empty(n, np.int64)
     ids = np.empty(n, np.int64)
     n_keys = 0
@@ -335,13 +350,12 @@ def _key_ids(values, groups):
             k = slots[s]
             if k < 0:
                 slots[s] = n_keys
-                key_value[n_keys] = value
-                key_group[n_keys] = g
                 first[n_keys] = i
                 ids[i] = n_keys
                 n_keys += 1
                 break
-            if key_value[k] == value and key_group[k] == g:
+            j = first[k]
+            if values[j] == value and groups[j] == g:
                 ids[i] = k
                 break
             s = (s + 1) & (size - 1)
@@ -401,12 +415,16 @@ COLUMNS = (
     "circuit_kind",
     "circuit_id",
 )
+# Optional: `hash(event_id)` as the source computed it (any hash: repeats are re-checked).
+EVENT_HASH = "event_hash"
 
 
 def encode_columns(table: pa.Table) -> EncodedHistory:
     """`encode` of the same history stored as Arrow columns (one row per input record, in
-    order; the `COLUMNS`): the strings are factorized by Arrow's dictionary encoding in
-    C++, and event ids become exact codes (no hash to re-check)."""
+    order; the `COLUMNS`): the low-cardinality strings are factorized by Arrow's dictionary
+    encoding in C++, each column filtered on its own. Event ids are keyed on the table's
+    `EVENT_HASH` column when it has one (every repeat re-checked on the strings), else
+    dictionary-encoded: at millions of distinct ids that encoding is the costliest step."""
     return _encode(_column_fields(table))
 
 
@@ -424,33 +442,42 @@ def _column_fields(table: pa.Table) -> _Fields:
     kind_codes, kinds = _dictionary(table["kind"])
     kind = _kind_codes(kinds)[kind_codes] if kinds else np.zeros(0, np.int8)
     ts = table["ts"].combine_chunks().to_numpy(zero_copy_only=False).astype(np.int64)
-    ids, _ = _dictionary(table["event_id"], values=False)
+    event_ids = table["event_id"]
+    if EVENT_HASH in table.column_names and table[EVENT_HASH].null_count == 0:
+        # The source hashed the ids (in parallel, as it read them): far cheaper than
+        # dictionary-encoding millions of distinct strings; repeats are re-checked.
+        hashes = table[EVENT_HASH].combine_chunks().to_numpy(zero_copy_only=False)
+        ids, exact_ids = hashes.astype(np.uint64).view(np.int64), event_ids
+    else:
+        ids, exact_ids = _dictionary(event_ids, values=False)[0], None
     is_worker = kind <= FAILURE
-    workers = table.filter(pa.array(is_worker))
-    wkind = kind[is_worker]
-    w_codes, worker_ids = _dictionary(workers["worker_id"])
-    hw_codes, classes = _dictionary(workers["hardware_class"])
-    tasks = workers.filter(pa.array((wkind != HEARTBEAT) & (wkind != CHECKPOINT)))
-    tt_codes, task_types = _dictionary(tasks["task_type"])
-    task_codes, _ = _dictionary(tasks["task_id"], values=False)
+    has_task = is_worker & (kind != HEARTBEAT) & (kind != CHECKPOINT)
 
-    failures = workers.filter(pa.array(wkind == FAILURE))
-    type_codes, failure_types = _dictionary(failures["failure_type"])
+    def rows(name: str, mask: np.ndarray) -> pa.ChunkedArray:  # one column, not the table
+        return table[name].filter(pa.array(mask))
+
+    w_codes, worker_ids = _dictionary(rows("worker_id", is_worker))
+    hw_codes, classes = _dictionary(rows("hardware_class", is_worker))
+    tt_codes, task_types = _dictionary(rows("task_type", has_task))
+    task_codes, _ = _dictionary(rows("task_id", has_task), values=False)
+
+    is_failure = kind == FAILURE
+    type_codes, failure_types = _dictionary(rows("failure_type", is_failure))
     by_type = np.array([-1 if t is None else _FAILURE_CODE[t] for t in failure_types], np.int8)
     failure_codes = by_type[type_codes] if len(failure_types) else np.zeros(0, np.int8)
     unclassified = np.flatnonzero(failure_codes == -1)
     if len(unclassified):  # classified from the message, once per distinct message
-        message_codes, messages = _dictionary(failures["message"].take(unclassified))
+        message_codes, messages = _dictionary(rows("message", is_failure).take(unclassified))
         by_message = np.array([_FAILURE_CODE[classify_message(m)] for m in messages], np.int8)
         failure_codes[unclassified] = by_message[message_codes]
 
-    operator_rows = table.filter(pa.array(kind == OPERATOR))
+    is_operator = kind == OPERATOR
     operators = [
         (_RANK[circuit_kind], circuit_id, FORCE_OPEN if action == "FORCE_OPEN" else RESET)
         for circuit_kind, circuit_id, action in zip(
-            operator_rows["circuit_kind"].to_pylist(),
-            operator_rows["circuit_id"].to_pylist(),
-            operator_rows["action"].to_pylist(),
+            rows("circuit_kind", is_operator).to_pylist(),
+            rows("circuit_id", is_operator).to_pylist(),
+            rows("action", is_operator).to_pylist(),
             strict=True,
         )
     ]
@@ -458,7 +485,7 @@ def _column_fields(table: pa.Table) -> _Fields:
         kind,
         ts,
         ids,
-        None,
+        exact_ids,
         w_codes,
         worker_ids,
         hw_codes,

@@ -9,6 +9,7 @@ import random
 import tempfile
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from histories import History
 from hypothesis import HealthCheck, given, settings
@@ -28,7 +29,13 @@ from faultstream.processors.tuning import (
     tune_round,
 )
 from faultstream.processors.tuning import encode as encode_module
-from faultstream.processors.tuning.encode import UnsupportedHistory, encode, encode_columns
+from faultstream.processors.tuning.encode import (
+    COLUMNS,
+    EVENT_HASH,
+    UnsupportedHistory,
+    encode,
+    encode_columns,
+)
 from faultstream.processors.tuning.fast import (
     A_STATUS,
     Config,
@@ -288,6 +295,46 @@ def test_event_ids_sharing_a_hash_are_told_apart_by_their_strings(monkeypatch) -
     assert honest.skip.any() and not honest.scored.all()  # the history has repeats
     core = CoreSettings()
     assert score_config(colliding, Config(core, colliding)) == evaluate(records, core)
+
+
+def as_columns(records: list[InputRecord], event_hash: list[int] | None = None) -> pa.Table:
+    """The records as an `input_columns` table (repeats kept), with `event_hash` if given."""
+    rows = [r.model_dump(mode="json") for r in records]
+    table = pa.table({c: pa.array([row.get(c) for row in rows]) for c in COLUMNS})
+    if event_hash is not None:
+        table = table.append_column(EVENT_HASH, pa.array(event_hash, pa.uint64()))
+    return table
+
+
+def assert_same_encoding(a: object, b: object) -> None:
+    for name in (f.name for f in dataclasses.fields(a)):  # type: ignore[arg-type]
+        x, y = getattr(a, name), getattr(b, name)
+        assert np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y, name
+
+
+def test_column_event_hashes_that_collide_are_told_apart_by_their_strings() -> None:
+    rng = random.Random(5)
+    steps = [
+        (rng.choice(["heartbeat", "success", "failure", "repeat", "reused_id", "tick"]),
+         rng.randrange(len(WORKERS)), rng.randrange(3_000), rng.randrange(len(FAILURE_TYPES)),
+         rng.choice(["bert", "resnet"]), rng.randrange(2**16))
+        for _ in range(300)
+    ]  # fmt: skip
+    records = build(steps)
+    honest = encode(records)
+    assert honest.skip.any() and not honest.scored.all()  # the history has repeats
+    distinct = [hash(r.event_id) % 2**64 for r in records]
+    for hashes in (None, distinct, [7] * len(records)):  # codes, real hashes, all collide
+        assert_same_encoding(honest, encode_columns(as_columns(records, hashes)))
+
+
+def test_column_event_hashes_without_repeats_keep_every_record() -> None:
+    h = History()
+    for i in range(50):
+        h.failure(WORKERS[i % 3], 1_000 + i, "WORKER_CRASH", task_id=f"t{i}")
+    history = encode_columns(as_columns(h.records, [hash(r.event_id) % 2**64 for r in h.records]))
+    assert not history.skip.any() and history.scored.all()
+    assert_same_encoding(encode(h.records), history)
 
 
 def test_half_opening_revealed_only_by_trailing_heartbeats_counts_as_the_core_does() -> None:
