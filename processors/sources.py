@@ -43,8 +43,8 @@ _KAFKA_POLL_S = 1.0
 _KAFKA_IDLE_POLLS = 30  # give up when the end offset is not reached within ~30 s of quiet
 
 
-# What `input_columns` returns: every field the tuner reads, plus what CONFIG_CHANGED holds.
-INPUT_COLUMNS = (
+# The fields the compiled tuner reads (processors/tuning/encode.py), in its order.
+TUNER_COLUMNS = (
     "event_id",
     "kind",
     "ts",
@@ -57,10 +57,10 @@ INPUT_COLUMNS = (
     "action",
     "circuit_kind",
     "circuit_id",
-    "actor",
-    "config",
-    "event_hash",  # hash(event_id), UBIGINT: the tuner's cheap repeat finder
 )
+# What `input_columns` returns: the tuner's fields, what CONFIG_CHANGED holds, and
+# hash(event_id) as UBIGINT, the tuner's cheap repeat finder.
+INPUT_COLUMNS = (*TUNER_COLUMNS, "actor", "config", "event_hash")
 
 
 class HistoryError(FaultstreamError):

@@ -23,6 +23,7 @@ from faultstream.events.config import AttributionSettings
 from faultstream.events.models import CircuitKind, FailureType, InputRecord
 
 from ..core.fleet import SEEN_CONTROL_IDS, SEEN_IDS_PER_WORKER
+from ..sources import TUNER_COLUMNS
 
 # Record kind codes; worker events first so `kind <= FAILURE` means "a worker event".
 HEARTBEAT, TASK_STARTED, CHECKPOINT, SUCCESS, FAILURE, TICK, OPERATOR = range(7)
@@ -401,20 +402,7 @@ def _csr(groups: np.ndarray, values: np.ndarray, n_groups: int) -> tuple[np.ndar
 # --- from Arrow columns -----------------------------------------------------------------
 
 # The columns `encode_columns` reads (a source's `input_columns` table holds at least these).
-COLUMNS = (
-    "event_id",
-    "kind",
-    "ts",
-    "worker_id",
-    "hardware_class",
-    "task_id",
-    "task_type",
-    "failure_type",
-    "message",
-    "action",
-    "circuit_kind",
-    "circuit_id",
-)
+COLUMNS = TUNER_COLUMNS
 # Optional: `hash(event_id)` as the source computed it (any hash: repeats are re-checked).
 EVENT_HASH = "event_hash"
 
