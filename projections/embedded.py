@@ -61,7 +61,7 @@ class EmbeddedPipeline:
 
     def ingest(self, record: InputRecord) -> list[DerivedRecord]:
         writer = self.writer
-        if writer is not None and record.ts >= self._snapshot_due:
+        if writer is not None and record.ts > self._snapshot_due:
             self._snapshot(record.ts)
         out = self.core.process(record)
         self.inputs += 1
@@ -105,14 +105,15 @@ class EmbeddedPipeline:
             self._derived = []
 
     def _snapshot(self, ts: int) -> None:
-        # The figures at a boundary are the state after every record before it.
+        # As the projector does (projections/health.py): boundaries are the multiples of
+        # the interval from the first input on, and the figures at a boundary B are the
+        # state after every input with ts <= B, taken when the first input past B comes.
         interval = self.health_interval_ms
         if self._next_snapshot is None:
-            self._next_snapshot = (ts // interval + 1) * interval
-            self.writer.snapshot_health(ts, self.core.circuits_view())  # type: ignore[union-attr]
+            self._next_snapshot = -(-ts // interval) * interval
         else:
             view = self.core.circuits_view()
-            while self._next_snapshot <= ts:
+            while self._next_snapshot < ts:
                 self.writer.snapshot_health(self._next_snapshot, view)  # type: ignore[union-attr]
                 self._next_snapshot += interval
         self._snapshot_due = self._next_snapshot
