@@ -132,7 +132,15 @@ def circuits(_history: History, key: str, stamp: int) -> pd.DataFrame:
         "SELECT circuit_kind AS kind, circuit_id AS circuit, ts AS since_ms, reason, trips, "
         "reset_timeout_s FROM circuit_states",
     )
+    # `trips` restarts at 0 when a circuit closes; `openings` is its whole history's count.
+    openings = query(
+        _history,
+        "SELECT circuit_kind AS kind, circuit_id AS circuit, count(*) AS openings "
+        "FROM circuit_transitions WHERE to_state = 'OPEN' GROUP BY ALL",
+    )
     table = table.merge(states, on=["kind", "circuit"], how="left")
+    table = table.merge(openings, on=["kind", "circuit"], how="left")
+    table["openings"] = table["openings"].fillna(0).astype("int64")
     now = doc["timestamp"]
     table["for_s"] = (now - table["since_ms"]) / 1000
     table["since"] = pd.to_datetime(table["since_ms"], unit="ms", utc=True)

@@ -86,9 +86,15 @@ def _body(ctx: Context) -> None:
             st.write("No circuit has changed state.")
         else:
             st.dataframe(
-                tripped[["kind", "circuit", "state", "trips", "since", "reason"]],
+                tripped[["kind", "circuit", "state", "openings", "trips", "since", "reason"]],
                 hide_index=True,
                 key="tripped",
+                column_config={
+                    "openings": st.column_config.NumberColumn(help="times it opened, ever"),
+                    "trips": st.column_config.NumberColumn(
+                        "trips now", help="consecutive openings since it last closed"
+                    ),
+                },
             )
     with activity:
         st.subheader("Recent transitions")

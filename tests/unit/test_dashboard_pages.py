@@ -106,6 +106,28 @@ def test_overview_lists_exactly_the_open_circuits_of_circuit_states(on_history: 
     assert listed  # non-trivial: the flaky worker and the bad release
 
 
+def test_overview_counts_every_opening_of_a_circuit_even_after_it_closed(
+    on_history: Path,
+) -> None:
+    at = open_page("overview")
+    tripped = dataframe(at, "kind", "circuit", "openings")
+    shown = dict(zip(zip(tripped["kind"], tripped["circuit"], strict=True),
+                     tripped["openings"], strict=True))  # fmt: skip
+    con = duckdb.connect(str(on_history), read_only=True)
+    try:
+        opened = dict(
+            ((kind, cid), n)
+            for kind, cid, n in con.execute(
+                "SELECT circuit_kind, circuit_id, count(*) FROM circuit_transitions "
+                "WHERE to_state = 'OPEN' GROUP BY ALL"
+            ).fetchall()
+        )
+    finally:
+        con.close()
+    assert opened  # the fixture's flaky worker does open
+    assert {key: shown[key] for key in opened} == opened
+
+
 def empty_duckdb(path: Path) -> Path:
     con = duckdb.connect(str(path))
     create_tables(con)
