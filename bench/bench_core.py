@@ -1,12 +1,17 @@
 """The pure core's throughput on a 1,000-worker history, against a plain baseline loop.
 
-    .venv/bin/python bench/bench_core.py [--events N] [--runs N] [--profile]
+    .venv/bin/python bench/bench_core.py [--events N] [--compiled-events N] [--runs N]
 
 Prints medians (the machine is shared and noisy) of:
 - `FleetCore.process` over pre-decoded records (decoding kept off the hot path);
 - a baseline "plain state machine": a dict of consecutive-failure counters per worker
   with a threshold, over the very same records: the floor of any per-event Python loop;
-- the decode cost per JSON line (JSON -> pydantic model), paid once by replay.
+- the decode cost per JSON line (JSON -> pydantic model), paid once by replay;
+- the compiled core (`processors/compiled/`) on a `--compiled-events` history: its kernel
+  alone over the encoded columns (the issue's "core alone"), the encoding (strings to
+  indices, once per history: the decoding kept off the hot path), the materializing of
+  the derived records, and `replay_compiled` end to end. Its output is checked equal to
+  FleetCore's on the `--events` history first.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from histories import fleet_history
 
 from faultstream.events.jsonl import parse_input_line
+from faultstream.events.models import derived_to_json
+from faultstream.processors.compiled import encode_history, materialize, replay_compiled, run
 from faultstream.processors.core import FleetCore
 
 TARGET_EVENTS_PER_S = 5_000_000
@@ -68,6 +75,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--workers", type=int, default=1_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--compiled-events", type=int, default=1_000_000)
     parser.add_argument("--profile", action="store_true", help="also print a cProfile top 15")
     args = parser.parse_args()
 
@@ -91,6 +99,7 @@ def main() -> None:
         f"target {TARGET_EVENTS_PER_S:,} events/s: core at {n / core_s / TARGET_EVENTS_PER_S:.1%}"
         f", baseline at {n / base_s / TARGET_EVENTS_PER_S:.1%}"
     )
+    compiled_rows(records, args.compiled_events, args.workers, args.runs)
     if args.profile:
         profiler = cProfile.Profile()
         core = FleetCore()
@@ -99,6 +108,47 @@ def main() -> None:
             core.process(record)
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
+def compiled_rows(small: list, events: int, workers: int, runs: int) -> None:
+    """The compiled core's rows; numba compiles (or loads its cache) in the first call."""
+    fleet = FleetCore()
+    expected = [derived_to_json(o) for r in small for o in fleet.process(r)]
+    if [derived_to_json(o) for o in replay_compiled(small)] != expected:
+        raise SystemExit("compiled core: output differs from FleetCore's")
+    records = fleet_history(workers=workers, events=events)
+    n = len(records)
+    encode_s, kernel_s, materialize_s, total_s = [], [], [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        encoded = encode_history(records)
+        encode_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        log = run(encoded)
+        kernel_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        derived = materialize(log, encoded)
+        materialize_s.append(time.perf_counter() - started)
+    for _ in range(min(runs, 3)):
+        started = time.perf_counter()
+        replay_compiled(records)
+        total_s.append(time.perf_counter() - started)
+    kernel, enc = statistics.median(kernel_s), statistics.median(encode_s)
+    mat, total = statistics.median(materialize_s), statistics.median(total_s)
+    print(f"\ncompiled core: {n:,} records, {workers:,} workers, {len(derived):,} derived records")
+    print(f"{'step':<34}{'median s':>10}{'events/s':>14}{'per unit':>18}")
+    print(f"{'kernel alone (encoded columns)':<34}{kernel:>10.3f}{n / kernel:>14,.0f}"
+          f"{kernel / n * 1e9:>12.0f} ns/ev")  # fmt: skip
+    print(f"{'encode (once per history)':<34}{enc:>10.3f}{n / enc:>14,.0f}"
+          f"{enc / n * 1e6:>12.2f} us/ev")  # fmt: skip
+    print(f"{'materialize derived records':<34}{mat:>10.3f}{'':>14}"
+          f"{mat / max(1, len(derived)) * 1e6:>10.2f} us/record")  # fmt: skip
+    print(f"{'replay_compiled end to end':<34}{total:>10.3f}{n / total:>14,.0f}")
+    target = TARGET_EVENTS_PER_S
+    print(
+        f"target {target:,} events/s: compiled kernel at {n / kernel / target:.0%}, "
+        f"end to end at {n / total / target:.0%}"
+    )
 
 
 def _count_outputs(records: list) -> int:

@@ -1,0 +1,279 @@
+"""The compiled core (`processors/compiled/`) against the specification: for random
+histories and settings, `replay_compiled` gives FleetCore's derived records, serialised
+byte for byte the same; plus the hard spots as named scenarios."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from histories import History, commands, core_settings, moves
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from test_tune_fast import core_settings as random_settings
+
+from faultstream.events.config import CoreSettings
+from faultstream.events.models import InputRecord, WorkerEvent, derived_to_json
+from faultstream.processors.compiled import (
+    UnsupportedHistory,
+    encode_history,
+    materialize,
+    replay_compiled,
+    run,
+)
+from faultstream.processors.core import FleetCore
+
+WORKERS = ["w1", "w2", "w3", "w4", "w5", "cuda", "c1", "c2"]  # "cuda" also names a class
+CLASSES = ["cuda", "cuda", "cuda", "cuda", "rocm", "cpu", "cpu", "cpu"]
+FAILURE_TYPES = [
+    "WORKER_CRASH",
+    "WORKER_DISCONNECTION",
+    "BROWSER_FAILURE",
+    "HARDWARE_ERROR",
+    "RESOURCE_EXHAUSTION",
+    "TIMEOUT",
+    "SOFTWARE_ERROR",
+    "PERSISTENT_ERROR",
+    None,  # classified from the message
+]
+MESSAGES = ["CUDA out of memory", "cuda error 700", "browser crashed", "worker crash", "boom"]
+BATCH_SIZES = [None, "64", "1", "x", " 8", "3"]
+PRECISIONS = [None, "fp32", "fp16", "bf16", "int8"]
+ATTRIBUTIONS = [
+    {},
+    {"worker": ["WORKER_CRASH"], "hardware_class": ["HARDWARE_ERROR", "WORKER_DISCONNECTION"]},
+    {"worker": ["WORKER_CRASH", "BROWSER_FAILURE"], "hardware_class": []},  # disc. → task
+]
+CONFIGS = [
+    {"recovery": {"heartbeat_timeout_s": 2}},
+    {"recovery": {"heartbeat_timeout_s": 45.5}},
+    {"recovery": {"max_retries": 1}},
+    {"recovery": {"max_retries": 5}},
+    {"circuits": {"worker": {"failure_threshold": 1}}},
+    {"circuits": {"worker": {"max_open_fraction": 0.3, "guard_min_workers": 2}}},
+    {"circuits": {"task_type": {"recovery_timeout_s": 1.7, "reset_timeout_factor": 1.3}}},
+    {"circuits": {"hardware_class": {"success_threshold": 1, "failure_threshold": 2}}},
+    {"circuits": {"worker": {"half_open_max_calls": 0}}},  # invalid: ignored
+    {"circuits": {"attribution": ATTRIBUTIONS[1]}},
+    {"circuits": {"attribution": ATTRIBUTIONS[2]}},
+]
+
+step = st.tuples(
+    st.sampled_from(
+        [
+            "heartbeat",
+            "started",
+            "started",
+            "checkpoint",
+            "success",
+            "success",
+            "failure",
+            "failure",
+            "failure",
+            "class_failure",
+            "tick",
+            "silence",
+            "operator",
+            "config",
+            "repeat",
+            "late",
+            "move",
+        ]
+    ),
+    st.integers(0, len(WORKERS) - 1),
+    st.integers(0, 3_000),  # ts step
+    st.integers(0, len(FAILURE_TYPES) - 1),
+    st.sampled_from(["bert", "resnet"]),
+    st.integers(0, 2**16),  # a free choice for the step (message, attempt, operator, …)
+)
+
+
+def build(steps: list[tuple]) -> list[InputRecord]:
+    """A history from steps: tasks started, checkpointed and finished (task ids shared
+    across workers too), failures with attempts past max_retries and ladder attributes,
+    silences that lose workers, whole classes failing (the fleet guard), operators,
+    settings changes, repeated ids, late events, workers changing class."""
+    h = History()
+    ts = 1_000
+    classes = dict(zip(WORKERS, CLASSES, strict=True))
+    for kind, wi, delta, fi, task_type, choice in steps:
+        ts += delta
+        worker = WORKERS[wi]
+        hw = classes[worker]
+        failure_type = FAILURE_TYPES[fi]
+        message = MESSAGES[choice % len(MESSAGES)] if failure_type is None else None
+        task = f"t-{choice % 5}" if choice % 2 else f"t-{worker}-{choice % 3}"
+        attempt = (choice >> 3) % 6
+        if kind == "tick":
+            h.tick(ts)
+        elif kind == "silence":
+            ts += 2_000 + choice % 50_000
+            h.tick(ts)
+        elif kind == "heartbeat":
+            h.heartbeat(worker, ts, hardware_class=hw)
+        elif kind == "started":
+            h.started(
+                worker, ts, hardware_class=hw, task_type=task_type, task_id=task, attempt=attempt
+            )
+        elif kind == "checkpoint":
+            h.checkpoint(worker, ts, choice % 7, hardware_class=hw, task_id=task)
+        elif kind == "success":
+            h.success(worker, ts, hardware_class=hw, task_type=task_type, task_id=task)
+        elif kind == "failure":
+            attributes = {}
+            batch, precision = BATCH_SIZES[choice % 6], PRECISIONS[(choice >> 5) % 5]
+            if batch is not None:
+                attributes["batch_size"] = batch
+            if precision is not None:
+                attributes["precision"] = precision
+            h.failure(
+                worker, ts, failure_type, hardware_class=hw, task_type=task_type,
+                task_id=task, message=message, attempt=attempt, attributes=attributes,
+            )  # fmt: skip
+        elif kind == "class_failure":  # every worker of the class crashes at once
+            for other in WORKERS:
+                if classes[other] == hw:
+                    h.failure(other, ts, "WORKER_CRASH", hardware_class=hw, task_type=task_type)
+        elif kind == "operator":
+            circuit_kind = ("worker", "hardware_class", "task_type")[choice % 3]
+            circuit_id = (worker, hw, task_type)[choice % 3]
+            action = "FORCE_OPEN" if choice % 5 < 2 else "RESET"
+            h.operator(action, circuit_kind, circuit_id, ts)
+        elif kind == "config":
+            h.config(ts, CONFIGS[choice % len(CONFIGS)])
+        elif kind == "repeat" and h.records:
+            h.records.append(h.records[choice % len(h.records)])
+        elif kind == "late":  # an event whose ts is behind the clock
+            h.failure(worker, max(0, ts - choice % 8_000), failure_type or "TIMEOUT",
+                      hardware_class=hw, task_type=task_type, message=message)  # fmt: skip
+        elif kind == "move":  # the worker now reports another class
+            classes[worker] = CLASSES[choice % len(CLASSES)]
+            h.heartbeat(worker, ts, hardware_class=classes[worker])
+    return h.records
+
+
+def core_lines(records: list[InputRecord], core: CoreSettings | None = None) -> list[str]:
+    fleet = FleetCore(core)
+    return [derived_to_json(out) for record in records for out in fleet.process(record)]
+
+
+def compiled_lines(records: list[InputRecord], core: CoreSettings | None = None) -> list[str]:
+    return [derived_to_json(out) for out in replay_compiled(records, core)]
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(step, min_size=10, max_size=150).map(build), random_settings())
+def test_compiled_replay_equals_fleet_core_byte_for_byte(
+    records: list[InputRecord], core: CoreSettings
+) -> None:
+    expected = core_lines(records, core)
+    try:
+        got = compiled_lines(records, core)
+    except UnsupportedHistory as exc:  # only ever for a rounding tie the kernel cannot tell
+        assert "rounding" in str(exc)
+        event("unsupported: rounding tie")
+        return
+    assert got == expected
+
+
+def test_fleet_guard_redirects_a_class_wide_crash_to_the_class_circuit() -> None:
+    h = History()
+    for worker in ("w1", "w2", "w3", "w4"):
+        h.heartbeat(worker, 1_000)
+    for n in range(6):  # w1, w2 open at the 5th; then half the class is open
+        for worker in ("w1", "w2", "w3", "w4"):
+            h.failure(worker, 2_000 + n, "WORKER_CRASH")
+    outputs = replay_compiled(h.records, core_settings())
+    assert any("fleet_guard" in c.reason for c in commands(outputs))
+    assert ("hardware_class", "cuda", "CLOSED", "OPEN") in moves(outputs)
+    assert compiled_lines(h.records) == core_lines(h.records)
+
+
+def test_lost_worker_tasks_migrate_to_a_live_worker_with_their_checkpoint() -> None:
+    h = History()
+    h.heartbeat("w2", 1_000)
+    h.started("w1", 1_000, task_id="t-a")
+    h.started("w1", 1_000, task_id="t-b", attempt=3)  # at max_retries: escalated
+    h.checkpoint("w1", 1_500, 7, task_id="t-a")
+    h.heartbeat("w2", 20_000)
+    h.tick(40_000)  # w1 silent over 30 s
+    outputs = replay_compiled(h.records)
+    migrated = {c.task_id: c for c in commands(outputs)}
+    assert migrated["t-a"].strategy == "DIFFERENT_WORKER"
+    assert migrated["t-a"].target_worker_id == "w2"
+    assert migrated["t-a"].checkpoint_seq == 7
+    assert migrated["t-b"].strategy == "ESCALATION"
+    assert compiled_lines(h.records) == core_lines(h.records)
+
+
+def test_cpu_class_open_delays_the_retry_until_it_half_opens() -> None:
+    h = History(hardware_class="cpu")
+    for n in range(3):
+        h.failure("c1", 1_000 + n, "HARDWARE_ERROR")
+    h.failure("c1", 5_000, "TIMEOUT")
+    last = commands(replay_compiled(h.records))[-1]
+    assert last.strategy == "DELAYED_RETRY"
+    assert last.delay_s == 116.002  # 120 s from the opening at 1,002 ms, asked at 5,000
+    assert compiled_lines(h.records) == core_lines(h.records)
+
+
+def test_due_moment_tie_half_opens_circuits_in_id_then_kind_order() -> None:
+    h = History(hardware_class="cuda")
+    threshold_one = core_settings(
+        circuits={
+            "worker": {"failure_threshold": 1, "recovery_timeout_s": 10},
+            "hardware_class": {"failure_threshold": 1, "recovery_timeout_s": 10},
+        }
+    )
+    h.failure("cuda", 1_000, "WORKER_CRASH")  # worker circuit "cuda" opens at 1,000
+    h.failure("b", 1_000, "HARDWARE_ERROR", hardware_class="cuda")  # class "cuda" too
+    h.tick(11_000)
+    half_opened = [
+        m for m in moves(replay_compiled(h.records, threshold_one)) if m[3] == "HALF_OPEN"
+    ]
+    assert half_opened == [
+        ("worker", "cuda", "OPEN", "HALF_OPEN"),
+        ("hardware_class", "cuda", "OPEN", "HALF_OPEN"),
+    ]
+    assert compiled_lines(h.records, threshold_one) == core_lines(h.records, threshold_one)
+
+
+def test_config_changed_mid_history_applies_from_that_record_on() -> None:
+    h = History()
+    h.failure("w1", 1_000, "TIMEOUT")
+    h.config(2_000, {"circuits": {"task_type": {"failure_threshold": 2}}})
+    h.config(2_500, {"recovery": {"heartbeat_timeout_s": 5}})
+    h.config(2_600, {"circuits": {"worker": {"half_open_max_calls": 0}}})  # invalid: ignored
+    h.failure("w1", 3_000, "TIMEOUT")
+    h.started("w1", 3_100, task_id="t-next")
+    h.tick(9_000)  # w1 lost under the new 5 s timeout, its started task migrated
+    outputs = replay_compiled(h.records)
+    assert ("task_type", "bert", "CLOSED", "OPEN") in moves(outputs)
+    assert commands(outputs)[-1].reason.endswith("silent over 5s")
+    assert compiled_lines(h.records) == core_lines(h.records)
+
+
+def test_bench_history_replays_identically() -> None:
+    path = Path(__file__).resolve().parents[2] / "bench" / "histories.py"
+    spec = importlib.util.spec_from_file_location("bench_histories", path)
+    bench = importlib.util.module_from_spec(spec)  # not tests/histories.py, same name
+    spec.loader.exec_module(bench)
+    records = bench.fleet_history(events=20_000)
+    assert compiled_lines(records) == core_lines(records)
+
+
+def test_encode_run_materialize_equals_replay_compiled() -> None:
+    records = build([("failure", n % 8, 500, n % 9, "bert", n * 37) for n in range(60)])
+    encoded = encode_history(records)
+    split = [derived_to_json(o) for o in materialize(run(encoded, log_capacity=1), encoded)]
+    assert split == compiled_lines(records) == core_lines(records)
+
+
+def test_checkpoint_seq_beyond_int64_is_unsupported() -> None:
+    record = WorkerEvent(
+        event_id="e1", kind="CHECKPOINT", ts=1, worker_id="w1", hardware_class="cuda",
+        task_id="t", checkpoint_seq=2**63,
+    )  # fmt: skip
+    with pytest.raises(UnsupportedHistory, match="checkpoint_seq"):
+        replay_compiled([record])
