@@ -1,8 +1,12 @@
-"""Replay: a recorded history through one FleetCore, without Kafka.
+"""Replay: a recorded history through the core, without Kafka.
 
 `replay(records, settings)` is the whole idea; the rest are sources and sinks around it.
-The other sources (`--db`, `--read-models`, `--from-kafka`) live in `sources.py`; `--diff`
-compares against what really happened (`diff.py`).
+Two engines give the same bytes: `FleetCore`, the specification, one record at a time;
+and the compiled core (`compiled/`), one numba loop over a whole history held in memory,
+property-tested against it. `auto` takes the compiled one for histories big enough to
+pay for it and small enough to hold, and FleetCore otherwise or when the compiled core
+cannot be exact. The other sources (`--db`, `--read-models`, `--from-kafka`) live in
+`sources.py`; `--diff` compares against what really happened (`diff.py`).
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain, islice
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import FaultstreamError
@@ -26,15 +31,59 @@ from .diff import DiffReport, diff_derived
 from .sources import ALL_TIME, HistorySource, Window
 
 STDIO = "-"
+Engine = Literal["auto", "compiled", "core"]
+ENGINES: tuple[Engine, ...] = ("auto", "compiled", "core")
+# Below this many records FleetCore is done (< 30 ms) before numba would have loaded.
+COMPILED_MIN_RECORDS = 10_000
+# The compiled core holds the whole history as records (~1.5 KB each): ~1.5 GB at most.
+COMPILED_MAX_RECORDS = 1_000_000
 
 
 def replay(
     records: Iterable[InputRecord],
     settings: CoreSettings | None = None,
     core: FleetCore | None = None,
+    *,
+    engine: Engine = "auto",
+    used: list[str] | None = None,
 ) -> Iterator[DerivedRecord]:
-    """Every derived record of the history, in the order the core produces them."""
-    core = core if core is not None else FleetCore(settings)
+    """Every derived record of the history, in the order the core produces them.
+
+    A given `core` (state to continue from) means FleetCore. `used`, when given, gets
+    one line saying which engine ran and, for a fallback, why.
+    """
+    note = used.append if used is not None else (lambda _: None)
+    if core is not None or engine == "core":
+        note("FleetCore")
+        yield from _replay_core(records, core or FleetCore(settings))
+        return
+    rest = iter(records)
+    head = list(islice(rest, COMPILED_MAX_RECORDS + 1))
+    if len(head) > COMPILED_MAX_RECORDS:
+        why = f"over {COMPILED_MAX_RECORDS:,} records, more than it holds in memory"
+    elif engine == "auto" and len(head) < COMPILED_MIN_RECORDS:
+        why = f"under {COMPILED_MIN_RECORDS:,} records"
+    else:
+        from .compiled import UnsupportedHistory, replay_compiled
+
+        try:
+            derived = replay_compiled(head, settings)
+        except UnsupportedHistory as exc:
+            why = str(exc)
+        else:
+            note("compiled core")
+            yield from derived
+            return
+    if engine == "compiled":
+        raise FaultstreamError(
+            f"--engine compiled cannot replay this history exactly ({why}); "
+            "use --engine auto or core"
+        )
+    note(f"FleetCore ({why})")
+    yield from _replay_core(chain(head, rest), FleetCore(settings))
+
+
+def _replay_core(records: Iterable[InputRecord], core: FleetCore) -> Iterator[DerivedRecord]:
     process = core.process
     for record in records:
         yield from process(record)
@@ -46,10 +95,12 @@ class ReplayStats:
     derived_out: int = 0
     invalid: list[InvalidLineError] = field(default_factory=list)
     elapsed_s: float = 0.0
+    engine: list[str] = field(default_factory=list)  # which one ran (see `replay`)
 
     def summary(self) -> str:
+        by = f" by {self.engine[0]}" if self.engine else ""
         return (
-            f"replayed {self.records_in} records -> {self.derived_out} derived, "
+            f"replayed {self.records_in} records -> {self.derived_out} derived{by}, "
             f"{len(self.invalid)} invalid skipped, {self.elapsed_s:.2f}s"
         )
 
@@ -118,6 +169,7 @@ def replay_jsonl(
     settings: CoreSettings | None = None,
     *,
     skip_invalid: bool = False,
+    engine: Engine = "auto",
 ) -> ReplayStats:
     """`faultstream replay --input`: a JSON Lines history to JSON Lines derived records.
 
@@ -129,7 +181,8 @@ def replay_jsonl(
         records = _Counted(
             read_input_records(source, skip_invalid=skip_invalid, errors=stats.invalid)
         )
-        stats.derived_out = write_derived(replay(records, settings), sink)
+        derived = replay(records, settings, engine=engine, used=stats.engine)
+        stats.derived_out = write_derived(derived, sink)
         stats.records_in = records.count
     stats.elapsed_s = time.perf_counter() - started
     return stats
@@ -140,6 +193,8 @@ def replay_source(
     output_path: str | None,
     settings: CoreSettings | None = None,
     window: Window = ALL_TIME,
+    *,
+    engine: Engine = "auto",
 ) -> ReplayStats:
     """`faultstream replay --db/--read-models/--from-kafka`: any history source to JSON
     Lines derived records (CONFIG_CHANGED records in the history still apply)."""
@@ -147,7 +202,8 @@ def replay_source(
     started = time.perf_counter()
     with open_output(output_path) as sink:
         records = _Counted(source.inputs(window))
-        stats.derived_out = write_derived(replay(records, settings), sink)
+        derived = replay(records, settings, engine=engine, used=stats.engine)
+        stats.derived_out = write_derived(derived, sink)
         stats.records_in = records.count
     stats.elapsed_s = time.perf_counter() - started
     return stats
@@ -158,6 +214,8 @@ def replay_diff(
     output_path: str | None,
     settings: CoreSettings,
     window: Window = ALL_TIME,
+    *,
+    engine: Engine = "auto",
 ) -> DiffReport:
     """`faultstream replay --diff`: what `settings` would have done differently from the
     derived records the source holds (what really happened), one change per line, then
@@ -169,7 +227,7 @@ def replay_diff(
             "only inputs): use --db, --read-models or --from-kafka"
         )
     actual_records = list(actual)
-    report = diff_derived(actual_records, replay(source.inputs(window), settings))
+    report = diff_derived(actual_records, replay(source.inputs(window), settings, engine=engine))
     with open_output(output_path) as sink:
         for line in report.lines():
             sink.write(line)

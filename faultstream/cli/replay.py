@@ -77,6 +77,15 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="print only what these settings (--config) would have done differently from "
         "what really happened (needs --db, --read-models or --from-kafka)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "compiled", "core"),
+        default="auto",
+        help="core: FleetCore, the specification, one record at a time; compiled: the "
+        "numba core over the whole history in memory (same bytes, about 30x faster per "
+        "event); auto (default): compiled for 10,000 to 1,000,000 records when it can be "
+        "exact, FleetCore otherwise",
+    )
     parser.set_defaults(run=run)
 
 
@@ -84,13 +93,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from faultstream.processors.replay import replay_diff, replay_jsonl, replay_source
 
     if args.input is not None and not args.diff and not (args.since or args.until):
-        stats = replay_jsonl(args.input, args.output, settings.core, skip_invalid=args.skip_invalid)
+        stats = replay_jsonl(
+            args.input,
+            args.output,
+            settings.core,
+            skip_invalid=args.skip_invalid,
+            engine=args.engine,
+        )
     else:
         source, window = source_from_args(args, settings)
         if args.diff:
-            replay_diff(source, args.output, settings.core, window)
+            replay_diff(source, args.output, settings.core, window, engine=args.engine)
             return 0
-        stats = replay_source(source, args.output, settings.core, window)
+        stats = replay_source(source, args.output, settings.core, window, engine=args.engine)
         stats.invalid = getattr(source, "invalid", stats.invalid)
     for error in stats.invalid[:SHOWN_INVALID]:
         print(f"faultstream replay: skipped {error}", file=sys.stderr)

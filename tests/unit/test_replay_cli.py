@@ -10,7 +10,10 @@ import pytest
 from histories import History
 
 from faultstream.cli import main
+from faultstream.cli.simulate import run_embedded_simulation
+from faultstream.events.config import CoreSettings
 from faultstream.events.jsonl import write_records
+from faultstream.processors import replay as replay_module
 
 
 def history_file(tmp_path: Path) -> Path:
@@ -107,3 +110,57 @@ def test_missing_input_file_is_one_clear_line(tmp_path: Path, capsys) -> None:
 def test_input_is_required(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["replay"])
+
+
+# --- engines ------------------------------------------------------------------------------
+
+
+def demo_history_file(tmp_path: Path) -> Path:
+    """A closed-loop demo history (crashes, OOMs, a bad release, a lost worker)."""
+    path = tmp_path / "demo.jsonl"
+    with path.open("w") as tap:
+        run_embedded_simulation(
+            core_settings=CoreSettings(), seed=3, workers=12, duration_ms=10 * 60_000, tap=tap
+        )
+    return path
+
+
+def replayed_by(engine: str, source: Path, out: Path, capsys) -> tuple[bytes, str]:
+    assert main(["replay", "--input", str(source), "--output", str(out), "--engine", engine]) == 0
+    return out.read_bytes(), capsys.readouterr().err
+
+
+def test_compiled_engine_and_fleetcore_write_the_same_bytes(tmp_path: Path, capsys) -> None:
+    source = demo_history_file(tmp_path)
+    compiled, compiled_err = replayed_by("compiled", source, tmp_path / "c.jsonl", capsys)
+    core, core_err = replayed_by("core", source, tmp_path / "f.jsonl", capsys)
+    assert compiled == core and b'"to_state":"OPEN"' in core and b"DIFFERENT_WORKER" in core
+    assert "by compiled core" in compiled_err and "by FleetCore" in core_err
+
+
+def test_auto_engine_takes_fleetcore_for_a_small_history_and_compiled_for_a_big_one(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    source = demo_history_file(tmp_path)
+    records = sum(1 for _ in source.open())
+    _, err = replayed_by("auto", source, tmp_path / "a.jsonl", capsys)
+    assert f"by FleetCore (under {replay_module.COMPILED_MIN_RECORDS:,} records)" in err
+    monkeypatch.setattr(replay_module, "COMPILED_MIN_RECORDS", records)
+    _, err = replayed_by("auto", source, tmp_path / "b.jsonl", capsys)
+    assert "by compiled core" in err
+
+
+def test_compiled_engine_refuses_a_history_it_cannot_hold_and_auto_falls_back(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
+    source = demo_history_file(tmp_path)
+    monkeypatch.setattr(replay_module, "COMPILED_MIN_RECORDS", 1)
+    monkeypatch.setattr(replay_module, "COMPILED_MAX_RECORDS", 100)
+    argv = ["replay", "--input", str(source), "--output", str(tmp_path / "x.jsonl")]
+    assert main([*argv, "--engine", "compiled"]) == 2
+    err = capsys.readouterr().err
+    assert "--engine compiled cannot replay this history exactly (over 100 records" in err
+    assert "Traceback" not in err and not (tmp_path / "x.jsonl").exists()
+    fallback, err = replayed_by("auto", source, tmp_path / "y.jsonl", capsys)
+    assert "by FleetCore (over 100 records" in err
+    assert fallback == replayed_by("core", source, tmp_path / "z.jsonl", capsys)[0]
