@@ -247,6 +247,8 @@ DERIVED_TYPES: dict[type[BaseModel], str] = {
 
 def input_model_for(kind: object) -> type[BaseModel] | None:
     """The model of an input record of this `kind`, or None for an unknown kind."""
+    if not isinstance(kind, str):  # e.g. a JSON object, which is not even hashable
+        return None
     if kind in _WORKER_KINDS:
         return WorkerEvent
     return _CONTROL_MODELS.get(kind)  # type: ignore[arg-type]

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from faultstream.events.exceptions import InvalidEventError
-from faultstream.events.jsonl import InvalidLineError, read_input_records, write_records
-from faultstream.events.models import ConfigChanged, Operator, Tick, WorkerEvent
+from faultstream.events.jsonl import (
+    InvalidLineError,
+    parse_input_line,
+    read_input_records,
+    write_records,
+)
+from faultstream.events.models import (
+    ConfigChanged,
+    Operator,
+    Tick,
+    WorkerEvent,
+    input_model_for,
+)
 
 GOOD = [
     '{"event_id":"e1","kind":"HEARTBEAT","ts":1,"worker_id":"w1","hardware_class":"cuda"}',
@@ -58,6 +73,7 @@ def test_records_round_trip_through_json_lines_including_checkpoint_bytes():
         ),
         ('{"event_id":"x","kind":"HEARTBEAT","ts":-5,"worker_id":"w","hardware_class":"c"}', "ts"),
         ('{"event_id":"x","kind":"NOPE","ts":1}', "kind"),
+        ('{"event_id":"x","kind":{"a":1},"ts":1}', "kind"),  # not even hashable
         ('{"event_id":"x","kind":"TICK"}', "ts"),
         ("not json", "line"),
     ],
@@ -75,3 +91,65 @@ def test_skip_invalid_keeps_good_lines_and_reports_bad_ones():
     records = list(read_input_records([GOOD[0], "{}", GOOD[2]], skip_invalid=True, errors=errors))
     assert len(records) == 2
     assert [e.lineno for e in errors] == [2]
+
+
+def parse_by_kind(line: str) -> object:
+    """The reference: parse, pick the model by `kind`, validate (what the one-parse fast
+    path for worker events must agree with)."""
+    raw = json.loads(line)
+    model = input_model_for(raw.get("kind")) if isinstance(raw, dict) else None
+    if model is None:
+        raise ValueError("no model")
+    return model.model_validate_json(line)
+
+
+json_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 5), st.text(max_size=3),
+    st.sampled_from(["HEARTBEAT", "FAILURE", "CHECKPOINT", "TICK", "OPERATOR", "TIMEOUT",
+                     "cuda", "AAEC", "FORCE_OPEN", "worker"]),
+    st.dictionaries(st.sampled_from(["batch_size", "x"]), st.text(max_size=2), max_size=2),
+)  # fmt: skip
+FIELDS = [
+    "event_id",
+    "kind",
+    "ts",
+    "worker_id",
+    "hardware_class",
+    "task_id",
+    "task_type",
+    "failure_type",
+    "message",
+    "attempt",
+    "attributes",
+    "checkpoint_seq",
+    "checkpoint_state",
+    "action",
+    "circuit_kind",
+    "circuit_id",
+    "actor",
+    "config",
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    base=st.sampled_from(GOOD),
+    changes=st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=3),
+    dropped=st.lists(st.sampled_from(FIELDS), max_size=2),
+)
+def test_worker_event_fast_parse_accepts_and_refuses_as_parsing_by_kind_does(
+    base: str, changes: dict, dropped: list
+) -> None:
+    fields = {**json.loads(base), **changes}
+    for name in dropped:
+        fields.pop(name, None)
+    line = json.dumps(fields)
+    try:
+        expected = parse_by_kind(line)
+    except (ValueError, ValidationError):
+        expected = None
+    try:
+        got = parse_input_line(line)
+    except InvalidEventError:
+        got = None
+    assert got == expected
