@@ -11,7 +11,9 @@ assigns every partition itself and seeks to the stored offsets; Kafka's group of
 never used. A projector killed at any moment restarts from the last committed batch, so no
 row is lost or doubled. Repeated ids (a processor re-sending after its own restart) are
 dropped by the writer's anti-join on (id, ts). Records are decoded without the pydantic
-models (`Codec.decode_trusted`): the processor validated them before writing them.
+models: the processor validated them before writing them. Decisions batches are decoded
+straight into Arrow columns (columns.py); the other topics' records one by one
+(`Codec.decode_trusted`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,17 +31,14 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 
 from faultstream.events.admin import CIRCUITS, COMMANDS, DECISIONS, DLQ, create_topics, topic_names
 from faultstream.events.codec import Codec
-from faultstream.events.config import Settings
+from faultstream.events.config import KafkaSettings, Settings
 from faultstream.events.exceptions import FaultstreamError
-from faultstream.events.models import (
-    DeadLetter,
-)
-from faultstream.processors.decisions import seq as decision_seq
-from faultstream.processors.decisions import unpack as unpack_frame
+from faultstream.events.models import DeadLetter
 
+from .columns import DecisionsDecoder
 from .health import HealthSnapshots
 from .read_models import ReadModelPublisher
-from .tables import HistoryWriter
+from .tables import Batch, HistoryWriter
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,13 @@ _SCHEMAS_ON = {
 
 @dataclass(frozen=True)
 class ProjectorOptions:
-    batch_rows: int = 20_000
+    batch_rows: int = 20_000  # a transaction holds at least this many, when they are there
     flush_interval_s: float = 0.5
     publish_interval_s: float = 2.0
     poll_timeout_s: float = 0.1
+    # While a batch lands, the next one grows (bigger transactions cost less a row) up to
+    # this many rows; then consuming waits for the landing.
+    max_batch_rows: int = 200_000
 
 
 class Projector:
@@ -90,6 +93,7 @@ class Projector:
             round(settings.storage.health_interval_s * 1000),
             settings.core.circuits.attribution,
         )
+        self.decisions = DecisionsDecoder(self.codec)
         self.publisher = ReadModelPublisher(self.writer.con, settings.storage.read_models_dir)
         self.consumer: Consumer | None = None
         self._offsets: dict[tuple[str, int], int] = {}
@@ -99,7 +103,13 @@ class Projector:
         self._pending_rows = 0
         self._published_rows = 0
         self.rows_landed = 0
+        self.batches_landed = 0
         self._stop = threading.Event()
+        # The one thread that uses the DuckDB connection once consuming started: batches
+        # land (and read models publish) there, in order, while the next batch is consumed.
+        self._landing = ThreadPoolExecutor(1, thread_name_prefix="projector-landing")
+        self._in_flight: list[Future[None]] = []  # submitted, not yet settled, in order
+        self._last_land = self._last_publish = time.monotonic()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -115,17 +125,7 @@ class Projector:
         kafka = self.settings.kafka
         create_topics(kafka)
         self.publisher.publish()
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": kafka.bootstrap_servers,
-                "group.id": f"{kafka.topic_prefix}.projector",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "fetch.max.bytes": 64 * 1024 * 1024,
-                "queued.max.messages.kbytes": 256 * 1024,
-            }
-        )
+        self.consumer = Consumer(consumer_config(kafka))
         stored = self.stored_offsets()
         self._offsets = dict(stored)
         assignment = []
@@ -150,40 +150,53 @@ class Projector:
         """Consume until `stop()`; then land what is buffered and publish."""
         if self.consumer is None:
             self.start()
-        opts = self.options
-        last_flush = last_publish = time.monotonic()
         try:
             while not self._stop.is_set():
-                self.poll_once()
-                now = time.monotonic()
-                due = now - last_flush >= opts.flush_interval_s
-                if self._pending_rows >= opts.batch_rows or (self._pending_rows and due):
-                    self.flush()
-                    last_flush = now
-                elif due:
-                    last_flush = now
-                if now - last_publish >= opts.publish_interval_s:
-                    self.publish()
-                    last_publish = now
+                self.step()
             self.flush()
             self.publish()
         finally:
             self.close()
 
+    def step(self) -> int:
+        """Poll once; start landing the buffered rows when a batch is full, the flush
+        interval passed or the topics are drained; publish when due. Returns the number of
+        rows polled."""
+        opts = self.options
+        polled = self.poll_once()
+        now = time.monotonic()
+        due = now - self._last_land >= opts.flush_interval_s
+        pending = self._pending_rows
+        if pending and (pending >= opts.batch_rows or due or not polled):
+            if self._start_landing(wait=pending >= opts.max_batch_rows):
+                self._last_land = now
+        elif due:
+            self._last_land = now
+        if now - self._last_publish >= opts.publish_interval_s:
+            self._in_flight.append(self._landing.submit(self._publish))
+            self._last_publish = now
+        return polled
+
     def close(self) -> None:
-        if self.consumer is not None:
-            self.consumer.close()
-            self.consumer = None
-        self.writer.con.close()
+        try:
+            self._settle(block=True)
+        finally:
+            self._landing.shutdown()
+            if self.consumer is not None:
+                self.consumer.close()
+                self.consumer = None
+            self.writer.con.close()
 
     # --- consuming ------------------------------------------------------------------------
 
     def poll_once(self) -> int:
-        """Read up to one batch of messages into the writer's buffers; returns how many."""
+        """Read up to `batch_rows` messages into the writer's buffers; returns the number of
+        rows they gave (inputs, derived records and dead letters)."""
         assert self.consumer is not None
         messages = self.consumer.consume(self.options.batch_rows, self.options.poll_timeout_s)
-        inputs: list[dict[str, Any]] = []
-        seqs: list[int] = []
+        frames: list[Message] = []
+        values: list[bytes] = []  # of the frames
+        frame_offsets: list[int] = []
         derived: list[dict[str, Any]] = []
         letters: list[Any] = []
         offsets = self._offsets
@@ -198,28 +211,22 @@ class Projector:
             topic, offset = message.topic(), message.offset()
             offsets[(topic, message.partition())] = offset + 1
             logical = topics[topic]
+            value = message.value()
+            if value is None:
+                letters.append(_dead_letter(message, "empty message value"))
+            elif logical == DECISIONS:  # decoded together, in columns, below
+                frames.append(message)
+                values.append(value)
+                frame_offsets.append(offset)
+                continue
+            # Trusted: the processor validated these records before it wrote them.
             try:
-                value = message.value()
-                if value is None:
-                    raise FaultstreamError("empty message value")
-                # Trusted: the processor validated these records before it wrote them.
-                # A decisions record is a frame of them (processors/decisions.py).
-                records = unpack_frame(value) if logical == DECISIONS else (value,)
-                decoded = [decode(record) for record in records]
-                for name, _ in decoded:
-                    if name not in _SCHEMAS_ON[logical]:
-                        raise FaultstreamError(f"a {name} on the {logical} topic")
+                name, fields = decode(value)
+                if name not in _SCHEMAS_ON[logical]:
+                    raise FaultstreamError(f"a {name} on the {logical} topic")
             except FaultstreamError as exc:
                 letters.append(_dead_letter(message, str(exc)))
                 continue
-            if logical == DECISIONS:
-                for index, (_, fields) in enumerate(decoded):
-                    inputs.append(fields)
-                    # The input order (offset, index in frame), unique while a frame
-                    # holds at most decisions.MAX_RECORDS records.
-                    seqs.append(decision_seq(offset, index))
-                continue
-            name, fields = decoded[0]
             if logical == DLQ:
                 letters.append(fields)
             else:
@@ -228,61 +235,82 @@ class Projector:
                     newest = self._circuits_newest_ts
                     partition = message.partition()
                     newest[partition] = max(newest.get(partition, fields["ts"]), fields["ts"])
-        if inputs:
-            self.writer.append_inputs(inputs, seqs)
+        rows = self._decode_decisions(frames, values, frame_offsets, letters) if frames else 0
         if derived:
             self.writer.append_derived(derived)
         if letters:
             self.writer.append_dead_letters(letters)
-        self._pending_rows += len(messages)
-        return len(messages)
+        rows += len(derived) + len(letters)
+        self._pending_rows += rows
+        return rows
+
+    def _decode_decisions(
+        self, frames: list[Message], values: list[bytes], offsets: list[int], letters: list[Any]
+    ) -> int:
+        """Decisions messages (frames of inputs) into the writer, a batch at a time; the
+        `seq` of an input is `decisions.seq(offset, index in frame)`. Returns the number of
+        inputs buffered."""
+        decoded = self.decisions.decode(values, offsets)
+        for index, reason in sorted(decoded.rejected.items()):
+            letters.append(_dead_letter(frames[index], reason))
+        self.writer.append_event_table(decoded.events)
+        if decoded.records:
+            self.writer.append_inputs(decoded.records, decoded.record_seqs)
+        return decoded.events.num_rows + len(decoded.records)
 
     # --- landing --------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Commit buffered rows, the offsets that cover them and the health snapshots of
-        the boundaries they complete in one transaction."""
-        if not self._pending_rows:
-            return
+        """Land every buffered row and wait until it has landed."""
+        self._start_landing(wait=True)
+        self._settle(block=True)
+
+    def _start_landing(self, *, wait: bool) -> bool:
+        """Hand the buffered rows to the landing thread, as one transaction with the
+        offsets that cover them; False (nothing done) while a landing is still under way,
+        unless `wait`."""
+        if not self._settle(block=wait) or not self._pending_rows:
+            return False
         offsets = dict(self._offsets)
-        ends: dict[int, bool] = {}  # circuits partition -> at its end offset (asked once)
+        newest = dict(self._circuits_newest_ts)
+        # Asked now, on the consuming thread: the consumer is not the landing thread's.
+        ends = {p: self._at_end(p, offsets) for p in self._circuits_partitions}
+        batch = self.writer.take_batch()
+        rows, self._pending_rows = self._pending_rows, 0
+        self._in_flight.append(self._landing.submit(self._land, batch, rows, offsets, newest, ends))
+        return True
+
+    def _settle(self, *, block: bool) -> bool:
+        """Whether the landing thread is idle (waiting for it if `block`); re-raises the
+        failure of a finished task."""
+        in_flight = self._in_flight
+        while in_flight:
+            if not block and not in_flight[0].done():
+                return False
+            in_flight.pop(0).result()
+        return True
+
+    def _land(
+        self,
+        batch: Batch,
+        rows: int,
+        offsets: dict[tuple[str, int], int],
+        newest: dict[int, int],
+        ends: dict[int, bool],
+    ) -> None:
+        """On the landing thread: rows, the offsets that cover them and the health
+        snapshots of the boundaries they complete, in one transaction."""
 
         def caught_up(boundary: int, settled: bool) -> bool:
-            return self._circuits_caught_up(boundary, settled, offsets, ends)
+            return _circuits_caught_up(boundary, settled, newest, ends)
 
         def before_commit(con: duckdb.DuckDBPyConnection) -> None:
             _store_offsets(con, offsets)
             self.health.record(con, caught_up)
 
-        self.writer.flush(before_commit=before_commit)
-        self.rows_landed += self._pending_rows
-        self._pending_rows = 0
-
-    def _circuits_caught_up(
-        self,
-        boundary: int,
-        settled: bool,
-        offsets: dict[tuple[str, int], int],
-        ends: dict[int, bool],
-    ) -> bool:
-        """Whether every transition with ts <= boundary has landed, as far as we can tell.
-
-        A circuits partition has caught up once it delivered an output newer than the
-        boundary. A partition with nothing newer counts only at its end offset and once the
-        inputs have `settled` (passed the boundary by a whole interval): the processor
-        writes its outputs after the inputs reach `.decisions`, so an end offset seen right
-        after the inputs may not hold them yet; an interval of event time gives it room.
-        """
-        for partition in self._circuits_partitions:
-            if self._circuits_newest_ts.get(partition, boundary) > boundary:
-                continue
-            if not settled:
-                return False
-            if partition not in ends:
-                ends[partition] = self._at_end(partition, offsets)
-            if not ends[partition]:
-                return False
-        return True
+        self.writer.write_batch(batch, before_commit=before_commit)
+        self.rows_landed += rows
+        self.batches_landed += 1
 
     def _at_end(self, partition: int, offsets: dict[tuple[str, int], int]) -> bool:
         assert self.consumer is not None
@@ -297,9 +325,48 @@ class Projector:
         return offsets.get((topic, partition), max(low, 0)) >= high
 
     def publish(self) -> None:
+        """Publish the read models now (after any landing under way)."""
+        self._settle(block=True)
+        self._publish()
+
+    def _publish(self) -> None:
         if self.rows_landed != self._published_rows or not self.publisher.manifest.version:
             self.publisher.publish()
             self._published_rows = self.rows_landed
+
+
+def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """The projector's consumer: partitions assigned by hand, offsets kept in DuckDB."""
+    return {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "group.id": f"{kafka.topic_prefix}.projector",
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "fetch.max.bytes": 64 * 1024 * 1024,
+        "max.partition.fetch.bytes": 16 * 1024 * 1024,
+        "queued.max.messages.kbytes": 256 * 1024,
+    }
+
+
+def _circuits_caught_up(
+    boundary: int, settled: bool, newest: dict[int, int], ends: dict[int, bool]
+) -> bool:
+    """Whether every transition with ts <= boundary has landed, as far as we can tell.
+
+    A circuits partition (`newest`: its newest ts since this start) has caught up once it
+    delivered an output newer than the boundary. A partition with nothing newer counts only
+    at its end offset (`ends`) and once the inputs have `settled` (passed the boundary by a
+    whole interval): the processor writes its outputs after the inputs reach `.decisions`,
+    so an end offset seen right after the inputs may not hold them yet; an interval of event
+    time gives it room.
+    """
+    for partition, at_end in ends.items():
+        if newest.get(partition, boundary) > boundary:
+            continue
+        if not settled or not at_end:
+            return False
+    return True
 
 
 def _store_offsets(con: duckdb.DuckDBPyConnection, offsets: dict[tuple[str, int], int]) -> None:

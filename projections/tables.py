@@ -1,8 +1,9 @@
 """The bulk writer of the history in DuckDB (the layout is in schema.py).
 
 `HistoryWriter` is the one piece that writes the history, used by the embedded pipeline
-and by the Kafka → DuckDB projector. Records (pydantic models, or the plain dicts of the
-codec's trusted decode) are buffered and appended in batches as Arrow tables (never
+and by the Kafka → DuckDB projector. Records (pydantic models, the plain dicts of the
+codec's trusted decode, or worker events already in Arrow columns from the projector's
+columnar decode) are buffered and appended in batches as Arrow tables (never
 `executemany`, about 1 ms a row). A record delivered twice is stored once: each batch is
 anti-joined on (id, ts) against the rows of its own time range (see schema.DEDUPE_KEYS).
 """
@@ -66,6 +67,18 @@ def _with_seq(columns: Columns, rows: list[Row], seqs: list[int]) -> pa.Table:
     return table.append_column("seq", pa.array(seqs, type=pa.int64()))
 
 
+def _events(b: Batch) -> pa.Table:
+    """The batch's worker events as one table, in `seq` order."""
+    tables = list(b.event_tables)
+    if b.events:
+        tables.append(_with_seq(EVENTS, b.events, b.event_seqs))
+    if len(tables) == 1:
+        return tables[0]
+    events = pa.concat_tables(tables)
+    # Rows decoded one by one (rare beside columns) go back to their place in the input.
+    return events.sort_by("seq") if b.events and b.event_tables else events
+
+
 def _control_fields(record: Row) -> dict[str, Any]:
     """A control record's columns: the trusted decode's dict already has them (config as
     JSON text); a model's config is written as the same sorted JSON."""
@@ -93,11 +106,12 @@ _CHECKPOINT_UPDATES = ", ".join(f"{c} = excluded.{c}" for c in CHECKPOINTS if c 
 
 
 @dataclass
-class _Batch:
+class Batch:
     """The records buffered for one transaction."""
 
     events: list[Row] = field(default_factory=list)
     event_seqs: list[int] = field(default_factory=list)
+    event_tables: list[pa.Table] = field(default_factory=list)  # columnar, `seq` included
     control: list[Row] = field(default_factory=list)
     control_seqs: list[int] = field(default_factory=list)
     transitions: list[Row] = field(default_factory=list)
@@ -128,7 +142,7 @@ class HistoryWriter:
         self.attribution = attribution or AttributionSettings()
         self.con = duckdb.connect(self.db_path)
         create_tables(self.con)
-        self._batch = _Batch()
+        self._batch = Batch()
         (self._next_seq,) = self.con.execute(
             "SELECT coalesce(max(seq) + 1, 0) FROM "
             "(SELECT max(seq) AS seq FROM events UNION ALL SELECT max(seq) FROM control)"
@@ -159,6 +173,16 @@ class HistoryWriter:
         if records:
             self._next_seq = max(self._next_seq, seqs[-1] + 1)
         batch.size += len(records)
+        self._maybe_flush()
+
+    def append_event_table(self, table: pa.Table) -> None:
+        """Worker events already in columns: the EVENTS layout, `seq` included (the
+        projector's columnar decode, columns.py)."""
+        if not table.num_rows:
+            return
+        self._batch.event_tables.append(table)
+        self._next_seq = max(self._next_seq, pc.max(table.column("seq")).as_py() + 1)
+        self._batch.size += table.num_rows
         self._maybe_flush()
 
     def append_derived(self, records: Iterable[Row]) -> None:
@@ -216,7 +240,20 @@ class HistoryWriter:
     ) -> None:
         """Write what is buffered in one transaction; `before_commit(con)` runs inside it
         (the projector stores its Kafka offsets there, so rows and offsets commit together)."""
-        batch, self._batch = self._batch, _Batch()
+        self.write_batch(self.take_batch(), before_commit)
+
+    def take_batch(self) -> Batch:
+        """What is buffered, for `write_batch`; buffering starts afresh. (The projector
+        takes a batch on its consuming thread and writes it on its landing thread.)"""
+        batch, self._batch = self._batch, Batch()
+        return batch
+
+    def write_batch(
+        self,
+        batch: Batch,
+        before_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    ) -> None:
+        """Write a taken batch in one transaction, as `flush` does."""
         if not batch.size and before_commit is None:
             return
         self.con.begin()
@@ -229,7 +266,7 @@ class HistoryWriter:
             self.con.rollback()
             raise
 
-    def _write_rows(self, b: _Batch) -> None:
+    def _write_rows(self, b: Batch) -> None:
         """Every table's rows of one batch, inside the caller's transaction."""
         con = self.con
         # Building columns from many live objects triggers needless GC passes.
@@ -238,9 +275,8 @@ class HistoryWriter:
         registered: list[str] = []
         try:
             events = commands = None
-            if b.events:
-                batch = _with_seq(EVENTS, b.events, b.event_seqs)
-                events = self._append("events", batch, registered)
+            if b.events or b.event_tables:
+                events = self._append("events", _events(b), registered)
             if b.control:
                 control = list(map(_control_fields, b.control))
                 batch = _with_seq(CONTROL, control, b.control_seqs)
