@@ -12,6 +12,12 @@ Prints medians (the machine is shared and noisy) of:
   indices, once per history: the decoding kept off the hot path), the materializing of
   the derived records, and `replay_compiled` end to end. Its output is checked equal to
   FleetCore's on the `--events` history first.
+- the compiled core straight from a DuckDB file (`replay --db`): the same history written
+  by the projections' HistoryWriter, then read as columns (`input_columns(window,
+  REPLAY_COLUMNS)`), `encode_table`, the kernel, materialize, and all four end to end;
+  against the baseline of the records path from the same file (`inputs()` building a
+  pydantic record per row, then `replay_compiled`), timed once: it is slow. Both are
+  checked equal first (and FleetCore's, through a DuckDB file, on `--events`).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import cProfile
 import pstats
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,8 +37,17 @@ from histories import fleet_history
 
 from faultstream.events.jsonl import parse_input_line
 from faultstream.events.models import derived_to_json
-from faultstream.processors.compiled import encode_history, materialize, replay_compiled, run
+from faultstream.processors.compiled import (
+    encode_history,
+    encode_table,
+    materialize,
+    replay_compiled,
+    replay_compiled_table,
+    run,
+)
 from faultstream.processors.core import FleetCore
+from faultstream.processors.sources import REPLAY_COLUMNS, DuckDBSource
+from faultstream.projections.tables import HistoryWriter
 
 TARGET_EVENTS_PER_S = 5_000_000
 
@@ -99,7 +115,9 @@ def main() -> None:
         f"target {TARGET_EVENTS_PER_S:,} events/s: core at {n / core_s / TARGET_EVENTS_PER_S:.1%}"
         f", baseline at {n / base_s / TARGET_EVENTS_PER_S:.1%}"
     )
-    compiled_rows(records, args.compiled_events, args.workers, args.runs)
+    big = fleet_history(workers=args.workers, events=args.compiled_events)
+    compiled_rows(records, big, args.workers, args.runs)
+    duckdb_rows(records, big, args.workers, args.runs)
     if args.profile:
         profiler = cProfile.Profile()
         core = FleetCore()
@@ -110,13 +128,12 @@ def main() -> None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
 
 
-def compiled_rows(small: list, events: int, workers: int, runs: int) -> None:
+def compiled_rows(small: list, records: list, workers: int, runs: int) -> None:
     """The compiled core's rows; numba compiles (or loads its cache) in the first call."""
     fleet = FleetCore()
     expected = [derived_to_json(o) for r in small for o in fleet.process(r)]
     if [derived_to_json(o) for o in replay_compiled(small)] != expected:
         raise SystemExit("compiled core: output differs from FleetCore's")
-    records = fleet_history(workers=workers, events=events)
     n = len(records)
     encode_s, kernel_s, materialize_s, total_s = [], [], [], []
     for _ in range(runs):
@@ -149,6 +166,69 @@ def compiled_rows(small: list, events: int, workers: int, runs: int) -> None:
         f"target {target:,} events/s: compiled kernel at {n / kernel / target:.0%}, "
         f"end to end at {n / total / target:.0%}"
     )
+
+
+def written(records: list, directory: str) -> DuckDBSource:
+    """The history in a DuckDB file, as the embedded pipeline stores it."""
+    Path(directory).mkdir(exist_ok=True)
+    writer = HistoryWriter(f"{directory}/history.duckdb")
+    writer.append_inputs(records, range(len(records)))
+    writer.close()
+    return DuckDBSource(f"{directory}/history.duckdb")
+
+
+def duckdb_rows(small: list, records: list, workers: int, runs: int) -> None:
+    """`replay --db` through the compiled core from columns, step by step and end to end
+    (excluding the JSON writing), against the records path from the same file."""
+    with tempfile.TemporaryDirectory() as directory:
+        fleet = FleetCore()
+        expected = [derived_to_json(o) for r in small for o in fleet.process(r)]
+        source = written(small, f"{directory}/small")
+        table = source.input_columns(columns=REPLAY_COLUMNS)
+        if [derived_to_json(o) for o in replay_compiled_table(table)] != expected:
+            raise SystemExit("compiled core from DuckDB columns: output differs from FleetCore's")
+        started = time.perf_counter()
+        source = written(records, f"{directory}/big")
+        write_s = time.perf_counter() - started
+        read_s, encode_s, kernel_s, materialize_s, total_s = [], [], [], [], []
+        for _ in range(runs):  # the steps, then end to end, interleaved
+            started = time.perf_counter()
+            table = source.input_columns(columns=REPLAY_COLUMNS)
+            read_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            encoded = encode_table(table)
+            encode_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            log = run(encoded)
+            kernel_s.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            derived = materialize(log, encoded)
+            materialize_s.append(time.perf_counter() - started)
+            del table, encoded, log
+            started = time.perf_counter()
+            replay_compiled_table(source.input_columns(columns=REPLAY_COLUMNS))
+            total_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        baseline = replay_compiled(list(source.inputs()))
+        baseline_s = time.perf_counter() - started
+    if [derived_to_json(o) for o in derived] != [derived_to_json(o) for o in baseline]:
+        raise SystemExit("compiled core from DuckDB columns: output differs from the records path")
+    n = len(records)
+    total = statistics.median(total_s)
+    print(f"\ncompiled core from a DuckDB file: {n:,} records, {workers:,} workers, "
+          f"{len(derived):,} derived records (written in {write_s:.1f} s)")  # fmt: skip
+    print(f"{'step':<34}{'median s':>10}{'events/s':>14}{'share':>8}")
+    for name, runs_s in (
+        ("read columns (DuckDB)", read_s),
+        ("encode_table", encode_s),
+        ("kernel", kernel_s),
+        ("materialize derived records", materialize_s),
+    ):
+        step = statistics.median(runs_s)
+        print(f"{name:<34}{step:>10.3f}{n / step:>14,.0f}{step / total:>8.0%}")
+    print(f"{'end to end (read..materialize)':<34}{total:>10.3f}{n / total:>14,.0f}")
+    print(f"{'baseline: inputs() + replay_compiled':<34}{baseline_s:>10.3f}{n / baseline_s:>14,.0f}"
+          f"   (once) columns are {baseline_s / total:.1f}x faster")  # fmt: skip
 
 
 def _count_outputs(records: list) -> int:

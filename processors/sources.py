@@ -17,7 +17,7 @@ where it also holds them, the derived records that really happened (for `--diff`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +37,8 @@ from faultstream.events.models import (
     RecoveryCommand,
 )
 from faultstream.projections.queries import History  # reading only: the shared queries
-from faultstream.projections.schema import CONTROL, EVENTS
+
+from .input_columns import read_input_columns
 
 _KAFKA_POLL_S = 1.0
 _KAFKA_IDLE_POLLS = 30  # give up when the end offset is not reached within ~30 s of quiet
@@ -61,6 +62,9 @@ TUNER_COLUMNS = (
 # What `input_columns` returns: the tuner's fields, what CONFIG_CHANGED holds, and
 # hash(event_id) as UBIGINT, the tuner's cheap repeat finder.
 INPUT_COLUMNS = (*TUNER_COLUMNS, "actor", "config", "event_hash")
+# What the compiled core reads besides (processors/compiled/): the two attributes its
+# recovery ladder reads, extracted by DuckDB, not the whole map.
+REPLAY_COLUMNS = (*INPUT_COLUMNS, "attempt", "checkpoint_seq", "batch_size", "precision")
 
 
 class HistoryError(FaultstreamError):
@@ -124,9 +128,11 @@ class HistorySource(Protocol):
     def derived(self, window: Window = ALL_TIME) -> Iterator[DerivedRecord] | None:
         """What really happened, or None when this source does not hold it."""
 
-    def input_columns(self, window: Window = ALL_TIME) -> pa.Table | None:
-        """The inputs as Arrow columns (`INPUT_COLUMNS`), or None when this source only
-        yields records."""
+    def input_columns(
+        self, window: Window = ALL_TIME, columns: Sequence[str] = INPUT_COLUMNS
+    ) -> pa.Table | None:
+        """The inputs as Arrow columns (`INPUT_COLUMNS`, or `REPLAY_COLUMNS` for the
+        compiled core), or None when this source only yields records."""
 
 
 # --- JSON Lines -------------------------------------------------------------------------
@@ -151,7 +157,9 @@ class JsonlSource:
     def derived(self, window: Window = ALL_TIME) -> None:
         return None
 
-    def input_columns(self, window: Window = ALL_TIME) -> None:
+    def input_columns(
+        self, window: Window = ALL_TIME, columns: Sequence[str] = INPUT_COLUMNS
+    ) -> None:
         return None  # the validating parse is the only way in
 
 
@@ -176,30 +184,16 @@ class _ProjectedHistory:
         finally:
             history.close()
 
-    def input_columns(self, window: Window = ALL_TIME) -> pa.Table | None:
+    def input_columns(
+        self, window: Window = ALL_TIME, columns: Sequence[str] = INPUT_COLUMNS
+    ) -> pa.Table | None:
         """The inputs of `inputs(window)`, in the same order, as Arrow columns (one row per
-        record: `INPUT_COLUMNS`, null where a record has no such field; CONFIG_CHANGED's
+        record: `columns`, null where a record has no such field; CONFIG_CHANGED's
         `config` as JSON text), read by DuckDB without building a record per row."""
         history = self._open()
         where, params = window.sql()
-        # DuckDB hashes the ids in parallel as it reads them (see `encode_columns`).
-        computed = {"event_hash": "hash(event_id) AS event_hash"}
-        event_columns = ", ".join(
-            computed.get(c) or (c if c in EVENTS else f"NULL::VARCHAR AS {c}")
-            for c in INPUT_COLUMNS
-        )
-        control_columns = ", ".join(
-            computed.get(c) or (c if c in CONTROL else f"NULL::VARCHAR AS {c}")
-            for c in INPUT_COLUMNS
-        )
         try:
-            # `seq` is unique across both tables: the order the processor saw them.
-            table = history.con.sql(
-                f"SELECT {event_columns}, seq FROM events{where} UNION ALL "
-                f"SELECT {control_columns}, seq FROM control{where} ORDER BY seq",
-                params=params + params,
-            ).to_arrow_table()
-            return table.drop_columns(["seq"])
+            return read_input_columns(history.con, columns, where, params)
         except duckdb.Error as exc:
             raise HistoryError(f"{self.name}: cannot read the inputs ({exc})") from None
         finally:
@@ -271,7 +265,9 @@ class KafkaSource:
         self.kafka = kafka
         self.name = f"--from-kafka {kafka.bootstrap_servers} {kafka.topic('decisions')}"
 
-    def input_columns(self, window: Window = ALL_TIME) -> None:
+    def input_columns(
+        self, window: Window = ALL_TIME, columns: Sequence[str] = INPUT_COLUMNS
+    ) -> None:
         return None  # framed Avro: decoded record by record
 
     def inputs(self, window: Window = ALL_TIME) -> Iterator[InputRecord]:

@@ -6,8 +6,11 @@
 
 `replay_compiled(records, settings)` does all three. Its output equals
 `[out for r in records for out in FleetCore(settings).process(r)]` byte for byte (a
-property test holds it to that); anything it cannot replay exactly raises
-`UnsupportedHistory` with the reason, and the caller falls back to FleetCore.
+property test holds it to that). `replay_compiled_table(table, settings)` does the same
+from Arrow columns (`encode_table` of a DuckDB file's or the read models'
+`input_columns(window, REPLAY_COLUMNS)`: no record is built but for derived output).
+Anything it cannot replay exactly raises `UnsupportedHistory` with the reason, and the
+caller falls back to FleetCore.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.models import DerivedRecord, InputRecord
 
 from ..tuning.encode import UnsupportedHistory
 from ..tuning.kernel import A_LOG, A_STATUS
+from .columns import encode_table
 from .encode import Encoded, encode_history
 from .heap import STATUS_HEAP_FULL
 from .kernel import replay
@@ -32,8 +37,10 @@ __all__ = [
     "Log",
     "UnsupportedHistory",
     "encode_history",
+    "encode_table",
     "materialize",
     "replay_compiled",
+    "replay_compiled_table",
     "run",
 ]
 
@@ -76,4 +83,13 @@ def replay_compiled(
 ) -> list[DerivedRecord]:
     """Every derived record of the history, in order, as FleetCore(settings) emits them."""
     encoded = encode_history(records, settings)
+    return materialize(run(encoded), encoded)
+
+
+def replay_compiled_table(
+    table: pa.Table, settings: CoreSettings | None = None
+) -> list[DerivedRecord]:
+    """`replay_compiled` of the history a source's `input_columns(window, REPLAY_COLUMNS)`
+    holds: equal to FleetCore(settings) over that source's `inputs(window)`."""
+    encoded = encode_table(table, settings)
     return materialize(run(encoded), encoded)

@@ -10,9 +10,10 @@ settings in force, which only CONFIG_CHANGED records change).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -66,11 +67,38 @@ class Versions:
     guard_min: np.ndarray  # int64 [v]
 
 
+class RecordFields(Protocol):
+    """A history's input fields by record index: what `materialize.py` reads of the few
+    records that cause derived output (strings the kernel only knew as indices)."""
+
+    def column(self, name: str, rows: np.ndarray) -> list:
+        """Field `name` of each of `rows` (record indices; repeats allowed)."""
+        ...
+
+    def attributes(self, rows: np.ndarray) -> list[Mapping[str, str]]:
+        """What the recovery ladder reads of each row's attributes."""
+        ...
+
+
+class ModelFields:
+    """`RecordFields` of pydantic records."""
+
+    def __init__(self, records: Sequence[InputRecord]) -> None:
+        self.records = records
+
+    def column(self, name: str, rows: np.ndarray) -> list:
+        records = self.records
+        return [getattr(records[i], name) for i in rows.tolist()]
+
+    def attributes(self, rows: np.ndarray) -> list[Mapping[str, str]]:
+        return self.column("attributes", rows)
+
+
 @dataclass(frozen=True)
 class Encoded:
     """An encoded history: the tuner's columns (`base`) and the full core's extras."""
 
-    records: Sequence[InputRecord]
+    fields: RecordFields
     base: EncodedHistory
     kind: np.ndarray  # int8: the tuner's codes, CONFIG for CONFIG_CHANGED
     config_version: np.ndarray  # int64: the version a CONFIG_CHANGED switches to, or -1
@@ -93,10 +121,21 @@ class Encoded:
         return len(self.kind)
 
 
+@dataclass(frozen=True)
+class Extras:
+    """What the full core reads beyond the tuner's encoding, however it was stored: per
+    record (zero where it does not apply), and the task ids' codes."""
+
+    attempt: np.ndarray  # int64, records that carry a task
+    task_key: np.ndarray  # int64: code of the task_id string, -1 when none
+    key_rank: np.ndarray  # int64: a task key's rank in task_id string order
+    checkpoint_seq: np.ndarray  # int64, CHECKPOINT records
+    rungs: np.ndarray  # int8 RUNG_* bits, FAILURE records
+
+
 def encode_history(records: Sequence[InputRecord], settings: CoreSettings | None = None) -> Encoded:
     """Everything the kernel reads, decided once; raises UnsupportedHistory for what the
     kernel cannot replay exactly (numbers beyond int64, unknown kinds)."""
-    settings = settings or CoreSettings()
     configs = [i for i, r in enumerate(records) if r.kind == _CONFIG_STANDIN]
     standins = list(records)
     for i in configs:  # a control record like a TICK for the tuner's encoder
@@ -105,7 +144,6 @@ def encode_history(records: Sequence[InputRecord], settings: CoreSettings | None
     n = len(records)
     kind = base.kind.copy()
     kind[configs] = CONFIG
-    versions, config_version = _versions(records, configs, base.skip, settings)
 
     attempt = np.zeros(n, np.int64)
     task_key = np.full(n, -1, np.int64)
@@ -120,8 +158,8 @@ def encode_history(records: Sequence[InputRecord], settings: CoreSettings | None
     task_ids = list(map(attrgetter("task_id"), task_records))
     key_of: dict[str, int] = {}
     task_key[with_task] = [key_of.setdefault(t, len(key_of)) for t in task_ids]
-    if (base.tt[kind == TASK_STARTED] < 0).any() or (base.tt[kind == FAILURE] < 0).any():
-        raise UnsupportedHistory("an outcome without a task_type")
+    key_rank = np.zeros(len(key_of), np.int64)
+    key_rank[[key_of[t] for t in sorted(key_of)]] = np.arange(len(key_of))
     checkpoints = np.flatnonzero(kind == CHECKPOINT)
     seqs = [records[i].checkpoint_seq for i in checkpoints.tolist()]  # type: ignore[union-attr]
     if seqs and max(seqs) > _INT64_MAX:
@@ -130,25 +168,47 @@ def encode_history(records: Sequence[InputRecord], settings: CoreSettings | None
     for i in np.flatnonzero(kind == FAILURE).tolist():
         attributes = records[i].attributes  # type: ignore[union-attr]
         if attributes:
-            try:
-                batch = _positive_int(attributes.get("batch_size"))
-            except ValueError:  # digits int() refuses, e.g. "²": the core would raise
-                raise UnsupportedHistory(f"record {i}: unreadable batch_size") from None
-            bits = RUNG_BATCH if batch is not None and batch > 1 else 0
-            if attributes.get("precision", "") in _LOWER_PRECISION:
-                bits |= RUNG_PRECISION
-            rungs[i] = bits
+            rungs[i] = rung_bits(attributes.get("batch_size"), attributes.get("precision"), i)
+    extras = Extras(attempt, task_key, key_rank, checkpoint_seq, rungs)
+    configs_in_force = [(i, records[i].config) for i in configs]  # type: ignore[union-attr]
+    return assemble(ModelFields(records), base, kind, extras, configs_in_force, settings)
 
+
+def rung_bits(batch_size: str | None, precision: str | None, record: int) -> int:
+    """Which attribute rungs of the ladder a failure's attributes allow (RUNG_* bits), as
+    recovery.py `ladder_plan` reads them."""
+    try:
+        batch = _positive_int(batch_size)
+    except ValueError:  # digits int() refuses, e.g. "²": the core would raise
+        raise UnsupportedHistory(f"record {record}: unreadable batch_size") from None
+    bits = RUNG_BATCH if batch is not None and batch > 1 else 0
+    if (precision or "") in _LOWER_PRECISION:
+        bits |= RUNG_PRECISION
+    return bits
+
+
+def assemble(
+    fields: RecordFields,
+    base: EncodedHistory,
+    kind: np.ndarray,
+    extras: Extras,
+    configs: list[tuple[int, dict[str, Any]]],
+    settings: CoreSettings | None,
+) -> Encoded:
+    """The rest of the encoding, from the tuner's (`base`, CONFIG_CHANGED read as TICK)
+    and the `extras`; `configs` is each CONFIG_CHANGED's (record index, config)."""
+    if (base.tt[kind == TASK_STARTED] < 0).any() or (base.tt[kind == FAILURE] < 0).any():
+        raise UnsupportedHistory("an outcome without a task_type")
+    versions, config_version = _versions(len(kind), configs, base.skip, settings or CoreSettings())
+    task_key = extras.task_key
     # (worker, task) pairs: their task key, and each worker's in task_id string order.
     has_pair = np.flatnonzero(base.task >= 0)
     pair_task_key = np.zeros(base.n_tasks, np.int64)
     pair_task_key[base.task[has_pair]] = task_key[has_pair]
     pair_worker = np.zeros(base.n_tasks, np.int64)
     pair_worker[base.task[has_pair]] = base.worker[has_pair]
-    string_rank = np.zeros(len(key_of), np.int64)
-    string_rank[[key_of[t] for t in sorted(key_of)]] = np.arange(len(key_of))
     n_work = len(base.worker_circuit)
-    order = np.lexsort((string_rank[pair_task_key], pair_worker))
+    order = np.lexsort((extras.key_rank[pair_task_key], pair_worker))
     counts = np.bincount(pair_worker, minlength=n_work) if base.n_tasks else np.zeros(n_work)
     worker_pairs_offsets = np.zeros(n_work + 1, np.int64)
     np.cumsum(counts, out=worker_pairs_offsets[1:])
@@ -162,18 +222,18 @@ def encode_history(records: Sequence[InputRecord], settings: CoreSettings | None
     np.cumsum(np.bincount(pairs % n_circ, minlength=n_circ), out=class_offsets[1:])
     cpu = (CircuitKind.HARDWARE_CLASS, "cpu")
     return Encoded(
-        records,
+        fields,
         base,
         kind,
         config_version,
-        attempt,
+        extras.attempt,
         task_key,
-        checkpoint_seq,
-        rungs,
+        extras.checkpoint_seq,
+        extras.rungs,
         pair_task_key,
         worker_pairs_offsets,
         order.astype(np.int64),
-        len(key_of),
+        len(extras.key_rank),
         base.circuit_order[base.worker_circuit].astype(np.int64),
         class_offsets,
         names.index(cpu) if cpu in names else -1,
@@ -197,17 +257,17 @@ def _ladders() -> np.ndarray:
 
 
 def _versions(
-    records: Sequence[InputRecord], configs: list[int], skip: np.ndarray, initial: CoreSettings
+    n: int, configs: list[tuple[int, dict[str, Any]]], skip: np.ndarray, initial: CoreSettings
 ) -> tuple[Versions, np.ndarray]:
     """The settings after each CONFIG_CHANGED the core applies (a repeat is skipped, an
     invalid one is ignored as FleetCore ignores it)."""
     settings = [initial]
-    config_version = np.full(len(records), -1, np.int64)
-    for i in configs:
+    config_version = np.full(n, -1, np.int64)
+    for i, config in configs:
         if skip[i]:
             continue
         try:
-            settings.append(settings[-1].merged(records[i].config))  # type: ignore[union-attr]
+            settings.append(settings[-1].merged(config))
         except ConfigError:
             continue
         config_version[i] = len(settings) - 1
@@ -257,4 +317,16 @@ def _backoff(params: CircuitParams) -> tuple[list[float], bool]:
     return table, False
 
 
-__all__ = ["CONFIG", "STRATEGIES", "Encoded", "UnsupportedHistory", "Versions", "encode_history"]
+__all__ = [
+    "CONFIG",
+    "STRATEGIES",
+    "Encoded",
+    "Extras",
+    "ModelFields",
+    "RecordFields",
+    "UnsupportedHistory",
+    "Versions",
+    "assemble",
+    "encode_history",
+    "rung_bits",
+]

@@ -4,8 +4,9 @@
 `processors/core/fleet.py` and `recovery.py`: the specification; the sections match.
 
 No strings here: circuits, workers, tasks and settings versions are indices; a reason is
-a code with its arguments. The steps on circuits and workers are in `state.py`, the
-due-moment heap (ordered as the core's: due moment, id, rank, push order) in `heap.py`.
+a code with its arguments. The steps on circuits and workers are in `state.py`, a
+FAILURE's count and command in `failure.py`, a lost worker in `lost.py`, the due-moment
+heap (ordered as the core's: due moment, id, rank, push order) in `heap.py`.
 """
 
 from __future__ import annotations
@@ -13,23 +14,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..tuning.encode import (
-    CHECKPOINT,
-    FAILURE,
-    FORCE_OPEN,
-    OPERATOR,
-    SUCCESS,
-    TASK_STARTED,
-    WORKER_DISCONNECTION,
-)
-from ..tuning.kernel import A_HEAP, A_STATUS, _ceil, round6
-from .encode import CONFIG, RUNG_BATCH, RUNG_PRECISION, STRATEGY_CODE
+from ..tuning.encode import CHECKPOINT, FAILURE, FORCE_OPEN, OPERATOR, SUCCESS, TASK_STARTED
+from ..tuning.kernel import A_HEAP, A_STATUS, round6
+from .encode import CONFIG
+from .failure import _on_failure
 from .heap import K_GEN, K_KEY, K_TARGET, _pop, _push, _replace_first, _sort_key
+from .lost import _lose_worker, _rearm_lost_timers
 from .state import (
-    B_GUARD,
-    B_LOST,
     B_NONE,
-    B_TYPE,
     C_CF,
     C_DUE_MS,
     C_GEN,
@@ -39,24 +31,12 @@ from .state import (
     CLOSED,
     FORCED_OPEN,
     HALF_OPEN,
-    L_A,
-    L_B,
-    L_C,
-    L_D,
-    L_E,
-    L_F,
-    L_G,
-    L_H,
-    L_I,
-    L_J,
     LOST,
     OPEN,
     R_FORCE_OPEN,
     R_HALF_OPEN,
     R_RESET,
     R_SUCCESS,
-    T_COMMAND,
-    T_MIGRATION,
     W_CLASS,
     W_EXISTS,
     W_LAST_TS,
@@ -65,23 +45,10 @@ from .state import (
     W_TIMER_GEN,
     _become,
     _close,
-    _count_failure,
     _join,
     _leave,
     _openish,
-    _pick_target,
-    _row,
-    _sort_unique_by,
-    _unique,
 )  # fmt: skip
-
-S_DELAYED = STRATEGY_CODE["DELAYED_RETRY"]
-S_DIFFERENT_WORKER = STRATEGY_CODE["DIFFERENT_WORKER"]
-S_DIFFERENT_CLASS = STRATEGY_CODE["DIFFERENT_HARDWARE_CLASS"]
-S_BATCH = STRATEGY_CODE["REDUCED_BATCH_SIZE"]
-S_PRECISION = STRATEGY_CODE["REDUCED_PRECISION"]
-S_FALLBACK_CPU = STRATEGY_CODE["FALLBACK_CPU"]
-S_ESCALATION = STRATEGY_CODE["ESCALATION"]
 
 # --- the loop ------------------------------------------------------------------------------
 
@@ -170,66 +137,16 @@ def replay(
                     waiting_due[n_waiting] = due
                     waiting_key[n_waiting] = popped
                     n_waiting += 1
-                else:
-                    # --- a lost worker (fleet.py `_lose_worker`) ------------------------
-                    work[w, W_LOST] = 1
-                    work[w, W_TIMER_GEN] += 1
-                    due_ms = _ceil(due)
-                    at = max(due_ms, before)
-                    home = work[w, W_CLASS]
-                    cw = worker_circuit[w]
-                    cls[home, 0] -= 1
-                    cls[home, 1] -= _openish(circ[cw, C_STATE])
-                    disconnection = ranks[ver, WORKER_DISCONNECTION]
-                    n_types = 0
-                    if disconnection == 0:
-                        task_types[0] = cw
-                        n_types = 1
-                    elif disconnection == 1:
-                        task_types[0] = home
-                        n_types = 1
-                    elif work[w, W_STARTED] > 0:  # the task types of its started tasks
-                        for q in range(worker_pairs_offsets[w], worker_pairs_offsets[w + 1]):
-                            p = worker_pairs[q]
-                            if started[p] == 1:
-                                task_types[n_types] = started_tt[p]
-                                n_types += 1
-                        _sort_unique_by(task_types, n_types, circuit_order)
-                        n_types = _unique(task_types, n_types)
-                    for j in range(n_types):
-                        _count_failure(
-                            task_types[j], at, i, ver, WORKER_DISCONNECTION, B_LOST, circ,
-                            rto, work, cls, hdue, hk, log, logf, acc, circuit_rank,
-                            circuit_order, circuit_worker, failure_threshold, backoff_s,
-                            backoff_len, backoff_done,
-                        )  # fmt: skip
-                    if work[w, W_STARTED] > 0:  # each started task migrated, in id order
-                        for q in range(worker_pairs_offsets[w], worker_pairs_offsets[w + 1]):
-                            p = worker_pairs[q]
-                            if started[p] == 0:
-                                continue
-                            started[p] = 0
-                            key = pair_task_key[p]
-                            row = _row(log, acc, T_MIGRATION, i, at, ver)
-                            if row < 0:
-                                break
-                            log[row, L_E] = started_rec[p]
-                            log[row, L_F] = w
-                            log[row, L_G] = due_ms
-                            log[row, L_C] = 0
-                            log[row, L_B] = -1
-                            if started_attempt[p] >= max_retries[ver]:
-                                log[row, L_A] = S_ESCALATION
-                                has_checkpoint[key] = 0
-                            else:
-                                log[row, L_A] = S_DIFFERENT_WORKER
-                                log[row, L_C] = has_checkpoint[key]
-                                log[row, L_D] = checkpoint[key]
-                                log[row, L_B] = _pick_target(
-                                    home, w, members, n_members, class_offsets, work, circ,
-                                    worker_circuit,
-                                )  # fmt: skip
-                        work[w, W_STARTED] = 0
+                else:  # a lost worker (fleet.py `_lose_worker`)
+                    _lose_worker(
+                        w, due, before, i, ver, circ, rto, work, cls, hdue, hk, log, logf,
+                        acc, started, started_attempt, started_tt, started_rec,
+                        has_checkpoint, checkpoint, members, n_members, task_types,
+                        circuit_rank, circuit_order, circuit_worker, worker_circuit,
+                        worker_pairs_offsets, worker_pairs, pair_task_key, class_offsets,
+                        ranks, max_retries, failure_threshold, backoff_s, backoff_len,
+                        backoff_done,
+                    )  # fmt: skip
                 if acc[A_STATUS] != 0:
                     return acc
             for j in range(n_waiting):
@@ -267,25 +184,7 @@ def replay(
                 old_heartbeat = heartbeat_s[ver]
                 ver = config_version[i]
                 if heartbeat_s[ver] != old_heartbeat:
-                    # Lost-worker timers only move later lazily; a shorter timeout needs
-                    # them anew: drop them all and arm one per live worker.
-                    kept = 0
-                    for j in range(acc[A_HEAP]):
-                        if hk[j, K_KEY] & 3 != LOST:
-                            hdue[kept] = hdue[j]
-                            hk[kept] = hk[j]
-                            kept += 1
-                    acc[A_HEAP] = 0
-                    for j in range(kept):  # re-pushed in place: a valid heap again
-                        _push(hdue, hk, acc, hdue[j], hk[j, K_KEY], hk[j, K_TARGET], hk[j, K_GEN])
-                    for w in range(n_work):
-                        if work[w, W_EXISTS] == 1 and work[w, W_LOST] == 0:
-                            due = round6(work[w, W_LAST_TS] + heartbeat_ms[ver], acc)
-                            work[w, W_TIMER_GEN] += 1
-                            _push(
-                                hdue, hk, acc, due, _sort_key(worker_order[w], LOST), w,
-                                work[w, W_TIMER_GEN],
-                            )  # fmt: skip
+                    _rearm_lost_timers(hdue, hk, acc, work, worker_order, heartbeat_ms[ver])
             if acc[A_STATUS] != 0:
                 return acc
             continue  # a TICK yields only what it revealed
@@ -368,103 +267,3 @@ def replay(
         if acc[A_STATUS] != 0:
             return acc
     return acc
-
-
-@njit(cache=True, nogil=True)
-def _moves_task(strategy: int) -> bool:
-    """recovery.py's MOVES_TASK: it names a target worker and carries the checkpoint."""
-    if strategy == S_DIFFERENT_WORKER or strategy == S_DIFFERENT_CLASS:  # noqa: SIM109 (numba)
-        return True
-    return strategy == S_FALLBACK_CPU
-
-
-@njit(cache=True, nogil=True)
-def _on_failure(
-    i, w, here, cw, c_task, now, ver, ft, attempt, rungs, p, key, circ, rto, work, cls,
-    hdue, hk, log, logf, acc, started, has_checkpoint, checkpoint, members, n_members,
-    class_offsets, circuit_rank, circuit_order, circuit_worker, worker_circuit,
-    cpu_circuit, ladders, failure_threshold, backoff_s, backoff_len, backoff_done, ranks,
-    max_retries, guard_fraction, guard_min,
-):  # fmt: skip
-    """fleet.py `_on_failure`: counted on one circuit (or on the class by the fleet guard),
-    then one command planned by rules 1-5 of recovery.py `plan_failure`."""
-    if started[p] == 1:
-        started[p] = 0
-        work[w, W_STARTED] -= 1
-    rank = ranks[ver, ft]
-    c = cw if rank == 0 else (here if rank == 1 else c_task)
-    guarded = 0
-    if rank == 0:
-        state = circ[cw, C_STATE]
-        would_open = state == HALF_OPEN or (
-            state == CLOSED and circ[cw, C_CF] + 1 >= failure_threshold[ver, 0]
-        )
-        live = cls[here, 0]
-        if (
-            would_open
-            and live >= guard_min[ver]
-            and (cls[here, 1] + 1) / live > guard_fraction[ver]
-        ):
-            guarded = 1
-            c = here
-    _count_failure(
-        c, now, i, ver, ft, B_GUARD if guarded else B_TYPE, circ, rto, work, cls, hdue,
-        hk, log, logf, acc, circuit_rank, circuit_order, circuit_worker,
-        failure_threshold, backoff_s, backoff_len, backoff_done,
-    )  # fmt: skip
-    state_w = circ[cw, C_STATE]
-    state_hw = circ[here, C_STATE]
-    state_tt = circ[c_task, C_STATE]
-    target_class = here
-    if attempt >= max_retries[ver]:
-        strategy = S_ESCALATION
-    elif _openish(state_w):
-        strategy = S_DIFFERENT_WORKER
-    elif _openish(state_hw):
-        if here == cpu_circuit:
-            strategy = S_DELAYED
-        else:
-            strategy = S_DIFFERENT_CLASS
-            target_class = cpu_circuit
-    elif _openish(state_tt):
-        strategy = S_DELAYED
-    else:  # the ladder: rung `attempt`, rungs that cannot apply skipped
-        strategy = S_ESCALATION
-        for rung in range(attempt, ladders.shape[1]):
-            s = ladders[ft, rung]
-            if s < 0:
-                break
-            if s == S_BATCH and rungs & RUNG_BATCH == 0:
-                continue
-            if s == S_PRECISION and rungs & RUNG_PRECISION == 0:
-                continue
-            if s == S_FALLBACK_CPU:
-                if here == cpu_circuit:
-                    s = S_DIFFERENT_WORKER
-                else:
-                    target_class = cpu_circuit
-            strategy = s
-            break
-    row = _row(log, acc, T_COMMAND, i, now, ver)
-    if row < 0:
-        return
-    log[row, L_A] = strategy
-    log[row, L_B] = -1
-    log[row, L_C] = 0
-    if _moves_task(strategy):
-        log[row, L_C] = has_checkpoint[key]
-        log[row, L_D] = checkpoint[key]
-        log[row, L_B] = _pick_target(
-            target_class, w, members, n_members, class_offsets, work, circ, worker_circuit
-        )
-    elif strategy == S_ESCALATION:
-        has_checkpoint[key] = 0  # the task is given up: forget it
-    log[row, L_E] = guarded
-    log[row, L_F] = state_w
-    log[row, L_G] = state_hw
-    log[row, L_H] = state_tt
-    log[row, L_I] = circ[here, C_DUE_MS]
-    log[row, L_J] = circ[c_task, C_DUE_MS]
-    logf[row, 0] = rto[here]
-    logf[row, 1] = rto[c_task]
-    return

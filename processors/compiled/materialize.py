@@ -9,7 +9,9 @@ tests/unit/test_compiled_core.py.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -31,6 +33,12 @@ from .encode import STRATEGIES, Encoded
 from .state import (
     B_GUARD,
     B_LOST,
+    FORCED_OPEN,
+    L_E,
+    L_H,
+    L_REC,
+    L_TYPE,
+    OPEN,
     R_FAILED_HALF_OPEN,
     R_FORCE_OPEN,
     R_HALF_OPEN,
@@ -38,11 +46,18 @@ from .state import (
     R_SUCCESS,
     R_THRESHOLD,
     T_COMMAND,
+    T_MIGRATION,
     T_TRANSITION,
 )
 
+_Record = TypeVar("_Record", CircuitStateChanged, RecoveryCommand)
+_set = object.__setattr__
 STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.FORCED_OPEN)
 _ESCALATION = RecoveryStrategy.ESCALATION
+_DELAYED = RecoveryStrategy.DELAYED_RETRY
+_OPENISH = (OPEN, FORCED_OPEN)
+_FAILURE_FIELDS = ("worker_id", "hardware_class", "task_id", "task_type", "attempt")
+_START_FIELDS = ("task_id", "task_type", "attempt")
 _DIFFERENT_WORKER = RecoveryStrategy.DIFFERENT_WORKER
 
 
@@ -70,7 +85,19 @@ class _CircuitView:
 
 
 def materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
-    records = encoded.records
+    """The log's records. The collector is paused meanwhile: the records are acyclic, and
+    each collection it would start walks every live object again (half the time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _materialize(log, encoded)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
+    fields = encoded.fields
     names = encoded.names
     settings = encoded.versions.settings
     lost_reasons = [_lost_reason(s.recovery.heartbeat_timeout_s) for s in settings]
@@ -79,11 +106,25 @@ def materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
     ]
     ranks = encoded.base.circuit_rank.tolist()
     ftypes = encoded.base.ftype
+    # The input fields the records need, fetched in bulk for the rows that need them.
+    rows = log.rows
+    causes = fields.column("event_id", rows[:, L_REC])
+    is_transition = rows[:, L_TYPE] == T_TRANSITION
+    by_operator = is_transition & np.isin(rows[:, L_H], (R_FORCE_OPEN, R_RESET))
+    actors = iter(fields.column("actor", rows[by_operator, L_REC]))
+    failures = rows[rows[:, L_TYPE] == T_COMMAND, L_REC]
+    failed = zip(
+        *(fields.column(name, failures) for name in _FAILURE_FIELDS),
+        fields.attributes(failures),
+        strict=True,
+    )
+    starts = rows[rows[:, L_TYPE] == T_MIGRATION, L_E]
+    started = zip(*(fields.column(name, starts) for name in _START_FIELDS), strict=True)
+    plans: dict[tuple, Plan] = {}
     out: list[DerivedRecord] = []
     append = out.append
-    for row, floats in zip(log.rows.tolist(), log.floats.tolist(), strict=True):
+    for row, floats, caused_by in zip(rows.tolist(), log.floats.tolist(), causes, strict=True):
         kind, rec, ts, ver, a, b, c, d, e, f, g, h, i, j = row
-        caused_by = records[rec].event_id
         if kind == T_TRANSITION:
             circuit_kind, circuit_id = names[a]
             from_state, to_state = STATES[b], STATES[c]
@@ -102,27 +143,30 @@ def materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
                 calls = probe_calls[ver][ranks[a]]
                 reason = f"reset_timeout elapsed; {calls} probe calls allowed"
             elif h == R_FORCE_OPEN:
-                reason = f"operator FORCE_OPEN by {records[rec].actor}"  # type: ignore[union-attr]
+                reason = f"operator FORCE_OPEN by {next(actors)}"
             elif h == R_RESET:
-                reason = f"operator RESET by {records[rec].actor}"  # type: ignore[union-attr]
+                reason = f"operator RESET by {next(actors)}"
             else:
                 raise AssertionError(f"log row with reason code {h}")
             append(
-                CircuitStateChanged.model_construct(
-                    event_id=transition_id(
-                        caused_by, circuit_kind.value, circuit_id, from_state, to_state
-                    ),
-                    ts=ts,
-                    circuit_kind=circuit_kind,
-                    circuit_id=circuit_id,
-                    from_state=from_state,
-                    to_state=to_state,
-                    reason=reason,
-                    consecutive_failures=d,
-                    trips=e,
-                    reset_timeout_s=floats[0],
-                    health=circuit_health(to_state, d, g, f),
-                    caused_by=caused_by,
+                _trusted(
+                    CircuitStateChanged,
+                    {
+                        "event_id": transition_id(
+                            caused_by, circuit_kind.value, circuit_id, from_state, to_state
+                        ),
+                        "ts": ts,
+                        "circuit_kind": circuit_kind,
+                        "circuit_id": circuit_id,
+                        "from_state": from_state,
+                        "to_state": to_state,
+                        "reason": reason,
+                        "consecutive_failures": d,
+                        "trips": e,
+                        "reset_timeout_s": floats[0],
+                        "health": circuit_health(to_state, d, g, f),
+                        "caused_by": caused_by,
+                    },
                 )
             )
             continue
@@ -130,45 +174,63 @@ def materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
         target = None if b < 0 else names[b][1]
         checkpoint = d if c else None
         if kind == T_COMMAND:
-            event = records[rec]
-            plan = plan_failure(
-                failure_type=FAILURE_TYPES[ftypes[rec]],
-                attempt=event.attempt,  # type: ignore[union-attr]
-                max_retries=settings[ver].recovery.max_retries,
-                event_id=caused_by,
-                hardware_class=event.hardware_class,  # type: ignore[union-attr]
-                attributes=event.attributes,  # type: ignore[union-attr]
-                worker=_CircuitView(event.worker_id, f, 0.0, 0),  # type: ignore[union-attr]
-                hardware=_CircuitView(event.hardware_class, g, floats[0], i),  # type: ignore[union-attr]
-                task_type=_CircuitView(event.task_type, h, floats[1], j),  # type: ignore[union-attr, arg-type]
-                now=ts,
-            )
+            worker_id, hardware_class, task_id, task_type, attempt, attributes = next(failed)
+            failure_type = FAILURE_TYPES[ftypes[rec]]
+            max_retries = settings[ver].recovery.max_retries
+            # `plan_failure` is pure; a plan other than DELAYED_RETRY reads neither the
+            # event id, the time nor a due moment, and names the worker circuit only when
+            # it is open (the class circuit's id is the hardware_class): keyed on the rest.
+            key = None
+            if strategy is not _DELAYED:
+                key = (
+                    failure_type, attempt, max_retries, hardware_class, f, g, h,
+                    attributes.get("batch_size"), attributes.get("precision"),
+                    worker_id if f in _OPENISH else None,
+                )  # fmt: skip
+                plan = plans.get(key)
+            if key is None or plan is None:
+                plan = plan_failure(
+                    failure_type=failure_type,
+                    attempt=attempt,
+                    max_retries=max_retries,
+                    event_id=caused_by,
+                    hardware_class=hardware_class,
+                    attributes=attributes,
+                    worker=_CircuitView(worker_id, f, 0.0, 0),
+                    hardware=_CircuitView(hardware_class, g, floats[0], i),
+                    task_type=_CircuitView(task_type, h, floats[1], j),
+                    now=ts,
+                )
+                if key is not None:
+                    plans[key] = plan
             if plan.strategy is not strategy:
                 raise AssertionError(f"record {rec}: kernel chose {strategy}, plan {plan.strategy}")
             reason = f"fleet_guard; {plan.reason}" if e else plan.reason
             append(
-                RecoveryCommand.model_construct(
-                    command_id=command_id(caused_by),
-                    ts=ts,
-                    task_id=event.task_id,  # type: ignore[union-attr]
-                    task_type=event.task_type,  # type: ignore[union-attr]
-                    worker_id=event.worker_id,  # type: ignore[union-attr]
-                    strategy=strategy,
-                    attempt=event.attempt + 1,  # type: ignore[union-attr]
-                    delay_s=float(plan.delay_s),
-                    target_worker_id=target,
-                    target_hardware_class=plan.target_hardware_class,
-                    parameters=plan.parameters,
-                    checkpoint_seq=checkpoint,
-                    reason=reason,
-                    caused_by=caused_by,
+                _trusted(
+                    RecoveryCommand,
+                    {
+                        "command_id": command_id(caused_by),
+                        "ts": ts,
+                        "task_id": task_id,
+                        "task_type": task_type,
+                        "worker_id": worker_id,
+                        "strategy": strategy,
+                        "attempt": attempt + 1,
+                        "delay_s": float(plan.delay_s),
+                        "target_worker_id": target,
+                        "target_hardware_class": plan.target_hardware_class,
+                        "parameters": dict(plan.parameters),  # a plan may be shared
+                        "checkpoint_seq": checkpoint,
+                        "reason": reason,
+                        "caused_by": caused_by,
+                    },
                 )
             )
             continue
         # A task migrated off a lost worker (fleet.py `_lose_worker`).
-        start = records[e]
+        task_id, task_type, attempt = next(started)
         worker_id = names[f][1]
-        attempt = start.attempt  # type: ignore[union-attr]
         reason = lost_reasons[ver]
         if strategy is _ESCALATION:
             max_retries = settings[ver].recovery.max_retries
@@ -178,24 +240,38 @@ def materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
         else:
             plan = Plan(_DIFFERENT_WORKER, reason)
         append(
-            RecoveryCommand.model_construct(
-                command_id=migration_command_id(worker_id, g, start.task_id),  # type: ignore[union-attr]
-                ts=ts,
-                task_id=start.task_id,  # type: ignore[union-attr]
-                task_type=start.task_type,  # type: ignore[union-attr]
-                worker_id=worker_id,
-                strategy=plan.strategy,
-                attempt=attempt + 1,
-                delay_s=float(plan.delay_s),
-                target_worker_id=target,
-                target_hardware_class=plan.target_hardware_class,
-                parameters=plan.parameters,
-                checkpoint_seq=checkpoint,
-                reason=plan.reason,
-                caused_by=caused_by,
+            _trusted(
+                RecoveryCommand,
+                {
+                    "command_id": migration_command_id(worker_id, g, task_id),
+                    "ts": ts,
+                    "task_id": task_id,
+                    "task_type": task_type,
+                    "worker_id": worker_id,
+                    "strategy": plan.strategy,
+                    "attempt": attempt + 1,
+                    "delay_s": float(plan.delay_s),
+                    "target_worker_id": target,
+                    "target_hardware_class": plan.target_hardware_class,
+                    "parameters": plan.parameters,
+                    "checkpoint_seq": checkpoint,
+                    "reason": plan.reason,
+                    "caused_by": caused_by,
+                },
             )
         )
     return out
+
+
+def _trusted(cls: type[_Record], values: dict[str, Any]) -> _Record:
+    """`cls.model_construct(**values)` for `values` naming every field: its walk over the
+    fields (for aliases and defaults these models do not have) was a third of the cost."""
+    record = cls.__new__(cls)
+    _set(record, "__dict__", values)
+    _set(record, "__pydantic_fields_set__", set(values))
+    _set(record, "__pydantic_extra__", None)
+    _set(record, "__pydantic_private__", None)
+    return record
 
 
 def _lost_reason(heartbeat_timeout_s: float) -> str:

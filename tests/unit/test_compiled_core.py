@@ -4,6 +4,7 @@ byte for byte the same; plus the hard spots as named scenarios."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -277,3 +278,30 @@ def test_checkpoint_seq_beyond_int64_is_unsupported() -> None:
     )  # fmt: skip
     with pytest.raises(UnsupportedHistory, match="checkpoint_seq"):
         replay_compiled([record])
+
+
+def test_records_built_without_model_construct_equal_those_it_builds() -> None:
+    materialize_module = importlib.import_module("faultstream.processors.compiled.materialize")
+    h = History()
+    h.failure("w1", 1_000, "RESOURCE_EXHAUSTION", attributes={"batch_size": "8"})
+    for n in range(5):
+        h.failure("w1", 2_000 + n, "WORKER_CRASH")
+    outputs = replay_compiled(h.records)
+    assert {type(o).__name__ for o in outputs} == {"CircuitStateChanged", "RecoveryCommand"}
+    for record in outputs:
+        values = dict(vars(record))
+        built = type(record).model_construct(**values)
+        trusted = materialize_module._trusted(type(record), values)
+        assert trusted == built
+        assert trusted.model_fields_set == built.model_fields_set
+        assert derived_to_json(trusted) == derived_to_json(built)
+
+
+def test_commands_planned_alike_do_not_share_their_parameters() -> None:
+    h = History()
+    for n in range(2):  # the same plan twice: looked up the second time
+        h.failure(f"w{n}", 1_000 + n, "RESOURCE_EXHAUSTION", attributes={"batch_size": "8"})
+    first, second = commands(replay_compiled(h.records))
+    assert first.parameters == second.parameters == {"batch_size": "4"}
+    assert first.parameters is not second.parameters
+    assert compiled_lines(h.records) == core_lines(h.records)
