@@ -2,11 +2,12 @@
 
 `replay(records, settings)` is the whole idea; the rest are sources and sinks around it.
 Two engines give the same bytes: `FleetCore`, the specification, one record at a time;
-and the compiled core (`compiled/`), one numba loop over a whole history held in memory,
-property-tested against it. `auto` takes the compiled one for histories big enough to
-pay for it and small enough to hold, and FleetCore otherwise or when the compiled core
-cannot be exact. The other sources (`--db`, `--read-models`, `--from-kafka`) live in
-`sources.py`; `--diff` compares against what really happened (`diff.py`).
+and the compiled core (`compiled/`), one numba loop over a whole history, property-tested
+byte for byte against it. `auto` takes the compiled core when the source reads as
+columns (no object per record, `replay_history`) and FleetCore otherwise, or when the
+compiled core cannot be exact. The sources (`--input`, `--db`, `--read-models`,
+`--from-kafka`) live in `sources.py`; `--diff` compares against what really happened
+(`diff.py`).
 """
 
 from __future__ import annotations
@@ -18,25 +19,23 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Literal, NoReturn
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import FaultstreamError
-from faultstream.events.jsonl import InvalidLineError, read_input_records
+from faultstream.events.jsonl import InvalidLineError
 from faultstream.events.models import DerivedRecord, InputRecord, derived_to_json
 
 from .core import FleetCore
 from .diff import DiffReport, diff_derived
-from .sources import ALL_TIME, HistorySource, Window
+from .sources import ALL_TIME, REPLAY_COLUMNS, HistorySource, Window
 
 STDIO = "-"
 Engine = Literal["auto", "compiled", "core"]
 ENGINES: tuple[Engine, ...] = ("auto", "compiled", "core")
-# Below this many records FleetCore is done (< 30 ms) before numba would have loaded.
-COMPILED_MIN_RECORDS = 10_000
-# The compiled core holds the whole history as records (~1.5 KB each): ~1.5 GB at most.
+# From records, the compiled core holds the whole history as objects (~1.5 KB each).
 COMPILED_MAX_RECORDS = 1_000_000
 
 
@@ -50,45 +49,79 @@ def replay(
 ) -> Iterator[DerivedRecord]:
     """Every derived record of the history, in the order the core produces them.
 
-    A given `core` (state to continue from) means FleetCore. `used`, when given, gets
-    one line saying which engine ran and, for a fallback, why.
+    From records, `auto` means FleetCore: turning a record into the compiled core's
+    columns costs about as much as FleetCore's whole step, so the compiled core pays only
+    from columns (`replay_history`). `compiled` is there to compare the two. A given
+    `core` (state to continue from) means FleetCore. `used`, when given, gets one line
+    saying which engine ran and, for a fallback, why.
     """
     note = used.append if used is not None else (lambda _: None)
-    if core is not None or engine == "core":
+    if core is not None or engine != "compiled":
         note("FleetCore")
         yield from _replay_core(records, core or FleetCore(settings))
         return
     rest = iter(records)
     with _gc_paused():
         head = list(islice(rest, COMPILED_MAX_RECORDS + 1))
-        derived, why = _compiled(head, settings, engine)
-    if derived is not None:
-        note("compiled core")
-        yield from derived
-        return
+        if len(head) > COMPILED_MAX_RECORDS:
+            _refuse(f"over {COMPILED_MAX_RECORDS:,} records, more than it holds in memory")
+        from .compiled import UnsupportedHistory, replay_compiled
+
+        try:
+            derived = replay_compiled(head, settings)
+        except UnsupportedHistory as exc:
+            _refuse(str(exc))
+    note("compiled core")
+    yield from derived
+
+
+def replay_history(
+    source: HistorySource,
+    settings: CoreSettings | None = None,
+    window: Window = ALL_TIME,
+    *,
+    engine: Engine = "auto",
+    used: list[str] | None = None,
+    counted: list[int] | None = None,
+) -> Iterator[DerivedRecord]:
+    """`replay` over a history source: by the compiled core straight from its columns
+    when the source has them (no object per record), by FleetCore over its records
+    otherwise or when the compiled core cannot be exact. `counted` gets the number of
+    input records once they are all read."""
+    note = used.append if used is not None else (lambda _: None)
+    why = "engine core"
+    table = None if engine == "core" else source.input_columns(window, REPLAY_COLUMNS)
+    if table is not None:
+        from .compiled import UnsupportedHistory, replay_compiled_table
+
+        try:
+            derived = replay_compiled_table(table, settings)
+        except UnsupportedHistory as exc:
+            if engine == "compiled":
+                _refuse(str(exc))
+            why = str(exc)
+        else:
+            note("compiled core, from columns")
+            if counted is not None:
+                counted.append(table.num_rows)
+            yield from derived
+            return
+    elif engine != "core":
+        why = f"{source.name} gives records, not columns"
+    records = _Counted(source.inputs(window))
     if engine == "compiled":
-        raise FaultstreamError(
-            f"--engine compiled cannot replay this history exactly ({why}); "
-            "use --engine auto or core"
-        )
-    note(f"FleetCore ({why})")
-    yield from _replay_core(chain(head, rest), FleetCore(settings))
+        yield from replay(records, settings, engine="compiled", used=used)
+    else:
+        note("FleetCore" if engine == "core" else f"FleetCore ({why})")
+        yield from _replay_core(records, FleetCore(settings))
+    if counted is not None:
+        counted.append(records.count)
 
 
-def _compiled(
-    head: list[InputRecord], settings: CoreSettings | None, engine: Engine
-) -> tuple[list[DerivedRecord] | None, str]:
-    """The compiled core's output for the history, or None and why it was not used."""
-    if len(head) > COMPILED_MAX_RECORDS:
-        return None, f"over {COMPILED_MAX_RECORDS:,} records, more than it holds in memory"
-    if engine == "auto" and len(head) < COMPILED_MIN_RECORDS:
-        return None, f"under {COMPILED_MIN_RECORDS:,} records"
-    from .compiled import UnsupportedHistory, replay_compiled
-
-    try:
-        return replay_compiled(head, settings), ""
-    except UnsupportedHistory as exc:
-        return None, str(exc)
+def _refuse(why: str) -> NoReturn:
+    raise FaultstreamError(
+        f"--engine compiled cannot replay this history exactly ({why}); use --engine auto or core"
+    )
 
 
 @contextmanager
@@ -184,31 +217,6 @@ def write_derived(records: Iterable[DerivedRecord], out: IO[str]) -> int:
     return count
 
 
-def replay_jsonl(
-    input_path: str,
-    output_path: str | None,
-    settings: CoreSettings | None = None,
-    *,
-    skip_invalid: bool = False,
-    engine: Engine = "auto",
-) -> ReplayStats:
-    """`faultstream replay --input`: a JSON Lines history to JSON Lines derived records.
-
-    A bad line raises InvalidLineError (line number and field) unless `skip_invalid`.
-    """
-    stats = ReplayStats()
-    started = time.perf_counter()
-    with open_input(input_path) as source, open_output(output_path) as sink:
-        records = _Counted(
-            read_input_records(source, skip_invalid=skip_invalid, errors=stats.invalid)
-        )
-        derived = replay(records, settings, engine=engine, used=stats.engine)
-        stats.derived_out = write_derived(derived, sink)
-        stats.records_in = records.count
-    stats.elapsed_s = time.perf_counter() - started
-    return stats
-
-
 def replay_source(
     source: HistorySource,
     output_path: str | None,
@@ -217,15 +225,18 @@ def replay_source(
     *,
     engine: Engine = "auto",
 ) -> ReplayStats:
-    """`faultstream replay --db/--read-models/--from-kafka`: any history source to JSON
-    Lines derived records (CONFIG_CHANGED records in the history still apply)."""
+    """`faultstream replay`: any history source to JSON Lines derived records
+    (CONFIG_CHANGED records in the history still apply)."""
     stats = ReplayStats()
     started = time.perf_counter()
+    counted: list[int] = []
     with open_output(output_path) as sink:
-        records = _Counted(source.inputs(window))
-        derived = replay(records, settings, engine=engine, used=stats.engine)
+        derived = replay_history(
+            source, settings, window, engine=engine, used=stats.engine, counted=counted
+        )
         stats.derived_out = write_derived(derived, sink)
-        stats.records_in = records.count
+    stats.records_in = counted[0] if counted else 0
+    stats.invalid = getattr(source, "invalid", stats.invalid)
     stats.elapsed_s = time.perf_counter() - started
     return stats
 
@@ -248,7 +259,7 @@ def replay_diff(
             "only inputs): use --db, --read-models or --from-kafka"
         )
     actual_records = list(actual)
-    report = diff_derived(actual_records, replay(source.inputs(window), settings, engine=engine))
+    report = diff_derived(actual_records, replay_history(source, settings, window, engine=engine))
     with open_output(output_path) as sink:
         for line in report.lines():
             sink.write(line)

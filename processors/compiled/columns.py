@@ -97,12 +97,9 @@ def _rungs(kind: np.ndarray, column: Any) -> np.ndarray:
     pair = batch.indices.to_numpy(zero_copy_only=False).astype(np.int64) * len(
         precision.dictionary
     ) + precision.indices.to_numpy(zero_copy_only=False)
-    distinct, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
+    distinct, inverse = np.unique(pair, return_inverse=True)
     batches, precisions = batch.dictionary.to_pylist(), precision.dictionary.to_pylist()
     width = len(precisions)
-    bits = [
-        rung_bits(batches[code // width], precisions[code % width], int(failures[at]))
-        for code, at in zip(distinct.tolist(), first.tolist(), strict=True)
-    ]
+    bits = [rung_bits(batches[code // width], precisions[code % width]) for code in distinct]
     rungs[failures] = np.array(bits, np.int8)[inverse]
     return rungs

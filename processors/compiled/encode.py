@@ -168,19 +168,16 @@ def encode_history(records: Sequence[InputRecord], settings: CoreSettings | None
     for i in np.flatnonzero(kind == FAILURE).tolist():
         attributes = records[i].attributes  # type: ignore[union-attr]
         if attributes:
-            rungs[i] = rung_bits(attributes.get("batch_size"), attributes.get("precision"), i)
+            rungs[i] = rung_bits(attributes.get("batch_size"), attributes.get("precision"))
     extras = Extras(attempt, task_key, key_rank, checkpoint_seq, rungs)
     configs_in_force = [(i, records[i].config) for i in configs]  # type: ignore[union-attr]
     return assemble(ModelFields(records), base, kind, extras, configs_in_force, settings)
 
 
-def rung_bits(batch_size: str | None, precision: str | None, record: int) -> int:
+def rung_bits(batch_size: str | None, precision: str | None) -> int:
     """Which attribute rungs of the ladder a failure's attributes allow (RUNG_* bits), as
     recovery.py `ladder_plan` reads them."""
-    try:
-        batch = _positive_int(batch_size)
-    except ValueError:  # digits int() refuses, e.g. "²": the core would raise
-        raise UnsupportedHistory(f"record {record}: unreadable batch_size") from None
+    batch = _positive_int(batch_size)
     bits = RUNG_BATCH if batch is not None and batch > 1 else 0
     if (precision or "") in _LOWER_PRECISION:
         bits |= RUNG_PRECISION

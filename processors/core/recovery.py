@@ -126,6 +126,7 @@ def ladder_plan(
 
 
 def _positive_int(text: str | None) -> int | None:
-    if text is None or not text.strip().isdigit():
+    # isdecimal, not isdigit: "²" is a digit that int() refuses (it would raise here).
+    if text is None or not text.strip().isdecimal():
         return None
     return int(text)

@@ -50,6 +50,14 @@ def test_batch_size_rung_that_cannot_apply_moves_to_precision() -> None:
     assert (plan.strategy, plan.parameters) == ("REDUCED_PRECISION", {"precision": "int8"})
 
 
+def test_batch_size_of_digits_int_refuses_is_no_batch_size_not_a_crash() -> None:
+    # "²" passes str.isdigit, and int() raises on it: bad input must never stop the core.
+    plan = ladder_plan("RESOURCE_EXHAUSTION", 0, "e1", "cuda", {"batch_size": "²"})
+    assert plan.strategy == "FALLBACK_CPU"
+    plan = ladder_plan("RESOURCE_EXHAUSTION", 0, "e1", "cuda", {"batch_size": " ٣٢ "})
+    assert plan.parameters == {"batch_size": "16"}  # Arabic-Indic 32: int() reads it
+
+
 def test_fallback_cpu_on_a_cpu_worker_becomes_different_worker() -> None:
     plan = ladder_plan("HARDWARE_ERROR", 2, "e1", "cpu", {})
     assert (plan.strategy, plan.target_hardware_class) == ("DIFFERENT_WORKER", None)

@@ -10,22 +10,29 @@ import pytest
 from histories import History
 
 from faultstream.cli import main
+from faultstream.cli.demo import run_demo
 from faultstream.cli.simulate import run_embedded_simulation
-from faultstream.events.config import CoreSettings
-from faultstream.events.jsonl import write_records
+from faultstream.events.config import CoreSettings, load_settings
+from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.jsonl import read_input_records, write_records
 from faultstream.processors import replay as replay_module
 
 
-def history_file(tmp_path: Path) -> Path:
+def history_lines() -> list[str]:
     h = History()
     h.heartbeat("w2", ts=500)
     h.started("w1", ts=1_000)
     for i in range(5):
         h.failure("w1", ts=2_000 + i, failure_type="WORKER_CRASH")
     h.tick(100_000)
+    out = io.StringIO()
+    write_records(h.records, out)
+    return out.getvalue().splitlines()
+
+
+def history_file(tmp_path: Path) -> Path:
     path = tmp_path / "history.jsonl"
-    with path.open("w") as out:
-        write_records(h.records, out)
+    path.write_text("\n".join(history_lines()) + "\n")
     return path
 
 
@@ -138,29 +145,27 @@ def test_compiled_engine_and_fleetcore_write_the_same_bytes(tmp_path: Path, caps
     assert "by compiled core" in compiled_err and "by FleetCore" in core_err
 
 
-def test_auto_engine_takes_fleetcore_for_a_small_history_and_compiled_for_a_big_one(
-    tmp_path: Path, capsys, monkeypatch
-) -> None:
-    source = demo_history_file(tmp_path)
-    records = sum(1 for _ in source.open())
-    _, err = replayed_by("auto", source, tmp_path / "a.jsonl", capsys)
-    assert f"by FleetCore (under {replay_module.COMPILED_MIN_RECORDS:,} records)" in err
-    monkeypatch.setattr(replay_module, "COMPILED_MIN_RECORDS", records)
-    _, err = replayed_by("auto", source, tmp_path / "b.jsonl", capsys)
-    assert "by compiled core" in err
+def demo_db(tmp_path: Path) -> Path:
+    path = tmp_path / "demo.duckdb"
+    run_demo(load_settings(), path, workers=12, duration_ms=10 * 60_000)
+    return path
 
 
-def test_compiled_engine_refuses_a_history_it_cannot_hold_and_auto_falls_back(
-    tmp_path: Path, capsys, monkeypatch
+def test_auto_engine_replays_a_duckdb_history_from_its_columns_with_fleetcores_bytes(
+    tmp_path: Path, capsys
 ) -> None:
-    source = demo_history_file(tmp_path)
-    monkeypatch.setattr(replay_module, "COMPILED_MIN_RECORDS", 1)
-    monkeypatch.setattr(replay_module, "COMPILED_MAX_RECORDS", 100)
-    argv = ["replay", "--input", str(source), "--output", str(tmp_path / "x.jsonl")]
-    assert main([*argv, "--engine", "compiled"]) == 2
-    err = capsys.readouterr().err
-    assert "--engine compiled cannot replay this history exactly (over 100 records" in err
-    assert "Traceback" not in err and not (tmp_path / "x.jsonl").exists()
-    fallback, err = replayed_by("auto", source, tmp_path / "y.jsonl", capsys)
-    assert "by FleetCore (over 100 records" in err
-    assert fallback == replayed_by("core", source, tmp_path / "z.jsonl", capsys)[0]
+    db = demo_db(tmp_path)
+    argv = ["replay", "--db", str(db), "--output"]
+    assert main([*argv, str(tmp_path / "auto.jsonl")]) == 0
+    assert "by compiled core, from columns" in capsys.readouterr().err
+    assert main([*argv, str(tmp_path / "core.jsonl"), "--engine", "core"]) == 0
+    assert "by FleetCore" in capsys.readouterr().err
+    auto, core = (tmp_path / "auto.jsonl").read_bytes(), (tmp_path / "core.jsonl").read_bytes()
+    assert auto == core and b'"to_state":"OPEN"' in core
+
+
+def test_compiled_engine_refuses_what_it_cannot_hold_naming_why(monkeypatch) -> None:
+    records = read_input_records(history_lines())
+    monkeypatch.setattr(replay_module, "COMPILED_MAX_RECORDS", 3)
+    with pytest.raises(FaultstreamError, match=r"cannot replay this history exactly \(over 3 rec"):
+        list(replay_module.replay(records, engine="compiled"))
