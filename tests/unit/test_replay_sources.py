@@ -13,6 +13,7 @@ from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.jsonl import read_input_records
 from faultstream.events.models import derived_to_json
+from faultstream.processors import sources
 from faultstream.processors.diff import diff_derived
 from faultstream.processors.replay import replay
 from faultstream.processors.sources import (
@@ -180,6 +181,9 @@ def test_input_columns_hold_the_inputs_in_order_within_the_window(recorded, tmp_
         assert "TICK" in table["kind"].to_pylist() and len(records) > 10
 
 
-def test_json_lines_source_offers_no_columns(recorded) -> None:
-    jsonl, _ = recorded
-    assert JsonlSource(str(jsonl)).input_columns() is None
+def test_json_lines_source_offers_the_columns_of_its_duckdb_file(recorded, monkeypatch) -> None:
+    jsonl, db = recorded
+    monkeypatch.setattr(sources, "JSONL_COLUMNS_MIN_BYTES", 0)  # a small file: columns anyway
+    names = [c for c in INPUT_COLUMNS if c != "event_hash"]  # each source hashes its own way
+    from_file = JsonlSource(str(jsonl)).input_columns()
+    assert from_file.select(names).equals(DuckDBSource(str(db)).input_columns().select(names))
