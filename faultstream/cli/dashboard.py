@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -80,4 +79,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         flush=True,
     )
     env = dashboard_env(db, args.read_models, args.config)
-    return subprocess.call(streamlit_command(port, args.address), env=env)
+    command = streamlit_command(port, args.address)
+    # Become Streamlit rather than wait on it: a SIGTERM to `faultstream dashboard` then
+    # stops the server itself instead of leaving it running as an orphan.
+    os.execve(command[0], command, env)

@@ -186,3 +186,22 @@ def test_circuit_page_is_served_at_circuit_breakers(
     text = browser.open(f"{dashboard_url}/circuit-breakers", "Circuit detail")
     assert "Circuit breakers" in text
     browser.screenshot(tmp_path / "circuits.png")
+
+
+def test_terminating_the_dashboard_command_stops_its_server(demo_db: Path) -> None:
+    port = free_port()
+    command = subprocess.Popen(
+        [str(Path(sys.executable).parent / "faultstream"), "dashboard", "--db", str(demo_db),
+         "--port", str(port), "--address", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    health = f"http://127.0.0.1:{port}/_stcore/health"
+    try:
+        wait_for(lambda: answers(health), "the dashboard to serve")
+    finally:
+        command.terminate()
+        command.wait(timeout=HANG_GUARD_S)
+    # Nothing left behind: no orphaned Streamlit still serving the port.
+    wait_for(lambda: answers(health) is None, "the server to stop")
+    assert answers(health) is None
