@@ -83,8 +83,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         default="auto",
         help="core: FleetCore, the specification, one record at a time; compiled: the "
         "numba core over the whole history at once (the same bytes; ~13 M events/s once "
-        "encoded); auto (default): compiled when the source reads as columns and it can "
-        "be exact, FleetCore otherwise. The summary line says which ran and why",
+        "encoded); auto (default): compiled when the source reads as columns (--db, "
+        "--read-models, a JSON Lines file over 32 MiB) and it can be exact, FleetCore "
+        "otherwise. The summary line says which ran and why",
     )
     parser.set_defaults(run=run)
 
