@@ -40,7 +40,7 @@ from .workers import ClassMembers, Worker, fleet_guard_holds, pick_target, remem
 SEEN_IDS_PER_WORKER = 10_000
 SEEN_CONTROL_IDS = 100_000
 LOST = 3  # rank of a lost-worker timer when due moments and ids tie (after circuits)
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2  # 2: a worker's recent ids as one joined string
 _KIND_RANK = {
     CircuitKind.WORKER: WORKER,
     CircuitKind.HARDWARE_CLASS: HARDWARE_CLASS,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 from histories import History, core_settings, moves, run, transitions
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import ConfigError
 from faultstream.events.health import circuit_health, fleet_aggregate
+from faultstream.events.models import WorkerEvent
 from faultstream.processors.core import FleetCore
 
 
@@ -268,6 +271,29 @@ def test_snapshot_restore_continues_identically() -> None:
     run(h.records, core=core)
     restored = FleetCore.restore(core.snapshot())
     assert run(later.records, core=restored) == run(later.records, core=core)
+
+
+def test_restored_core_still_ignores_repeats_of_ids_seen_before_the_snapshot() -> None:
+    h = History()
+    h.heartbeat("w1", ts=500)
+    h.failure("w2", ts=1_100, failure_type="TIMEOUT")
+    # Ids of several lengths and scripts: they are stored joined, and split on restore.
+    first = WorkerEvent(event_id="naïve-✓-\U0001d523", kind="FAILURE", ts=1_000, worker_id="w1",
+                        hardware_class="cuda", task_id="t", task_type="bert",
+                        failure_type="WORKER_CRASH")  # fmt: skip
+    core = FleetCore()
+    run([*h.records, first], core=core)
+    restored = FleetCore.restore(core.snapshot())
+    assert restored.process(first) == []  # a redelivery after a restart changes nothing
+    worker = restored._workers["w1"]
+    assert list(worker.seen_order) == list(core._workers["w1"].seen_order)
+    assert worker.seen == core._workers["w1"].seen and len(worker.seen) == 2
+
+
+def test_snapshot_of_another_version_is_refused() -> None:
+    data = pickle.dumps((1, {}), protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(ValueError, match="snapshot: version 1, expected 2"):
+        FleetCore.restore(data)
 
 
 def test_health_formulas_of_each_state() -> None:
