@@ -166,8 +166,14 @@ class Decider:
         if snapshot is None:
             self.core, self.next_offset = FleetCore(self.settings.core), 0
         else:
-            self.core = FleetCore.restore(snapshot.data)
-            self.next_offset = snapshot.offset
+            try:
+                self.core = FleetCore.restore(snapshot.data)
+                self.next_offset = snapshot.offset
+            except ValueError as exc:
+                # Written by another version (an upgrade): decisions is the history, so
+                # rebuild the state from its start (as far as its retention reaches).
+                log.warning("decider: %s; rebuilding from the start of decisions", exc)
+                self.core, self.next_offset = FleetCore(self.settings.core), 0
         log.info("decider restored at decisions offset %d", self.next_offset)
 
     async def _catch_up(self, until: int) -> None:

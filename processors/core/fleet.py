@@ -409,7 +409,12 @@ class FleetCore:
 
     @classmethod
     def restore(cls, data: bytes) -> FleetCore:
-        version, state = pickle.loads(data)
+        """The core a snapshot holds; ValueError for a snapshot of another code version
+        (whose objects may not even unpickle with this code)."""
+        try:
+            version, state = pickle.loads(data)
+        except Exception as exc:  # whatever an old layout raises as it unpickles
+            raise ValueError(f"snapshot: unreadable by this version ({exc!r})") from None
         if version != _SNAPSHOT_VERSION:
             raise ValueError(f"snapshot: version {version}, expected {_SNAPSHOT_VERSION}")
         core = cls.__new__(cls)

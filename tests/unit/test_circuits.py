@@ -294,6 +294,8 @@ def test_snapshot_of_another_version_is_refused() -> None:
     data = pickle.dumps((1, {}), protocol=pickle.HIGHEST_PROTOCOL)
     with pytest.raises(ValueError, match="snapshot: version 1, expected 2"):
         FleetCore.restore(data)
+    with pytest.raises(ValueError, match="snapshot: unreadable by this version"):
+        FleetCore.restore(b"\x80\x05not a pickle")
 
 
 def test_health_formulas_of_each_state() -> None:
