@@ -16,9 +16,13 @@ from numba import njit, prange
 from faultstream.events.models import (
     MAX_CHECKPOINT_BYTES,
     CircuitKind,
+    ConfigChanged,
     EventKind,
     FailureType,
+    Operator,
     OperatorAction,
+    Tick,
+    WorkerEvent,
 )
 
 from .jsonl_lexer import (
@@ -35,27 +39,10 @@ from .jsonl_lexer import (
     skip_ws,
 )
 
-# Top-level fields, numbered by their bit in a row's `present`/`nulls` masks.
-FIELDS = (
-    "event_id",
-    "kind",
-    "ts",
-    "worker_id",
-    "hardware_class",
-    "task_id",
-    "task_type",
-    "failure_type",
-    "message",
-    "attempt",
-    "recovery_command_id",
-    "attributes",
-    "checkpoint_seq",
-    "checkpoint_state",
-    "action",
-    "circuit_kind",
-    "circuit_id",
-    "actor",
-    "config",
+# Top-level fields of every input model, numbered by their bit in a row's `present`/`nulls`
+# masks: derived from models.py, so a field added there cannot be missed here.
+FIELDS = tuple(
+    dict.fromkeys(f for m in (WorkerEvent, Tick, Operator, ConfigChanged) for f in m.model_fields)
 )
 _BIT = {name: 1 << i for i, name in enumerate(FIELDS)}
 N_FIELDS = len(FIELDS)

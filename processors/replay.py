@@ -12,7 +12,6 @@ compiled core cannot be exact. The sources (`--input`, `--db`, `--read-models`,
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import IO, Literal, NoReturn
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.gcpause import gc_paused
 from faultstream.events.jsonl import InvalidLineError
 from faultstream.events.models import DerivedRecord, InputRecord, derived_to_json
 
@@ -34,7 +34,6 @@ from .sources import ALL_TIME, REPLAY_COLUMNS, HistorySource, Window
 
 STDIO = "-"
 Engine = Literal["auto", "compiled", "core"]
-ENGINES: tuple[Engine, ...] = ("auto", "compiled", "core")
 # From records, the compiled core holds the whole history as objects (~1.5 KB each).
 COMPILED_MAX_RECORDS = 1_000_000
 
@@ -61,7 +60,7 @@ def replay(
         yield from _replay_core(records, core or FleetCore(settings))
         return
     rest = iter(records)
-    with _gc_paused():
+    with gc_paused():
         head = list(islice(rest, COMPILED_MAX_RECORDS + 1))
         if len(head) > COMPILED_MAX_RECORDS:
             _refuse(f"over {COMPILED_MAX_RECORDS:,} records, more than it holds in memory")
@@ -122,19 +121,6 @@ def _refuse(why: str) -> NoReturn:
     raise FaultstreamError(
         f"--engine compiled cannot replay this history exactly ({why}); use --engine auto or core"
     )
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Records hold no cycles, but a million of them held at once set off full
-    collections over and over: about a third of the time, measured."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _replay_core(records: Iterable[InputRecord], core: FleetCore) -> Iterator[DerivedRecord]:

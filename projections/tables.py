@@ -10,7 +10,6 @@ anti-joined on (id, ts) against the rows of its own time range (see schema.DEDUP
 
 from __future__ import annotations
 
-import gc
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from faultstream.events.config import AttributionSettings
+from faultstream.events.gcpause import gc_paused
 from faultstream.events.models import CircuitStateChanged, WorkerEvent
 
 from .outcomes import update_circuit_totals
@@ -269,43 +269,44 @@ class HistoryWriter:
     def _write_rows(self, b: Batch) -> None:
         """Every table's rows of one batch, inside the caller's transaction."""
         con = self.con
-        # Building columns from many live objects triggers needless GC passes.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
         registered: list[str] = []
-        try:
-            events = commands = None
-            if b.events or b.event_tables:
-                events = self._append("events", _events(b), registered)
-            if b.control:
-                control = list(map(_control_fields, b.control))
-                batch = _with_seq(CONTROL, control, b.control_seqs)
-                self._append("control", batch, registered)
-            if b.transitions:
-                batch = _arrow(CIRCUIT_TRANSITIONS, b.transitions)
-                transitions = self._append("circuit_transitions", batch, registered)
-                self._upsert_circuit_states(transitions)
-            if b.commands:
-                commands = self._append("commands", _arrow(COMMANDS, b.commands), registered)
-            if events is not None and events.num_rows:
-                update_circuit_totals(con, "new_events", self.attribution)
-                self._upsert_checkpoints()
-                self._join_outcomes("new_events", "events")
-            if commands is not None and commands.num_rows:
-                self._join_outcomes("new_commands", "commands")
-            if b.dead_letters:
-                self._append("dead_letters", _arrow(DEAD_LETTERS, b.dead_letters), registered)
-            if b.health:
-                health = pa.Table.from_pylist(b.health, schema=arrow_schema(HEALTH_SNAPSHOTS))
-                con.register("new_health", health)
-                registered.append("new_health")
-                con.execute("INSERT INTO health_snapshots SELECT * FROM new_health "
-                            "ON CONFLICT DO NOTHING")  # fmt: skip
-        finally:
-            for name in registered:
-                con.unregister(name)  # let the batch's Arrow memory go
-            if gc_was_enabled:
-                gc.enable()
+        # Building columns from many live objects triggers needless GC passes.
+        with gc_paused():
+            try:
+                self._write_tables(b, registered)
+            finally:
+                for name in registered:
+                    con.unregister(name)  # let the batch's Arrow memory go
+
+    def _write_tables(self, b: Batch, registered: list[str]) -> None:
+        con = self.con
+        events = commands = None
+        if b.events or b.event_tables:
+            events = self._append("events", _events(b), registered)
+        if b.control:
+            control = list(map(_control_fields, b.control))
+            batch = _with_seq(CONTROL, control, b.control_seqs)
+            self._append("control", batch, registered)
+        if b.transitions:
+            batch = _arrow(CIRCUIT_TRANSITIONS, b.transitions)
+            transitions = self._append("circuit_transitions", batch, registered)
+            self._upsert_circuit_states(transitions)
+        if b.commands:
+            commands = self._append("commands", _arrow(COMMANDS, b.commands), registered)
+        if events is not None and events.num_rows:
+            update_circuit_totals(con, "new_events", self.attribution)
+            self._upsert_checkpoints()
+            self._join_outcomes("new_events", "events")
+        if commands is not None and commands.num_rows:
+            self._join_outcomes("new_commands", "commands")
+        if b.dead_letters:
+            self._append("dead_letters", _arrow(DEAD_LETTERS, b.dead_letters), registered)
+        if b.health:
+            health = pa.Table.from_pylist(b.health, schema=arrow_schema(HEALTH_SNAPSHOTS))
+            con.register("new_health", health)
+            registered.append("new_health")
+            con.execute("INSERT INTO health_snapshots SELECT * FROM new_health "
+                        "ON CONFLICT DO NOTHING")  # fmt: skip
 
     def _append(self, table: str, batch: pa.Table, registered: list[str]) -> pa.Table:
         """Insert the rows of `batch` not stored yet; registers them as `new_<table>`."""

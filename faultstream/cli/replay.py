@@ -79,7 +79,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     parser.add_argument(
         "--engine",
-        choices=("auto", "compiled", "core"),
+        choices=("auto", "compiled", "core"),  # processors.replay.Engine, not imported at start
         default="auto",
         help="core: FleetCore, the specification, one record at a time; compiled: the "
         "numba core over the whole history at once (the same bytes; ~13 M events/s once "

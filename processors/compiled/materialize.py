@@ -9,12 +9,12 @@ tests/unit/test_compiled_core.py.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
+from faultstream.events.gcpause import gc_paused
 from faultstream.events.health import circuit_health
 from faultstream.events.models import (
     CircuitKind,
@@ -87,13 +87,8 @@ class _CircuitView:
 def materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
     """The log's records. The collector is paused meanwhile: the records are acyclic, and
     each collection it would start walks every live object again (half the time)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         return _materialize(log, encoded)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
