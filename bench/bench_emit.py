@@ -26,7 +26,7 @@ from collections.abc import Callable
 from confluent_kafka import Producer
 from fastavro import schemaless_writer
 
-from faultstream.events.admin import create_topics
+from faultstream.events.admin import create_topics, delete_topics
 from faultstream.events.codec import HEADER, SCHEMAS
 from faultstream.events.config import Settings
 from faultstream.events.emitter import Emitter, KafkaTransport
@@ -243,10 +243,13 @@ def main() -> None:
         emitter={"spool_path": f"/tmp/{prefix}-spool.jsonl"},
     )
     create_topics(settings.kafka)
-    runs = [
-        one_run(settings, args.cost_events, args.throughput_events, variants)
-        for _ in range(args.runs)
-    ]
+    try:
+        runs = [
+            one_run(settings, args.cost_events, args.throughput_events, variants)
+            for _ in range(args.runs)
+        ]
+    finally:
+        delete_topics(settings.kafka)  # thousands of partitions slow a broker down
     med = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
     print(f"emit benchmark, {args.runs} runs, medians (broker {args.bootstrap}, topic {prefix})")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from faultstream.events.admin import create_topics, topic_names
+from faultstream.events.admin import create_topics, delete_topics, topic_names
 from faultstream.events.codec import Codec
 from faultstream.events.config import load_settings
 from faultstream.events.models import WorkerEvent
@@ -117,11 +117,14 @@ def scenario(args: argparse.Namespace, frame: int, workdir: Path) -> None:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     settings = load_settings(kafka={"bootstrap_servers": args.bootstrap, "topic_prefix": prefix})
     create_topics(settings.kafka)
-    produce(settings, args.events, frame)
-    consume_and_decode(settings, args.events, True)  # untimed: warms the broker's reads
-    per_record = [consume_and_decode(settings, args.events, False) for _ in range(args.runs)]
-    columnar = [consume_and_decode(settings, args.events, True) for _ in range(args.runs)]
-    runs = [project(settings, args.events, workdir) for _ in range(args.runs)]
+    try:
+        produce(settings, args.events, frame)
+        consume_and_decode(settings, args.events, True)  # untimed: warms the broker's reads
+        per_record = [consume_and_decode(settings, args.events, False) for _ in range(args.runs)]
+        columnar = [consume_and_decode(settings, args.events, True) for _ in range(args.runs)]
+        runs = [project(settings, args.events, workdir) for _ in range(args.runs)]
+    finally:
+        delete_topics(settings.kafka)  # thousands of partitions slow a broker down
     projector = statistics.median(rate for rate, _ in runs)
     batch = statistics.median(rows for _, rows in runs)
     layout = "one Kafka record each" if frame == 1 else f"frames of {frame}"

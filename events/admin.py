@@ -125,6 +125,30 @@ def describe_topics(kafka: KafkaSettings) -> dict[str, int]:
     }
 
 
+def delete_topics(kafka: KafkaSettings) -> list[str]:
+    """Delete every topic of the configured prefix, Faust's own (`<prefix>-…`) included;
+    return their names. For throwaway prefixes (tests, benchmarks): a broker slows down
+    as it gathers thousands of partitions, and with them every later measurement."""
+    admin = admin_client(kafka)
+    prefix = kafka.topic_prefix
+    doomed = sorted(
+        name
+        for name in _existing_topics(admin, kafka)
+        if name.startswith((f"{prefix}.", f"{prefix}-"))
+    )
+    if not doomed:
+        return []
+    futures = admin.delete_topics(doomed, request_timeout=_TIMEOUT_S, operation_timeout=_TIMEOUT_S)
+    for name in doomed:
+        try:
+            futures[name].result()
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:  # gone already
+                raise KafkaAdminError(f"cannot delete topic {name}: {error.str()}") from None
+    return doomed
+
+
 # What a broker answers about a topic created a moment ago, until its leader is known.
 _SETTLING = frozenset(
     {

@@ -69,6 +69,10 @@ class BrokerPaths:
         return self.state_dir / "broker.log"
 
     @property
+    def gc_log(self) -> Path:
+        return self.state_dir / "gc.log"
+
+    @property
     def pid_file(self) -> Path:
         return self.state_dir / "broker.pid"
 
@@ -195,6 +199,22 @@ def server_properties(settings: BrokerSettings, data_dir: Path) -> str:
     return "".join(f"{key}={value}\n" for key, value in lines.items())
 
 
+def jvm_options(heap: str, gc_log: Path) -> list[str]:
+    """Kafka's own start script's heap and GC options (kafka-run-class.sh): a fixed heap
+    and G1 aiming at 20 ms pauses. The JVM's default aim is 200 ms, and a young
+    collection stops every produce and fetch; on two cores they averaged 17 ms and
+    reached the processor's whole latency budget. GC pauses are logged (rotated)."""
+    return [
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-XX:InitiatingHeapOccupancyPercent=35",
+        "-XX:+ExplicitGCInvokesConcurrent",
+        f"-Xlog:gc:file={gc_log}:time,uptime:filecount=2,filesize=10m",
+    ]
+
+
 def log4j_properties(log_file: Path) -> str:
     return (
         "log4j.rootLogger=INFO, file\n"
@@ -283,7 +303,7 @@ def start(
 
     command = [
         java,
-        f"-Xmx{settings.heap}",
+        *jvm_options(settings.heap, paths.gc_log),
         "-Djava.awt.headless=true",
         f"-Dlog4j.configuration=file:{paths.log4j_properties}",
         "-cp",

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import faust
@@ -32,6 +33,7 @@ from faultstream.events.models import DeadLetter
 
 from . import decisions
 from .decode import InputDecoder
+from .stats import BatchStats
 
 log = logging.getLogger("faultstream.processor")
 
@@ -46,14 +48,21 @@ class Ingest:
     """Validates raw input records; forwards good ones in frames, dead-letters bad ones."""
 
     def __init__(
-        self, app: faust.App, settings: Settings, decoder: InputDecoder, topics: Any
+        self,
+        app: faust.App,
+        settings: Settings,
+        decoder: InputDecoder,
+        topics: Any,
+        on_frame: Callable[[int, bytes, int], None] | None = None,
     ) -> None:
         self.app = app
+        # Called with (offset, frame, timestamp ms) of each frame the broker acknowledged.
+        self.on_frame = on_frame
         self.settings = settings
         self.decoder = decoder
         self.codec = decoder.codec
         self.topics = topics
-        self.forwarded = 0  # records, for the stats log
+        self.stats = BatchStats("ingest")
         self._pending: dict[TopicPartition, int] = {}  # next offsets not yet committed
         self._sent: list[Awaitable[Any]] = []  # deliveries the pending offsets wait for
         self._committing: asyncio.Task[None] | None = None
@@ -78,15 +87,25 @@ class Ingest:
                 continue
             good.append(raw)
         for frame in decisions.pack_all(good) if good else ():
-            sent.append(await send(self.topics.decisions, DECISIONS_KEY, frame, 0, None, None))
-        self.forwarded += len(good)
+            delivery = await send(self.topics.decisions, DECISIONS_KEY, frame, 0, None, None)
+            sent.append(delivery)
+            if self.on_frame is not None:
+                delivery.add_done_callback(partial(self._acknowledged, frame))
+
+    def _acknowledged(self, frame: bytes, delivery: asyncio.Future[Any]) -> None:
+        if not delivery.cancelled() and delivery.exception() is None:
+            metadata = delivery.result()
+            self.on_frame(metadata.offset, frame, metadata.timestamp)  # type: ignore[misc]
 
     async def on_faust_events(self, events: Sequence[Any]) -> None:
         """The naive baseline: a Faust agent hands over events. Faust flushes the producer
         before it commits their offsets."""
+        started = time.perf_counter()
         await self.forward([event.message for event in events])
+        oldest = events[0].message.timestamp * 1000  # Faust's timestamps are in seconds
+        self.stats.add(len(events), time.perf_counter() - started, oldest)
 
-    async def run(self, stats: Any) -> None:
+    async def run(self) -> None:
         """Consume the input topics until cancelled (the batched path)."""
         kafka = self.settings.kafka
         consumer = AIOKafkaConsumer(
@@ -115,7 +134,8 @@ class Ingest:
                         await self.forward(messages)
                         for tp, records in batches.items():
                             self._pending[tp] = records[-1].offset + 1
-                    stats.add(len(messages), len(messages), time.perf_counter() - started)
+                    busy = time.perf_counter() - started
+                    self.stats.add(len(messages), busy, min(m.timestamp for m in messages))
                 due = time.monotonic() - committed_at >= COMMIT_EVERY_S
                 if due and (self._committing is None or self._committing.done()):
                     self._committing = asyncio.create_task(self._commit_in_background())

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
+from faultstream.events.admin import delete_topics
 from faultstream.events.config import Settings, load_settings
 
 BOOTSTRAP = os.environ.get("FAULTSTREAM_TEST_BOOTSTRAP", "127.0.0.1:9092")
@@ -44,9 +46,10 @@ def topic_prefix() -> str:
 
 
 @pytest.fixture
-def kafka_settings(kafka_bootstrap: str, topic_prefix: str, tmp_path) -> Settings:
-    """Settings pointing at the test broker, with this test's own topics and files."""
-    return load_settings(
+def kafka_settings(kafka_bootstrap: str, topic_prefix: str, tmp_path) -> Iterator[Settings]:
+    """Settings pointing at the test broker, with this test's own topics and files (the
+    topics deleted afterwards, so the broker does not slow down as the suite goes on)."""
+    settings = load_settings(
         kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": topic_prefix},
         emitter={"spool_path": str(tmp_path / "spool.jsonl")},
         processor={"data_dir": str(tmp_path / "processor"), "tick_interval_s": 1.0},
@@ -55,3 +58,5 @@ def kafka_settings(kafka_bootstrap: str, topic_prefix: str, tmp_path) -> Setting
             "read_models_dir": str(tmp_path / "read-models"),
         },
     )
+    yield settings
+    delete_topics(settings.kafka)

@@ -1,0 +1,216 @@
+"""Stage 2 of the processor: one FleetCore over `<prefix>.decisions`, in offset order.
+
+Frames reach the decider two ways, and it applies each offset exactly once, in order:
+- from Kafka, through the Faust agent on `.decisions` (frames of every instance's ingest;
+  also the catch-up after a restore);
+- straight from this instance's ingest, as soon as the broker has acknowledged the frame
+  at its offset (`offer`). That saves a whole consumer round trip on the latency path
+  (~15 ms here: the Faust consumer runs in a thread of its own). The same frame arriving
+  later through Kafka is skipped by its offset.
+
+A frame is applied only once it is on the broker, so `.decisions` stays the history: a
+restart that replays it from a snapshot's offset reproduces the outputs exactly. Frames of
+another instance's ingest come only through Kafka; a local frame after such a gap waits
+until the agent has filled it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from faultstream.events.config import Settings
+from faultstream.events.models import CircuitStateChanged, RecoveryCommand
+from faultstream.processors.core import FleetCore
+
+from . import decisions
+from .decode import InputDecoder
+from .state import SnapshotStore
+from .stats import BatchStats
+
+log = logging.getLogger("faultstream.processor")
+
+# A snapshot pickles the whole core on the event loop (~0.5 ms per 1,000 events of history
+# here, as the core keeps every task and event id): too often and it stalls the loop past
+# the latency target; too rarely and a restart re-reads more of `.decisions`.
+# (settings.processor.snapshot_every_s, 10 s by default, sets the time-based rhythm.)
+SNAPSHOT_EVERY_RECORDS = 500_000
+CATCH_UP_FRAMES = 100  # per poll when re-reading `.decisions` after a restore
+# Local frames held while waiting for a gap (another instance's frames) to arrive through
+# Kafka. Past this, drop them: the agent delivers them too, only later.
+MAX_HELD_FRAMES = 1_000
+
+
+class Decider:
+    """Feeds `<prefix>.decisions` records through one FleetCore and sends its outputs."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        decoder: InputDecoder,
+        topics: Any,
+        table: Any,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.decoder = decoder
+        self.codec = decoder.codec
+        self.topics = topics
+        self.store = SnapshotStore(table)
+        self.core: FleetCore | None = None
+        self.next_offset = 0
+        self.stats = BatchStats("decide")
+        self._since_snapshot = 0
+        self._snapshot_at = time.monotonic()
+        # One frame at a time, whichever way it came: outputs keep the history's order.
+        self._lock = asyncio.Lock()
+        # Acknowledged local frames not yet applied: offset -> (frame, timestamp ms).
+        self._held: dict[int, tuple[bytes, int]] = {}
+        self._draining: asyncio.Task[None] | None = None
+
+    def forget(self) -> None:
+        """The partition moved: the table, not memory, is the truth from now on."""
+        self.core = None
+        self._held.clear()
+
+    async def on_batch(self, events: Sequence[Any]) -> None:
+        """Frames from the Faust agent, in offset order."""
+        async with self._lock:
+            first = events[0].message.offset
+            # A gap means this memory missed frames: the snapshot is the truth.
+            if self.core is None or first > self.next_offset:
+                self._restore()
+            if first > self.next_offset:
+                await self._catch_up(first)
+            for event in events:
+                message = event.message
+                if message.offset < self.next_offset:
+                    continue  # applied already: offered locally, or in the snapshot
+                # Faust's timestamps are in seconds.
+                await self._decide_frame(event.value, message.timestamp * 1000, "through Kafka")
+                self.next_offset = message.offset + 1
+            await self._apply_held()
+            await self._maybe_snapshot()  # here: a Faust table is written from an event only
+
+    def offer(self, offset: int, frame: bytes, timestamp_ms: int) -> None:
+        """This instance's ingest wrote `frame`, acknowledged at `offset`: apply it now.
+
+        Ignored until the agent has delivered a first batch (the decider restores then),
+        and when another instance owns `.decisions` (forget() left no core)."""
+        if self.core is None or offset < self.next_offset:
+            return
+        if len(self._held) >= MAX_HELD_FRAMES:
+            return
+        self._held[offset] = (frame, timestamp_ms)
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.ensure_future(self._drain_held())
+
+    async def _drain_held(self) -> None:
+        # No snapshot from here: a Faust table is written from the agent's event only.
+        try:
+            async with self._lock:
+                await self._apply_held()
+        except Exception as exc:  # as the agent would: stop, and restart from a snapshot
+            log.exception("decider: applying a local frame failed")
+            await self.app.crash(exc)
+
+    async def _apply_held(self) -> None:
+        held = self._held
+        while self.core is not None and (entry := held.pop(self.next_offset, None)):
+            await self._decide_frame(*entry, "from ingest")
+            self.next_offset += 1
+        for offset in [offset for offset in held if offset < self.next_offset]:
+            del held[offset]
+
+    def _restore(self) -> None:
+        snapshot = self.store.load()
+        if snapshot is None:
+            self.core, self.next_offset = FleetCore(self.settings.core), 0
+        else:
+            try:
+                self.core = FleetCore.restore(snapshot.data)
+                self.next_offset = snapshot.offset
+            except ValueError as exc:
+                # Written by another version (an upgrade): decisions is the history, so
+                # rebuild the state from its start (as far as its retention reaches).
+                log.warning("decider: %s; rebuilding from the start of decisions", exc)
+                self.core, self.next_offset = FleetCore(self.settings.core), 0
+        log.info("decider restored at decisions offset %d", self.next_offset)
+
+    async def _catch_up(self, until: int) -> None:
+        """Re-read decisions [next_offset, until): Faust committed past the snapshot."""
+        tp = TopicPartition(self.topics.decisions, 0)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            earliest = (await consumer.beginning_offsets([tp]))[tp]
+            start = max(self.next_offset, earliest)
+            consumer.seek(tp, start)
+            log.info("decider catching up on decisions offsets %d..%d", start, until - 1)
+            while self.next_offset < until:
+                batches = await consumer.getmany(tp, timeout_ms=1000, max_records=CATCH_UP_FRAMES)
+                for message in batches.get(tp, []):
+                    if message.offset >= until:
+                        break
+                    await self._decide_frame(message.value, message.timestamp, "caught up")
+                    self.next_offset = message.offset + 1
+        finally:
+            await consumer.stop()
+        self.next_offset = until
+
+    async def _decide_frame(self, frame: bytes, created_ms: float, path: str) -> None:
+        """Apply every record of one frame; all or nothing as far as snapshots go."""
+        assert self.core is not None
+        started = time.perf_counter()
+        process = self.core.process
+        # Stage 1 validated these; a failure here would be a codec bug, not bad input.
+        trusted = self.decoder.trusted
+        records = decisions.unpack(frame)
+        outputs = [output for raw in records for output in process(trusted(raw))]
+        self._since_snapshot += len(records)
+        send, encode, topics = self.app.producer.send, self.codec.encode, self.topics
+        for output in outputs:
+            if isinstance(output, CircuitStateChanged):
+                topic, key = topics.circuits, output.key
+            elif isinstance(output, RecoveryCommand):
+                topic, key = topics.commands, output.task_id
+            else:
+                continue
+            await send(topic, key.encode(), encode(output), None, None, None)
+        self.stats.counts[f"frames {path}"] += 1
+        self.stats.add(len(records), time.perf_counter() - started, created_ms)
+
+    async def _maybe_snapshot(self) -> None:
+        if not self._since_snapshot:
+            return
+        due = time.monotonic() - self._snapshot_at >= self.settings.processor.snapshot_every_s
+        if not due and self._since_snapshot < SNAPSHOT_EVERY_RECORDS:
+            return
+        assert self.core is not None
+        # Only outputs already on the broker may be covered by a snapshot.
+        await self.app.producer.flush()
+        started = time.perf_counter()
+        data = self.core.snapshot()
+        self.store.save(self.next_offset, data)
+        # The changelog write is buffered: flush so the log line below means "durable".
+        await self.app.producer.flush()
+        log.info(
+            "decider snapshot at decisions offset %d: %d bytes in %.0f ms",
+            self.next_offset,
+            len(data),
+            (time.perf_counter() - started) * 1000,
+        )
+        self._since_snapshot = 0
+        self._snapshot_at = time.monotonic()

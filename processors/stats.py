@@ -1,0 +1,56 @@
+"""The processor stages' periodic log line: throughput, busy time and arrival ages."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+log = logging.getLogger("faultstream.processor")
+
+STATS_EVERY_S = 10.0
+
+
+class BatchStats:
+    """Counters logged every STATS_EVERY_S: where a stage's time goes, and how old each
+    batch's oldest record was on arrival (its Kafka timestamp to now: the wait upstream of
+    this stage, the figure to read when latency grows)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._reset()
+
+    def _reset(self) -> None:
+        self.batches = self.records = 0
+        self.busy_s = 0.0
+        self.ages_ms: list[float] = []
+        self.counts: Counter[str] = Counter()  # stage-specific, e.g. frames by path
+        self._since = time.monotonic()
+
+    def add(self, records: int, busy_s: float, oldest_ts_ms: float) -> None:
+        self.batches += 1
+        self.records += records
+        self.busy_s += busy_s
+        self.ages_ms.append(time.time() * 1000 - oldest_ts_ms)
+        elapsed = time.monotonic() - self._since
+        if elapsed >= STATS_EVERY_S:
+            self._log(elapsed)
+            self._reset()
+
+    def _log(self, elapsed: float) -> None:
+        ages = sorted(self.ages_ms)
+        counts = "".join(f", {n} {what}" for what, n in sorted(self.counts.items()))
+        log.info(
+            "%s: %d records (%d batches%s) in %.1f s = %.0f/s, busy %.0f%%; "
+            "oldest record's age on arrival p50 %.0f ms, p99 %.0f ms, max %.0f ms",
+            self.name,
+            self.records,
+            self.batches,
+            counts,
+            elapsed,
+            self.records / elapsed,
+            100 * self.busy_s / elapsed,
+            ages[len(ages) // 2],
+            ages[len(ages) * 99 // 100],
+            ages[-1],
+        )
