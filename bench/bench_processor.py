@@ -10,10 +10,13 @@ yields one command), sampling the backlog (events produced minus 20 x commands o
 end-to-end lag in events) as it goes; then produce failures at a paced rate for
 `--paced-s` seconds and measure the latency from each produce to its command on the
 output topic (the broker's append time: the topic is set to stamp records on append)
-and, for comparison, to this bench's own reader (which adds its polling). For the batched variant,
-last, produce at a steady `--sustain-rate` for `--sustain-s` seconds and print the
-backlog over time: a rate is sustained when the backlog does not grow. Medians of
-`--runs` runs (the machine is shared and noisy).
+and, for comparison, to this bench's own reader (which adds its polling). For the
+batched variant, last, produce at a steady `--sustain-rate` for `--sustain-s` seconds and
+print the backlog over time: a rate is sustained when the backlog does not grow. Medians
+of `--runs` runs (the machine is shared and noisy); each run's topics are deleted after
+it, as a broker slows down with thousands of partitions.
+
+The figures in BENCHMARKS.md: `--events 30000 --runs 5 --paced-s 10 --sustain-s 10`.
 """
 
 from __future__ import annotations
