@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from faultstream.events.config import Settings
@@ -94,10 +97,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from faultstream.processors.replay import replay_diff, replay_source
 
     source, window = source_from_args(args, settings)
-    if args.diff:
-        replay_diff(source, args.output, settings.core, window, engine=args.engine)
-        return 0
-    stats = replay_source(source, args.output, settings.core, window, engine=args.engine)
+    with first_run_hint():
+        if args.diff:
+            replay_diff(source, args.output, settings.core, window, engine=args.engine)
+            return 0
+        stats = replay_source(source, args.output, settings.core, window, engine=args.engine)
     for error in stats.invalid[:SHOWN_INVALID]:
         print(f"faultstream replay: skipped {error}", file=sys.stderr)
     if len(stats.invalid) > SHOWN_INVALID:
@@ -107,3 +111,27 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     print(f"faultstream replay: {stats.summary()}", file=sys.stderr)
     return 0
+
+
+@contextmanager
+def first_run_hint(after_s: float = 3.0) -> Iterator[None]:
+    """Say why, when a replay is still busy after `after_s` because the fast paths are
+    compiling (their first run on this machine; later runs load them)."""
+    from faultstream.processors.jit import compiling
+
+    def hint() -> None:
+        if compiling():
+            print(
+                "faultstream replay: compiling the fast paths on their first run here "
+                "(about 20 s; later runs load them)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    timer = threading.Timer(after_s, hint)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
