@@ -19,6 +19,25 @@ def _sort_key(order, rank) -> int:
     return order * 4 + rank
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _before(due, key, seq, hdue, hk, i) -> bool:
+    """Does (due, key, seq) come before the entry in slot i? (No two entries tie: each
+    has its own seq.)"""
+    other = hdue[i]
+    return due < other or (
+        due == other and (key < hk[i, K_KEY] or (key == hk[i, K_KEY] and seq < hk[i, K_SEQ]))
+    )
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _put(hdue, hk, i, due, key, seq, target, gen) -> None:
+    hdue[i] = due
+    hk[i, K_KEY] = key
+    hk[i, K_SEQ] = seq
+    hk[i, K_TARGET] = target
+    hk[i, K_GEN] = gen
+
+
 @njit(cache=True, nogil=True)
 def _push(hdue, hk, acc, due, key, target, gen) -> None:
     n = acc[A_HEAP]
@@ -30,23 +49,13 @@ def _push(hdue, hk, acc, due, key, target, gen) -> None:
     acc[A_HEAP] = n + 1
     while n > 0:
         parent = (n - 1) >> 1
-        pdue = hdue[parent]
-        if pdue < due or (
-            pdue == due
-            and (hk[parent, K_KEY] < key or (hk[parent, K_KEY] == key and hk[parent, K_SEQ] < seq))
-        ):
+        if not _before(due, key, seq, hdue, hk, parent):
             break
-        hdue[n] = pdue
-        hk[n, K_KEY] = hk[parent, K_KEY]
-        hk[n, K_SEQ] = hk[parent, K_SEQ]
-        hk[n, K_TARGET] = hk[parent, K_TARGET]
-        hk[n, K_GEN] = hk[parent, K_GEN]
+        hdue[n] = hdue[parent]
+        for col in range(4):
+            hk[n, col] = hk[parent, col]
         n = parent
-    hdue[n] = due
-    hk[n, K_KEY] = key
-    hk[n, K_SEQ] = seq
-    hk[n, K_TARGET] = target
-    hk[n, K_GEN] = gen
+    _put(hdue, hk, n, due, key, seq, target, gen)
 
 
 @njit(cache=True, nogil=True)
@@ -58,34 +67,15 @@ def _sift_down(hdue, hk, n, due, key, seq, target, gen) -> None:
         if child >= n:
             break
         right = child + 1
-        if right < n:
-            rdue = hdue[right]
-            cdue = hdue[child]
-            if rdue < cdue or (
-                rdue == cdue
-                and (
-                    hk[right, K_KEY] < hk[child, K_KEY]
-                    or (
-                        hk[right, K_KEY] == hk[child, K_KEY] and hk[right, K_SEQ] < hk[child, K_SEQ]
-                    )
-                )
-            ):
-                child = right
-        cdue = hdue[child]
-        if due < cdue or (
-            due == cdue
-            and (key < hk[child, K_KEY] or (key == hk[child, K_KEY] and seq < hk[child, K_SEQ]))
-        ):
+        if right < n and _before(hdue[right], hk[right, K_KEY], hk[right, K_SEQ], hdue, hk, child):
+            child = right
+        if _before(due, key, seq, hdue, hk, child):
             break
-        hdue[i] = cdue
+        hdue[i] = hdue[child]
         for col in range(4):
             hk[i, col] = hk[child, col]
         i = child
-    hdue[i] = due
-    hk[i, K_KEY] = key
-    hk[i, K_SEQ] = seq
-    hk[i, K_TARGET] = target
-    hk[i, K_GEN] = gen
+    _put(hdue, hk, i, due, key, seq, target, gen)
 
 
 @njit(cache=True, nogil=True)
