@@ -197,14 +197,20 @@ def wait_until(check: Callable[[], bool], what: str, deadline_s: float = DEADLIN
         time.sleep(0.5)
 
 
-def wait_for_replayed_ids(settings: Settings) -> tuple[list, list]:
-    """Wait until the distinct derived ids on the output topics equal those that
-    FleetCore derives from `<prefix>.decisions`; returns (expected, published)."""
+def wait_for_replayed_ids(settings: Settings, inputs: list) -> tuple[list, list]:
+    """Wait until every one of `inputs` is on `<prefix>.decisions` and the distinct
+    derived ids on the output topics equal those that FleetCore derives from it; returns
+    (expected, published). (Without the first condition, outputs that match a decisions
+    topic still missing the last inputs would pass before the processor had read them.)"""
     state: dict[str, list] = {}
+    wanted = {record.event_id for record in inputs}
 
     def caught_up() -> bool:
         state["out"] = published(settings)  # outputs first: decisions only grow after
-        state["expected"] = replay(settings, read_topic(settings, "decisions"))
+        history = read_topic(settings, "decisions")
+        if not wanted <= {record.event_id for record in history}:
+            return False
+        state["expected"] = replay(settings, history)
         expected_ids = {derived_id(r) for r in state["expected"]}
         return bool(expected_ids) and expected_ids == {derived_id(r) for r in state["out"]}
 
@@ -267,9 +273,10 @@ def by_key(records: list[DerivedRecord]) -> dict[str, list[DerivedRecord]]:
 
 def test_processor_outputs_equal_replay_of_the_decisions_order(kafka_settings, tmp_path):
     create_topics(kafka_settings.kafka)
-    produce(kafka_settings, scripted_history(rounds=2))
+    history = scripted_history(rounds=2)
+    produce(kafka_settings, history)
     with processor(kafka_settings, tmp_path):
-        expected, out = wait_for_replayed_ids(kafka_settings)
+        expected, out = wait_for_replayed_ids(kafka_settings, history)
     assert by_key(out) == by_key(expected)
     openings = {r.key for r in out if isinstance(r, CircuitStateChanged) and r.to_state == "OPEN"}
     assert {"worker:cuda-0", "hardware_class:cuda"} <= openings
@@ -298,7 +305,7 @@ def test_sigkilled_processor_restarts_without_losing_or_reopening(kafka_settings
         produce(kafka_settings, history[len(history) // 2 :])
         proc.send_signal(signal.SIGKILL)
     with processor(kafka_settings, tmp_path):
-        expected, out = wait_for_replayed_ids(kafka_settings)
+        expected, out = wait_for_replayed_ids(kafka_settings, history)
     # The restart resumed from a snapshot, not from the first decisions record.
     assert 0 < restored_offset(tmp_path) <= max(snapshot_offsets(tmp_path))
 
@@ -327,7 +334,7 @@ def test_two_instances_give_the_same_results_as_one(kafka_settings, tmp_path):
         inputs = 2 * kafka_settings.kafka.partitions  # events and control
         wait_until(lambda: both_ingest(tmp_path, inputs), "both to take input partitions")
         produce(kafka_settings, history[len(history) // 4 :])
-        expected, out = wait_for_replayed_ids(kafka_settings)
+        expected, out = wait_for_replayed_ids(kafka_settings, history)
     assert {derived_id(r) for r in out} == {derived_id(r) for r in expected}
     # Per circuit and per task, in the order of the replay (a failover may repeat some).
     assert first_seen_by_key(out) == first_seen_by_key(expected)
@@ -356,7 +363,7 @@ def test_garbage_bytes_go_to_the_dlq_while_good_events_flow(kafka_settings, tmp_
     garbage_offsets = produce(kafka_settings, good, raw=garbage)
     with processor(kafka_settings, tmp_path):
         wait_until(lambda: len(read_topic(kafka_settings, "dlq")) >= len(garbage), "dead letters")
-        expected, _ = wait_for_replayed_ids(kafka_settings)
+        expected, _ = wait_for_replayed_ids(kafka_settings, good)
     letters: list[DeadLetter] = read_topic(kafka_settings, "dlq")
     assert sorted(letter.source_offset for letter in letters) == sorted(garbage_offsets)
     assert sorted(letter.raw for letter in letters) == sorted(garbage)
