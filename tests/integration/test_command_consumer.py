@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from confluent_kafka import Producer
+from producers import ordered_producer
 
 from faultstream.cli import commands as commands_cli
 from faultstream.events.admin import create_topics
@@ -28,7 +28,7 @@ def _command(command_id: str, worker_id: str = "w1", **fields) -> RecoveryComman
 
 def _produce(settings: Settings, *values: RecoveryCommand | bytes) -> None:
     create_topics(settings.kafka)
-    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    producer = ordered_producer(settings.kafka.bootstrap_servers)
     codec = Codec()
     for value in values:
         if isinstance(value, RecoveryCommand):

@@ -22,7 +22,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from confluent_kafka import Producer
+from producers import ordered_producer
 
 from faultstream.events.admin import create_topics, topic_names
 from faultstream.events.codec import Codec
@@ -109,8 +109,8 @@ class Topics:
         create_topics(settings.kafka)
         self.names = topic_names(settings.kafka)
         self.codec = Codec(topic_prefix=settings.kafka.topic_prefix)
-        self.producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers,
-                                  "linger.ms": 20, "partitioner": "murmur2_random"})  # fmt: skip
+        self.producer = ordered_producer(settings.kafka.bootstrap_servers, **{
+            "linger.ms": 20, "partitioner": "murmur2_random"})  # fmt: skip
 
     def send(self, topic: str, records: list[Any], key: Callable[[Any], bytes]) -> None:
         name = self.names[topic]
