@@ -66,15 +66,20 @@ def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def dashboard_url(demo_db: Path) -> Iterator[str]:
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "faultstream"), "dashboard", "--db", str(demo_db),
+def start_dashboard(db: Path, port: int) -> subprocess.Popen:
+    """`faultstream dashboard` on the history `db`, serving on 127.0.0.1:`port`."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "faultstream"), "dashboard", "--db", str(db),
          "--port", str(port), "--address", "127.0.0.1"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dashboard_url(demo_db: Path) -> Iterator[str]:
+    port = free_port()
+    server = start_dashboard(demo_db, port)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: answers(f"{url}/_stcore/health"), "the dashboard to serve")
@@ -190,12 +195,7 @@ def test_circuit_page_is_served_at_circuit_breakers(
 
 def test_terminating_the_dashboard_command_stops_its_server(demo_db: Path) -> None:
     port = free_port()
-    command = subprocess.Popen(
-        [str(Path(sys.executable).parent / "faultstream"), "dashboard", "--db", str(demo_db),
-         "--port", str(port), "--address", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    command = start_dashboard(demo_db, port)
     health = f"http://127.0.0.1:{port}/_stcore/health"
     try:
         wait_for(lambda: answers(health), "the dashboard to serve")
