@@ -22,8 +22,8 @@ from faultstream.events.models import FailureType
 from faultstream.processors.core import FleetCore
 from faultstream.projections.queries import History
 
-DB_ENV = "FAULTSTREAM_DASHBOARD_DB"
-READ_MODELS_ENV = "FAULTSTREAM_DASHBOARD_READ_MODELS"
+from . import DB_ENV, READ_MODELS_ENV
+
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 _CIRCUIT_COLUMNS = {"worker": "worker_id", "hardware_class": "hardware_class",

@@ -12,10 +12,19 @@ import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ClusterMetadata,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from .config import KafkaSettings
 from .exceptions import FaultstreamError
+from .kafka_clients import librdkafka_config
+from .kafka_connection import KafkaConnectionError, cluster_metadata
 
 EVENTS = "events"
 CONTROL = "control"
@@ -26,6 +35,15 @@ DLQ = "dlq"
 DECISIONS = "decisions"
 LOGICAL_TOPICS = (EVENTS, CONTROL, CIRCUITS, COMMANDS, DLQ, DECISIONS)
 
+# Kafka's defaults (a producer request of 1,000,000 bytes, a topic batch of about 1 MiB)
+# are below the contract's largest record: a CHECKPOINT with 1 MiB of state, plus its other
+# fields. The processor forwards input records of up to MAX_RECORD_BYTES and dead-letters
+# larger ones; the topics a record passes through, and every producer and consumer on its
+# path, take MAX_MESSAGE_BYTES: one such record alone in a decisions frame, plus the frame's
+# and Kafka's record-batch overhead, with room to spare.
+MAX_RECORD_BYTES = 2 * 1024 * 1024
+MAX_MESSAGE_BYTES = MAX_RECORD_BYTES + 64 * 1024
+
 _MS_PER_DAY = 86_400_000
 _TIMEOUT_S = 30.0
 _CONNECT_TIMEOUT_S = 10.0
@@ -33,6 +51,9 @@ _CONNECT_TIMEOUT_S = 10.0
 
 class KafkaAdminError(FaultstreamError):
     """The broker is unreachable or refused a topic operation; the message names it."""
+
+
+_TIMESTAMP_TYPE = "message.timestamp.type"
 
 
 @dataclass(frozen=True)
@@ -55,14 +76,17 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         "cleanup.policy": "delete",
         "retention.ms": str(round(kafka.retention_days * _MS_PER_DAY)),
     }
+    large = {**retention, "max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    # Decisions run on the broker's clock, not the workers' (CIRCUITS.md "Decision time").
+    stamped = {**large, _TIMESTAMP_TYPE: kafka.input_timestamps}
     configs = {
-        EVENTS: retention,
-        CONTROL: retention,
+        EVENTS: stamped,
+        CONTROL: stamped,
         # The newest state of each circuit, forever: compacted by `<kind>:<id>`.
         CIRCUITS: {"cleanup.policy": "compact"},
         COMMANDS: retention,
-        DLQ: retention,
-        DECISIONS: retention,
+        DLQ: large,
+        DECISIONS: large,
     }
     return [
         TopicSpec(
@@ -84,7 +108,9 @@ def create_topics(kafka: KafkaSettings) -> list[str]:
     """
     admin = admin_client(kafka)
     existing = _existing_topics(admin, kafka)
-    wanted = [spec for spec in topic_specs(kafka) if spec.name not in existing]
+    specs = topic_specs(kafka)
+    _raise_message_limits(admin, [spec for spec in specs if spec.name in existing])
+    wanted = [spec for spec in specs if spec.name not in existing]
     if not wanted:
         return []
     futures = admin.create_topics(
@@ -112,6 +138,67 @@ def create_topics(kafka: KafkaSettings) -> list[str]:
             raise KafkaAdminError(f"cannot create topic {spec.name}: {error.str()}") from None
         created.append(spec.name)
     return created
+
+
+def _raise_message_limits(admin: AdminClient, specs: list[TopicSpec]) -> None:
+    """Topics created before MAX_MESSAGE_BYTES keep Kafka's default limit (about 1 MiB),
+    below a frame with a 1 MiB checkpoint: raise theirs to ours, never lower a higher one."""
+    key = "max.message.bytes"
+    wanted = {spec.name: int(spec.config[key]) for spec in specs if key in spec.config}
+    if not wanted:
+        return
+    topic = ConfigResource.Type.TOPIC
+    described = admin.describe_configs(
+        [ConfigResource(topic, name) for name in wanted], request_timeout=_TIMEOUT_S
+    )
+    low: list[ConfigResource] = []
+    for resource, future in described.items():
+        try:
+            entry = future.result().get(key)
+        except KafkaException as exc:
+            reason = exc.args[0].str()
+            raise KafkaAdminError(f"cannot read the config of {resource.name}: {reason}") from None
+        limit = wanted[resource.name]
+        if entry is None or int(entry.value) < limit:
+            setting = ConfigEntry(key, str(limit), incremental_operation=AlterConfigOpType.SET)
+            low.append(ConfigResource(topic, resource.name, incremental_configs=[setting]))
+    if not low:
+        return
+    altered = admin.incremental_alter_configs(low, request_timeout=_TIMEOUT_S)
+    for resource, future in altered.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            reason = exc.args[0].str()
+            raise KafkaAdminError(f"cannot raise {key} of {resource.name}: {reason}") from None
+
+
+def check_stamped_topics(kafka: KafkaSettings) -> None:
+    """Refuse input topics whose records carry another clock than `kafka.input_timestamps`
+    says: with the producers' clock, decisions would run on each worker's own clock, and one
+    wrong clock would move the whole fleet's time."""
+    admin = admin_client(kafka)
+    names = [kafka.topic(EVENTS), kafka.topic(CONTROL)]
+    futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, n) for n in names])
+    wrong = []
+    for resource, future in futures.items():
+        try:
+            entries = future.result(timeout=_TIMEOUT_S)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            raise KafkaAdminError(
+                f"cannot read the config of {resource.name}: {error.str()}"
+            ) from None
+        entry = entries.get(_TIMESTAMP_TYPE)
+        if entry is None or entry.value != kafka.input_timestamps:
+            wrong.append(f"{resource.name} ({entry.value if entry else 'unknown'})")
+    if wrong:
+        wanted = f"{_TIMESTAMP_TYPE}={kafka.input_timestamps}"
+        raise KafkaAdminError(
+            f"topic {', '.join(sorted(wrong))}: decisions need {wanted} (kafka.input_timestamps);"
+            f" alter it (kafka-configs --alter --add-config {wanted}) or delete it and run "
+            "`faultstream topics create`"
+        )
 
 
 def describe_topics(kafka: KafkaSettings) -> dict[str, int]:
@@ -190,13 +277,7 @@ _quiet.propagate = False
 def admin_client(kafka: KafkaSettings) -> AdminClient:
     # librdkafka would otherwise print every failed connection attempt to stderr; an
     # unreachable broker is reported once, as KafkaAdminError.
-    return AdminClient(
-        {
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "logger": _quiet,
-            "error_cb": lambda _err: None,
-        }
-    )
+    return AdminClient(librdkafka_config(kafka, {"logger": _quiet, "error_cb": lambda _err: None}))
 
 
 def _existing_topics(admin: AdminClient, kafka: KafkaSettings) -> set[str]:
@@ -210,11 +291,10 @@ def _list_topics(admin: AdminClient, kafka: KafkaSettings) -> ClusterMetadata:
     if not any(_accepts_connections(address) for address in kafka.bootstrap_servers.split(",")):
         raise KafkaAdminError(f"no Kafka broker answers at {kafka.bootstrap_servers}; {hint}")
     try:
-        return admin.list_topics(timeout=_CONNECT_TIMEOUT_S)
-    except KafkaException as exc:
-        raise KafkaAdminError(
-            f"no Kafka broker answers at {kafka.bootstrap_servers} ({exc.args[0].str()}); {hint}"
-        ) from None
+        # A probe of its own: unlike `admin`, it hears why a secured connection fails.
+        return cluster_metadata(kafka, timeout_s=_CONNECT_TIMEOUT_S)
+    except KafkaConnectionError as exc:
+        raise KafkaAdminError(str(exc) if exc.setting else f"{exc}; {hint}") from None
 
 
 def _accepts_connections(address: str) -> bool:

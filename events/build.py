@@ -1,7 +1,7 @@
 """Building worker events fast, for the SDK's hot path.
 
 One check per field is generated at import from `WorkerEvent`'s own annotations and
-constraints (min/max length, ge, enum members, str→str maps), plus a call of its
+constraints (min/max length, ge, le, enum members, str→str maps), plus a call of its
 after-validators, so the contract stays in models.py alone. The checks are compiled into
 one straight-line function (as dataclasses does for __init__): a loop over per-field
 closures cost as much as pydantic itself. The model is then filled in without pydantic's
@@ -18,7 +18,7 @@ from enum import Enum
 from types import NoneType, UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from annotated_types import Ge, MaxLen, MinLen
+from annotated_types import Ge, Le, MaxLen, MinLen
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
@@ -52,6 +52,8 @@ def _field_check(name: str, info: FieldInfo, env: dict[str, Any]) -> list[str]:
             high = item.max_length
         elif isinstance(item, Ge):
             bounds.append(f"v >= {item.ge!r}")
+        elif isinstance(item, Le):
+            bounds.append(f"v <= {item.le!r}")
         else:  # a constraint this path would silently skip: refuse to start instead
             raise RuntimeError(f"WorkerEvent.{name}: no fast check for {item!r}")
     if high is not None:  # one len() call: this runs for every event

@@ -38,7 +38,13 @@ DEFAULT_SCHEMA_IDS: dict[str, int] = {
     "control_record": 2,
     "circuit_state_changed": 3,
     "recovery_command": 4,
-    "dead_letter": 5,
+    "dead_letter": 6,
+}
+# Fixed ids that earlier releases wrote before fields were added to a schema: such a record
+# is read with that earlier writer schema (ours minus the fields added since), and Avro
+# fills in their defaults. Without a registry this is what keeps old records readable.
+EARLIER_SCHEMA_IDS: dict[int, tuple[str, tuple[str, ...]]] = {
+    5: ("dead_letter", ("raw_size", "raw_sha256")),
 }
 # The topic (after the prefix) each schema is written to: the registry subject's stem.
 SCHEMA_TOPICS: dict[str, str] = {
@@ -105,6 +111,8 @@ class Codec:
             for name, schema_id in DEFAULT_SCHEMA_IDS.items():
                 self._headers[name] = HEADER.pack(MAGIC, schema_id)
                 self._readers[schema_id] = (SCHEMAS[name].parsed, SCHEMAS[name])
+            for schema_id, (name, added) in EARLIER_SCHEMA_IDS.items():
+                self._readers[schema_id] = (_without(SCHEMAS[name], added), SCHEMAS[name])
         self._event_header = self._header("worker_event") if not self._registry else None
 
     # --- schema ids --------------------------------------------------------------------
@@ -216,6 +224,13 @@ class Codec:
         return ours.name, body
 
 
+def _without(schema: AvroSchema, fields: tuple[str, ...]) -> Any:
+    """`schema` as it was before `fields` were added, parsed for fastavro."""
+    raw = json.loads(schema.text)
+    raw["fields"] = [f for f in raw["fields"] if f["name"] not in fields]
+    return parse_schema(raw, named_schemas={})
+
+
 _MODEL_OF_SCHEMA: dict[str, type[BaseModel]] = {
     "worker_event": WorkerEvent,
     "circuit_state_changed": CircuitStateChanged,
@@ -267,6 +282,10 @@ def _control_from_avro(body: dict[str, Any]) -> tuple[type[BaseModel], dict[str,
             fields["config"] = json.loads(fields["config"])
         except json.JSONDecodeError as exc:
             raise InvalidEventError("config", f"is not a JSON object ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:
+            # Any text reaches here: an integer of more than 4300 digits, or nesting
+            # deeper than the parser's recursion limit.
+            raise InvalidEventError("config", f"is not usable JSON ({exc})") from None
     return model, fields
 
 

@@ -7,26 +7,41 @@ and recovery) is what the pure core reads and what a CONFIG_CHANGED record carri
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
 from .exceptions import ConfigError
 from .models import CircuitKind, FailureType
 
+ENV_PREFIX = "FAULTSTREAM_"
 CONFIG_ENV = "FAULTSTREAM_CONFIG"
 DEFAULT_CONFIG_FILE = Path("faultstream.toml")
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+# inf and nan pass every bound check (nan compares false to all) and would stall a timer
+# or trip a circuit never: a setting is always a finite number.
+_STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 Positive = Field(gt=0)
 
 
@@ -143,7 +158,43 @@ class CoreSettings(BaseModel):
         return validate_core_settings(_deep_merge(self.model_dump(mode="json"), changes))
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+ClientValue = str | int | float | bool
+
+# librdkafka properties that the typed settings above own: one way to set each.
+_CLIENT_KEYS_OF_SETTINGS = {
+    "bootstrap.servers": "bootstrap_servers",
+    "metadata.broker.list": "bootstrap_servers",
+    "security.protocol": "security_protocol",
+    "sasl.mechanism": "sasl_mechanism",
+    "sasl.mechanisms": "sasl_mechanism",
+    "sasl.username": "sasl_username",
+    "sasl.password": "sasl_password",
+    "ssl.ca.location": "ssl_cafile",
+    "ssl.certificate.location": "ssl_certfile",
+    "ssl.key.location": "ssl_keyfile",
+}
+# Properties each client sets for the project's guarantees (ordering, at-least-once,
+# the partitioner that puts keys where the processor expects them).
+_CLIENT_KEYS_OF_FAULTSTREAM = frozenset(
+    {
+        "group.id",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.offset.reset",
+        "enable.partition.eof",
+        "partitioner",
+        "enable.idempotence",
+        "transactional.id",
+    }
+)
+
+
 class KafkaSettings(BaseModel):
+    """Where the cluster is and how to reach it; every client is configured from these
+    through `events/kafka_clients.py`."""
+
     model_config = _STRICT
 
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -152,10 +203,82 @@ class KafkaSettings(BaseModel):
     replication_factor: int = Field(1, gt=0)
     retention_days: float = Field(30, gt=0)
     schema_registry_url: str | None = None
+    # Whose clock the input topics' record timestamps are, which decisions run on: the
+    # broker's (LogAppendTime). CreateTime trusts the producers' clocks and is only for a
+    # simulated fleet whose producers stamp its simulated time (`faultstream demo`).
+    input_timestamps: Literal["LogAppendTime", "CreateTime"] = "LogAppendTime"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
+    # validate_default: the rules below tie each to security_protocol, set or not.
+    sasl_username: str = Field("", validate_default=True)
+    # A SecretStr shows as ********** in repr, str and dumps: never printed or logged.
+    sasl_password: SecretStr = Field(SecretStr(""), validate_default=True)
+    ssl_cafile: str = Field("", validate_default=True)
+    ssl_certfile: str = Field("", validate_default=True)
+    ssl_keyfile: str = Field("", validate_default=True)
+    # Extra librdkafka properties, passed through as they are (`[kafka.client]`).
+    client: dict[str, ClientValue] = Field(default_factory=dict)
+
+    @field_validator("security_protocol", "sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("sasl_username", "sasl_password")
+    @classmethod
+    def _sasl_only(cls, value: Any, info: ValidationInfo) -> Any:
+        protocol = info.data.get("security_protocol")
+        given = bool(value.get_secret_value() if isinstance(value, SecretStr) else value)
+        if protocol is None:  # security_protocol itself was refused
+            return value
+        if protocol.startswith("SASL_") and not given:
+            raise ValueError(f"required with security_protocol {protocol}")
+        if given and not protocol.startswith("SASL_"):
+            raise ValueError(
+                f"only used with security_protocol SASL_PLAINTEXT or SASL_SSL (it is {protocol})"
+            )
+        return value
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _tls_only(cls, value: str, info: ValidationInfo) -> str:
+        protocol = info.data.get("security_protocol")
+        if value and protocol is not None and protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError(f"only used with security_protocol SSL or SASL_SSL (it is {protocol})")
+        if info.field_name == "ssl_keyfile" and bool(value) != bool(info.data.get("ssl_certfile")):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (a client certificate)")
+        return value
+
+    @field_validator("client", mode="before")
+    @classmethod
+    def _flat_client(cls, value: Any) -> Any:
+        # In TOML `socket.keepalive.enable = true` under [kafka.client] is a nested table.
+        return _flatten(value) if isinstance(value, dict) else value
+
+    @field_validator("client")
+    @classmethod
+    def _client_keys(cls, value: dict[str, ClientValue]) -> dict[str, ClientValue]:
+        for key in value:
+            if key in _CLIENT_KEYS_OF_SETTINGS:
+                raise ValueError(f"{key}: set kafka.{_CLIENT_KEYS_OF_SETTINGS[key]} instead")
+            if key in _CLIENT_KEYS_OF_FAULTSTREAM:
+                raise ValueError(f"{key}: chosen by each faultstream client, not settable")
+        return value
 
     def topic(self, name: str) -> str:
         """`events` → `faultstream.events` (with the configured prefix)."""
         return f"{self.topic_prefix}.{name}"
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 class ProcessorSettings(BaseModel):
@@ -174,11 +297,19 @@ class EmitterSettings(BaseModel):
     model_config = _STRICT
 
     spool_path: str = ".faultstream/spool.jsonl"
+    # Past this the oldest spooled events are dropped (and the count logged): an outage
+    # must not fill the worker's disk. Room for 64 full-size checkpoints.
+    spool_max_bytes: int = Field(64 * 1024 * 1024, gt=0)
+    # How long closing an emitter waits for acknowledgements before spooling the rest.
+    close_timeout_s: float = Field(5.0, ge=0)
 
 
 class HttpSettings(BaseModel):
     model_config = _STRICT
 
+    # Where every server listens (the API, the dashboard, the processor's web server) unless
+    # `--host` says otherwise: this machine only, until someone chooses to expose it.
+    host: str = Field("127.0.0.1", min_length=1)
     projector_port: int = Field(8765, gt=0, lt=65536)
     dashboard_port: int = Field(8080, gt=0, lt=65536)
 
@@ -253,10 +384,35 @@ class Settings(BaseSettings):
 
 _config_file_in_use: Path | None = None
 
+# Kafka's limit on a topic name, and the longest name under a prefix: the changelog Faust
+# keeps for the decider's table (processors/app.py: app `<prefix>-processor`, table
+# `decider-state`), so a prefix that fits it fits every topic.
+KAFKA_TOPIC_NAME_MAX = 249
+_LONGEST_TOPIC_SUFFIX = "-processor-decider-state-changelog"
+TOPIC_PREFIX_MAX = KAFKA_TOPIC_NAME_MAX - len(_LONGEST_TOPIC_SUFFIX)
+_TOPIC_NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def topic_prefix_problem(prefix: str) -> str | None:
+    """Why `prefix` cannot begin Kafka topic names, or None when it can."""
+    if not _TOPIC_NAME_CHARS.fullmatch(prefix):
+        return (
+            f"{prefix!r} is not a valid topic prefix "
+            "(only letters a-z A-Z, digits, '.', '_' and '-')"
+        )
+    if len(prefix) > TOPIC_PREFIX_MAX:
+        return (
+            f"a topic prefix of {len(prefix)} characters is too long (at most "
+            f"{TOPIC_PREFIX_MAX}, so every topic name stays within Kafka's "
+            f"{KAFKA_TOPIC_NAME_MAX})"
+        )
+    return None
+
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> Settings:
     """Settings from `config` (or $FAULTSTREAM_CONFIG, or ./faultstream.toml if present),
-    the environment and `overrides`; a bad file or value raises ConfigError naming it."""
+    the environment and `overrides`; a bad file or value raises ConfigError naming it
+    (the file, or the environment variable the value came from)."""
     global _config_file_in_use
     path = _resolve_config_path(config)
     if path is not None:
@@ -265,15 +421,27 @@ def load_settings(config: str | Path | None = None, **overrides: Any) -> Setting
                 tomllib.load(fh)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not valid TOML (not UTF-8 text)") from None
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    default_source = str(path) if path else "settings"
     _config_file_in_use = path
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, source=str(path) if path else "settings")) from None
+        first = exc.errors(include_url=False)[0]["loc"]
+        source = _source_of(first, overrides, default_source)
+        raise ConfigError(_describe(exc, source=source)) from None
+    except SettingsError as exc:
+        raise ConfigError(_describe_environment_error(exc)) from None
     finally:
         _config_file_in_use = None
+    problem = topic_prefix_problem(settings.kafka.topic_prefix)
+    if problem is not None:
+        source = _source_of(("kafka", "topic_prefix"), overrides, default_source)
+        raise ConfigError(f"{source}: kafka.topic_prefix: {problem}")
+    return settings
 
 
 def validate_core_settings(data: dict[str, Any]) -> CoreSettings:
@@ -288,15 +456,16 @@ def load_core_settings(config: str | Path | None) -> CoreSettings:
     return load_settings(config).core
 
 
-def _resolve_config_path(config: str | Path | None) -> Path | None:
+def _resolve_config_path(config: str | Path | None, *, named_by: str = "") -> Path | None:
     if config is not None:
         path = Path(config)
         if not path.is_file():
-            raise ConfigError(f"{path}: no such configuration file")
+            what = "a directory, not a" if path.is_dir() else "no such"
+            raise ConfigError(f"{named_by}{path}: {what} configuration file")
         return path
     env = os.environ.get(CONFIG_ENV)
     if env:
-        return _resolve_config_path(env)
+        return _resolve_config_path(env, named_by=f"{CONFIG_ENV}=")
     return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
 
 
@@ -307,6 +476,77 @@ def _describe(exc: ValidationError, *, source: str) -> str:
     more = exc.error_count() - 1
     tail = f" (and {more} more)" if more else ""
     return f"{source}: {where}: {message}{tail}"
+
+
+def _environment() -> dict[str, str]:
+    """FAULTSTREAM_… variables by their upper-case name (pydantic-settings ignores case)."""
+    return {name.upper(): name for name in os.environ if name.upper().startswith(ENV_PREFIX)}
+
+
+def _source_of(loc: tuple[Any, ...], overrides: dict[str, Any], default: str) -> str:
+    """The environment variable that set the setting at `loc` (itself, or a JSON
+    section holding it), else `default` (the file, or "settings" for code overrides)."""
+    if _holds(overrides, loc):
+        return "settings"
+    variables = _environment()
+    parts = [str(part) for part in loc]
+    for depth in range(len(parts), 0, -1):
+        name = variables.get(ENV_PREFIX + "__".join(parts[:depth]).upper())
+        if name is None:
+            continue
+        if depth == len(parts):
+            return name
+        try:
+            section = json.loads(os.environ[name])
+        except ValueError:
+            return name  # not JSON: this variable is the problem either way
+        if _holds(section, tuple(parts[depth:])):
+            return name
+    return default
+
+
+def _holds(mapping: Any, loc: tuple[Any, ...]) -> bool:
+    node = mapping
+    for part in loc:
+        if isinstance(node, dict) and str(part) in node:
+            node = node[str(part)]
+        elif isinstance(node, list | tuple) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            return False
+    return bool(loc)
+
+
+def _describe_environment_error(exc: SettingsError) -> str:
+    """pydantic-settings reads a section or list from the environment as JSON and names
+    only the top-level field when that fails: name the variable (never its value)."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    if match is None:
+        return f"environment: {exc}"
+    field = ENV_PREFIX + match.group(1).upper()
+    defaults = Settings.model_construct().model_dump()
+    suspects = []
+    for upper, name in sorted(_environment().items()):
+        if upper != field and not upper.startswith(field + "__"):
+            continue
+        try:
+            json.loads(os.environ[name])
+        except ValueError:
+            path = upper.removeprefix(ENV_PREFIX).lower().split("__")
+            suspects.append((not _is_section(defaults, path), name))
+    name = min(suspects)[1] if suspects else field
+    reason = exc.__cause__ if isinstance(exc.__cause__, json.JSONDecodeError) else None
+    detail = f" ({reason.msg} at column {reason.colno})" if reason is not None else ""
+    return f"{name}: not valid JSON{detail}; a section or a list is set as JSON"
+
+
+def _is_section(defaults: dict[str, Any], path: list[str]) -> bool:
+    node: Any = defaults
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return isinstance(node, dict | list | tuple)
 
 
 def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

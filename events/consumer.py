@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from .codec import Codec
 from .config import Settings
 from .exceptions import FaultstreamError
+from .kafka_clients import librdkafka_config
 from .models import RecoveryCommand
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,15 @@ class CommandConsumer(AbstractContextManager["CommandConsumer"]):
         self.task_id = task_id
         self.codec = codec or Codec(kafka.schema_registry_url, topic_prefix=kafka.topic_prefix)
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": kafka.bootstrap_servers,
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest" if from_beginning else "latest",
-                "enable.partition.eof": True,
-            }
+            librdkafka_config(
+                kafka,
+                {
+                    "group.id": group_id,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest" if from_beginning else "latest",
+                    "enable.partition.eof": True,
+                },
+            )
         )
         self._consumer.subscribe([self.topic])
         self._handled: OrderedDict[str, None] = OrderedDict()

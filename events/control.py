@@ -11,6 +11,7 @@ from confluent_kafka import KafkaException, Producer
 from .codec import Codec
 from .config import KafkaSettings
 from .exceptions import FaultstreamError
+from .kafka_clients import librdkafka_config
 from .models import ControlRecord
 
 FLUSH_S = 30.0
@@ -28,12 +29,14 @@ def publish_control(record: ControlRecord, kafka: KafkaSettings) -> None:
 
     try:
         producer = Producer(
-            {
-                "bootstrap.servers": kafka.bootstrap_servers,
-                "acks": "all",
-                "enable.idempotence": True,
-                "message.timeout.ms": int(FLUSH_S * 1000),
-            }
+            librdkafka_config(
+                kafka,
+                {
+                    "acks": "all",
+                    "enable.idempotence": True,
+                    "message.timeout.ms": int(FLUSH_S * 1000),
+                },
+            )
         )
         producer.produce(topic, codec.encode(record), on_delivery=on_delivery)
         left = producer.flush(FLUSH_S)

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from .build import build_worker_event
-from .config import Settings, load_settings
+from .config import EmitterSettings, Settings, load_settings
 from .models import EventKind, FailureType, WorkerEvent
 from .transport import DEFAULT_MESSAGE_TIMEOUT_MS, KafkaTransport, Transport
 
@@ -50,6 +50,10 @@ def new_event_id() -> str:
     return "%032x" % ((_random_bits(128) & _UUID4_KEEP) | _UUID4_SET)
 
 
+# For a transport without a setting of its own (a custom one, a test double).
+_DEFAULT_CLOSE_TIMEOUT_S: float = EmitterSettings.model_fields["close_timeout_s"].default
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -67,7 +71,8 @@ class Emitter(AbstractContextManager["Emitter"]):
         transport: Transport | None = None,
         message_timeout_ms: int = DEFAULT_MESSAGE_TIMEOUT_MS,
     ) -> None:
-        # Checked once here so a bad identity fails at start-up, not at the first failure.
+        # Checked once here, by the model's own rules (UTF-8 text included), so a bad
+        # identity fails at start-up, not in the sender thread at the first event.
         self._build(EventKind.HEARTBEAT, worker_id, hardware_class, ts=0)
         self.worker_id = worker_id
         self.hardware_class = hardware_class
@@ -275,12 +280,16 @@ class Emitter(AbstractContextManager["Emitter"]):
         return resend(timeout) if resend is not None else 0
 
     def flush(self, timeout: float = 30.0) -> int:
-        """Wait for acknowledgements; returns how many events are still undelivered."""
+        """Wait up to `timeout` s for acknowledgements; returns how many events are neither
+        delivered nor spooled: still in flight, or lost (each loss is logged)."""
         return self.transport.flush(timeout)
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop the heartbeat, wait up to `timeout` s, spool whatever is unacknowledged."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the heartbeat, wait up to `timeout` s (default `[emitter] close_timeout_s`)
+        for acknowledgements, then spool whatever is unacknowledged."""
         self.stop_heartbeat()
+        if timeout is None:
+            timeout = getattr(self.transport, "close_timeout_s", _DEFAULT_CLOSE_TIMEOUT_S)
         self.transport.close(timeout)
 
     def __exit__(

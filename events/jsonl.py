@@ -21,10 +21,22 @@ def parse_input_line(line: str | bytes) -> InputRecord:
         return WorkerEvent.model_validate_json(line)
     except ValidationError:
         pass
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            byte = line[exc.start]
+            raise InvalidEventError(
+                "line", f"is not UTF-8 text (byte 0x{byte:02x} at column {exc.start + 1})"
+            ) from None
     try:
         raw = json.loads(line)
     except json.JSONDecodeError as exc:
         raise InvalidEventError("line", f"is not JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise InvalidEventError("line", "is nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits, which Python refuses
+        raise InvalidEventError("line", f"is not usable JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise InvalidEventError("line", "must be a JSON object")
     model = input_model_for(raw.get("kind"))

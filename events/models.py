@@ -6,12 +6,16 @@ validated here, at the edge; the core reads them by attribute and never re-valid
 
 from __future__ import annotations
 
+import hashlib
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_CHECKPOINT_BYTES = 1024 * 1024
+# How much of a rejected record's value its dead letter keeps (the whole value's size and
+# sha256 travel beside it): enough to see what went wrong, small whatever came in.
+DEAD_LETTER_RAW_BYTES = 64 * 1024
 
 
 class EventKind(StrEnum):
@@ -75,8 +79,15 @@ _RECORD_CONFIG = ConfigDict(
     val_json_bytes="base64",
 )
 
+# Epoch milliseconds up to the end of year 9999: a sane clock, and always a 64-bit long.
+MAX_MILLIS = 253_402_300_799_999
+MAX_LONG = 2**63 - 1
 Id = Annotated[str, Field(min_length=1, max_length=128)]
-Millis = Annotated[int, Field(ge=0)]
+Millis = Annotated[int, Field(ge=0, le=MAX_MILLIS)]
+Count = Annotated[int, Field(ge=0, le=MAX_LONG)]
+# Set from the broker's append time as a record enters the decisions order (CIRCUITS.md
+# "Decision time"), never written by producers: it is not in the Avro input schemas.
+BROKER_FIELDS = ("received_at",)
 
 _NEEDS_TASK_ID = frozenset(EventKind) - {EventKind.HEARTBEAT}
 _NEEDS_TASK_TYPE = frozenset({EventKind.TASK_STARTED, EventKind.SUCCESS, EventKind.FAILURE})
@@ -96,14 +107,27 @@ class WorkerEvent(BaseModel):
     task_type: Annotated[str, Field(min_length=1, max_length=128)] | None = None
     failure_type: FailureType | None = None
     message: Annotated[str, Field(max_length=4096)] | None = None
-    attempt: Annotated[int, Field(ge=0)] = 0
+    attempt: Count = 0
     recovery_command_id: Id | None = None
     attributes: dict[str, str] = Field(default_factory=dict)
-    checkpoint_seq: Annotated[int, Field(ge=0)] | None = None
+    checkpoint_seq: Count | None = None
     checkpoint_state: Annotated[bytes, Field(max_length=MAX_CHECKPOINT_BYTES)] | None = None
+    received_at: Millis | None = None
 
     @model_validator(mode="after")
     def _kind_rules(self) -> WorkerEvent:
+        _check_text(
+            self,
+            "event_id",
+            "worker_id",
+            "hardware_class",
+            "task_id",
+            "task_type",
+            "message",
+            "recovery_command_id",
+        )
+        if self.attributes:
+            _check_attributes(self.attributes)
         kind = self.kind
         if kind in _NEEDS_TASK_ID and self.task_id is None:
             raise _field_error("task_id", f"is required for {kind} events")
@@ -128,6 +152,12 @@ class Tick(BaseModel):
     event_id: Id
     kind: Literal["TICK"] = "TICK"
     ts: Millis
+    received_at: Millis | None = None
+
+    @model_validator(mode="after")
+    def _text(self) -> Tick:
+        _check_text(self, "event_id")
+        return self
 
 
 class Operator(BaseModel):
@@ -142,6 +172,12 @@ class Operator(BaseModel):
     circuit_kind: CircuitKind
     circuit_id: Annotated[str, Field(min_length=1, max_length=128)]
     actor: Annotated[str, Field(min_length=1, max_length=128)]
+    received_at: Millis | None = None
+
+    @model_validator(mode="after")
+    def _text(self) -> Operator:
+        _check_text(self, "event_id", "circuit_id", "actor")
+        return self
 
 
 class ConfigChanged(BaseModel):
@@ -158,10 +194,23 @@ class ConfigChanged(BaseModel):
     ts: Millis
     config: dict[str, Any]
     actor: Annotated[str, Field(min_length=1, max_length=128)]
+    received_at: Millis | None = None
+
+    @model_validator(mode="after")
+    def _text(self) -> ConfigChanged:
+        _check_text(self, "event_id", "actor")
+        return self
 
 
 ControlRecord = Tick | Operator | ConfigChanged
 InputRecord = WorkerEvent | ControlRecord
+
+
+def received_at(record: InputRecord) -> int:
+    """When the record counts as having happened for decisions: the broker's append time,
+    or the record's own `ts` in a history that has none (CIRCUITS.md "Decision time")."""
+    at = record.received_at
+    return record.ts if at is None else at
 
 
 class CircuitStateChanged(BaseModel):
@@ -212,7 +261,11 @@ DerivedRecord = CircuitStateChanged | RecoveryCommand
 
 
 class DeadLetter(BaseModel):
-    """A record that could not be decoded or validated: topic `faultstream.dlq`."""
+    """A record that could not be decoded or validated: topic `faultstream.dlq`.
+
+    `raw` keeps the first DEAD_LETTER_RAW_BYTES of the record's value, so a letter always
+    fits where its record may not have; `raw_size` and `raw_sha256` describe the whole
+    value (null on letters written before they existed)."""
 
     model_config = _RECORD_CONFIG
 
@@ -223,6 +276,60 @@ class DeadLetter(BaseModel):
     source_offset: int
     raw: bytes
     reason: str
+    raw_size: int | None = None
+    raw_sha256: str | None = None
+
+    @classmethod
+    def of_record(
+        cls,
+        *,
+        event_id: str,
+        ts: int,
+        source_topic: str,
+        source_partition: int,
+        source_offset: int,
+        value: bytes | None,
+        reason: str,
+    ) -> DeadLetter:
+        """The letter for a rejected record whose value was `value` (None: a null value)."""
+        value = value or b""
+        return cls(
+            event_id=event_id,
+            ts=ts,
+            source_topic=source_topic,
+            source_partition=source_partition,
+            source_offset=source_offset,
+            raw=value[:DEAD_LETTER_RAW_BYTES],
+            reason=reason,
+            raw_size=len(value),
+            raw_sha256=hashlib.sha256(value).hexdigest(),
+        )
+
+
+def _check_text(record: BaseModel, *fields: str) -> None:
+    """Refuse text that cannot be written as UTF-8 (a lone surrogate, e.g. from a
+    mis-decoded command line): it would fail later, in a sender thread, out of sight."""
+    values = [getattr(record, name) or "" for name in fields]
+    if "".join(values).isascii():  # the common case, checked in C
+        return
+    for name, value in zip(fields, values, strict=True):
+        _utf8(name, value)
+
+
+def _check_attributes(attributes: dict[str, str]) -> None:
+    if "".join(attributes).isascii() and "".join(attributes.values()).isascii():
+        return
+    for key, value in attributes.items():
+        _utf8("attributes", key)
+        _utf8(f"attributes.{key}", value)
+
+
+def _utf8(field: str, value: str) -> None:
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        reason = f"is not valid UTF-8 text ({exc.reason} at {exc.start})"
+        raise _field_error(field, reason) from None
 
 
 def _field_error(field: str, text: str) -> ValueError:

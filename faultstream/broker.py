@@ -25,6 +25,15 @@ from typing import TextIO
 from faultstream.events.config import BrokerSettings
 from faultstream.events.exceptions import FaultstreamError
 
+from .broker_security import (
+    LISTENER,
+    SecuredListener,
+    ensure_credentials,
+    listener_properties,
+    scram_format_arguments,
+    write_client_config,
+)
+
 MIN_JAVA = 17
 # Kafka logs through slf4j; without a binding it falls back to the NOP logger and the
 # broker log would be empty. This is the binding the Kafka distribution itself ships.
@@ -82,6 +91,15 @@ class BrokerStatus:
     pid: int
     bootstrap: str
     state_dir: Path
+    # The SASL_SSL listener's address, when the broker runs one (`start(sasl_ssl_port=…)`).
+    sasl_ssl_bootstrap: str | None = None
+
+    @property
+    def client_config(self) -> Path | None:
+        """The `[kafka]` settings (password included) for a client of the SASL_SSL listener."""
+        if self.sasl_ssl_bootstrap is None:
+            return None
+        return SecuredListener.of(self.state_dir).client_config
 
 
 # --- tools --------------------------------------------------------------------------
@@ -178,15 +196,28 @@ def _pom(version: str) -> str:
 # --- configuration files ------------------------------------------------------------
 
 
-def server_properties(settings: BrokerSettings, data_dir: Path) -> str:
+def server_properties(
+    settings: BrokerSettings,
+    data_dir: Path,
+    secured: tuple[SecuredListener, int] | None = None,
+) -> str:
+    """The broker's configuration; `secured` (listener files, port) adds a SASL_SSL
+    listener for clients beside PLAINTEXT, which inter-broker traffic keeps using."""
     port, cport = settings.port, settings.controller_port
+    listeners = [f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{cport}"]
+    advertised = [f"PLAINTEXT://127.0.0.1:{port}"]
+    protocols = ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    if secured is not None:
+        listeners.append(f"{LISTENER}://127.0.0.1:{secured[1]}")
+        advertised.append(f"{LISTENER}://127.0.0.1:{secured[1]}")
+        protocols.append(f"{LISTENER}:{LISTENER}")
     lines = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@127.0.0.1:{cport}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": ",".join(listeners),
+        "advertised.listeners": ",".join(advertised),
+        "listener.security.protocol.map": ",".join(protocols),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(data_dir),
@@ -196,6 +227,8 @@ def server_properties(settings: BrokerSettings, data_dir: Path) -> str:
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "true",
     }
+    if secured is not None:
+        lines.update(listener_properties(*secured))
     return "".join(f"{key}={value}\n" for key, value in lines.items())
 
 
@@ -240,9 +273,19 @@ def _kafka_uuid() -> str:
             return cluster_id
 
 
-def _format_storage(java: str, libs: Path, paths: BrokerPaths) -> None:
+def _format_storage(
+    java: str, libs: Path, paths: BrokerPaths, listener: SecuredListener | None
+) -> None:
     if (paths.data_dir / "meta.properties").is_file():
+        if listener is not None and not listener.formatted_marker.is_file():
+            raise BrokerError(
+                f"{paths.state_dir} was formatted without --sasl-ssl, so it has no SCRAM "
+                "user; use a fresh --state-dir for a secured broker"
+            )
         return
+    # The SCRAM user exists from the first start: KRaft stores it in the metadata log.
+    # (The storage tool takes the password as an argument; it runs for a second.)
+    scram = scram_format_arguments(listener) if listener is not None else []
     with paths.log_file.open("ab") as log:
         done = subprocess.run(
             [
@@ -256,6 +299,7 @@ def _format_storage(java: str, libs: Path, paths: BrokerPaths) -> None:
                 _kafka_uuid(),
                 "-c",
                 str(paths.server_properties),
+                *scram,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -263,6 +307,8 @@ def _format_storage(java: str, libs: Path, paths: BrokerPaths) -> None:
         )
     if done.returncode != 0:
         raise BrokerError(f"formatting the broker storage failed; see {paths.log_file}")
+    if listener is not None:
+        listener.formatted_marker.touch()
 
 
 # --- lifecycle ----------------------------------------------------------------------
@@ -277,15 +323,27 @@ def status(settings: BrokerSettings) -> BrokerStatus | None:
     if not _is_alive(pid):
         paths.pid_file.unlink(missing_ok=True)
         return None
-    return BrokerStatus(pid, _bootstrap_of(paths, settings), paths.state_dir)
+    return BrokerStatus(
+        pid,
+        _bootstrap_of(paths, settings),
+        paths.state_dir,
+        _advertised(paths, LISTENER),
+    )
 
 
 def start(
-    settings: BrokerSettings, timeout_s: float = 90.0, progress: TextIO = sys.stderr
+    settings: BrokerSettings,
+    timeout_s: float = 90.0,
+    progress: TextIO = sys.stderr,
+    *,
+    sasl_ssl_port: int | None = None,
 ) -> tuple[BrokerStatus, bool]:
     """Start the broker (if not already running) and return once it answers.
 
-    Returns the status and whether this call started it.
+    With `sasl_ssl_port`, clients also get a SASL_SSL listener there (SCRAM-SHA-512 user,
+    certificates of a private CA; see broker_security), and `client.toml` in the state
+    dir holds the settings a client needs. Returns the status and whether this call
+    started it.
     """
     running = status(settings)
     if running is not None:
@@ -293,13 +351,23 @@ def start(
     java = require_java()
     libs = ensure_jars(settings, progress)
     paths = BrokerPaths.of(settings)
-    for port in (settings.port, settings.controller_port):
+    ports = (settings.port, settings.controller_port, sasl_ssl_port)
+    for port in filter(None, ports):
         if _port_in_use(port):
             raise BrokerError(f"port {port} on 127.0.0.1 is already in use (another broker?)")
     paths.state_dir.mkdir(parents=True, exist_ok=True)
-    paths.server_properties.write_text(server_properties(settings, paths.data_dir))
+    listener: SecuredListener | None = None
+    secured: tuple[SecuredListener, int] | None = None
+    if sasl_ssl_port is not None:
+        listener = SecuredListener.of(paths.state_dir)
+        ensure_credentials(listener, java)
+        secured = (listener, sasl_ssl_port)
+    paths.server_properties.touch()
+    # With a SASL_SSL listener it holds the keystore password.
+    paths.server_properties.chmod(0o600 if secured else 0o644)
+    paths.server_properties.write_text(server_properties(settings, paths.data_dir, secured))
     paths.log4j_properties.write_text(log4j_properties(paths.log_file))
-    _format_storage(java, libs, paths)
+    _format_storage(java, libs, paths, listener)
 
     command = [
         java,
@@ -324,7 +392,7 @@ def start(
     paths.pid_file.write_text(f"{process.pid}\n")
     bootstrap = f"127.0.0.1:{settings.port}"
     deadline = time.monotonic() + timeout_s
-    while not _answers(bootstrap):
+    while not _answers(bootstrap) or (sasl_ssl_port and not _port_in_use(sasl_ssl_port)):
         if process.poll() is not None:
             paths.pid_file.unlink(missing_ok=True)
             raise BrokerError(
@@ -338,7 +406,11 @@ def start(
                 f"see {paths.log_file}"
             )
         time.sleep(0.5)
-    return BrokerStatus(process.pid, bootstrap, paths.state_dir), True
+    sasl_ssl_bootstrap = None
+    if listener is not None:
+        sasl_ssl_bootstrap = f"127.0.0.1:{sasl_ssl_port}"
+        write_client_config(listener, sasl_ssl_bootstrap)
+    return BrokerStatus(process.pid, bootstrap, paths.state_dir, sasl_ssl_bootstrap), True
 
 
 def stop(settings: BrokerSettings, timeout_s: float = 30.0) -> BrokerStatus | None:
@@ -408,8 +480,19 @@ def _bootstrap_of(paths: BrokerPaths, settings: BrokerSettings) -> str:
         text = paths.server_properties.read_text()
     except OSError:
         return f"127.0.0.1:{settings.port}"
-    match = re.search(r"^advertised\.listeners=PLAINTEXT://(\S+)$", text, re.MULTILINE)
+    match = re.search(r"^advertised\.listeners=(?:\S*,)?PLAINTEXT://([^,\s]+)", text, re.MULTILINE)
     return match.group(1) if match else f"127.0.0.1:{settings.port}"
+
+
+def _advertised(paths: BrokerPaths, listener: str) -> str | None:
+    """The address a running broker advertises for `listener`, if it has one."""
+    try:
+        text = paths.server_properties.read_text()
+    except OSError:
+        return None
+    pattern = rf"^advertised\.listeners=(?:\S*,)?{listener}://([^,\s]+)"
+    match = re.search(pattern, text, re.MULTILINE)
+    return match.group(1) if match else None
 
 
 def _port_in_use(port: int) -> bool:

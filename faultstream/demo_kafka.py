@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 from faultstream.events.admin import CONTROL, EVENTS, create_topics, describe_topics
 from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.kafka_clients import kafka_environment, librdkafka_config
 from faultstream.processors.coordinator import Coordinator
 from faultstream.processors.simulator import FleetSimulator, Scenario, load_scenario
 from faultstream.processors.simulator.kafka import LockstepBridge
@@ -126,12 +127,12 @@ def service_env(settings: Settings, work_dir: Path) -> dict[str, str]:
         }
     )
     for section, model in (
-        ("KAFKA", settings.kafka),
         ("PROCESSOR", processor),
         ("CIRCUITS", settings.circuits),
         ("RECOVERY", settings.recovery),
     ):
         env[f"FAULTSTREAM_{section}"] = json.dumps(model.model_dump(mode="json"))
+    env.update(kafka_environment(settings.kafka))  # a dump would mask the SASL password
     return env
 
 
@@ -152,7 +153,7 @@ def prepare_topics(settings: Settings) -> None:
 def processor_running(settings: Settings) -> bool:
     """Whether a `faultstream processor` is a live member of this prefix's group."""
     group = f"{settings.kafka.topic_prefix}-processor"
-    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers, "log_level": 0})
+    admin = AdminClient(librdkafka_config(settings.kafka, {"log_level": 0}))
     try:
         description = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
     except Exception:
@@ -180,7 +181,11 @@ def run_kafka_demo(
     timeout_s: float = 90.0,
 ) -> KafkaDemoRun:
     """Run the scenario through Kafka; the projector's history replaces `db_path` whole."""
-    kafka = settings.kafka.model_copy(update={"topic_prefix": prefix, "partitions": 1})
+    # The simulated fleet's time is its own: its producers stamp each record with it, and
+    # the topics keep that stamp as the time decisions run on.
+    kafka = settings.kafka.model_copy(
+        update={"topic_prefix": prefix, "partitions": 1, "input_timestamps": "CreateTime"}
+    )
     settings = settings.model_copy(update={"kafka": kafka})
     scenario = load_scenario(scenario_path)
     prepare_topics(settings)

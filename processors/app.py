@@ -26,14 +26,17 @@ committed; outputs are at-least-once with deterministic ids, and consumers dedup
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import faust
 
+from faultstream.events.admin import MAX_MESSAGE_BYTES
 from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.kafka_clients import faust_app_kwargs
 
 from .clock import install_clock
 from .decider import Decider
@@ -76,24 +79,38 @@ def store_url(settings: Settings) -> str:
     return "rocksdb://"
 
 
+def instance_datadir(settings: Settings, instance_id: str) -> Path:
+    """Where an instance keeps its table store: per app (the RocksDB offsets belong to that
+    app's changelog) and per instance."""
+    app_id = f"{settings.kafka.topic_prefix}-processor"
+    return Path(settings.processor.data_dir) / app_id / instance_id
+
+
 def create_app(
     settings: Settings,
     *,
     instance_id: str = "0",
     web_port: int | None = None,
+    web_host: str | None = None,
     naive: bool = False,
 ) -> faust.App:
-    """The processor app. `naive=True` handles one event at a time (the bench baseline)."""
+    """The processor app. `naive=True` handles one event at a time (the bench baseline).
+
+    Faust's web server (it serves /router/ and /table/, the decider's state included, and
+    answers the compose healthcheck) listens on `web_host`, default `http.host`
+    (127.0.0.1): Faust's own default is every interface."""
     kafka = settings.kafka
     topics = Topics.of(settings)
     decoder = InputDecoder(kafka.schema_registry_url, topic_prefix=kafka.topic_prefix)
-    brokers = [f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",")]
+    # The brokers and, on a secured cluster, the credentials of every aiokafka client.
+    connection = faust_app_kwargs(kafka)
     app_id = f"{kafka.topic_prefix}-processor"
-    datadir = Path(settings.processor.data_dir) / app_id / instance_id
+    datadir = instance_datadir(settings, instance_id)
     datadir.mkdir(parents=True, exist_ok=True)
+    bind = web_host or settings.http.host
     app = faust.App(
         app_id,
-        broker=brokers,
+        **connection,
         store=store_url(settings),
         # Per app (the RocksDB offsets belong to that app's changelog) and per instance.
         datadir=str(datadir),
@@ -103,6 +120,10 @@ def create_app(
         processing_guarantee="at_least_once",
         producer_acks=-1,
         producer_linger_ms=1,
+        # Frames and letters up to what the topics accept (a 1 MiB checkpoint travels alone
+        # in a frame); Faust's defaults stop at 1,000,000 bytes and 1 MiB.
+        producer_max_request_size=MAX_MESSAGE_BYTES,
+        consumer_max_fetch_size=MAX_MESSAGE_BYTES,
         consumer_auto_offset_reset="earliest",
         key_serializer="raw",
         value_serializer="raw",
@@ -112,7 +133,10 @@ def create_app(
         broker_heartbeat_interval=2.0,
         broker_rebalance_timeout=20.0,
         web_port=web_port or settings.processor.web_port,
-        web_host="127.0.0.1",
+        web_bind=bind,
+        # The name others would reach it by (Faust's canonical URL): the bound address, or
+        # this host's name when it listens on every interface.
+        web_host=socket.gethostname() if bind in ("0.0.0.0", "::") else bind,
     )
     table = app.Table(
         "decider-state",

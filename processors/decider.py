@@ -25,11 +25,13 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from faultstream.events.admin import MAX_MESSAGE_BYTES
 from faultstream.events.config import Settings
-from faultstream.events.models import CircuitStateChanged, RecoveryCommand
+from faultstream.events.exceptions import DecodeError
+from faultstream.events.kafka_clients import aiokafka_kwargs
+from faultstream.events.models import CircuitStateChanged, DeadLetter, RecoveryCommand
 from faultstream.processors.core import FleetCore
 
-from . import decisions
 from .decode import InputDecoder
 from .state import SnapshotStore
 from .stats import BatchStats
@@ -98,7 +100,9 @@ class Decider:
                 if message.offset < self.next_offset:
                     continue  # applied already: offered locally, or in the snapshot
                 # Faust's timestamps are in seconds.
-                await self._decide_frame(event.value, message.timestamp * 1000, "through Kafka")
+                await self._decide_frame(
+                    event.value, message.timestamp * 1000, "through Kafka", offset=message.offset
+                )
                 self.next_offset = message.offset + 1
             await self._apply_held()
             await self._maybe_snapshot()  # here: a Faust table is written from an event only
@@ -128,7 +132,7 @@ class Decider:
     async def _apply_held(self) -> None:
         held = self._held
         while self.core is not None and (entry := held.pop(self.next_offset, None)):
-            await self._decide_frame(*entry, "from ingest")
+            await self._decide_frame(*entry, "from ingest", offset=self.next_offset)
             self.next_offset += 1
         for offset in [offset for offset in held if offset < self.next_offset]:
             del held[offset]
@@ -152,9 +156,10 @@ class Decider:
         """Re-read decisions [next_offset, until): Faust committed past the snapshot."""
         tp = TopicPartition(self.topics.decisions, 0)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+            **aiokafka_kwargs(self.settings.kafka),
             enable_auto_commit=False,
             group_id=None,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,  # a frame as large as the topic takes
         )
         await consumer.start()
         try:
@@ -168,21 +173,28 @@ class Decider:
                 for message in batches.get(tp, []):
                     if message.offset >= until:
                         break
-                    await self._decide_frame(message.value, message.timestamp, "caught up")
+                    await self._decide_frame(
+                        message.value, message.timestamp, "caught up", offset=message.offset
+                    )
                     self.next_offset = message.offset + 1
         finally:
             await consumer.stop()
         self.next_offset = until
 
-    async def _decide_frame(self, frame: bytes, created_ms: float, path: str) -> None:
+    async def _decide_frame(
+        self, frame: bytes, created_ms: float, path: str, *, offset: int
+    ) -> None:
         """Apply every record of one frame; all or nothing as far as snapshots go."""
         assert self.core is not None
         started = time.perf_counter()
         process = self.core.process
-        # Stage 1 validated these; a failure here would be a codec bug, not bad input.
-        trusted = self.decoder.trusted
-        records = decisions.unpack(frame)
-        outputs = [output for raw in records for output in process(trusted(raw))]
+        try:
+            # Stage 1 validated these: all of them decode, unless another writer's frame.
+            records = self.decoder.trusted_frame(frame)
+        except DecodeError as exc:
+            await self._reject_frame(offset, frame, str(exc))
+            return
+        outputs = [output for record in records for output in process(record)]
         self._since_snapshot += len(records)
         send, encode, topics = self.app.producer.send, self.codec.encode, self.topics
         for output in outputs:
@@ -195,6 +207,23 @@ class Decider:
             await send(topic, key.encode(), encode(output), None, None, None)
         self.stats.counts[f"frames {path}"] += 1
         self.stats.add(len(records), time.perf_counter() - started, created_ms)
+
+    async def _reject_frame(self, offset: int, frame: bytes, reason: str) -> None:
+        # Stopping here would crash-loop on this offset. Skipped whole, as the projector
+        # skips it, the frame is missing from both histories alike; its letter says why.
+        log.error("decider: skipping the frame at decisions offset %d: %s", offset, reason)
+        topic = self.topics.decisions
+        letter = DeadLetter.of_record(
+            event_id=f"dlq:{topic}:0:{offset}",
+            ts=int(time.time() * 1000),
+            source_topic=topic,
+            source_partition=0,
+            source_offset=offset,
+            value=frame,
+            reason=f"decider: {reason}",
+        )
+        dlq = self.topics.dlq
+        await self.app.producer.send(dlq, None, self.codec.encode(letter), None, None, None)
 
     async def _maybe_snapshot(self) -> None:
         since_s = time.monotonic() - self._snapshot_at

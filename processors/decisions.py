@@ -4,63 +4,76 @@ The ingest stage forwards each batch of validated inputs as ONE decisions record
 decider (and every other reader of the topic) pays Kafka's per-message cost once per
 batch, not once per event. A frame is
 
-    version (1 byte, = 1) | count (4 bytes, big-endian) | count * (length (4 bytes) | payload)
+    version (1 byte, = 2) | count (4 bytes, big-endian)
+    | count * received_at (8 bytes, big-endian, signed; -1 = not known)
+    | count * (length (4 bytes) | payload)
 
-where each payload is the original Avro record, byte for byte. The history order is
-(decisions offset, index within the frame); `seq(offset, index)` turns it into one
-integer, which caps a frame at MAX_RECORDS records.
-
-A bare Avro record in the Confluent wire format (magic byte 0, as the unframed processor
-wrote) reads as a frame of one, so a decisions topic written before framing still reads.
+where each payload is the original Avro record, byte for byte, and `received_at` is the
+broker's append time of the record it came in (CIRCUITS.md "Decision time"): producers
+never write it, so it travels beside the payload. The history order is (decisions offset,
+index within the frame); `seq(offset, index)` turns it into one integer, which caps a
+frame at MAX_RECORDS records.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from faultstream.events.exceptions import DecodeError
 
-VERSION = 1
+VERSION = 2
+UNKNOWN_TIME = -1
 _HEADER = struct.Struct(">BI")
 _LENGTH = struct.Struct(">I")
-_AVRO_MAGIC = 0
 # seq = offset * MAX_RECORDS + index must stay unique and ordered: at most this many
 # records per frame.
 MAX_RECORDS = 65_536
 # Keep a frame well under Kafka's default 1 MB message limit; one larger record (a big
 # checkpoint) still travels alone in a frame of its own.
 MAX_FRAME_BYTES = 512 * 1024
+# Per record: its time and its length.
+RECORD_OVERHEAD = 12
 
 
-def pack(records: Sequence[bytes]) -> bytes:
-    """One frame holding `records` (1 to MAX_RECORDS of them) in order."""
+def pack(records: Sequence[bytes], received_at: Sequence[int] | None = None) -> bytes:
+    """One frame holding `records` (1 to MAX_RECORDS of them) in order, each with its
+    broker append time (`received_at`, epoch ms; None: not known)."""
     count = len(records)
     if not 0 < count <= MAX_RECORDS:
         raise ValueError(f"a frame holds 1 to {MAX_RECORDS} records, not {count}")
+    if received_at is None:
+        received_at = [UNKNOWN_TIME] * count
+    elif len(received_at) != count:
+        raise ValueError(f"{len(received_at)} times for {count} records")
     length = _LENGTH.pack
-    parts = [_HEADER.pack(VERSION, count)]
+    parts = [_HEADER.pack(VERSION, count), struct.pack(f">{count}q", *received_at)]
     for record in records:
         parts.append(length(len(record)))
         parts.append(record)
     return b"".join(parts)
 
 
-def unpack(frame: bytes) -> list[bytes]:
-    """The records of one frame, in order; DecodeError when it is not a whole frame."""
+def unpack_stamped(frame: bytes) -> tuple[list[int | None], list[bytes]]:
+    """(received_at or None, record) of one frame, as two lists in order; DecodeError when
+    it is not a whole frame."""
     if not frame:
         raise DecodeError("empty decisions record")
     version = frame[0]
-    if version == _AVRO_MAGIC:
-        return [frame]  # a bare record, written before framing
     if version != VERSION:
         raise DecodeError(f"decisions frame version {version}, expected {VERSION}")
     size = len(frame)
     if size < _HEADER.size:
         raise DecodeError(f"decisions frame of {size} bytes is shorter than its header")
     count = _HEADER.unpack_from(frame)[1]
+    pos = _HEADER.size + 8 * count
+    if pos > size:
+        raise DecodeError(f"decisions frame truncated in the times of its {count} records")
+    times = [
+        None if at == UNKNOWN_TIME else at
+        for at in struct.unpack_from(f">{count}q", frame, _HEADER.size)
+    ]
     records: list[bytes] = []
-    pos = _HEADER.size
     length = _LENGTH.unpack_from
     for index in range(count):
         if pos + 4 > size:
@@ -74,31 +87,30 @@ def unpack(frame: bytes) -> list[bytes]:
         pos = end
     if pos != size:
         raise DecodeError(f"{size - pos} trailing bytes after a decisions frame")
-    return records
+    return times, records
 
 
-def pack_all(records: Sequence[bytes]) -> list[bytes]:
-    """`records` as consecutive frames, each within MAX_RECORDS and MAX_FRAME_BYTES."""
+def unpack(frame: bytes) -> list[bytes]:
+    """The records of one frame, in order; DecodeError when it is not a whole frame."""
+    return unpack_stamped(frame)[1]
+
+
+def pack_all(records: Sequence[bytes], received_at: Sequence[int]) -> list[bytes]:
+    """`records` (with their times) as consecutive frames, each within MAX_RECORDS and
+    MAX_FRAME_BYTES."""
     frames: list[bytes] = []
     start = 0
     size = 0
     for i, record in enumerate(records):
         if i > start and (i - start >= MAX_RECORDS or size + len(record) > MAX_FRAME_BYTES):
-            frames.append(pack(records[start:i]))
+            frames.append(pack(records[start:i], received_at[start:i]))
             start, size = i, 0
-        size += len(record) + 4
+        size += len(record) + RECORD_OVERHEAD
     if start < len(records):
-        frames.append(pack(records[start:]))
+        frames.append(pack(records[start:], received_at[start:]))
     return frames
 
 
 def seq(offset: int, index: int) -> int:
     """The history position of record `index` of the frame at decisions `offset`."""
     return offset * MAX_RECORDS + index
-
-
-def iter_records(frames: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
-    """(seq, record) for every record of (offset, frame) pairs, in history order."""
-    for offset, frame in frames:
-        for index, record in enumerate(unpack(frame)):
-            yield seq(offset, index), record

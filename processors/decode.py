@@ -5,9 +5,14 @@ dominates), more than the core itself. Worker events written with our own schema
 default ids, no registry) are read here by hand instead, like `codec.encode_worker_event`
 writes them; anything else (control records, other writer schemas) takes the codec.
 
-- `validated(raw)`: the one full check, in ingest: Avro, then the pydantic model.
+- `validated(raw)`: the one full check, in ingest: size, Avro, then the pydantic model.
 - `trusted(raw)`: for records ingest already validated (the decider): the same model,
   built without validation. Tests check both against `Codec.decode_input`.
+- `trusted_frame(frame)`: every record of a decisions frame, or DecodeError for the frame.
+
+Whatever the bytes, these return records or raise DecodeError / InvalidEventError with the
+reason, never another exception (tests/unit/test_decoder_fuzz.py): one escaping would
+crash the processor on that record again after every restart.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from faultstream.events.admin import MAX_RECORD_BYTES
 from faultstream.events.codec import DEFAULT_SCHEMA_IDS, HEADER, MAGIC, SCHEMAS, Codec
-from faultstream.events.exceptions import DecodeError, InvalidEventError
+from faultstream.events.exceptions import DecodeError, FaultstreamError, InvalidEventError
 from faultstream.events.models import EventKind, FailureType, InputRecord, WorkerEvent
+
+from . import decisions
 
 _SCHEMA = json.loads(SCHEMAS["worker_event"].text)
 _FIELDS = [f["name"] for f in _SCHEMA["fields"]]
@@ -166,6 +174,7 @@ def _read_fields(data: bytes) -> dict[str, Any]:
         "attributes": attributes,
         "checkpoint_seq": checkpoint_seq,
         "checkpoint_state": checkpoint_state,
+        "received_at": None,  # not on the wire: the broker's time travels in the frame
     }
 
 
@@ -183,7 +192,14 @@ class InputDecoder:
         )
 
     def validated(self, raw: bytes) -> InputRecord:
-        """Decode and fully validate; DecodeError / InvalidEventError name what is wrong."""
+        """Decode and fully validate; DecodeError / InvalidEventError name what is wrong
+        (never another exception: whatever arrives is dead-lettered with that reason)."""
+        if len(raw) > MAX_RECORD_BYTES:
+            # Its frame would exceed what the decisions topic and the producer accept.
+            raise DecodeError(
+                f"a record of {len(raw)} bytes; the processor forwards at most "
+                f"{MAX_RECORD_BYTES} bytes"
+            )
         if raw[:_HEADER_LEN] == self._fast_header:
             body = read_worker_event(raw)
             try:
@@ -192,11 +208,36 @@ class InputDecoder:
                 raise InvalidEventError.from_validation(exc) from None
         return self.codec.decode_input(raw)
 
-    def trusted(self, raw: bytes) -> InputRecord:
-        """Decode a record that `validated` accepted before, skipping the checks."""
+    def trusted(self, raw: bytes, received_at: int | None = None) -> InputRecord:
+        """Decode a record that `validated` accepted before, skipping the checks, with
+        the broker's append time it came in with (decisions.unpack_stamped)."""
         if raw[:_HEADER_LEN] == self._fast_header:
-            return _trusted_event(read_worker_event(raw))
-        return self.codec.decode_input(raw)
+            fields = read_worker_event(raw)
+            fields["received_at"] = received_at
+            return _trusted_event(fields)
+        record = self.codec.decode_input(raw)
+        return record if received_at is None else stamped(record, received_at)
+
+    def trusted_frame(self, frame: bytes) -> list[InputRecord]:
+        """Every record of a decisions frame with its broker time, as `trusted` decodes it.
+
+        All or nothing: DecodeError, naming the record at fault, when the frame or any record
+        in it does not decode, so the caller can reject the frame whole before any record of
+        it reaches the core (the projector rejects such a frame whole too)."""
+        times, raws = decisions.unpack_stamped(frame)
+        trusted = self.trusted
+        records: list[InputRecord] = []
+        for index, raw in enumerate(raws):
+            try:
+                records.append(trusted(raw, times[index]))
+            except FaultstreamError as exc:
+                raise DecodeError(f"record {index} of {len(raws)} in the frame: {exc}") from None
+        return records
+
+
+def stamped(record: InputRecord, received_at: int) -> InputRecord:
+    """`record` with its broker append time."""
+    return record.model_copy(update={"received_at": received_at})
 
 
 def _trusted_event(fields: dict[str, Any]) -> WorkerEvent:

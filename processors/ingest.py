@@ -1,6 +1,10 @@
 """Stage 1 of the processor: validate raw input records, frame the good ones onto
 `<prefix>.decisions`, dead-letter the bad ones.
 
+Records are forwarded in one order across the input partitions: merged by the broker's
+append time (processors/merge.py), each carrying that time into its frame, where the
+decider reads it as the record's `received_at` (CIRCUITS.md "Decision time").
+
 The batched path (`Ingest.run`) reads `<prefix>.events` and `.control` with its own
 aiokafka consumer (group `<app id>-ingest`) and `getmany`, inside the Faust app: Faust's
 per-message stream machinery costs ~100 µs per event here (profiled: task creation and
@@ -27,12 +31,15 @@ import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from faultstream.events.admin import MAX_MESSAGE_BYTES
 from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.kafka_clients import aiokafka_kwargs
 from faultstream.events.models import DeadLetter
 
 from . import decisions
 from .decode import InputDecoder
+from .merge import PartitionMerge
 from .stats import BatchStats
 
 log = logging.getLogger("faultstream.processor")
@@ -41,6 +48,10 @@ DECISIONS_KEY = b"fleet"
 # Records per poll, hence at most per frame (decisions.MAX_RECORDS caps a frame).
 POLL_MAX_RECORDS = 5000
 COMMIT_EVERY_S = 1.0
+# A partition that runs this far ahead of the merge stops being fetched until it drains.
+MERGE_BUFFER_MAX = 50_000
+# How often to say which partition holds the merge back, while one does.
+WAITING_LOG_EVERY_S = 10.0
 assert POLL_MAX_RECORDS <= decisions.MAX_RECORDS
 
 
@@ -68,6 +79,31 @@ class Ingest:
         self._committing: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
+        # Ties between partitions: events before control, then by partition number.
+        self.merge = PartitionMerge(
+            received_at=_received_at, order=lambda tp: (tp.topic != topics.events, tp.partition)
+        )
+        self._paused: set[TopicPartition] = set()
+
+    async def _release(
+        self, consumer: AIOKafkaConsumer
+    ) -> tuple[list[Any], dict[TopicPartition, Any], list[TopicPartition]]:
+        """`PartitionMerge.release` over the assigned partitions. Partitions far ahead of
+        the merge pause until it catches up."""
+        assigned = consumer.assignment()
+        behind: dict[TopicPartition, bool] = {}  # has records not fetched yet
+        for tp in assigned:
+            highwater = consumer.highwater(tp)
+            # Unknown until the first fetch answers: wait for it rather than guess.
+            behind[tp] = highwater is None or await consumer.position(tp) < highwater
+        released = self.merge.release(assigned, behind.__getitem__)
+        full = {tp for tp in assigned if self.merge.buffered(tp) >= MERGE_BUFFER_MAX}
+        if full - self._paused:
+            consumer.pause(*(full - self._paused))
+        if self._paused - full:
+            consumer.resume(*(self._paused - full))
+        self._paused = full
+        return released
 
     async def forward(self, messages: Sequence[Any]) -> None:
         """Validate `messages` (anything with topic, partition, offset and value) and send
@@ -75,6 +111,7 @@ class Ingest:
         send = self.app.producer.send
         validated = self.decoder.validated
         good: list[bytes] = []
+        received: list[int] = []
         sent = self._sent
         for message in messages:
             raw = message.value or b""  # a null value is bad input too
@@ -86,7 +123,8 @@ class Ingest:
                 sent.append(await send(self.topics.dlq, None, letter, None, None, None))
                 continue
             good.append(raw)
-        for frame in decisions.pack_all(good) if good else ():
+            received.append(message.timestamp)
+        for frame in decisions.pack_all(good, received) if good else ():
             delivery = await send(self.topics.decisions, DECISIONS_KEY, frame, 0, None, None)
             sent.append(delivery)
             if self.on_frame is not None:
@@ -101,19 +139,22 @@ class Ingest:
         """The naive baseline: a Faust agent hands over events. Faust flushes the producer
         before it commits their offsets."""
         started = time.perf_counter()
-        await self.forward([event.message for event in events])
-        oldest = events[0].message.timestamp * 1000  # Faust's timestamps are in seconds
+        messages = [_Received(event.message) for event in events]
+        await self.forward(messages)
+        oldest = messages[0].timestamp
         self.stats.add(len(events), time.perf_counter() - started, oldest)
 
     async def run(self) -> None:
         """Consume the input topics until cancelled (the batched path)."""
         kafka = self.settings.kafka
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers,
+            **aiokafka_kwargs(kafka),
             group_id=f"{kafka.topic_prefix}-processor-ingest",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=POLL_MAX_RECORDS,
+            # A record as large as the topics accept must come through whole.
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
             # As the Faust consumer: a SIGKILLed instance's partitions move within seconds.
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
@@ -124,18 +165,37 @@ class Ingest:
         await consumer.start()
         log.info("ingest consuming %s and %s", self.topics.events, self.topics.control)
         committed_at = time.monotonic()
+        waiting_since: float | None = None
+        waiting_logged = 0.0
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=POLL_MAX_RECORDS)
-                if batches:
+                async with self._lock:
+                    for tp, records in batches.items():
+                        self.merge.add(tp, records)
                     started = time.perf_counter()
-                    async with self._lock:
-                        messages = [m for records in batches.values() for m in records]
+                    messages, last, waiting = await self._release(consumer)
+                    if messages:
                         await self.forward(messages)
-                        for tp, records in batches.items():
-                            self._pending[tp] = records[-1].offset + 1
+                        for tp, message in last.items():
+                            self._pending[tp] = message.offset + 1
+                if messages:
                     busy = time.perf_counter() - started
                     self.stats.add(len(messages), busy, min(m.timestamp for m in messages))
+                if waiting and not messages:
+                    now = time.monotonic()
+                    waiting_since = waiting_since or now
+                    if now - waiting_since >= WAITING_LOG_EVERY_S and (
+                        now - waiting_logged >= WAITING_LOG_EVERY_S
+                    ):
+                        waiting_logged = now
+                        log.warning(
+                            "ingest: decisions wait for %s, behind and not yet fetched (%.0f s)",
+                            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in waiting),
+                            now - waiting_since,
+                        )
+                else:
+                    waiting_since = None
                 due = time.monotonic() - committed_at >= COMMIT_EVERY_S
                 if due and (self._committing is None or self._committing.done()):
                     self._committing = asyncio.create_task(self._commit_in_background())
@@ -200,20 +260,41 @@ class _Listener(ConsumerRebalanceListener):
         self.ingest = ingest
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Held back, not forwarded: not committed either, so their next owner reads them.
+        self.ingest.merge.forget(revoked)
+        self.ingest._paused -= set(revoked)
         await self.ingest.commit(list(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("ingest assigned %d input partitions", len(assigned))
 
 
+def _received_at(message: Any) -> int:
+    """A consumed record's broker append time (the input topics use LogAppendTime)."""
+    return message.timestamp
+
+
+class _Received:
+    """A Faust message as ingest reads messages: its timestamp in ms, as aiokafka's."""
+
+    __slots__ = ("offset", "partition", "timestamp", "topic", "value")
+
+    def __init__(self, message: Any) -> None:
+        self.topic, self.partition, self.offset = message.topic, message.partition, message.offset
+        self.value = message.value
+        self.timestamp = round(message.timestamp * 1000)  # Faust's are in seconds
+
+
 def dead_letter(message: Any, raw: bytes, reason: str) -> DeadLetter:
+    """The letter for `message` (value `raw`): a bounded prefix of it, its size and hash,
+    so the letter fits on the dlq whatever the record's size."""
     topic, partition, offset = message.topic, message.partition, message.offset
-    return DeadLetter(
+    return DeadLetter.of_record(
         event_id=f"dlq:{topic}:{partition}:{offset}",
         ts=int(time.time() * 1000),
         source_topic=topic,
         source_partition=partition,
         source_offset=offset,
-        raw=raw,
+        value=raw,
         reason=reason,
     )

@@ -18,7 +18,7 @@ _COMPUTED = {"event_hash": ("event_id", "hash(event_id)")}
 # Columns that are one key of the events' `attributes`.
 _ATTRIBUTES = ("batch_size", "precision")
 # The type of the NULL a table reads for a column it lacks (VARCHAR when not named here).
-_NULL_TYPES = {"attempt": "INTEGER", "checkpoint_seq": "BIGINT"}
+_NULL_TYPES = {"attempt": "INTEGER", "checkpoint_seq": "BIGINT", "received_at": "BIGINT"}
 
 
 def read_input_columns(

@@ -34,6 +34,7 @@ _CHUNK_BYTES = 1 << 18
 _TYPES = {
     **dict.fromkeys(REPLAY_COLUMNS, pa.string()),
     "ts": pa.int64(),
+    "received_at": pa.int64(),
     "attempt": pa.int32(),
     "checkpoint_seq": pa.int64(),
     "event_hash": pa.uint64(),
@@ -124,7 +125,9 @@ def scan_jsonl(
             names = pa.array([str(v) for v in k.ENUMS[k.ENUM_FIELDS.index(name)]], pa.string())
             built[name] = names.take(pa.array(codes, mask=codes < 0))
         elif name == "ts":
-            built[name] = pa.array(ints[0])
+            built[name] = pa.array(ints[k.TS])
+        elif name == "received_at":
+            built[name] = pa.array(ints[k.RECEIVED_AT], mask=(given & k.B_RECEIVED_AT) == 0)
         elif name == "attempt":  # null on control records, as in the DuckDB tables
             built[name] = pa.array(ints[1].astype(np.int32), mask=kind > k.FAILURE)
         elif name == "checkpoint_seq":
@@ -204,12 +207,18 @@ def event_hashes(event_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def in_window(table: pa.Table, since: int | None, until: int | None) -> pa.Table:
-    """Only the rows with `since <= ts < until` (None: open)."""
+    """Only the rows with `since <= received_at < until` (None: open; a row without
+    `received_at` counts at its `ts`)."""
+    if since is None and until is None:
+        return table
+    at = table["ts"]
+    if "received_at" in table.column_names:
+        at = pc.coalesce(table["received_at"], at)
     mask = None
     if since is not None:
-        mask = pc.greater_equal(table["ts"], since)
+        mask = pc.greater_equal(at, since)
     if until is not None:
-        below = pc.less(table["ts"], until)
+        below = pc.less(at, until)
         mask = below if mask is None else pc.and_(mask, below)
     return table if mask is None else table.filter(mask)
 

@@ -15,6 +15,7 @@ from numba import njit, prange
 
 from faultstream.events.models import (
     MAX_CHECKPOINT_BYTES,
+    MAX_MILLIS,
     CircuitKind,
     ConfigChanged,
     EventKind,
@@ -66,7 +67,8 @@ BATCH_SIZE, PRECISION = SLOTS.index("batch_size"), SLOTS.index("precision")
 KINDS = (*EventKind, "TICK", "OPERATOR", "CONFIG_CHANGED")
 ENUMS = (KINDS, tuple(FailureType), tuple(OperatorAction), tuple(CircuitKind))
 ENUM_FIELDS = ("kind", "failure_type", "action", "circuit_kind")
-INT_FIELDS = ("ts", "attempt", "checkpoint_seq")
+INT_FIELDS = ("ts", "attempt", "checkpoint_seq", "received_at")
+TS, ATTEMPT, RECEIVED_AT = 0, 1, 3  # rows of `ints`
 HEARTBEAT, TASK_STARTED, CHECKPOINT, SUCCESS, FAILURE, TICK, OPERATOR, CONFIG_CHANGED = range(8)
 
 # Field types.
@@ -115,11 +117,14 @@ def _bits(*names: str) -> int:
 
 
 # The fields each kind of record may hold, and those it must give a value (not null).
-_WORKER_FIELDS = _bits(*FIELDS[:14])
+_WORKER_FIELDS = _bits(*WorkerEvent.model_fields)
 _TICK_FIELDS = _bits("event_id", "kind", "ts")
 _OPERATOR_FIELDS = _TICK_FIELDS | _bits("action", "circuit_kind", "circuit_id", "actor")
 _CONFIG_FIELDS = _TICK_FIELDS | _bits("config", "actor")
-ALLOWED = np.array([_WORKER_FIELDS] * 5 + [_TICK_FIELDS, _OPERATOR_FIELDS, _CONFIG_FIELDS])
+_ANY_KIND = _bits("received_at")  # optional on every kind
+ALLOWED = np.array(
+    [_WORKER_FIELDS] * 5 + [_TICK_FIELDS, _OPERATOR_FIELDS, _CONFIG_FIELDS]
+) | np.int64(_ANY_KIND)
 REQUIRED = np.array(
     [_TICK_FIELDS | _bits("worker_id", "hardware_class")] * 5
     + [_TICK_FIELDS, _OPERATOR_FIELDS, _CONFIG_FIELDS]
@@ -134,6 +139,7 @@ B_TASK_ID, B_TASK_TYPE = _BIT["task_id"], _BIT["task_type"]
 B_FAILURE_TYPE = _BIT["failure_type"]
 B_CHECKPOINT = _BIT["checkpoint_seq"] | _BIT["checkpoint_state"]
 B_CHECKPOINT_SEQ = _BIT["checkpoint_seq"]
+B_RECEIVED_AT = _BIT["received_at"]
 MAX_B64 = MAX_CHECKPOINT_BYTES
 
 # Why a scan stopped (0: it did not).
@@ -207,9 +213,8 @@ def parse_line(buf, p, end, row, sizes, spans, enums, ints, given):
         sizes[s, row] = -1
     for e in range(enums.shape[0]):
         enums[e, row] = -1
-    ints[0, row] = 0
-    ints[1, row] = 0
-    ints[2, row] = 0
+    for i in range(ints.shape[0]):
+        ints[i, row] = 0
     present = 0
     nulls = 0
     wide = False
@@ -247,7 +252,9 @@ def parse_line(buf, p, end, row, sizes, spans, enums, ints, given):
             p += 4
         elif ftype == _INT:
             p, value = read_int(buf, p, end)
-            if p < 0 or (arg == 1 and value > _INT32_MAX):
+            if p < 0 or (arg == ATTEMPT and value > _INT32_MAX):
+                return -1, VALUE, wide
+            if (arg == TS or arg == RECEIVED_AT) and value > MAX_MILLIS:  # noqa: SIM109 (numba)
                 return -1, VALUE, wide
             ints[arg, row] = value
         elif ftype == _ATTRS:

@@ -31,14 +31,17 @@ from faultstream.events.admin import end_offsets
 from faultstream.events.config import KafkaSettings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.jsonl import InvalidLineError, read_input_records
+from faultstream.events.kafka_clients import librdkafka_config
 from faultstream.events.models import (
     CircuitStateChanged,
     DerivedRecord,
     InputRecord,
     RecoveryCommand,
+    received_at,
 )
 from faultstream.projections.queries import History  # reading only: the shared queries
 
+from .decode import stamped
 from .input_columns import read_input_columns
 
 _KAFKA_POLL_S = 1.0
@@ -50,6 +53,7 @@ TUNER_COLUMNS = (
     "event_id",
     "kind",
     "ts",
+    "received_at",
     "worker_id",
     "hardware_class",
     "task_id",
@@ -89,9 +93,14 @@ def parse_time(text: str, flag: str = "--since") -> int:
     return int(moment.timestamp() * 1000)
 
 
+# An input's decision time in the history tables (models.received_at).
+RECEIVED_AT_SQL = "coalesce(received_at, ts)"
+
+
 @dataclass(frozen=True)
 class Window:
-    """Event-time bounds: `since <= ts < until`; None means open."""
+    """Time bounds: `since <= t < until`, None meaning open, where t is an input's decision
+    time (its `received_at`) and a derived record's `ts`."""
 
     since: int | None = None
     until: int | None = None
@@ -104,16 +113,16 @@ class Window:
             yield from records
             return
         for record in records:
-            if self.holds(record.ts):
+            if self.holds(received_at(record)):
                 yield record
 
-    def sql(self) -> tuple[str, list[int]]:
+    def sql(self, column: str = "ts") -> tuple[str, list[int]]:
         clauses, params = [], []
         if self.since is not None:
-            clauses.append("ts >= ?")
+            clauses.append(f"{column} >= ?")
             params.append(self.since)
         if self.until is not None:
-            clauses.append("ts < ?")
+            clauses.append(f"{column} < ?")
             params.append(self.until)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
@@ -162,9 +171,10 @@ class JsonlSource:
         from .replay import open_input
 
         with open_input(self.path) as handle:
-            records = read_input_records(
-                handle, skip_invalid=self.skip_invalid, errors=self.invalid
-            )
+            # Bytes, decoded line by line: a line that is not UTF-8 is one invalid line
+            # (named, or skipped and counted with --skip-invalid), not the end of the read.
+            lines = getattr(handle, "buffer", handle)
+            records = read_input_records(lines, skip_invalid=self.skip_invalid, errors=self.invalid)
             yield from window.filter(records)
 
     def derived(self, window: Window = ALL_TIME) -> None:
@@ -214,7 +224,7 @@ class _ProjectedHistory:
         record: `columns`, null where a record has no such field; CONFIG_CHANGED's
         `config` as JSON text), read by DuckDB without building a record per row."""
         history = self._open()
-        where, params = window.sql()
+        where, params = window.sql(RECEIVED_AT_SQL)
         try:
             return read_input_columns(history.con, columns, where, params)
         except duckdb.Error as exc:
@@ -294,19 +304,21 @@ class KafkaSource:
         return None  # framed Avro: decoded record by record
 
     def inputs(self, window: Window = ALL_TIME) -> Iterator[InputRecord]:
-        from faultstream.events.codec import Codec
+        from .decisions import unpack_stamped
+        from .decode import InputDecoder
 
-        from .decisions import unpack
-
-        codec = Codec(self.kafka.schema_registry_url, topic_prefix=self.kafka.topic_prefix)
+        decoder = InputDecoder(self.kafka.schema_registry_url, topic_prefix=self.kafka.topic_prefix)
         # Each decisions record is a frame of inputs: (offset, index in frame) order.
         for frame in self._read_topic("decisions"):
             try:
-                records = [codec.decode_input(value) for value in unpack(frame)]
+                times, raws = unpack_stamped(frame)
+                records = [decoder.validated(raw) for raw in raws]
             except FaultstreamError as exc:
                 raise HistoryError(f"{self.name}: undecodable record ({exc})") from None
-            for record in records:
-                if window.holds(record.ts):
+            for at, record in zip(times, records, strict=True):
+                if at is not None:
+                    record = stamped(record, at)
+                if window.holds(received_at(record)):
                     yield record
 
     def derived(self, window: Window = ALL_TIME) -> Iterator[DerivedRecord]:
@@ -327,12 +339,14 @@ class KafkaSource:
 
         topic = self.kafka.topic(logical)
         consumer = Consumer(
-            {
-                "bootstrap.servers": self.kafka.bootstrap_servers,
-                "group.id": f"faultstream-replay-{logical}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            }
+            librdkafka_config(
+                self.kafka,
+                {
+                    "group.id": f"faultstream-replay-{logical}",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                },
+            )
         )
         try:
             try:

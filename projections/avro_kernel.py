@@ -26,8 +26,7 @@ SPANS = 8
 OK, TO_CODEC = 0, 1
 # Message status of the frame split.
 FRAME_OK, FRAME_BAD = 0, 1
-_FRAME_VERSION = 1  # processors/decisions.py
-_AVRO_MAGIC = 0
+_FRAME_VERSION = 2  # processors/decisions.py
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -113,10 +112,11 @@ def _branch(buf: np.ndarray, pos: int, end: int) -> tuple[int, int]:
 @njit(cache=True, nogil=True)
 def split_frames(
     buf: np.ndarray, bounds: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The records of each decisions message `m` (bytes `bounds[m]:bounds[m + 1]`):
-    (message status, record start, record end, record's message, record's index in frame).
-    A bad frame gets FRAME_BAD and no records (its reason comes from decisions.unpack)."""
+    (message status, record start, record end, record's message, record's index in frame,
+    record's received_at or -1). A bad frame gets FRAME_BAD and no records (its reason
+    comes from decisions.unpack)."""
     messages = len(bounds) - 1
     status = np.zeros(messages, np.uint8)
     capacity = max(16, messages)
@@ -124,51 +124,51 @@ def split_frames(
     ends = np.empty(capacity, np.int64)
     owner = np.empty(capacity, np.int64)
     index = np.empty(capacity, np.int64)
+    received = np.empty(capacity, np.int64)
     n = 0
     for m in range(messages):
         pos, end = bounds[m], bounds[m + 1]
-        if pos >= end:
+        if end - pos < 5 or buf[pos] != _FRAME_VERSION:
             status[m] = FRAME_BAD
             continue
-        if buf[pos] == _AVRO_MAGIC:  # a bare record: a frame of one
-            count = 1
-        elif buf[pos] == _FRAME_VERSION and end - pos >= 5:
-            count = 0
-            for k in range(1, 5):
-                count = (count << 8) | np.int64(buf[pos + k])
-            pos += 5
-        else:
+        count = np.int64(0)
+        for k in range(1, 5):
+            count = (count << 8) | np.int64(buf[pos + k])
+        times = pos + 5
+        pos = times + 8 * count
+        if pos > end:
             status[m] = FRAME_BAD
             continue
         first = n
         for i in range(count):
-            if buf[bounds[m]] == _AVRO_MAGIC:
-                rec_start, rec_end = pos, end
-            else:
-                if pos + 4 > end:
-                    status[m] = FRAME_BAD
-                    break
-                length = np.int64(0)
-                for k in range(4):
-                    length = (length << 8) | np.int64(buf[pos + k])
-                rec_start, rec_end = pos + 4, pos + 4 + length
-                if rec_end > end:
-                    status[m] = FRAME_BAD
-                    break
+            if pos + 4 > end:
+                status[m] = FRAME_BAD
+                break
+            length = np.int64(0)
+            for k in range(4):
+                length = (length << 8) | np.int64(buf[pos + k])
+            rec_start, rec_end = pos + 4, pos + 4 + length
+            if rec_end > end:
+                status[m] = FRAME_BAD
+                break
             if n == capacity:
                 capacity *= 2
                 starts = _grow(starts, capacity)
                 ends = _grow(ends, capacity)
                 owner = _grow(owner, capacity)
                 index = _grow(index, capacity)
-            starts[n], ends[n], owner[n], index[n] = rec_start, rec_end, m, i
+                received = _grow(received, capacity)
+            at = np.int64(0)
+            for k in range(8):  # big-endian, two's complement
+                at = (at << 8) | np.int64(buf[times + 8 * i + k])
+            starts[n], ends[n], owner[n], index[n], received[n] = rec_start, rec_end, m, i, at
             n += 1
             pos = rec_end
         if status[m] == FRAME_OK and pos != end:
             status[m] = FRAME_BAD  # trailing bytes
         if status[m] != FRAME_OK:
             n = first
-    return status, starts[:n], ends[:n], owner[:n], index[:n]
+    return status, starts[:n], ends[:n], owner[:n], index[:n], received[:n]
 
 
 @njit(cache=True, nogil=True)

@@ -24,8 +24,8 @@ import pyarrow as pa
 
 from faultstream.events.codec import SCHEMAS, Codec
 from faultstream.events.exceptions import DecodeError, FaultstreamError
-from faultstream.processors.decisions import MAX_RECORDS
-from faultstream.processors.decisions import unpack as unpack_frame
+from faultstream.processors.decisions import MAX_RECORDS, UNKNOWN_TIME
+from faultstream.processors.decisions import unpack_stamped as unpack_frame
 
 from . import avro_kernel as k
 from .schema import EVENTS, arrow_schema
@@ -99,24 +99,27 @@ class DecisionsDecoder:
         bounds = np.zeros(len(values) + 1, np.int64)
         np.cumsum(sizes, out=bounds[1:])
         buf = np.frombuffer(b"".join(values), np.uint8)
-        frame_status, starts, ends, owner, index = k.split_frames(buf, bounds)
+        frame_status, starts, ends, owner, index, received = k.split_frames(buf, bounds)
         fields = k.decode_worker_events(
             buf, starts, ends, self.event_schema_id, len(KINDS), len(FAILURE_TYPES)
         )
         status = fields[0]
         message_offsets = np.asarray(offsets, np.int64)
-        # Records the kernels left, as (message, index in frame, bytes), in history order.
-        slow: list[tuple[int, int, bytes]] = []
+        # Records the kernels left, as (message, index in frame, received_at, bytes), in
+        # history order.
+        slow: list[tuple[int, int, int | None, bytes]] = []
         rejected: dict[int, str] = {}
         for m in np.flatnonzero(frame_status).tolist():
             try:
-                records = unpack_frame(values[m])
+                times, records = unpack_frame(values[m])
             except DecodeError as exc:
                 rejected[m] = str(exc)
                 continue
-            slow.extend((m, i, record) for i, record in enumerate(records))
+            slow.extend((m, i, *pair) for i, pair in enumerate(zip(times, records, strict=True)))
         for r in np.flatnonzero(status).tolist():
-            slow.append((int(owner[r]), int(index[r]), buf[starts[r] : ends[r]].tobytes()))
+            at = int(received[r])
+            record = buf[starts[r] : ends[r]].tobytes()
+            slow.append((int(owner[r]), int(index[r]), None if at == UNKNOWN_TIME else at, record))
         slow.sort(key=lambda item: item[:2])
         decoded = self._decode_slow(slow, rejected)
         out = DecodedDecisions(events=_EVENTS_SCHEMA.empty_table(), rejected=rejected)
@@ -129,17 +132,17 @@ class DecisionsDecoder:
             rows = rows[~np.isin(owner[rows], np.fromiter(rejected, np.int64))]
         if len(rows):
             seqs = message_offsets[owner[rows]] * MAX_RECORDS + index[rows]
-            out.events = _events_table(buf, fields, rows, seqs)
+            out.events = _events_table(buf, fields, rows, seqs, received[rows])
         return out
 
     def _decode_slow(
-        self, slow: list[tuple[int, int, bytes]], rejected: dict[int, str]
+        self, slow: list[tuple[int, int, int | None, bytes]], rejected: dict[int, str]
     ) -> list[tuple[int, int, dict[str, Any]]]:
         """Codec-decoded records; a message's reason is its first undecodable record, else
         its first record that is not an input (the order the per-record path checked)."""
         decoded: list[tuple[int, int, dict[str, Any]]] = []
         foreign: dict[int, str] = {}
-        for m, i, raw in slow:
+        for m, i, received_at, raw in slow:
             if m in rejected:
                 continue
             try:
@@ -147,6 +150,7 @@ class DecisionsDecoder:
             except FaultstreamError as exc:
                 rejected[m] = str(exc)
                 continue
+            record["received_at"] = received_at
             if name not in INPUT_SCHEMAS:
                 foreign.setdefault(m, f"a {name} on the decisions topic")
             decoded.append((m, i, record))
@@ -156,7 +160,11 @@ class DecisionsDecoder:
 
 
 def _events_table(
-    buf: np.ndarray, fields: tuple[np.ndarray, ...], rows: np.ndarray, seqs: np.ndarray
+    buf: np.ndarray,
+    fields: tuple[np.ndarray, ...],
+    rows: np.ndarray,
+    seqs: np.ndarray,
+    received: np.ndarray,
 ) -> pa.Table:
     (_, span_start, span_len, kind, ts, failure_type, attempt, checkpoint_seq,
      has_checkpoint_seq, map_offsets, key_start, key_len, value_start,
@@ -188,6 +196,7 @@ def _events_table(
         attributes,
         pa.array(checkpoint_seq[rows], mask=~has_checkpoint_seq[rows]),
         text(k.S_CHECKPOINT_STATE, pa.binary()),
+        pa.array(received, mask=received == UNKNOWN_TIME),
         pa.array(seqs),
     ]
     return pa.Table.from_arrays(columns, schema=_EVENTS_SCHEMA)

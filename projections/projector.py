@@ -19,6 +19,7 @@ straight into Arrow columns (columns.py); the other topics' records one by one
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +34,7 @@ from faultstream.events.admin import CIRCUITS, COMMANDS, DECISIONS, DLQ, create_
 from faultstream.events.codec import Codec
 from faultstream.events.config import KafkaSettings, Settings
 from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.kafka_clients import librdkafka_config
 from faultstream.events.models import DeadLetter
 
 from .columns import DecisionsDecoder
@@ -82,11 +84,17 @@ class Projector:
         self.codec = Codec(
             settings.kafka.schema_registry_url, topic_prefix=settings.kafka.topic_prefix
         )
-        self.writer = HistoryWriter(
+        self.writer = open_history_writer(
             settings.storage.duckdb_path,
             batch_size=_NEVER,
             attribution=settings.core.circuits.attribution,
         )
+        try:
+            # One writer per read-models folder, whatever DuckDB file it comes from.
+            self.publisher = ReadModelPublisher(self.writer.con, settings.storage.read_models_dir)
+        except BaseException:
+            self.writer.con.close()
+            raise
         self.writer.con.execute(OFFSETS_DDL)
         self.health = HealthSnapshots(
             self.writer.con,
@@ -94,7 +102,6 @@ class Projector:
             settings.core.circuits.attribution,
         )
         self.decisions = DecisionsDecoder(self.codec)
-        self.publisher = ReadModelPublisher(self.writer.con, settings.storage.read_models_dir)
         self.consumer: Consumer | None = None
         self._offsets: dict[tuple[str, int], int] = {}
         self._circuits_topic = names[CIRCUITS]
@@ -186,6 +193,7 @@ class Projector:
                 self.consumer.close()
                 self.consumer = None
             self.writer.con.close()
+            self.publisher.close()
 
     # --- consuming ------------------------------------------------------------------------
 
@@ -335,18 +343,37 @@ class Projector:
             self._published_rows = self.rows_landed
 
 
+def open_history_writer(path: str, **options: Any) -> HistoryWriter:
+    """The history writer on `path`; a file another process holds (DuckDB allows one
+    writing process per file) or cannot open is one FaultstreamError line."""
+    try:
+        return HistoryWriter(path, **options)
+    except duckdb.IOException as exc:
+        detail = str(exc).splitlines()[0].removeprefix("IO Error: ")
+        if "Could not set lock" in detail:
+            pid = re.search(r"\(PID (\d+)\)", detail)
+            who = f" (pid {pid.group(1)})" if pid else ""
+            raise FaultstreamError(
+                f"DuckDB file {path}: in use by another process{who}; only one projector "
+                "may write a history file (give this one its own --db)"
+            ) from None
+        raise FaultstreamError(f"DuckDB file {path}: cannot open ({detail})") from None
+
+
 def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
     """The projector's consumer: partitions assigned by hand, offsets kept in DuckDB."""
-    return {
-        "bootstrap.servers": kafka.bootstrap_servers,
-        "group.id": f"{kafka.topic_prefix}.projector",
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "fetch.max.bytes": 64 * 1024 * 1024,
-        "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        "queued.max.messages.kbytes": 256 * 1024,
-    }
+    return librdkafka_config(
+        kafka,
+        {
+            "group.id": f"{kafka.topic_prefix}.projector",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "queued.max.messages.kbytes": 256 * 1024,
+        },
+    )
 
 
 def _circuits_caught_up(
@@ -388,12 +415,12 @@ def _store_offsets(con: duckdb.DuckDBPyConnection, offsets: dict[tuple[str, int]
 
 def _dead_letter(message: Message, reason: str) -> DeadLetter:
     topic, partition, offset = message.topic(), message.partition(), message.offset()
-    return DeadLetter(
+    return DeadLetter.of_record(
         event_id=f"projector:{topic}:{partition}:{offset}",
         ts=max(0, message.timestamp()[1]),
         source_topic=topic,
         source_partition=partition,
         source_offset=offset,
-        raw=message.value() or b"",
+        value=message.value(),
         reason=f"projector could not decode: {reason}",
     )

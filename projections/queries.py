@@ -141,10 +141,11 @@ class History:
         return {"timestamp": self.now(), **figures}
 
     def now(self) -> int:
-        """Event time of the history: the largest `ts` of any input (0 when empty)."""
+        """Decision time of the history: the largest `received_at` of any input (its `ts`
+        where it has none; 0 when empty). A worker's own clock never moves it."""
         (row,) = self._rows(
-            "SELECT greatest((SELECT coalesce(max(ts), 0) FROM events), "
-            "(SELECT coalesce(max(ts), 0) FROM control)) AS now"
+            f"SELECT greatest((SELECT coalesce(max({_RECEIVED_AT}), 0) FROM events), "
+            f"(SELECT coalesce(max({_RECEIVED_AT}), 0) FROM control)) AS now"
         )
         return int(row["now"])
 
@@ -199,8 +200,9 @@ class History:
     def input_records(
         self, since: int | None = None, until: int | None = None
     ) -> Iterator[InputRecord]:
-        """Worker events and control records in the order the processor saw them (`seq`)."""
-        where, params = _time_range(since, until)
+        """Worker events and control records in the order the processor saw them (`seq`),
+        `since <= received_at < until`."""
+        where, params = _time_range(since, until, _RECEIVED_AT)
         with self._lock:
             self.refresh()
             events = self.con.cursor()
@@ -220,13 +222,17 @@ class History:
             control.close()
 
 
-def _time_range(since: int | None, until: int | None) -> tuple[str, list[Any]]:
+# An input's decision time (models.received_at).
+_RECEIVED_AT = "coalesce(received_at, ts)"
+
+
+def _time_range(since: int | None, until: int | None, column: str = "ts") -> tuple[str, list[Any]]:
     clauses, params = [], []
     if since is not None:
-        clauses.append("ts >= ?")
+        clauses.append(f"{column} >= ?")
         params.append(since)
     if until is not None:
-        clauses.append("ts < ?")
+        clauses.append(f"{column} < ?")
         params.append(until)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
@@ -247,20 +253,18 @@ def _worker_event(fields: dict[str, Any]) -> WorkerEvent:
 
 def _control_record(fields: dict[str, Any]) -> InputRecord:
     kind = fields["kind"]
+    received_at = fields.get("received_at")
     if kind == "TICK":
-        return Tick(event_id=fields["event_id"], ts=fields["ts"])
+        return Tick(event_id=fields["event_id"], ts=fields["ts"], received_at=received_at)
     if kind == "OPERATOR":
-        return Operator.model_validate(
-            {
-                k: fields[k]
-                for k in ("event_id", "ts", "action", "circuit_kind", "circuit_id", "actor")
-            }
-        )
+        names = ("event_id", "ts", "action", "circuit_kind", "circuit_id", "actor", "received_at")
+        return Operator.model_validate({k: fields.get(k) for k in names})
     if kind == "CONFIG_CHANGED":
         return ConfigChanged(
             event_id=fields["event_id"],
             ts=fields["ts"],
             config=json.loads(fields["config"]),
             actor=fields["actor"],
+            received_at=received_at,
         )
     raise HistoryError(f"control {fields['event_id']}: unknown kind {kind!r}")

@@ -11,6 +11,10 @@ replaced. A file that leaves the manifest (compacted, or an older current-state 
 deleted only after `grace_s`, so a reader that read the previous manifest can still open
 what it names. Appended rows are found by DuckDB `rowid`: the history tables are only
 ever appended to (repeats are anti-joined away), so `rowid >= watermark` is exactly the new rows.
+
+One writer per folder: a publisher holds an OS lock on `writer.lock` inside it for its life,
+and a second one (another projector, even on another DuckDB file) is refused rather than
+silently mixing two pipelines' histories in one manifest.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from typing import Any
 import duckdb
 
 from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.locks import FileLock, LockedError
 
 from .tables import TABLES
 
 MANIFEST = "manifest.json"
+LOCK_FILE = "writer.lock"
 CURRENT_STATE_TABLES = ("circuit_states", "checkpoints", "circuit_totals")
 # What identifies a current-state table's content (a row's event_id changes with it), and
 # its order in the file.
@@ -50,6 +56,10 @@ COMPACT_AFTER_PARTS = 8
 
 class ReadModelsMissingError(FaultstreamError):
     """No published read models where they were expected."""
+
+
+class ReadModelsLockedError(FaultstreamError):
+    """Another process publishes read models into the same folder."""
 
 
 @dataclass
@@ -94,7 +104,25 @@ class ReadModelPublisher:
         self.directory = Path(directory)
         self.grace_s = grace_s
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(self.directory / LOCK_FILE)
+        try:
+            self._lock.acquire()
+        except LockedError as exc:
+            raise ReadModelsLockedError(
+                f"read models {self.directory}: in use by another writer ({exc.holder}); "
+                "give each projector its own storage.read_models_dir (--read-models)"
+            ) from None
         self.manifest = Manifest.load(self.directory) or Manifest()
+
+    def close(self) -> None:
+        """Release the folder for another writer."""
+        self._lock.release()
+
+    def __enter__(self) -> ReadModelPublisher:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
     def publish(self) -> Manifest:
         """Write what is new since the last publish and replace the manifest."""

@@ -33,6 +33,8 @@ EVENTS: Columns = {
     "attributes": ("MAP(VARCHAR, VARCHAR)", _MAP),
     "checkpoint_seq": ("BIGINT", pa.int64()),
     "checkpoint_state": ("BLOB", pa.binary()),
+    # The broker's append time, what decisions ran on (null: a history without it).
+    "received_at": ("BIGINT", pa.int64()),
     # Ingestion order: the decisions offset (projector) or the embedded pipeline's counter.
     "seq": ("BIGINT", pa.int64()),
 }
@@ -45,6 +47,7 @@ CONTROL: Columns = {
     "circuit_id": ("VARCHAR", _STR),
     "actor": ("VARCHAR", _STR),
     "config": ("JSON", _STR),
+    "received_at": ("BIGINT", pa.int64()),
     "seq": ("BIGINT", pa.int64()),
 }
 _TRANSITION_FIELDS: Columns = {
@@ -95,8 +98,10 @@ DEAD_LETTERS: Columns = {
     "source_topic": ("VARCHAR", _STR),
     "source_partition": ("INTEGER", pa.int32()),
     "source_offset": ("BIGINT", pa.int64()),
-    "raw": ("BLOB", pa.binary()),
+    "raw": ("BLOB", pa.binary()),  # the first DEAD_LETTER_RAW_BYTES of the value
     "reason": ("VARCHAR", _STR),
+    "raw_size": ("BIGINT", pa.int64()),  # of the whole value (null: an older letter)
+    "raw_sha256": ("VARCHAR", _STR),
 }
 RECOVERY_OUTCOMES: Columns = {
     "command_id": ("VARCHAR PRIMARY KEY", _STR),

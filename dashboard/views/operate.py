@@ -5,6 +5,7 @@ who asked for it."""
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from faultstream.events.exceptions import FaultstreamError
 
@@ -30,6 +31,32 @@ def operator_fields(ctx: Context) -> tuple[str, str]:
     return actor, token
 
 
+@st.cache_resource(show_spinner=False)
+def guess_limiter() -> operations.GuessLimiter:
+    """One limiter for every session of this dashboard process."""
+    return operations.GuessLimiter()
+
+
+def client_keys() -> tuple[str, ...]:
+    """What wrong tokens count against: this browser session, and the client's address
+    (a new session from the same address does not start from zero; Streamlit reports
+    none for a local client, and all local clients share one)."""
+    run = get_script_run_ctx()
+    session = run.session_id if run is not None else "unknown"
+    return (f"session:{session}", f"address:{st.context.ip_address or 'local'}")
+
+
+def checked_actor(ctx: Context, token: str, actor: str) -> str:
+    """The actor to record, once the operator token matches (wrong guesses limited)."""
+    return operations.check_operator(
+        ctx.settings.dashboard.operator_token,
+        token,
+        actor,
+        limiter=guess_limiter(),
+        client=client_keys(),
+    )
+
+
 def _body(ctx: Context) -> None:
     if not ctx.settings.dashboard.operator_token:
         st.warning(
@@ -51,7 +78,7 @@ def _body(ctx: Context) -> None:
     if not submitted:
         return
     try:
-        who = operations.check_operator(ctx.settings.dashboard.operator_token, token, actor)
+        who = checked_actor(ctx, token, actor)
         record = operations.operator_record(action, kind, circuit_id, who)
         operations.publish(record, ctx.settings.kafka)
     except FaultstreamError as exc:

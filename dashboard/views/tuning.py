@@ -11,7 +11,7 @@ from faultstream.processors.tuning import TunePolicy, TuneRound, nested, parse_g
 
 from .. import charts, operations
 from .common import Context, context
-from .operate import operator_fields
+from .operate import checked_actor, operator_fields
 
 DEFAULT_GRID = "worker.failure_threshold=3,5,8\nworker.recovery_timeout_s=30,60,120"
 
@@ -85,7 +85,7 @@ def _apply(ctx: Context, outcome: TuneRound) -> None:
         return
     result = outcome.results[labels.index(chosen)]
     try:
-        who = operations.check_operator(ctx.settings.dashboard.operator_token, token, actor)
+        who = checked_actor(ctx, token, actor)
         record = operations.config_record(nested(result.candidate.changes), who)
         operations.publish(record, ctx.settings.kafka)
     except FaultstreamError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from faultstream import broker
+from faultstream.broker_security import SASL_USERNAME, SCRAM_MECHANISM, SecuredListener
 from faultstream.events.config import BrokerSettings, Settings
 
 
@@ -25,6 +26,19 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     parser.add_argument(
         "--state-dir", help="server.properties, data, log and pid (default: .faultstream/broker)"
+    )
+    parser.add_argument(
+        "--sasl-ssl",
+        action="store_true",
+        help="start: add a SASL_SSL listener (SCRAM-SHA-512 user, certificates of a private "
+        "CA) for clients; their settings go to <state-dir>/sasl-ssl/client.toml. Use a fresh "
+        "--state-dir: the user is created when the storage is first formatted",
+    )
+    parser.add_argument(
+        "--sasl-ssl-port",
+        type=_port,
+        default=9094,
+        help="port of the SASL_SSL listener (default 9094)",
     )
     parser.set_defaults(run=run)
 
@@ -53,9 +67,14 @@ def _effective(args: argparse.Namespace, settings: Settings) -> BrokerSettings:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     effective = _effective(args, settings)
     if args.action == "start":
-        status, started = broker.start(effective)
+        status, started = broker.start(
+            effective, sasl_ssl_port=args.sasl_ssl_port if args.sasl_ssl else None
+        )
         verb = "started" if started else "already running"
         print(f"broker {verb} at {status.bootstrap} (pid {status.pid}, {status.state_dir})")
+        _print_sasl_ssl(status)
+        if args.sasl_ssl and status.sasl_ssl_bootstrap is None:
+            print("(it runs without a SASL_SSL listener: stop it first to add one)")
         return 0
     if args.action == "stop":
         stopped = broker.stop(effective)
@@ -69,4 +88,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("broker not running")
         return 1
     print(f"broker running at {status.bootstrap} (pid {status.pid}, {status.state_dir})")
+    _print_sasl_ssl(status)
     return 0
+
+
+def _print_sasl_ssl(status: broker.BrokerStatus) -> None:
+    """Where the SASL_SSL listener is and the settings a client needs; the password stays
+    in the client file (mode 600), never on the terminal."""
+    if status.sasl_ssl_bootstrap is None or status.client_config is None:
+        return
+    listener = SecuredListener.of(status.state_dir)
+    print(
+        f"SASL_SSL listener at {status.sasl_ssl_bootstrap}: user {SASL_USERNAME} "
+        f"({SCRAM_MECHANISM}), CA certificate {listener.ca_cert}"
+    )
+    print(f"client settings, password included: faultstream --config {status.client_config} …")

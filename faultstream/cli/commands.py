@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from faultstream.events.admin import KafkaAdminError, describe_topics
 from faultstream.events.config import Settings
 from faultstream.events.consumer import CommandConsumer
 from faultstream.events.models import RecoveryCommand, derived_to_json
+
+from .arguments import seconds, topic_prefix, with_kafka_flags
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -29,9 +32,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument(
         "--group-id", help="consumer group (default: faultstream-commands-<worker|task|all>)"
     )
-    parser.add_argument("--idle-timeout", type=float, help="stop after this many idle seconds")
+    parser.add_argument("--idle-timeout", type=seconds, help="stop after this many idle seconds")
     parser.add_argument("--bootstrap-servers", help="default: kafka.bootstrap_servers")
-    parser.add_argument("--prefix", help="topic prefix (default: kafka.topic_prefix)")
+    parser.add_argument(
+        "--prefix", type=topic_prefix, help="topic prefix (default: kafka.topic_prefix)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -40,11 +45,15 @@ def _print(command: RecoveryCommand) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    changes = {"bootstrap_servers": args.bootstrap_servers, "topic_prefix": args.prefix}
-    kafka = settings.kafka.model_copy(
-        update={key: value for key, value in changes.items() if value is not None}
-    )
-    settings = settings.model_copy(update={"kafka": kafka})
+    settings = with_kafka_flags(settings, args.bootstrap_servers, args.prefix)
+    # A consumer waits quietly for a broker that is not there; ask once, in bounded time,
+    # so an unreachable broker or a missing topic is said instead of a silent empty exit.
+    topic = settings.kafka.topic("commands")
+    if topic not in describe_topics(settings.kafka):
+        raise KafkaAdminError(
+            f"topic {topic} does not exist on {settings.kafka.bootstrap_servers} "
+            "(create it with `faultstream topics create`)"
+        )
     group_id = args.group_id or f"faultstream-commands-{args.worker_id or args.task_id or 'all'}"
     with CommandConsumer(
         settings,

@@ -30,7 +30,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument(
         "--port", type=int, default=None, help="port (default: http.dashboard_port, 8080)"
     )
-    parser.add_argument("--address", default="0.0.0.0", help="address to listen on")
+    parser.add_argument(
+        "--host",
+        "--address",
+        dest="host",
+        help="address to listen on (default: http.host, 127.0.0.1; 0.0.0.0 for every interface)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -53,7 +58,7 @@ def streamlit_command(port: int, address: str) -> list[str]:
 
 
 def dashboard_env(db: str | None, read_models: str | None, config: str | None) -> dict[str, str]:
-    from faultstream.dashboard.data import DB_ENV, READ_MODELS_ENV
+    from faultstream.dashboard import DB_ENV, READ_MODELS_ENV
 
     env = dict(os.environ)
     env.pop(DB_ENV, None)
@@ -67,19 +72,41 @@ def dashboard_env(db: str | None, read_models: str | None, config: str | None) -
     return env
 
 
+def check_history(db: str | None, read_models: str | None, *, db_flag: str) -> None:
+    """Refuse a history that is not there: the app would start and show nothing."""
+    if read_models is not None:
+        if not Path(read_models).is_dir():
+            raise CliError(
+                f"--read-models {read_models}: no such directory (where `faultstream "
+                "projector` publishes; start it first)"
+            )
+        return
+    assert db is not None
+    path = Path(db)
+    if path.is_dir():
+        raise CliError(f"{db_flag} {db}: a directory, not a DuckDB file")
+    if not path.is_file():
+        raise CliError(
+            f"{db_flag} {db}: no such DuckDB file (make one with `faultstream demo --db "
+            f"{db}`, or use --read-models beside a running projector)"
+        )
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     port = args.port if args.port is not None else settings.http.dashboard_port
     if not 0 < port < 65536:
         raise CliError(f"--port: {port} is not a port number")
+    host = args.host or settings.http.host
     db = None if args.read_models else (args.db or settings.storage.duckdb_path)
+    check_history(db, args.read_models, db_flag="--db" if args.db else "storage.duckdb_path")
     where = f"read models {args.read_models}" if args.read_models else f"DuckDB file {db}"
     print(
-        f"Dashboard on http://{args.address}:{port}/ ({where}); circuits at "
-        f"http://{args.address}:{port}/circuit-breakers",
+        f"Dashboard on http://{host}:{port}/ ({where}); circuits at "
+        f"http://{host}:{port}/circuit-breakers",
         flush=True,
     )
     env = dashboard_env(db, args.read_models, args.config)
-    command = streamlit_command(port, args.address)
+    command = streamlit_command(port, host)
     # Become Streamlit rather than wait on it: a SIGTERM to `faultstream dashboard` then
     # stops the server itself instead of leaving it running as an orphan.
     os.execve(command[0], command, env)

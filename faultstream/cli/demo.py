@@ -22,6 +22,7 @@ from faultstream.events.exceptions import FaultstreamError
 from faultstream.processors.simulator import EPOCH_MS, IncidentState
 from faultstream.projections.tables import HistoryWriter
 
+from .arguments import topic_prefix
 from .simulate import SimulationRun, add_fleet_arguments, duration_arg, run_embedded_simulation
 
 
@@ -57,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     kafka.add_argument(
         "--prefix",
+        type=topic_prefix,
         help="topic prefix of the run (default: a fresh demo-<seed>-<id>, so runs never mix)",
     )
     kafka.add_argument(
@@ -69,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     db_path = Path(args.db or settings.storage.duckdb_path)
+    if db_path.is_dir():
+        flag = "--db" if args.db else "storage.duckdb_path"
+        raise FaultstreamError(f"{flag} {db_path}: a directory, not a DuckDB file")
     if args.bootstrap_servers:
         return _run_on_kafka(args, settings, db_path)
     if args.prefix or args.read_models:
@@ -110,7 +115,7 @@ def _run_on_kafka(args: argparse.Namespace, settings: Settings, db_path: Path) -
     read_models = Path(args.read_models) if args.read_models else None
     if read_models is not None and (read_models / MANIFEST).exists():
         raise FaultstreamError(f"--read-models {read_models}: holds another history already")
-    check_broker(args.bootstrap_servers)
+    check_broker(kafka)
     started = time.perf_counter()
     try:
         result = run_kafka_demo(

@@ -10,10 +10,17 @@ from faultstream.events.config import Settings
 from faultstream.events.emitter import Emitter, KafkaTransport
 from faultstream.events.exceptions import InvalidEventError
 from faultstream.events.models import EventKind, FailureType
+from faultstream.events.transport import PRODUCER_DEFAULTS
+
+from .arguments import seconds, topic_prefix, with_kafka_flags
 
 _quiet = logging.getLogger("faultstream.cli.emit.librdkafka")
 _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
+
+# librdkafka wants message.timeout.ms above linger.ms, and within a 32-bit int.
+_LINGER_MS: int = PRODUCER_DEFAULTS["linger.ms"]
+_MAX_TIMEOUT_MS = 2**31 - 1
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -53,13 +60,30 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--ts", type=int, help="event time in epoch ms (default: now)")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=ack_timeout,
         default=10.0,
         help="seconds to wait for the acknowledgement before spooling (default 10)",
     )
     parser.add_argument("--bootstrap-servers", help="default: kafka.bootstrap_servers")
-    parser.add_argument("--prefix", help="topic prefix (default: kafka.topic_prefix)")
+    parser.add_argument(
+        "--prefix", type=topic_prefix, help="topic prefix (default: kafka.topic_prefix)"
+    )
     parser.set_defaults(run=run)
+
+
+def ack_timeout(text: str) -> float:
+    """--timeout: seconds the producer may take, longer than it batches."""
+    value = seconds(text)
+    if int(value * 1000) <= _LINGER_MS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too short: at least {(_LINGER_MS + 1) / 1000:g} s "
+            f"(the producer batches for {_LINGER_MS} ms)"
+        )
+    if value * 1000 > _MAX_TIMEOUT_MS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too long: at most {_MAX_TIMEOUT_MS // 1000} s"
+        )
+    return value
 
 
 def parse_attributes(pairs: list[str]) -> dict[str, str]:
@@ -97,17 +121,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         ts=args.ts,
         **{key: value for key, value in fields.items() if value is not None},
     )
-    kafka = settings.kafka.model_copy(
-        update={
-            key: value
-            for key, value in (
-                ("bootstrap_servers", args.bootstrap_servers),
-                ("topic_prefix", args.prefix),
-            )
-            if value is not None
-        }
-    )
-    settings = settings.model_copy(update={"kafka": kafka})
+    settings = with_kafka_flags(settings, args.bootstrap_servers, args.prefix)
+    kafka = settings.kafka
     # The warning below says it once; the transport's own log line would repeat it.
     logging.getLogger("faultstream.events.emitter").setLevel(logging.ERROR)
     transport = KafkaTransport(

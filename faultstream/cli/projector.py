@@ -24,7 +24,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--read-models", metavar="DIR", help="read models dir (default: storage.read_models_dir)"
     )
     parser.add_argument("--port", type=int, help="HTTP API port (default: http.projector_port)")
-    parser.add_argument("--host", default="0.0.0.0", help="HTTP API address (default 0.0.0.0)")
+    parser.add_argument(
+        "--host",
+        help="address the HTTP API listens on (default: http.host, 127.0.0.1; 0.0.0.0 for "
+        "every interface)",
+    )
     parser.add_argument("--no-api", action="store_true", help="do not serve the HTTP API")
     parser.add_argument(
         "--publish-interval",
@@ -44,6 +48,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.publish_interval <= 0:
         raise FaultstreamError("--publish-interval: must be positive")
+    if args.port is not None and not 0 < args.port < 65536:
+        raise FaultstreamError(f"--port: {args.port} is not a port number (1-65535)")
     storage = settings.storage.model_copy(
         update={
             key: value
@@ -64,13 +70,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     server = None
     if not args.no_api:
         port = args.port or settings.http.projector_port
+        host = args.host or settings.http.host
         history = History.from_read_models(storage.read_models_dir, settings.core)
         try:
-            server = ApiServer(history, args.host, port).start()
+            server = ApiServer(history, host, port).start()
         except OSError as exc:
             projector.close()
-            raise FaultstreamError(f"--port {port}: cannot listen ({exc.strerror})") from None
-        logging.getLogger(__name__).info("HTTP API on http://%s:%d", args.host, server.port)
+            reason = exc.strerror or str(exc)
+            raise FaultstreamError(
+                f"--host {host} --port {port}: cannot listen ({reason})"
+            ) from None
+        logging.getLogger(__name__).info("HTTP API on http://%s:%d", host, server.port)
     try:
         projector.run()
     finally:

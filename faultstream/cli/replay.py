@@ -7,9 +7,11 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from faultstream.events.config import Settings
+from faultstream.events.exceptions import FaultstreamError
 
 if TYPE_CHECKING:
     from faultstream.processors.sources import HistorySource, Window
@@ -96,6 +98,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from faultstream.processors.replay import replay_diff, replay_source
 
+    if args.output not in (None, "-") and Path(args.output).is_dir():
+        # Said before the replay: the output is written aside and renamed over it at the end.
+        raise FaultstreamError(f"--output {args.output}: a directory, not a file")
     source, window = source_from_args(args, settings)
     with first_run_hint():
         if args.diff:

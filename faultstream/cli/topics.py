@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 from faultstream.events.admin import create_topics, describe_topics, topic_specs
-from faultstream.events.config import KafkaSettings, Settings
+from faultstream.events.config import Settings
+
+from .arguments import topic_prefix, with_kafka_flags
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -20,19 +22,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument(
         "--bootstrap-servers", help="Kafka address (default: kafka.bootstrap_servers)"
     )
-    parser.add_argument("--prefix", help="topic prefix (default: kafka.topic_prefix)")
+    parser.add_argument(
+        "--prefix", type=topic_prefix, help="topic prefix (default: kafka.topic_prefix)"
+    )
     parser.set_defaults(run=run)
 
 
-def _effective(args: argparse.Namespace, settings: Settings) -> KafkaSettings:
-    changes = {"bootstrap_servers": args.bootstrap_servers, "topic_prefix": args.prefix}
-    data = settings.kafka.model_dump()
-    data.update({key: value for key, value in changes.items() if value is not None})
-    return KafkaSettings.model_validate(data)
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    kafka = _effective(args, settings)
+    kafka = with_kafka_flags(settings, args.bootstrap_servers, args.prefix).kafka
     if args.action == "create":
         created = set(create_topics(kafka))
         for spec in topic_specs(kafka):

@@ -9,7 +9,11 @@ from typing import Any
 
 from faultstream.events.config import Settings
 
+from .arguments import finite_float, non_negative_int, positive_int
 from .replay import add_source_arguments, source_from_args
+
+# processors.tuning.grid.DEFAULT_MAX_CONFIGS (not imported at start: it pulls in numba).
+DEFAULT_MAX_CONFIGS = 10_000
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -36,9 +40,18 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="score weights: protection, withheld, detection_delay (per s), open_time "
         "(per circuit-hour), flapping (defaults 1, 1, 0.05, 0.5, 2)",
     )
-    parser.add_argument("--top", type=int, default=5, help="how many of the best to show")
     parser.add_argument(
-        "--processes", type=int, default=None, help="parallel replays (default: every core)"
+        "--max-configs",
+        type=positive_int,
+        default=DEFAULT_MAX_CONFIGS,
+        help=f"refuse a grid of more combinations than this (default {DEFAULT_MAX_CONFIGS:,})",
+    )
+    parser.add_argument("--top", type=positive_int, default=5, help="how many of the best to show")
+    parser.add_argument(
+        "--processes",
+        type=positive_int,
+        default=None,
+        help="parallel replays (default: every core)",
     )
     parser.add_argument(
         "--exact",
@@ -56,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="repeat every DURATION (e.g. 1h) over a sliding --window; Ctrl-C stops",
     )
     parser.add_argument(
-        "--rounds", type=int, default=None, help="with --every: stop after N rounds"
+        "--rounds", type=positive_int, default=None, help="with --every: stop after N rounds"
     )
     parser.add_argument(
         "--window", metavar="DURATION", help="only the newest DURATION of the history"
@@ -69,11 +82,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="never propose a value outside LOW..HIGH (repeatable)",
     )
     parser.add_argument(
-        "--min-events", type=int, default=100, help="propose nothing on a smaller history"
+        "--min-events",
+        type=non_negative_int,
+        default=100,
+        help="propose nothing on a smaller history",
     )
     parser.add_argument(
         "--min-improvement",
-        type=float,
+        type=finite_float,
         default=0.0,
         help="propose only when the winner's score beats the current one by this much",
     )
@@ -99,7 +115,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     every_ms = parse_duration_ms(args.every, name="--every") if args.every else None
     policy = TunePolicy(
-        grid=parse_grid(args.grid),
+        grid=parse_grid(args.grid, max_configs=args.max_configs),
         weights=Weights.parse(args.weights),
         bounds=parse_bounds(args.bound),
         min_events=args.min_events,

@@ -139,7 +139,10 @@ def encode_history(records: Sequence[InputRecord], settings: CoreSettings | None
     configs = [i for i, r in enumerate(records) if r.kind == _CONFIG_STANDIN]
     standins = list(records)
     for i in configs:  # a control record like a TICK for the tuner's encoder
-        standins[i] = Tick.model_construct(event_id=records[i].event_id, ts=records[i].ts)
+        record = records[i]
+        standins[i] = Tick.model_construct(
+            event_id=record.event_id, ts=record.ts, received_at=record.received_at
+        )
     base = encode(standins)
     n = len(records)
     kind = base.kind.copy()

@@ -103,7 +103,10 @@ class FleetCore:
             remember(self._control_seen, self._control_order, event_id, SEEN_CONTROL_IDS)
 
         before = self.now
-        ts = record.ts
+        # Decision time: the broker's clock, never the worker's (CIRCUITS.md).
+        ts = record.received_at
+        if ts is None:  # a hand-written history: its own ts
+            ts = record.ts
         if ts > before:
             self.now = ts
         out: list[DerivedRecord] = []
@@ -120,7 +123,7 @@ class FleetCore:
                 worker.lost = False
                 self._push_lost_timer(worker, self._lost_due(worker))
         elif handler is not None:  # created after the due moments: they precede this input
-            worker = self._new_worker(record)  # type: ignore[arg-type]
+            worker = self._new_worker(record, ts)  # type: ignore[arg-type]
             remember(worker.seen, worker.seen_order, event_id, SEEN_IDS_PER_WORKER)
         if handler is not None:
             if handler is not _on_heartbeat:  # a heartbeat only marks the worker alive
@@ -178,10 +181,10 @@ class FleetCore:
 
     # --- workers -------------------------------------------------------------------
 
-    def _new_worker(self, event: WorkerEvent) -> Worker:
+    def _new_worker(self, event: WorkerEvent, received_at: int) -> Worker:
         worker_id = event.worker_id
         hardware = self._circuit(HARDWARE_CLASS, event.hardware_class)
-        worker = Worker(worker_id, self._circuit(WORKER, worker_id), hardware, event.ts)
+        worker = Worker(worker_id, self._circuit(WORKER, worker_id), hardware, received_at)
         self._workers[worker_id] = worker
         self._members(worker.hardware_class).add(worker)
         self._push_lost_timer(worker, self._lost_due(worker))

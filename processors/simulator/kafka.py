@@ -38,6 +38,7 @@ from faultstream.events.admin import CIRCUITS, COMMANDS, CONTROL, DECISIONS
 from faultstream.events.codec import Codec
 from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.kafka_clients import librdkafka_config
 from faultstream.events.models import CircuitStateChanged, DerivedRecord, InputRecord, WorkerEvent
 from faultstream.events.spool import Spool
 from faultstream.events.transport import PRODUCER_DEFAULTS, KafkaTransport
@@ -90,21 +91,19 @@ class LockstepBridge:
         )
         self.control_topic = kafka.topic(CONTROL)
         self.control = Producer(
-            {
-                **PRODUCER_DEFAULTS,
-                **_LOCKSTEP_PRODUCER,
-                "bootstrap.servers": kafka.bootstrap_servers,
-            }
+            librdkafka_config(kafka, {**PRODUCER_DEFAULTS, **_LOCKSTEP_PRODUCER})
         )
         self.topics = {kafka.topic(name): name for name in (DECISIONS, CIRCUITS, COMMANDS)}
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": kafka.bootstrap_servers,
-                "group.id": f"{kafka.topic_prefix}.demo-lockstep",
-                "enable.auto.commit": False,
-                # The broker answers a fetch as soon as one byte is there, else after 5 ms.
-                "fetch.wait.max.ms": 5,
-            }
+            librdkafka_config(
+                kafka,
+                {
+                    "group.id": f"{kafka.topic_prefix}.demo-lockstep",
+                    "enable.auto.commit": False,
+                    # The broker answers a fetch as soon as one byte is there, else after 5 ms.
+                    "fetch.wait.max.ms": 5,
+                },
+            )
         )
         self._assign_all()
         self.sent: list[str] = []  # input event ids, in send order
@@ -153,7 +152,10 @@ class LockstepBridge:
         self._await_decisions(f"the events before {record.event_id}")
         self._record(record)
         self.control.produce(
-            self.control_topic, value=self.codec.encode(record), key=record.event_id.encode()
+            self.control_topic,
+            value=self.codec.encode(record),
+            key=record.event_id.encode(),
+            timestamp=record.ts,  # the simulated clock (the demo's topics use CreateTime)
         )
         self.control.flush(_FLUSH_S)
         self._tick_unconfirmed = True

@@ -5,6 +5,7 @@ A bad file raises ConfigError naming the file and the field at fault.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ def parse_duration_ms(text: str | int | float, *, name: str = "duration") -> int
         if match is None:
             raise ConfigError(f"{name}: {text!r} is not a duration like 1h, 20m or 90s")
         value, unit = float(match.group(1)), match.group(2)
+    if not math.isfinite(value * _UNIT_MS[unit]):
+        raise ConfigError(f"{name}: {text!r} is not a finite duration")
     ms = round(value * _UNIT_MS[unit])
     if ms <= 0:
         raise ConfigError(f"{name}: must be positive")

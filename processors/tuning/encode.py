@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from operator import itemgetter
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -139,7 +140,7 @@ def _model_fields(inputs: Sequence[InputRecord]) -> _Fields:
     n = len(inputs)
     fields = list(map(vars, inputs))  # a model's field values live in its __dict__
     kind = _kind_codes(map(_get_kind, fields))
-    ts = np.fromiter(map(_get_ts, fields), np.int64, n)
+    ts = np.fromiter(map(_received_at, fields), np.int64, n)
     event_ids = list(map(_get_event_id, fields))
     is_worker = (kind <= FAILURE).tolist()
     wrecs = list(compress(fields, is_worker))
@@ -290,7 +291,15 @@ def _encode(f: _Fields) -> EncodedHistory:
     )
 
 
-_get_kind, _get_ts, _get_event_id = itemgetter("kind"), itemgetter("ts"), itemgetter("event_id")
+_get_kind, _get_event_id = itemgetter("kind"), itemgetter("event_id")
+
+
+def _received_at(fields: dict[str, Any]) -> int:
+    """Decision time (models.received_at) of a record's field values."""
+    at = fields.get("received_at")
+    return fields["ts"] if at is None else at
+
+
 _get_worker_id, _get_hardware_class = itemgetter("worker_id"), itemgetter("hardware_class")
 _get_task_type, _get_task_id = itemgetter("task_type"), itemgetter("task_id")
 _get_failure_type = itemgetter("failure_type")
@@ -426,10 +435,18 @@ def _dictionary(column: pa.ChunkedArray | pa.Array, values: bool = True) -> tupl
     return codes, encoded.dictionary.to_pylist() if values else []
 
 
+def _decision_times(table: pa.Table) -> np.ndarray:
+    """Each row's decision time: `received_at`, or its `ts` where there is none."""
+    ts = table["ts"]
+    if "received_at" in table.column_names and table["received_at"].null_count < len(ts):
+        ts = pc.coalesce(table["received_at"], ts)
+    return ts.combine_chunks().to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def _column_fields(table: pa.Table) -> _Fields:
     kind_codes, kinds = _dictionary(table["kind"])
     kind = _kind_codes(kinds)[kind_codes] if kinds else np.zeros(0, np.int8)
-    ts = table["ts"].combine_chunks().to_numpy(zero_copy_only=False).astype(np.int64)
+    ts = _decision_times(table)
     event_ids = table["event_id"]
     if EVENT_HASH in table.column_names and table[EVENT_HASH].null_count == 0:
         # The source hashed the ids (in parallel, as it read them): far cheaper than

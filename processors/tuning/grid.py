@@ -7,6 +7,7 @@ A SETTING is a path under the core settings; `worker.…`, `hardware_class.…` 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,10 @@ from faultstream.events.exceptions import ConfigError
 _CIRCUIT_KINDS = ("worker", "hardware_class", "task_type", "attribution")
 
 Value = int | float | str
+
+# Every configuration is built, kept and replayed: a grid past this is a typo or a job
+# for several runs, not something to start silently while memory grows.
+DEFAULT_MAX_CONFIGS = 10_000
 
 
 def setting_path(name: str) -> tuple[str, ...]:
@@ -37,27 +42,41 @@ def setting_path(name: str) -> tuple[str, ...]:
     return parts
 
 
-def parse_value(text: str) -> Value:
+def parse_value(text: str, name: str = "") -> Value:
     text = text.strip()
     for kind in (int, float):
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
             continue
+        if not math.isfinite(value):
+            # "inf", "nan", "1e999": no setting takes them (allow_inf_nan=False).
+            raise ConfigError(f"--grid {name}: {text!r} is not a finite number")
+        return value
     return text
 
 
-def parse_grid(items: list[str]) -> dict[str, list[Value]]:
-    """`["worker.failure_threshold=3,5,8"]` → {"worker.failure_threshold": [3, 5, 8]}."""
+def parse_grid(
+    items: list[str], *, max_configs: int = DEFAULT_MAX_CONFIGS
+) -> dict[str, list[Value]]:
+    """`["worker.failure_threshold=3,5,8"]` → {"worker.failure_threshold": [3, 5, 8]};
+    a grid of more than `max_configs` combinations is refused, saying how many."""
     grid: dict[str, list[Value]] = {}
     for item in items:
         name, sep, values = item.partition("=")
-        if not sep or not values.strip():
+        parsed = [parse_value(v, name.strip()) for v in values.split(",") if v.strip()]
+        if not sep or not parsed:
             raise ConfigError(f"--grid {item!r}: expected SETTING=V1,V2,…")
         setting_path(name)
-        grid[name.strip()] = [parse_value(v) for v in values.split(",") if v.strip()]
+        grid[name.strip()] = parsed
     if not grid:
         raise ConfigError("--grid: at least one SETTING=V1,V2,… is required")
+    configs = math.prod(len(values) for values in grid.values())
+    if configs > max_configs:
+        raise ConfigError(
+            f"--grid: {configs:,} configurations, more than the {max_configs:,} allowed "
+            "(narrow the grid, or raise --max-configs)"
+        )
     return grid
 
 
@@ -70,10 +89,14 @@ def parse_bounds(items: list[str]) -> dict[str, tuple[float, float]]:
         try:
             if not sep or not dots:
                 raise ValueError
-            bounds[name.strip()] = (float(low), float(high))
+            lowest, highest = float(low), float(high)
         except ValueError:
             raise ConfigError(f"--bound {item!r}: expected SETTING=LOW..HIGH") from None
+        # nan compares false to everything: it would put every value outside the bound.
+        if math.isnan(lowest) or math.isnan(highest) or lowest > highest:
+            raise ConfigError(f"--bound {item!r}: expected LOW <= HIGH (inf is allowed)")
         setting_path(name)
+        bounds[name.strip()] = (lowest, highest)
     return bounds
 
 

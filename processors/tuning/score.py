@@ -14,6 +14,7 @@ to OPEN or FORCED_OPEN, so an outcome never counts against the transition it cau
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -50,9 +51,13 @@ class Weights:
                     f"--weights {item!r}: expected NAME=NUMBER with NAME one of {sorted(known)}"
                 )
             try:
-                values[name.strip()] = float(value)
+                weight = float(value)
             except ValueError:
                 raise ConfigError(f"--weights {item!r}: {value!r} is not a number") from None
+            # An inf or nan weight makes every score inf or nan: no winner could be chosen.
+            if not math.isfinite(weight):
+                raise ConfigError(f"--weights {item!r}: {value!r} is not a finite number")
+            values[name.strip()] = weight
         return cls(**values)
 
 

@@ -115,6 +115,7 @@ def test_a_workers_events_land_on_the_partition_faust_expects(kafka_settings: Se
             probe.heartbeat()
         assert emitter.flush(30) == 0
     messages = _consume(kafka_settings.kafka.bootstrap_servers, emitter.transport.topic, 12)
+    assert len(messages) == 12
     partitions = list(range(kafka_settings.kafka.partitions))
     for msg in messages:
         assert msg.partition() == DefaultPartitioner()(msg.key(), partitions, partitions)
@@ -194,6 +195,34 @@ def test_spool_survives_the_process_and_the_next_emitter_delivers_it(
     assert Spool(spool_path).read() == []
     topic = kafka_settings.kafka.topic("events")
     counts = _event_ids(_consume(kafka_settings.kafka.bootstrap_servers, topic, 5))
+    assert counts == Counter(emitted)
+
+
+def test_a_spool_kept_through_three_starts_without_a_broker_arrives_exactly_once_after(
+    kafka_settings: Settings,
+) -> None:
+    create_topics(kafka_settings.kafka)
+    spool_path = kafka_settings.emitter.spool_path
+    away = kafka_settings.model_copy(
+        update={
+            "kafka": kafka_settings.kafka.model_copy(
+                update={"bootstrap_servers": f"127.0.0.1:{_free_port()}"}
+            ),
+            "emitter": kafka_settings.emitter.model_copy(update={"close_timeout_s": 0.5}),
+        }
+    )
+    emitter = Emitter(away, worker_id="w1", hardware_class="cuda")
+    emitted = [emitter.failure(f"t{n}", "bert", message="boom") for n in range(20)]
+    emitter.close()
+    for _ in range(2):  # two more starts: each re-sends the spool, which fails again
+        Emitter(away, worker_id="w1", hardware_class="cuda").close()
+    assert Counter(e.event_id for e in Spool(spool_path).read()) == Counter(emitted)
+
+    with Emitter(kafka_settings, worker_id="w1", hardware_class="cuda") as emitter:
+        assert emitter.flush(HANG_GUARD_S) == 0
+    assert Spool(spool_path).read() == []
+    topic = kafka_settings.kafka.topic("events")
+    counts = _event_ids(_consume(kafka_settings.kafka.bootstrap_servers, topic, 20))
     assert counts == Counter(emitted)
 
 

@@ -39,6 +39,7 @@ from faultstream.events.models import (
 )
 from faultstream.processors import decisions as framing
 from faultstream.processors.core import FleetCore
+from faultstream.processors.decode import InputDecoder
 
 pytestmark = pytest.mark.kafka
 
@@ -139,11 +140,14 @@ def read_topic(settings: Settings, name: str) -> list:
             "enable.auto.commit": False,
         }
     )
-    # A decisions record is a frame of input records, in (offset, index) order.
+    # A decisions record is a frame of input records, in (offset, index) order, each with
+    # the broker time it came in with: the time the processor decided on.
     if name == "decisions":
+        decoder = InputDecoder(topic_prefix=settings.kafka.topic_prefix)
 
         def decode(value: bytes) -> list:
-            return [codec.decode_input(raw) for raw in framing.unpack(value)]
+            times, raws = framing.unpack_stamped(value)
+            return [decoder.trusted(raw, at) for raw, at in zip(raws, times, strict=True)]
     else:
 
         def decode(value: bytes) -> list:

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from faultstream.events.codec import DEFAULT_SCHEMA_IDS, HEADER, SCHEMAS, Codec
 from faultstream.events.exceptions import DecodeError, InvalidEventError
-from faultstream.events.models import EventKind, FailureType, RecoveryCommand, Tick, WorkerEvent
+from faultstream.events.models import (
+    MAX_MILLIS,
+    EventKind,
+    FailureType,
+    RecoveryCommand,
+    Tick,
+    WorkerEvent,
+)
 
 EVENT = WorkerEvent(
     event_id="e1",
@@ -50,7 +57,7 @@ def worker_events(draw: st.DrawFn) -> WorkerEvent:
     fields: dict = {
         "event_id": draw(ids),
         "kind": kind,
-        "ts": draw(st.integers(0, 2**62)),
+        "ts": draw(st.integers(0, MAX_MILLIS)),
         "worker_id": draw(ids),
         "hardware_class": draw(ids),
         "message": draw(optional_text),

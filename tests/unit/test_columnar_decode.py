@@ -16,7 +16,7 @@ from test_history_dedupe_and_totals import event, every_kind_of_record, table_ro
 
 from faultstream.events.codec import Codec
 from faultstream.events.exceptions import FaultstreamError
-from faultstream.events.models import WorkerEvent
+from faultstream.events.models import MAX_MILLIS, WorkerEvent
 from faultstream.processors import decisions as framing
 from faultstream.projections.columns import FAILURE_TYPES, KINDS, DecisionsDecoder
 from faultstream.projections.tables import TABLES, HistoryWriter
@@ -24,7 +24,7 @@ from faultstream.projections.tables import TABLES, HistoryWriter
 CODEC = Codec()
 DECODER = DecisionsDecoder(CODEC)
 EVERY_FIELD_SET = event(
-    "f9", "FAILURE", 2**62, worker_id="wörker-🚀", hardware_class="cuda", task_id="t9",
+    "f9", "FAILURE", MAX_MILLIS, worker_id="wörker-🚀", hardware_class="cuda", task_id="t9",
     task_type="bert", failure_type="WORKER_CRASH", message="ünïcode\nmessage " * 20,
     attempt=2**31 - 1, recovery_command_id="c9",
     attributes={"batch_size": "32", "precision": "fp16", "": "", "ключ": "значение"},
@@ -37,10 +37,15 @@ CHECKPOINT_EVERY_FIELD = event(
 
 def row_fields(row: dict[str, Any]) -> dict[str, Any]:
     """A table row as the codec's dict: the map as a dict, without `seq`."""
-    fields = dict(row)
+    fields = without_unknown_time(row)
     del fields["seq"]
     fields["attributes"] = dict(fields["attributes"])
     return fields
+
+
+def without_unknown_time(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields but an unknown `received_at`: it is not on the wire, the codec has none."""
+    return {k: v for k, v in fields.items() if k != "received_at" or v is not None}
 
 
 def columnar(values: list[bytes], first_offset: int = 0):
@@ -58,10 +63,11 @@ def codec_verdict(raw: bytes) -> tuple[str, Any]:
 
 
 def columnar_verdict(raw: bytes) -> tuple[str, Any]:
-    out = columnar([raw])
+    out = columnar([framing.pack([raw])])
     if out.rejected:
         return "rejected", out.rejected[0]
-    rows = [row_fields(r) for r in out.events.to_pylist()] + out.records
+    rows = [row_fields(r) for r in out.events.to_pylist()]
+    rows += [without_unknown_time(r) for r in out.records]
     assert len(rows) == 1
     return "decoded", rows[0]
 
@@ -72,18 +78,30 @@ def columnar_verdict(raw: bytes) -> tuple[str, Any]:
 def test_every_kind_of_record_decodes_to_the_codecs_fields_with_its_seq() -> None:
     inputs, _, _ = every_kind_of_record()
     raws = [CODEC.encode(r) for r in [*inputs, EVERY_FIELD_SET, CHECKPOINT_EVERY_FIELD]]
-    # A frame of five, a bare record, then a frame of the rest, at offsets 40, 41, 42.
-    values = [framing.pack(raws[:5]), raws[5], framing.pack(raws[6:])]
+    # Frames of five, one and the rest, at offsets 40, 41, 42, each record with the broker
+    # time it came in with (none known for the frame of one).
+    times = [1_000 + i for i in range(len(raws))]
+    values = [
+        framing.pack(raws[:5], times[:5]),
+        framing.pack(raws[5:6]),
+        framing.pack(raws[6:], times[6:]),
+    ]
     out = columnar(values, first_offset=40)
     places = [(40, i) for i in range(5)] + [(41, 0)] + [(42, i) for i in range(len(raws) - 6)]
-    expected = {
-        framing.seq(*place): CODEC.decode_trusted(raw)
-        for place, raw in zip(places, raws, strict=True)
-    }
+    expected = {}
+    for place, raw, at in zip(places, raws, times, strict=True):
+        name, fields = CODEC.decode_trusted(raw)
+        if place[0] != 41:
+            fields["received_at"] = at
+        expected[framing.seq(*place)] = (name, fields)
     assert out.rejected == {}
     got = {row["seq"]: ("worker_event", row_fields(row)) for row in out.events.to_pylist()}
     got.update(
-        (seq, ("control_record", r)) for seq, r in zip(out.record_seqs, out.records, strict=True)
+        (
+            seq,
+            ("control_record", {k: v for k, v in r.items() if v is not None or k != "received_at"}),
+        )
+        for seq, r in zip(out.record_seqs, out.records, strict=True)
     )
     assert got == expected
     assert [r["kind"] for r in out.records] == ["TICK", "OPERATOR", "CONFIG_CHANGED"]
@@ -177,7 +195,7 @@ def test_a_map_block_with_its_byte_size_decodes_as_the_codec_does() -> None:
 def test_a_repeated_map_key_is_left_to_the_codec_which_keeps_the_last_value() -> None:
     entries = avro_string("k") + avro_string("1") + avro_string("k") + avro_string("2")
     raw = body_with_map(varint(2) + entries + varint(0))
-    out = columnar([raw])
+    out = columnar([framing.pack([raw])])
     assert out.events.num_rows == 0 and out.records[0]["attributes"] == {"k": "2"}
     assert columnar_verdict(raw) == codec_verdict(raw)
 
@@ -185,9 +203,10 @@ def test_a_repeated_map_key_is_left_to_the_codec_which_keeps_the_last_value() ->
 def test_a_record_of_another_schema_id_is_decoded_by_the_codec() -> None:
     raw = CODEC.encode(EVERY_FIELD_SET)
     decoder = DecisionsDecoder(CODEC, event_schema_id=99)  # as if ours had another id
-    out = decoder.decode([raw], [0])
+    out = decoder.decode([framing.pack([raw], [7])], [0])
     assert out.events.num_rows == 0
-    assert out.records == [CODEC.decode_trusted(raw)[1]] and out.record_seqs == [0]
+    assert out.records == [{**CODEC.decode_trusted(raw)[1], "received_at": 7}]
+    assert out.record_seqs == [0]
 
 
 # --- undecodable records ---------------------------------------------------------------------
@@ -197,14 +216,15 @@ def test_an_undecodable_record_is_reported_with_its_reason_not_raised() -> None:
     good = CODEC.encode(EVERY_FIELD_SET)
     truncated = good[:-3]
     bad_utf8 = body_with_map(varint(1) + avro_string("k")[:1] + b"\xff" + avro_string("v") + b"\0")
-    values = [good, truncated, bad_utf8, b"", b"\x07junk", good]
+    values = [*map(framing.pack, [[good], [truncated], [bad_utf8]]), b"", b"\x07junk"]
+    values.append(framing.pack([good]))
     out = columnar(values)
     assert set(out.rejected) == {1, 2, 3, 4}
     assert out.rejected[1] == codec_verdict(truncated)[1]
     assert out.rejected[1].startswith("not a valid worker_event body")
     assert out.rejected[2] == codec_verdict(bad_utf8)[1]
     assert out.rejected[3] == "empty decisions record"
-    assert out.rejected[4] == "decisions frame version 7, expected 1"
+    assert out.rejected[4] == "decisions frame version 7, expected 2"
     # The good messages on either side still decode.
     assert [r["seq"] for r in out.events.to_pylist()] == [0, framing.seq(5, 0)]
 

@@ -12,10 +12,11 @@ import pytest
 from histories import History, commands, core_settings, moves
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 from test_tune_fast import core_settings as random_settings
 
 from faultstream.events.config import CoreSettings
-from faultstream.events.models import InputRecord, WorkerEvent, derived_to_json
+from faultstream.events.models import MAX_MILLIS, InputRecord, WorkerEvent, derived_to_json
 from faultstream.processors.compiled import (
     UnsupportedHistory,
     encode_history,
@@ -80,6 +81,7 @@ step = st.tuples(
             "repeat",
             "late",
             "move",
+            "skewed",
         ]
     ),
     st.integers(0, len(WORKERS) - 1),
@@ -148,6 +150,13 @@ def build(steps: list[tuple]) -> list[InputRecord]:
         elif kind == "late":  # an event whose ts is behind the clock
             h.failure(worker, max(0, ts - choice % 8_000), failure_type or "TIMEOUT",
                       hardware_class=hw, task_type=task_type, message=message)  # fmt: skip
+        elif kind == "skewed":  # a worker's clock far off: decisions run on received_at
+            wild = (choice * 7_919_000_003) % MAX_MILLIS
+            if choice % 2:
+                h.heartbeat(worker, wild, hardware_class=hw, received_at=ts)
+            else:
+                h.failure(worker, wild, failure_type or "TIMEOUT", hardware_class=hw,
+                          task_type=task_type, message=message, received_at=ts)  # fmt: skip
         elif kind == "move":  # the worker now reports another class
             classes[worker] = CLASSES[choice % len(CLASSES)]
             h.heartbeat(worker, ts, hardware_class=classes[worker])
@@ -271,13 +280,12 @@ def test_encode_run_materialize_equals_replay_compiled() -> None:
     assert split == compiled_lines(records) == core_lines(records)
 
 
-def test_checkpoint_seq_beyond_int64_is_unsupported() -> None:
-    record = WorkerEvent(
-        event_id="e1", kind="CHECKPOINT", ts=1, worker_id="w1", hardware_class="cuda",
-        task_id="t", checkpoint_seq=2**63,
-    )  # fmt: skip
-    with pytest.raises(UnsupportedHistory, match="checkpoint_seq"):
-        replay_compiled([record])
+def test_checkpoint_seq_beyond_int64_is_refused_at_the_door() -> None:
+    with pytest.raises(ValidationError, match="checkpoint_seq"):
+        WorkerEvent(
+            event_id="e1", kind="CHECKPOINT", ts=1, worker_id="w1", hardware_class="cuda",
+            task_id="t", checkpoint_seq=2**63,
+        )  # fmt: skip
 
 
 def test_records_built_without_model_construct_equal_those_it_builds() -> None:

@@ -131,3 +131,28 @@ def test_compose_demo_stack_orders_events_and_leaves_the_clock_to_the_fleet() ->
         assert services[name]["environment"]["FAULTSTREAM_KAFKA__PARTITIONS"] == "1", name
     tick = services["processor"]["environment"]["FAULTSTREAM_PROCESSOR__TICK_INTERVAL_S"]
     assert float(tick) >= 1e6
+
+
+def _flag(command: str, name: str) -> str | None:
+    words = command.split()
+    return words[words.index(name) + 1] if name in words else None
+
+
+def test_compose_servers_name_their_listen_address() -> None:
+    """Servers listen on 127.0.0.1 unless told: what the host reaches through `ports:`
+    must say 0.0.0.0 inside its container; the processor's web server stays private."""
+    services = _services()
+
+    assert _flag(services["projector"]["command"], "--host") == "0.0.0.0"
+    assert "8765:8765" in services["projector"]["ports"]
+    assert _flag(services["dashboard"]["command"], "--host") == "0.0.0.0"
+    assert _flag(services["processor"]["command"], "--host") == "127.0.0.1"
+    assert "ports" not in services["processor"]
+
+
+def test_compose_dashboard_starts_once_the_projector_has_published() -> None:
+    services = _services()
+
+    assert services["dashboard"]["depends_on"]["projector"]["condition"] == "service_healthy"
+    check = " ".join(services["projector"]["healthcheck"]["test"])
+    assert "127.0.0.1:8765/api/circuit-breakers" in check

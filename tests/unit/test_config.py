@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from faultstream.events.config import CoreSettings, load_settings
+from faultstream.events.admin import LOGICAL_TOPICS
+from faultstream.events.config import TOPIC_PREFIX_MAX, CoreSettings, load_settings
 from faultstream.events.exceptions import ConfigError
 from faultstream.events.models import CircuitKind, FailureType
 
@@ -95,3 +96,90 @@ def test_attribution_maps_failure_types_to_circuits():
 def test_failure_type_on_two_circuits_is_refused():
     with pytest.raises(ConfigError, match="both"):
         CoreSettings().merged({"circuits": {"attribution": {"worker": ["HARDWARE_ERROR"]}}})
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_non_finite_numbers_are_refused_in_the_file(tmp_path, value):
+    config = tmp_path / "bad.toml"
+    config.write_text(f"[recovery]\nheartbeat_timeout_s = {value}\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: recovery\.heartbeat_timeout_s: .*finite"):
+        load_settings(config)
+
+
+def test_non_finite_numbers_are_refused_in_a_config_change():
+    with pytest.raises(ConfigError, match=r"circuits\.worker\.recovery_timeout_s: .*finite"):
+        CoreSettings().merged({"circuits": {"worker": {"recovery_timeout_s": float("inf")}}})
+
+
+def test_a_bad_environment_value_names_its_variable_not_the_file(tmp_path, monkeypatch):
+    config = tmp_path / "faultstream.toml"
+    config.write_text("[recovery]\nmax_retries = 2\n")
+    monkeypatch.setenv("FAULTSTREAM_CIRCUITS__WORKER__RECOVERY_TIMEOUT_S", "nan")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config)
+    assert str(refused.value).startswith(
+        "FAULTSTREAM_CIRCUITS__WORKER__RECOVERY_TIMEOUT_S: circuits.worker.recovery_timeout_s:"
+    )
+
+
+def test_a_value_inside_a_json_section_names_that_variable(monkeypatch):
+    monkeypatch.setenv("FAULTSTREAM_RECOVERY", '{"heartbeat_timeout_s": -1}')
+    with pytest.raises(ConfigError, match=r"^FAULTSTREAM_RECOVERY: recovery\.heartbeat_timeout_s"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("FAULTSTREAM_KAFKA", "{bad"),
+        ("FAULTSTREAM_CIRCUITS__WORKER", "{'failure_threshold': 3}"),
+        ("FAULTSTREAM_CIRCUITS__ATTRIBUTION__WORKER", "[WORKER_CRASH"),
+    ],
+)
+def test_bad_json_in_the_environment_names_the_variable_without_its_value(
+    monkeypatch, variable, value
+):
+    monkeypatch.setenv("FAULTSTREAM_KAFKA__TOPIC_PREFIX", "not-json-but-fine")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings()
+    message = str(refused.value)
+    assert message.startswith(f"{variable}: not valid JSON (")
+    assert value not in message  # it might hold a secret, e.g. the operator token
+
+
+def test_missing_file_named_by_the_environment_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAULTSTREAM_CONFIG", str(tmp_path / "gone.toml"))
+    with pytest.raises(ConfigError, match=r"^FAULTSTREAM_CONFIG=.*gone\.toml: no such"):
+        load_settings()
+
+
+def test_a_file_that_is_not_utf8_is_not_valid_toml(tmp_path):
+    config = tmp_path / "binary.toml"
+    config.write_bytes(b"\xff\xfe[kafka]\n")
+    with pytest.raises(ConfigError, match=r"binary\.toml: not valid TOML \(not UTF-8"):
+        load_settings(config)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "why"),
+    [
+        ("bad prefix", "not a valid topic prefix"),
+        ("tenant/a", "not a valid topic prefix"),
+        ("", "not a valid topic prefix"),
+        ("é", "not a valid topic prefix"),
+        ("x" * (TOPIC_PREFIX_MAX + 1), "too long"),
+    ],
+)
+def test_topic_prefix_that_cannot_name_a_kafka_topic_is_refused(tmp_path, prefix, why):
+    config = tmp_path / "faultstream.toml"
+    config.write_text(f'[kafka]\ntopic_prefix = "{prefix}"\n')
+    with pytest.raises(ConfigError, match=rf"faultstream\.toml: kafka\.topic_prefix: .*{why}"):
+        load_settings(config)
+
+
+def test_longest_allowed_prefix_keeps_every_topic_name_within_kafkas_limit():
+    settings = load_settings(kafka={"topic_prefix": "x" * TOPIC_PREFIX_MAX})
+    changelog = f"{settings.kafka.topic_prefix}-processor-decider-state-changelog"
+    assert len(changelog) == 249
+    assert all(len(settings.kafka.topic(name)) <= 249 for name in LOGICAL_TOPICS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -259,7 +260,9 @@ def test_operations_are_refused_without_a_configured_token(on_history: Path, mon
     assert any("no operator token is configured" in e.value for e in at.error)
 
 
-def test_operations_are_refused_with_a_wrong_token(on_history: Path, monkeypatch) -> None:
+def test_operations_are_refused_with_a_wrong_token(
+    on_history: Path, monkeypatch, fresh_guess_limiter
+) -> None:
     monkeypatch.setenv("FAULTSTREAM_DASHBOARD__OPERATOR_TOKEN", "s3cret")
     at = open_page("operate")
     at.text_input[0].set_value("cpu-03")
@@ -267,3 +270,30 @@ def test_operations_are_refused_with_a_wrong_token(on_history: Path, monkeypatch
     at.text_input[2].set_value("guess")
     at.button[0].click().run()
     assert any("operator token: missing or wrong" in e.value for e in at.error)
+
+
+@pytest.fixture
+def fresh_guess_limiter() -> Iterator[None]:
+    """The limiter is shared by the process's sessions: start and leave it empty."""
+    from faultstream.dashboard.views.operate import guess_limiter
+
+    guess_limiter.clear()
+    yield
+    guess_limiter.clear()
+
+
+def test_operations_refuse_further_tokens_after_five_wrong_ones(
+    on_history: Path, monkeypatch, fresh_guess_limiter
+) -> None:
+    monkeypatch.setenv("FAULTSTREAM_DASHBOARD__OPERATOR_TOKEN", "s3cret")
+    at = open_page("operate")
+    at.text_input[0].set_value("cpu-03")
+    at.text_input[1].set_value("alice")
+    for _ in range(6):
+        at.text_input[2].set_value("guess")
+        at.button[0].click().run()
+        assert [e.value for e in at.error] == ["Refused: operator token: missing or wrong"]
+    at.text_input[2].set_value("guess")
+    at.button[0].click().run()
+    (refused,) = at.error
+    assert refused.value.startswith("Refused: too many wrong operator tokens: try again in")

@@ -17,9 +17,26 @@ def test_unpack_returns_the_packed_records_in_order(records):
     assert decisions.unpack(decisions.pack(records)) == records
 
 
-def test_a_bare_avro_record_reads_as_a_frame_of_one():
+@given(
+    st.lists(
+        st.tuples(st.binary(max_size=100), st.none() | st.integers(0, 2**62)),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_each_record_keeps_its_broker_time_through_the_frame(stamped):
+    records = [raw for raw, _ in stamped]
+    times = [decisions.UNKNOWN_TIME if at is None else at for _, at in stamped]
+    assert decisions.unpack_stamped(decisions.pack(records, times)) == (
+        [at for _, at in stamped],
+        records,
+    )
+
+
+def test_a_bare_avro_record_is_not_a_frame():
     raw = Codec().encode(Tick(event_id="t1", ts=1))
-    assert decisions.unpack(raw) == [raw]
+    with pytest.raises(DecodeError, match="version 0"):
+        decisions.unpack(raw)
 
 
 def test_an_empty_or_oversized_batch_is_refused():
@@ -37,6 +54,8 @@ def test_a_truncated_frame_is_a_decode_error_naming_the_record():
         decisions.unpack(frame + b"x")
     with pytest.raises(DecodeError, match="version 7"):
         decisions.unpack(b"\x07" + frame[1:])
+    with pytest.raises(DecodeError, match="in the times of its 2 records"):
+        decisions.unpack(frame[:10])
     with pytest.raises(DecodeError, match="empty"):
         decisions.unpack(b"")
 
@@ -44,7 +63,7 @@ def test_a_truncated_frame_is_a_decode_error_naming_the_record():
 def test_pack_all_splits_by_bytes_and_keeps_a_large_record_alone():
     small, large = b"s" * 1000, b"L" * (decisions.MAX_FRAME_BYTES + 10)
     records = [small] * 600 + [large] + [small] * 3
-    frames = decisions.pack_all(records)
+    frames = decisions.pack_all(records, list(range(len(records))))
     assert all(len(frame) <= decisions.MAX_FRAME_BYTES + 20 for frame in frames[:-2])
     assert decisions.unpack(frames[-2]) == [large]
     assert [r for frame in frames for r in decisions.unpack(frame)] == records
@@ -54,9 +73,3 @@ def test_seq_orders_by_offset_then_index_within_the_cap():
     positions = [(0, 0), (0, 1), (0, decisions.MAX_RECORDS - 1), (1, 0), (2, 5)]
     seqs = [decisions.seq(offset, index) for offset, index in positions]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    frames = [(7, decisions.pack([b"a", b"b"])), (8, decisions.pack([b"c"]))]
-    assert list(decisions.iter_records(iter(frames))) == [
-        (decisions.seq(7, 0), b"a"),
-        (decisions.seq(7, 1), b"b"),
-        (decisions.seq(8, 0), b"c"),
-    ]

@@ -18,6 +18,7 @@ from faultstream.cli import main
 from faultstream.events.config import CoreSettings
 from faultstream.events.jsonl import InvalidLineError, read_input_records, write_records
 from faultstream.events.models import (
+    MAX_MILLIS,
     CircuitKind,
     ConfigChanged,
     EventKind,
@@ -105,13 +106,18 @@ json_values = st.recursive(
 )
 
 
+# Up to the models' bound, and at it.
+millis = st.integers(0, MAX_MILLIS) | st.just(MAX_MILLIS)
+
+
 @st.composite
 def worker_events(draw) -> WorkerEvent:
     kind = draw(st.sampled_from(list(EventKind)))
     fields = {
         "event_id": draw(ids),
         "kind": kind,
-        "ts": draw(st.integers(0, 10**16)),
+        "ts": draw(millis),
+        "received_at": draw(maybe(millis)),
         "worker_id": draw(ids),
         "hardware_class": draw(st.text(chars, min_size=1, max_size=4) | st.just("x" * 64)),
         "task_id": draw(ids if kind != EventKind.HEARTBEAT else maybe(ids)),
@@ -139,11 +145,11 @@ def worker_events(draw) -> WorkerEvent:
 
 
 control_records = st.one_of(
-    st.builds(Tick, event_id=ids, ts=st.integers(0, 10**16)),
+    st.builds(Tick, event_id=ids, ts=millis, received_at=maybe(millis)),
     st.builds(
         Operator,
         event_id=ids,
-        ts=st.integers(0, 10**16),
+        ts=millis,
         action=st.sampled_from(list(OperatorAction)),
         circuit_kind=st.sampled_from(list(CircuitKind)),
         circuit_id=ids,
@@ -152,7 +158,7 @@ control_records = st.one_of(
     st.builds(
         ConfigChanged,
         event_id=ids,
-        ts=st.integers(0, 10**16),
+        ts=millis,
         config=st.dictionaries(st.text(chars, max_size=4), json_values, max_size=3),
         actor=ids,
     ),
@@ -175,7 +181,8 @@ def valid_lines(draw, record: InputRecord) -> str:
 # --- perturbed lines ---------------------------------------------------------------------
 
 odd_values = st.sampled_from(
-    [None, 1, 1.0, -1, 2**31, 10**19, True, "", "1", "x" * 129, "x" * 65, "NOPE", "heartbeat",
+    [None, 1, 1.0, -1, 2**31, MAX_MILLIS, MAX_MILLIS + 1, 10**19, True, "", "1", "x" * 129,
+     "x" * 65, "NOPE", "heartbeat",
      [], {}, {"batch_size": 1}, {"precision": None}, "AAF=", "AA", "+-8=", "AQ==", "TICK",
      "OPERATOR", "CONFIG_CHANGED", "FAILURE", "CHECKPOINT", "worker", "RESET"]
 )  # fmt: skip
@@ -183,7 +190,7 @@ field_names = st.sampled_from(
     ["event_id", "kind", "ts", "worker_id", "hardware_class", "task_id", "task_type",
      "failure_type", "message", "attempt", "recovery_command_id", "attributes",
      "checkpoint_seq", "checkpoint_state", "action", "circuit_kind", "circuit_id", "actor",
-     "config", "extra"]
+     "config", "received_at", "extra"]
 )  # fmt: skip
 
 

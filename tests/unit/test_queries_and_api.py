@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -225,3 +226,60 @@ def test_sdk_fetch_checkpoint_returns_the_newest_or_none(api: str, tmp_path: Pat
     assert checkpoint is not None
     assert (checkpoint.checkpoint_seq, checkpoint.checkpoint_state) == (2, b"b")
     assert fetch_checkpoint("unknown-task", settings, host="127.0.0.1") is None
+
+
+def request(url: str, method: str, data: bytes | None = None) -> tuple[int, Any, Any]:
+    """Status, headers and body (parsed as JSON: the test fails on anything else)."""
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, data=data, method=method), timeout=10
+        ) as response:
+            status, headers, raw = response.status, response.headers, response.read()
+    except urllib.error.HTTPError as exc:
+        status, headers, raw = exc.code, exc.headers, exc.read()
+    assert headers["Content-Type"] == "application/json"
+    return status, headers, json.loads(raw) if raw else None
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+def test_api_answers_other_methods_with_json_405(api: str, method: str) -> None:
+    status, headers, body = request(f"{api}/api/circuit-breakers", method, b'{"x": 1}')
+    assert status == 405
+    assert headers["Allow"] == "GET, HEAD"
+    assert body == {"error": f"method {method} not allowed: the API is read-only (GET)"}
+
+
+def test_api_answers_an_unknown_method_and_a_malformed_request_with_json(api: str) -> None:
+    status, _, body = request(f"{api}/api/circuit-breakers", "BREW")
+    assert status == 501 and "BREW" in body["error"]
+    host, port = api.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET / two-paths HTTP/1.0\r\n\r\n")  # one word too many
+        answer = sock.makefile("rb").read()
+    head, _, raw = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 400 " in head.splitlines()[0]
+    assert b"Content-Type: application/json" in head
+    assert "error" in json.loads(raw)
+
+
+def test_api_answers_head_like_get_without_a_body(api: str) -> None:
+    status, headers, body = request(f"{api}/api/circuit-breakers", "HEAD")
+    assert (status, body) == (200, None)
+    assert int(headers["Content-Length"]) > 0
+    status, _, body = request(f"{api}/api/nothing-here", "HEAD")
+    assert (status, body) == (404, None)
+
+
+def test_api_answers_an_internal_error_with_json_500(read_models: Path, monkeypatch) -> None:
+    history = History.from_read_models(read_models)
+
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(history, "circuit_breakers", broken)
+    server = ApiServer(history, "127.0.0.1", 0).start()
+    try:
+        status, _, body = request(f"http://127.0.0.1:{server.port}/api/circuit-breakers", "GET")
+    finally:
+        server.close()
+    assert (status, body) == (500, {"error": "internal error"})

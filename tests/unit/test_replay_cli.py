@@ -115,8 +115,42 @@ def test_missing_input_file_is_one_clear_line(tmp_path: Path, capsys) -> None:
 
 
 def test_input_is_required(capsys) -> None:
-    with pytest.raises(SystemExit):
-        main(["replay"])
+    assert main(["replay"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--input" in err
+
+
+def test_binary_input_stops_at_its_line_naming_it(tmp_path: Path, capsys) -> None:
+    source = tmp_path / "history.jsonl"
+    source.write_bytes(history_file(tmp_path).read_bytes() + b"\xff\xfe\x00binary\n")
+    assert main(["replay", "--input", str(source)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"line {len(history_lines()) + 1}: line: is not UTF-8 text (byte 0xff" in err
+
+
+def test_skip_invalid_skips_undecodable_lines_and_counts_them(tmp_path: Path, capsys) -> None:
+    good = history_file(tmp_path).read_bytes()
+    source = tmp_path / "mixed.jsonl"
+    source.write_bytes(b"\xff\xfe\x00\x01\n" + good + b'{"kind":"HEARTBEAT","x":"\xc3"}\n')
+    assert main(["replay", "--input", str(source), "--skip-invalid"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped line 1: line: is not UTF-8 text" in captured.err
+    assert f"skipped line {len(history_lines()) + 2}: line: is not UTF-8 text" in captured.err
+    assert "2 invalid skipped" in captured.err
+    assert main(["replay", "--input", str(history_file(tmp_path))]) == 0
+    assert capsys.readouterr().out == captured.out != ""  # the good lines, replayed alike
+
+
+def test_output_that_is_a_directory_is_refused_before_replaying(tmp_path: Path, capsys) -> None:
+    (tmp_path / "out").mkdir()
+    code = main(
+        ["replay", "--input", str(history_file(tmp_path)), "--output", str(tmp_path / "out")]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--output" in err and "a directory" in err
+    assert list((tmp_path / "out").iterdir()) == [] and list(tmp_path.glob(".out*")) == []
 
 
 # --- engines ------------------------------------------------------------------------------

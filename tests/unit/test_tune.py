@@ -18,6 +18,7 @@ from faultstream.processors.tuning import (
     Weights,
     expand_grid,
     nested,
+    parse_bounds,
     parse_grid,
     run_grid,
     score_history,
@@ -154,6 +155,67 @@ def test_grid_short_names_map_to_circuit_settings() -> None:
 def test_unknown_grid_setting_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match=r"worker\.failure_treshold"):
         parse_grid(["worker.failure_treshold=1,2"])
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf", "1e999"])
+def test_non_finite_grid_values_are_refused_naming_the_setting(value: str) -> None:
+    with pytest.raises(ConfigError, match=rf"--grid worker\.recovery_timeout_s: '{value}'.*finite"):
+        parse_grid([f"worker.recovery_timeout_s=5,{value}"])
+
+
+def test_a_non_finite_value_never_becomes_a_candidate() -> None:
+    grid = {"worker.recovery_timeout_s": [5, float("inf"), float("nan")]}  # built by hand
+    candidates, rejected = expand_grid(grid, CoreSettings())
+    assert [c.changes["worker.recovery_timeout_s"] for c in candidates] == [5]
+    assert len(rejected) == 2 and all("finite" in r.reason for r in rejected)
+
+
+def test_grid_over_the_configuration_limit_is_refused_saying_how_many() -> None:
+    axis = ",".join(str(v) for v in range(1, 101))
+    items = [f"worker.failure_threshold={axis}", f"task_type.failure_threshold={axis}"]
+    assert len(parse_grid(items)["worker.failure_threshold"]) == 100  # 10,000: at the limit
+    with pytest.raises(
+        ConfigError, match=r"20,000 configurations, more than the 10,000.*--max-configs"
+    ):
+        parse_grid([*items, "worker.success_threshold=1,2"])
+    assert len(parse_grid([*items, "worker.success_threshold=1,2"], max_configs=20_000)) == 3
+
+
+def test_two_million_configurations_are_refused_when_the_grid_is_parsed() -> None:
+    axis = ",".join(str(v) for v in range(1, 1_001))
+    with pytest.raises(ConfigError, match=r"--grid: 2,000,000 configurations"):
+        parse_grid(
+            [
+                f"worker.failure_threshold={axis}",
+                f"task_type.failure_threshold={axis}",
+                "recovery.max_retries=1,2",
+            ]
+        )
+
+
+def test_cli_default_limit_is_the_grids() -> None:
+    from faultstream.cli import tune as tune_cli
+    from faultstream.processors.tuning.grid import DEFAULT_MAX_CONFIGS
+
+    assert tune_cli.DEFAULT_MAX_CONFIGS == DEFAULT_MAX_CONFIGS
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf"])
+def test_non_finite_weights_are_refused(weight: str) -> None:
+    with pytest.raises(ConfigError, match=r"--weights 'protection=.*finite"):
+        Weights.parse(f"protection={weight}")
+
+
+@pytest.mark.parametrize("bound", ["nan..5", "1..nan", "9..2"])
+def test_a_bound_that_holds_nothing_is_refused(bound: str) -> None:
+    with pytest.raises(ConfigError, match=r"--bound .*LOW <= HIGH"):
+        parse_bounds([f"worker.failure_threshold={bound}"])
+
+
+def test_an_infinite_bound_leaves_that_side_open() -> None:
+    assert parse_bounds(["worker.failure_threshold=2..inf"]) == {
+        "worker.failure_threshold": (2.0, float("inf"))
+    }
 
 
 def test_half_open_calls_below_success_threshold_are_reported_and_skipped() -> None:
