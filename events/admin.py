@@ -104,7 +104,8 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
 def create_topics(kafka: KafkaSettings) -> list[str]:
     """Create the topics that do not exist yet; return the full names of those created.
 
-    Safe to run again: a topic that already exists is left as it is.
+    Safe to run again: a topic that already exists is left as it is, but for a
+    `max.message.bytes` below MAX_MESSAGE_BYTES, which is raised to it.
     """
     admin = admin_client(kafka)
     existing = _existing_topics(admin, kafka)
@@ -148,20 +149,12 @@ def _raise_message_limits(admin: AdminClient, specs: list[TopicSpec]) -> None:
     if not wanted:
         return
     topic = ConfigResource.Type.TOPIC
-    described = admin.describe_configs(
-        [ConfigResource(topic, name) for name in wanted], request_timeout=_TIMEOUT_S
-    )
     low: list[ConfigResource] = []
-    for resource, future in described.items():
-        try:
-            entry = future.result().get(key)
-        except KafkaException as exc:
-            reason = exc.args[0].str()
-            raise KafkaAdminError(f"cannot read the config of {resource.name}: {reason}") from None
-        limit = wanted[resource.name]
-        if entry is None or int(entry.value) < limit:
-            setting = ConfigEntry(key, str(limit), incremental_operation=AlterConfigOpType.SET)
-            low.append(ConfigResource(topic, resource.name, incremental_configs=[setting]))
+    for name, entry in _topic_config(admin, list(wanted), key).items():
+        if entry is None or int(entry.value) < wanted[name]:
+            limit = str(wanted[name])
+            setting = ConfigEntry(key, limit, incremental_operation=AlterConfigOpType.SET)
+            low.append(ConfigResource(topic, name, incremental_configs=[setting]))
     if not low:
         return
     altered = admin.incremental_alter_configs(low, request_timeout=_TIMEOUT_S)
@@ -171,6 +164,23 @@ def _raise_message_limits(admin: AdminClient, specs: list[TopicSpec]) -> None:
         except KafkaException as exc:
             reason = exc.args[0].str()
             raise KafkaAdminError(f"cannot raise {key} of {resource.name}: {reason}") from None
+
+
+def _topic_config(admin: AdminClient, names: list[str], key: str) -> dict[str, ConfigEntry | None]:
+    """Setting `key` of each topic, retried while a topic created a moment ago settles (the
+    broker may not know it yet, as with offsets in `end_offsets`)."""
+    deadline = time.monotonic() + _TIMEOUT_S
+    resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for name in names]
+    while True:
+        try:
+            described = admin.describe_configs(resources, request_timeout=_TIMEOUT_S)
+            return {resource.name: done.result().get(key) for resource, done in described.items()}
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            transient = error.retriable() or error.code() in _SETTLING
+            if not transient or time.monotonic() > deadline:
+                raise KafkaAdminError(f"cannot read the topic configs: {error.str()}") from None
+            time.sleep(0.2)
 
 
 def check_stamped_topics(kafka: KafkaSettings) -> None:

@@ -43,16 +43,18 @@ DEFAULT_CONFIG_FILE = Path("faultstream.toml")
 # or trip a circuit never: a setting is always a finite number.
 _STRICT = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 Positive = Field(gt=0)
+# A century: longer timeouts would push due moments past what a millisecond clock holds.
+MAX_TIMEOUT_S = 100 * 365 * 86_400
 
 
 class CircuitSettings(BaseModel):
     model_config = _STRICT
 
     failure_threshold: int = Field(5, gt=0)
-    recovery_timeout_s: float = Field(60, gt=0)
+    recovery_timeout_s: float = Field(60, gt=0, le=MAX_TIMEOUT_S)
     # Below 1 the backoff would shrink while a circuit keeps tripping.
     reset_timeout_factor: float = Field(2.0, ge=1.0)
-    max_reset_timeout_s: float = Field(600, gt=0)
+    max_reset_timeout_s: float = Field(600, gt=0, le=MAX_TIMEOUT_S)
     success_threshold: int = Field(3, gt=0)
     half_open_max_calls: int = Field(3, gt=0)
 
@@ -142,7 +144,7 @@ class RecoverySettings(BaseModel):
     model_config = _STRICT
 
     max_retries: int = Field(3, ge=0)
-    heartbeat_timeout_s: float = Field(30, gt=0)
+    heartbeat_timeout_s: float = Field(30, gt=0, le=MAX_TIMEOUT_S)
 
 
 class CoreSettings(BaseModel):

@@ -192,7 +192,8 @@ class Spool:
                     event_id = json.loads(line)["event_id"]
                 except (ValueError, KeyError, TypeError):
                     # Torn or foreign: read() reports it, a rewrite drops it (counted).
-                    self._unreadable += line.strip() != b""
+                    if line.strip():
+                        self._unreadable += 1
                     continue
                 if isinstance(event_id, str) and event_id not in seen:
                     seen[event_id] = line if line.endswith(b"\n") else line + b"\n"

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Producer
 
+from .admin import MAX_MESSAGE_BYTES
 from .codec import Codec
 from .config import KafkaSettings, Settings
 from .kafka_clients import librdkafka_config
@@ -37,7 +38,7 @@ from .spool import Spool
 # A child of the emitter's logger, so silencing the SDK (as `faultstream emit` does)
 # silences the transport too.
 log = logging.getLogger("faultstream.events.emitter.transport")
-client_log = logging.getLogger("faultstream.events.emitter.transport.librdkafka")
+librdkafka_log = logging.getLogger("faultstream.events.emitter.transport.librdkafka")
 
 DEFAULT_MESSAGE_TIMEOUT_MS = 5 * 60 * 1000  # a broker may be away this long, no event lost
 # Events waiting for the sender before the caller drains them itself. Small on purpose:
@@ -58,6 +59,8 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "linger.ms": 5,
     "queue.buffering.max.messages": 1_000_000,
     "compression.type": "lz4",
+    # The contract's 1 MiB checkpoints, with room for the record around them.
+    "message.max.bytes": MAX_MESSAGE_BYTES,
 }
 
 
@@ -99,7 +102,7 @@ class ClientLog:
     (one per reconnect attempt) is counted, not logged, until a delivery succeeds again.
     Also the transport's own "events spooled" notices, on the same rhythm."""
 
-    def __init__(self, logger: logging.Logger = client_log) -> None:
+    def __init__(self, logger: logging.Logger = librdkafka_log) -> None:
         self.logger = logger
         self.troubled = False  # a warning was logged since the last good delivery
         self.repeats = 0  # librdkafka messages not logged since then
@@ -167,8 +170,13 @@ class KafkaTransport:
         resend_spooled: bool = True,
         background: bool = True,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        stamp_event_time: bool = False,
     ) -> None:
+        """`stamp_event_time`: the Kafka record's timestamp is the event's own `ts`, for a
+        simulated fleet whose topics keep it (`kafka.input_timestamps = "CreateTime"`);
+        otherwise the broker stamps its own time (LogAppendTime) and this one is unused."""
         kafka = settings.kafka
+        self._stamp_event_time = stamp_event_time
         emitter = settings.emitter
         self.topic = kafka.topic("events")
         self.codec = codec or Codec(kafka.schema_registry_url, topic_prefix=kafka.topic_prefix)
@@ -187,6 +195,9 @@ class KafkaTransport:
         self._failed: list[tuple[WorkerEvent, str]] = []
         self._unsendable: list[str] = []
         self._failed_lock = threading.Lock()
+        # Held while failed events are on their way to disk, so that a flush() on another
+        # thread returns only once they are there (it counts neither pending nor spooled).
+        self._settle_lock = threading.Lock()
         # Events re-sent from the spool: still in the file until acknowledged.
         self._from_spool: set[str] = set()
         self._spool_acked: set[str] = set()
@@ -281,7 +292,13 @@ class KafkaTransport:
         reason = "the producer's local queue stayed full"
         for attempt in range(_PRODUCE_RETRIES):
             try:
-                self._producer.produce(self.topic, value, event.worker_id, on_delivery=on_delivery)
+                self._producer.produce(
+                    self.topic,
+                    value,
+                    event.worker_id,
+                    on_delivery=on_delivery,
+                    timestamp=event.ts if self._stamp_event_time else 0,  # 0: now
+                )
                 return
             except BufferError:
                 self._poll(0.001 * (attempt + 1))
@@ -299,18 +316,22 @@ class KafkaTransport:
             self._report_error("producer callback", exc)
 
     def _on_delivery(self, event_id: str, err: KafkaError | None, _msg: object) -> None:
-        event = self._unacked.pop(event_id, None)
+        event = self._unacked.get(event_id)
         if event is None:  # already spooled by close()
             return
-        if err is None:
-            self.acked += 1
-            if event_id in self._from_spool:
-                with self._failed_lock:
-                    self._spool_acked.add(event_id)
-            if self.client_log.troubled:
-                self._recovered()
+        if err is not None:
+            # Failed before it leaves `_unacked`: a flush() on another thread always
+            # counts it as pending or finds it among the failed.
+            self._add_failed(event, f"not delivered ({err.str()})")
+            self._unacked.pop(event_id, None)
             return
-        self._add_failed(event, f"not delivered ({err.str()})")
+        self._unacked.pop(event_id, None)
+        self.acked += 1
+        if event_id in self._from_spool:
+            with self._failed_lock:
+                self._spool_acked.add(event_id)
+        if self.client_log.troubled:
+            self._recovered()
 
     def _add_failed(self, event: WorkerEvent, reason: str) -> None:
         with self._failed_lock:
@@ -324,6 +345,10 @@ class KafkaTransport:
     # --- failures: the spool, or counted as lost -------------------------------------------
 
     def _settle_failures(self) -> None:
+        with self._settle_lock:
+            self._settle_failures_locked()
+
+    def _settle_failures_locked(self) -> None:
         with self._failed_lock:
             failed, self._failed = self._failed, []
             unsendable, self._unsendable = self._unsendable, []
@@ -452,7 +477,7 @@ class KafkaTransport:
             self._producer.purge()
             self._producer.flush(0)  # purged records' callbacks find nothing left to spool
             stop = getattr(self._producer, "close", None)  # not in older confluent-kafka
-            if stop is not None:
+            if stop is not None and len(self._producer) == 0:  # its flush has no timeout
                 stop()  # no more reconnecting to a broker that is away
         except Exception as exc:
             self._report_error("producer close", exc)

@@ -277,11 +277,6 @@ def _format_storage(
     java: str, libs: Path, paths: BrokerPaths, listener: SecuredListener | None
 ) -> None:
     if (paths.data_dir / "meta.properties").is_file():
-        if listener is not None and not listener.formatted_marker.is_file():
-            raise BrokerError(
-                f"{paths.state_dir} was formatted without --sasl-ssl, so it has no SCRAM "
-                "user; use a fresh --state-dir for a secured broker"
-            )
         return
     # The SCRAM user exists from the first start: KRaft stores it in the metadata log.
     # (The storage tool takes the password as an argument; it runs for a second.)
@@ -360,6 +355,12 @@ def start(
     secured: tuple[SecuredListener, int] | None = None
     if sasl_ssl_port is not None:
         listener = SecuredListener.of(paths.state_dir)
+        formatted = (paths.data_dir / "meta.properties").is_file()
+        if formatted and not listener.formatted_marker.is_file():
+            raise BrokerError(
+                f"{paths.state_dir} was formatted without --sasl-ssl, so it has no SCRAM "
+                "user; use a fresh --state-dir for a secured broker"
+            )
         ensure_credentials(listener, java)
         secured = (listener, sasl_ssl_port)
     paths.server_properties.touch()

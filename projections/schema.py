@@ -172,10 +172,20 @@ _EXTRA_DDL = [
 
 
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """Create every history table that does not exist yet."""
+    """Create every history table that does not exist yet, and add the columns a table of
+    an older history file lacks (at its end: the writers insert by name)."""
     existing = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     for name, columns in TABLES.items():
         if name in existing:
+            have = {
+                row[0]
+                for row in con.execute(
+                    "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [name]
+                ).fetchall()
+            }
+            for col, (sql, _) in columns.items():
+                if col not in have:
+                    con.execute(f"ALTER TABLE {name} ADD COLUMN {col} {sql.split()[0]}")
             continue
         body = ", ".join(f"{col} {sql}" for col, (sql, _) in columns.items())
         con.execute(f"CREATE TABLE {name} ({body})")

@@ -335,7 +335,8 @@ class HistoryWriter:
         name = f"new_{table}"
         self.con.register(name, batch)
         registered.append(name)
-        self.con.execute(f"INSERT INTO {table} SELECT * FROM {name}")
+        # By name: a history file made before a column was added has it last.
+        self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {name}")
         return batch
 
     def _upsert_circuit_states(self, transitions: pa.Table) -> None:

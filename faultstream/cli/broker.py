@@ -74,7 +74,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"broker {verb} at {status.bootstrap} (pid {status.pid}, {status.state_dir})")
         _print_sasl_ssl(status)
         if args.sasl_ssl and status.sasl_ssl_bootstrap is None:
-            print("(it runs without a SASL_SSL listener: stop it first to add one)")
+            print("(without a SASL_SSL listener: a secured broker needs a fresh --state-dir)")
         return 0
     if args.action == "stop":
         stopped = broker.stop(effective)

@@ -88,6 +88,7 @@ class LockstepBridge:
             spool=Spool(spool_path),
             producer_config=_LOCKSTEP_PRODUCER,
             resend_spooled=False,
+            stamp_event_time=True,  # the simulated clock (the demo's topics use CreateTime)
         )
         self.control_topic = kafka.topic(CONTROL)
         self.control = Producer(

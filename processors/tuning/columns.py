@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from faultstream.events.models import ConfigChanged, InputRecord
+from faultstream.events.models import ConfigChanged, InputRecord, received_at
 
 
 @dataclass
@@ -47,14 +47,21 @@ class ColumnarHistory:
     def __len__(self) -> int:
         return self.table.num_rows
 
+    def _received_at(self) -> pa.ChunkedArray:
+        """Each record's decision time (models.received_at)."""
+        table = self.table
+        if "received_at" not in table.column_names:
+            return table["ts"]
+        return pc.coalesce(table["received_at"], table["ts"])
+
     def newest(self) -> int | None:
-        return pc.max(self.table["ts"]).as_py() if self.table.num_rows else None
+        return pc.max(self._received_at()).as_py() if self.table.num_rows else None
 
     def since(self, oldest: int) -> ColumnarHistory:
-        """Only the records with `ts >= oldest`."""
+        """Only the records received at `oldest` or later."""
         load = self.load
-        table = self.table.filter(pc.greater_equal(self.table["ts"], oldest))
-        return ColumnarHistory(table, lambda: (r for r in load() if r.ts >= oldest))
+        table = self.table.filter(pc.greater_equal(self._received_at(), oldest))
+        return ColumnarHistory(table, lambda: (r for r in load() if received_at(r) >= oldest))
 
     def config_changes(self) -> list[ConfigChanged]:
         """The CONFIG_CHANGED records, in order (they are few: built from the columns)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from faultstream.events.classify import classify_message
 from faultstream.events.config import AttributionSettings
-from faultstream.events.models import CircuitStateChanged, DerivedRecord, InputRecord
+from faultstream.events.models import CircuitStateChanged, DerivedRecord, InputRecord, received_at
 
 from .score import _ID_FIELD, OPEN_STATES, Score, _detection_delay
 
@@ -38,7 +38,7 @@ def prepare(inputs: Sequence[InputRecord], attribution: AttributionSettings) -> 
     seen: set[tuple[str, str]] = set()
     end_ts = 0
     for record in inputs:
-        ts = record.ts
+        ts = received_at(record)
         if ts > end_ts:
             end_ts = ts
         kind = record.kind

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from faultstream.events.classify import classify_message
 from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import ConfigError
-from faultstream.events.models import CircuitStateChanged, DerivedRecord, InputRecord
+from faultstream.events.models import CircuitStateChanged, DerivedRecord, InputRecord, received_at
 
 OPEN_STATES = frozenset({"OPEN", "FORCED_OPEN"})
 _ID_FIELD = {"worker": "worker_id", "hardware_class": "hardware_class", "task_type": "task_type"}
@@ -109,7 +109,7 @@ def score_history(
     protected = withheld = 0
     end_ts = 0
     for record in inputs:
-        ts = record.ts
+        ts = received_at(record)
         end_ts = max(end_ts, ts)
         kind = record.kind
         if kind != "FAILURE" and kind != "SUCCESS":

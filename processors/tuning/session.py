@@ -16,7 +16,7 @@ from typing import Any
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import ConfigError
-from faultstream.events.models import ConfigChanged, InputRecord
+from faultstream.events.models import ConfigChanged, InputRecord, received_at
 
 from .apply import ACTOR
 from .columns import ColumnarHistory, ColumnarInputs
@@ -82,9 +82,9 @@ def tune_round(
         inputs = history.inputs()
         events = history.worker_events()
     else:
-        newest = max((r.ts for r in history), default=None)
+        newest = max(map(received_at, history), default=None)
         if policy.window_ms is not None and newest is not None:
-            history = [r for r in history if r.ts >= newest - policy.window_ms]
+            history = [r for r in history if received_at(r) >= newest - policy.window_ms]
         changes = [r for r in history if r.kind == "CONFIG_CHANGED"]
         inputs = [r for r in history if r.kind != "CONFIG_CHANGED"]
         events = sum(1 for r in inputs if r.kind not in ("TICK", "OPERATOR"))
@@ -130,7 +130,7 @@ def _propose(
             for r in changes
             if isinstance(r, ConfigChanged)
             and r.actor == ACTOR
-            and r.ts > newest - policy.period_ms
+            and received_at(r) > newest - policy.period_ms
         ]
         if recent:
             return None, f"tune already changed the settings this period ({recent[-1].event_id})"

@@ -32,6 +32,7 @@ from faultstream.events.admin import create_topics
 from faultstream.events.config import Settings, load_settings
 from faultstream.events.consumer import CommandConsumer
 from faultstream.events.emitter import Emitter
+from faultstream.events.kafka_connection import cluster_metadata
 from faultstream.events.models import RecoveryCommand
 from faultstream.projections.read_models import MANIFEST, Manifest
 
@@ -182,6 +183,25 @@ def test_whole_loop_runs_over_sasl_ssl_and_no_log_line_holds_the_password(
     assert any("SASL" in record.getMessage() for record in caplog.records), "no debug seen"
     leaked = [name for name, text in logs.items() if secured_cluster.password in text]
     assert leaked == []
+
+
+def test_broker_status_points_to_the_client_file_and_never_shows_the_password(
+    secured_cluster: SecuredCluster,  # noqa: F811
+) -> None:
+    done = subprocess.run(
+        [FAULTSTREAM, "broker", "status", "--state-dir", str(secured_cluster.state_dir)],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    client_file = secured_cluster.state_dir / "sasl-ssl" / "client.toml"
+    assert f"SASL_SSL listener at {secured_cluster.bootstrap}" in done.stdout
+    assert f"--config {client_file}" in done.stdout
+    assert secured_cluster.password not in done.stdout + done.stderr
+    # The file a user is pointed to is private, and reaches the cluster as it is.
+    assert client_file.stat().st_mode & 0o777 == 0o600
+    assert cluster_metadata(load_settings(client_file).kafka).brokers
 
 
 @pytest.fixture(scope="module")

@@ -183,3 +183,11 @@ def test_longest_allowed_prefix_keeps_every_topic_name_within_kafkas_limit():
     changelog = f"{settings.kafka.topic_prefix}-processor-decider-state-changelog"
     assert len(changelog) == 249
     assert all(len(settings.kafka.topic(name)) <= 249 for name in LOGICAL_TOPICS)
+
+
+def test_a_timeout_past_a_century_is_refused_naming_the_setting() -> None:
+    # 1e308 s was accepted, and the first opening of that circuit crashed the decider.
+    with pytest.raises(ConfigError, match="recovery_timeout_s"):
+        CoreSettings().merged({"circuits": {"worker": {"recovery_timeout_s": 1e308}}})
+    with pytest.raises(ConfigError, match="heartbeat_timeout_s"):
+        CoreSettings().merged({"recovery": {"heartbeat_timeout_s": 1e12}})

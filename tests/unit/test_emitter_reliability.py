@@ -16,6 +16,7 @@ from faultstream.events.emitter import Emitter, KafkaTransport
 from faultstream.events.exceptions import InvalidEventError
 from faultstream.events.models import EventKind, WorkerEvent
 from faultstream.events.spool import Spool
+from faultstream.events.transport import ClientLog
 
 LIBRDKAFKA_LOGGER = "faultstream.events.emitter.transport.librdkafka"
 CLOSE_TIMEOUT_S = 0.5
@@ -78,6 +79,31 @@ def test_librdkafka_logs_through_python_logging_once_per_state_not_per_retry(
     assert 1 <= len(records) < 5, [r.getMessage() for r in records]
     assert emitter.transport.client_log.repeats > 0  # the retries happened, unlogged
     assert "rdkafka" not in capfd.readouterr().err  # nothing printed behind logging's back
+
+
+def test_a_repeated_librdkafka_message_is_logged_again_only_after_a_good_delivery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client_log = ClientLog()
+    fail = "[thrd:b:9092/1]: b:9092/1: Connect to ipv4#10.0.0.1:9092 failed: refused"
+    retries = [
+        f"{fail} (after 0ms in state CONNECT)",
+        f"{fail} (after 12ms in state CONNECT, 1 identical error(s) suppressed)",
+        f"{fail} (after 3ms in state CONNECT, 40 identical error(s) suppressed)",
+    ]
+    other_broker = fail.replace("10.0.0.1", "10.0.0.2") + " (after 0ms in state CONNECT)"
+    caplog.set_level(logging.DEBUG, logger=LIBRDKAFKA_LOGGER)
+    for text in [*retries, other_broker]:
+        client_log.log(logging.ERROR, "%s [%s] %s", "FAIL", "rdkafka#producer-1", text)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"FAIL {retries[0]}",
+        f"FAIL {other_broker}",
+    ]
+    assert client_log.repeats == 2
+    client_log.recovered()  # the broker answered: the next failure is news again
+    client_log.log(logging.ERROR, "%s [%s] %s", "FAIL", "rdkafka#producer-1", retries[1])
+    assert caplog.records[-1].getMessage() == f"FAIL {retries[1]}"
+    assert "deliveries succeed again (2 repeated" in caplog.records[-2].getMessage()
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,23 @@ def test_every_contract_table_exists_with_record_field_columns(tmp_path: Path) -
     assert types["attributes"] == "MAP(VARCHAR, VARCHAR)"
 
 
+def test_a_history_file_without_the_newer_columns_gains_them_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "old.duckdb"
+    with HistoryWriter(db) as writer:
+        writer.append_inputs([event("e1", "HEARTBEAT", 1_000)])
+    con = duckdb.connect(str(db))
+    con.execute("ALTER TABLE events DROP COLUMN received_at")  # as an older version made it
+    con.close()
+    with HistoryWriter(db) as writer:
+        writer.append_inputs([event("e2", "HEARTBEAT", 2_000, received_at=2_005)])
+    assert rows(db, "SELECT event_id, ts, received_at FROM events ORDER BY ts") == [
+        ("e1", 1_000, None),
+        ("e2", 2_000, 2_005),
+    ]
+
+
 def test_event_delivered_twice_is_stored_once(tmp_path: Path) -> None:
     db = tmp_path / "h.duckdb"
     with HistoryWriter(db) as writer:

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from faultstream.events.config import CoreSettings
-from faultstream.events.models import InputRecord, WorkerEvent
+from faultstream.events.models import MAX_MILLIS, InputRecord, WorkerEvent
 from faultstream.processors.core.fleet import SEEN_IDS_PER_WORKER
 from faultstream.processors.sources import DuckDBSource
 from faultstream.processors.tuning import (
@@ -79,6 +79,7 @@ step = st.tuples(
             "reused_id",
             "late",
             "move",
+            "skewed",
         ]
     ),
     st.integers(0, len(WORKERS) - 1),
@@ -144,6 +145,13 @@ def build(steps: list[tuple]) -> list[InputRecord]:
         elif kind == "move":  # the worker now reports another class
             classes[worker] = CLASSES[choice % len(CLASSES)]
             h.heartbeat(worker, ts, hardware_class=classes[worker])
+        elif kind == "skewed":  # a worker's clock far off: decisions run on received_at
+            wild = (choice * 7_919_000_003) % MAX_MILLIS
+            if choice % 2:
+                h.heartbeat(worker, wild, hardware_class=hw, received_at=ts)
+            else:
+                h.failure(worker, wild, failure_type or "TIMEOUT", hardware_class=hw,
+                          task_type=task_type, message=message, received_at=ts)  # fmt: skip
     return h.records
 
 
