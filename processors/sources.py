@@ -17,6 +17,7 @@ where it also holds them, the derived records that really happened (for `--diff`
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from faultstream.projections.queries import History  # reading only: the shared 
 from .decode import stamped
 from .input_columns import read_input_columns
 
+log = logging.getLogger(__name__)
 _KAFKA_POLL_S = 1.0
 _KAFKA_IDLE_POLLS = 30  # give up when the end offset is not reached within ~30 s of quiet
 
@@ -314,7 +316,10 @@ class KafkaSource:
                 times, raws = unpack_stamped(frame)
                 records = [decoder.validated(raw) for raw in raws]
             except FaultstreamError as exc:
-                raise HistoryError(f"{self.name}: undecodable record ({exc})") from None
+                # The decider skipped (and dead-lettered) this frame whole: so does replay.
+                log.warning("%s: skipped an undecodable frame, as the processor did (%s)",
+                            self.name, exc)  # fmt: skip
+                continue
             for at, record in zip(times, records, strict=True):
                 if at is not None:
                     record = stamped(record, at)

@@ -191,6 +191,10 @@ DOORS: dict[str, Door] = {
     "--worker-id not UTF-8": Door(
         "emit HEARTBEAT --worker-id w\udcff --hardware-class cpu", ("--worker-id", "UTF-8")
     ),
+    "--ts past year 9999": Door(
+        "emit HEARTBEAT --worker-id w --hardware-class cpu --ts 100000000000000000000000",
+        ("ts", "253402300799999"),
+    ),
     "--message= not UTF-8": Door(
         "emit FAILURE --worker-id w --hardware-class cpu --message=\udcc3", ("--message", "UTF-8")
     ),
