@@ -342,7 +342,15 @@ class KafkaSource:
     def _read_topic(self, logical: str) -> Iterator[bytes]:
         from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+        from faultstream.events.kafka_connection import cluster_metadata
+
         topic = self.kafka.topic(logical)
+        # One clear line for an unreachable or misconfigured cluster, before a consumer
+        # whose reconnect attempts would each print a line.
+        try:
+            cluster_metadata(self.kafka)
+        except FaultstreamError as exc:
+            raise HistoryError(f"{self.name}: {exc}") from None
         consumer = Consumer(
             librdkafka_config(
                 self.kafka,
@@ -350,6 +358,7 @@ class KafkaSource:
                     "group.id": f"faultstream-replay-{logical}",
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",
+                    "logger": log,
                 },
             )
         )
