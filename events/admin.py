@@ -54,6 +54,18 @@ class KafkaAdminError(FaultstreamError):
 
 
 _TIMESTAMP_TYPE = "message.timestamp.type"
+# Compaction keeps each key's newest record (a new CircuitView always finds every circuit);
+# retention.ms=-1 keeps it even if "delete" is ever added to the policy. A consumer up to a
+# day behind (the projector after a restart) still sees every transition; after a week a
+# closed segment is compacted whatever its size, so a view loads few stale records.
+# Tombstones (none are written today) stay a day, longer than any view takes to load.
+_CIRCUITS_CONFIG = {
+    "cleanup.policy": "compact",
+    "retention.ms": "-1",
+    "min.compaction.lag.ms": str(_MS_PER_DAY),
+    "max.compaction.lag.ms": str(7 * _MS_PER_DAY),
+    "delete.retention.ms": str(_MS_PER_DAY),
+}
 
 
 @dataclass(frozen=True)
@@ -70,8 +82,43 @@ def topic_names(kafka: KafkaSettings) -> dict[str, str]:
     return {logical: kafka.topic(logical) for logical in LOGICAL_TOPICS}
 
 
-def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
-    """Every topic with its partitions and configuration, in LOGICAL_TOPICS order."""
+# From this many brokers on, a topic has this many copies and a write (acks=all) needs 2 of
+# them in sync: one broker may fail or restart without losing an acknowledged record or
+# stopping the producers.
+REPLICATED_CLUSTER = 3
+
+
+def min_insync_replicas(replicas: int) -> int:
+    return 2 if replicas >= REPLICATED_CLUSTER else 1
+
+
+def replication_factor(kafka: KafkaSettings, brokers: int) -> int:
+    """Copies of each topic on a cluster of `brokers`: 3 on 3 or more, else 1, or
+    `kafka.replication_factor` when higher (a floor: the sample config spells out the
+    default 1, so an explicit 1 cannot mean "unreplicated on a cluster"). A factor above
+    the broker count is left for the broker to refuse, naming both."""
+    return max(kafka.replication_factor, REPLICATED_CLUSTER if brokers >= REPLICATED_CLUSTER else 1)
+
+
+def cluster_replication_factor(kafka: KafkaSettings) -> int:
+    """`replication_factor` for the cluster `kafka` names (one metadata request); with no
+    broker answering, that of one broker: the caller fails to connect next anyway."""
+    servers = kafka.bootstrap_servers.split(",")
+    if not any(_accepts_connections(address) for address in servers):
+        return replication_factor(kafka, 1)
+    try:
+        brokers = len(cluster_metadata(kafka, timeout_s=_CONNECT_TIMEOUT_S).brokers)
+    except KafkaConnectionError:
+        brokers = 1
+    return replication_factor(kafka, brokers)
+
+
+def topic_specs(kafka: KafkaSettings, brokers: int = 1) -> list[TopicSpec]:
+    """Every topic with its partitions and configuration, in LOGICAL_TOPICS order, for a
+    cluster of `brokers`."""
+    replicas = replication_factor(kafka, brokers)
+    # Topic-level, so it holds whatever the brokers' default is.
+    insync = {"min.insync.replicas": str(min_insync_replicas(replicas))} if replicas > 1 else {}
     retention = {
         "cleanup.policy": "delete",
         "retention.ms": str(round(kafka.retention_days * _MS_PER_DAY)),
@@ -83,7 +130,7 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         EVENTS: stamped,
         CONTROL: stamped,
         # The newest state of each circuit, forever: compacted by `<kind>:<id>`.
-        CIRCUITS: {"cleanup.policy": "compact"},
+        CIRCUITS: _CIRCUITS_CONFIG,
         COMMANDS: retention,
         DLQ: large,
         DECISIONS: large,
@@ -94,8 +141,8 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
             name=kafka.topic(logical),
             # One partition keeps the decider's input in a single total order.
             partitions=1 if logical == DECISIONS else kafka.partitions,
-            replication_factor=kafka.replication_factor,
-            config=dict(configs[logical]),
+            replication_factor=replicas,
+            config={**configs[logical], **insync},
         )
         for logical in LOGICAL_TOPICS
     ]
@@ -108,8 +155,9 @@ def create_topics(kafka: KafkaSettings) -> list[str]:
     `max.message.bytes` below MAX_MESSAGE_BYTES, which is raised to it.
     """
     admin = admin_client(kafka)
-    existing = _existing_topics(admin, kafka)
-    specs = topic_specs(kafka)
+    metadata = _list_topics(admin, kafka)
+    existing = set(metadata.topics)
+    specs = topic_specs(kafka, brokers=len(metadata.brokers))
     _raise_message_limits(admin, [spec for spec in specs if spec.name in existing])
     wanted = [spec for spec in specs if spec.name not in existing]
     if not wanted:

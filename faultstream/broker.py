@@ -8,6 +8,7 @@ data, log file and pid file. Everything listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import re
@@ -18,10 +19,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from faultstream.events.admin import min_insync_replicas
 from faultstream.events.config import BrokerSettings
 from faultstream.events.exceptions import FaultstreamError
 
@@ -200,9 +203,17 @@ def server_properties(
     settings: BrokerSettings,
     data_dir: Path,
     secured: tuple[SecuredListener, int] | None = None,
+    *,
+    node_id: int = 1,
+    voters: str | None = None,
+    replicas: int = 1,
 ) -> str:
     """The broker's configuration; `secured` (listener files, port) adds a SASL_SSL
-    listener for clients beside PLAINTEXT, which inter-broker traffic keeps using."""
+    listener for clients beside PLAINTEXT, which inter-broker traffic keeps using.
+
+    A node of a cluster (faultstream/cluster.py) has its `node_id`, the cluster's `voters`
+    (`id@host:controller_port,…`) and `replicas` copies of Kafka's own topics (consumer
+    offsets, transactions), 2 of them in sync for a write when there are 3 or more."""
     port, cport = settings.port, settings.controller_port
     listeners = [f"PLAINTEXT://127.0.0.1:{port}", f"CONTROLLER://127.0.0.1:{cport}"]
     advertised = [f"PLAINTEXT://127.0.0.1:{port}"]
@@ -213,20 +224,24 @@ def server_properties(
         protocols.append(f"{LISTENER}:{LISTENER}")
     lines = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{cport}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters or f"{node_id}@127.0.0.1:{cport}",
         "listeners": ",".join(listeners),
         "advertised.listeners": ",".join(advertised),
         "listener.security.protocol.map": ",".join(protocols),
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(data_dir),
-        "offsets.topic.replication.factor": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "offsets.topic.replication.factor": str(replicas),
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": str(min_insync_replicas(replicas)),
         "group.initial.rebalance.delay.ms": "0",
         "auto.create.topics.enable": "true",
     }
+    if replicas > 1:
+        # Topics created without these (auto-created ones, Faust's own) are replicated too.
+        lines["default.replication.factor"] = str(replicas)
+        lines["min.insync.replicas"] = str(min_insync_replicas(replicas))
     if secured is not None:
         lines.update(listener_properties(*secured))
     return "".join(f"{key}={value}\n" for key, value in lines.items())
@@ -262,7 +277,7 @@ def log4j_properties(log_file: Path) -> str:
     )
 
 
-def _kafka_uuid() -> str:
+def kafka_uuid() -> str:
     """A cluster id in Kafka's form: 16 random bytes, URL-safe base64 without padding.
 
     Never one starting with "-": the storage tool would read it as an option (Kafka's own
@@ -273,9 +288,15 @@ def _kafka_uuid() -> str:
             return cluster_id
 
 
-def _format_storage(
-    java: str, libs: Path, paths: BrokerPaths, listener: SecuredListener | None
+def format_storage(
+    java: str,
+    libs: Path,
+    paths: BrokerPaths,
+    listener: SecuredListener | None = None,
+    cluster_id: str | None = None,
 ) -> None:
+    """Format the data dir once, with `cluster_id` (every node of a cluster the same) or a
+    new one."""
     if (paths.data_dir / "meta.properties").is_file():
         return
     # The SCRAM user exists from the first start: KRaft stores it in the metadata log.
@@ -291,7 +312,7 @@ def _format_storage(
                 "kafka.tools.StorageTool",
                 "format",
                 "-t",
-                _kafka_uuid(),
+                cluster_id or kafka_uuid(),
                 "-c",
                 str(paths.server_properties),
                 *scram,
@@ -312,17 +333,17 @@ def _format_storage(
 def status(settings: BrokerSettings) -> BrokerStatus | None:
     """The running broker of this state dir, or None (a stale pid file is removed)."""
     paths = BrokerPaths.of(settings)
-    pid = _read_pid(paths.pid_file)
+    pid = read_pid(paths.pid_file)
     if pid is None:
         return None
-    if not _is_alive(pid):
+    if not is_alive(pid):
         paths.pid_file.unlink(missing_ok=True)
         return None
     return BrokerStatus(
         pid,
         _bootstrap_of(paths, settings),
         paths.state_dir,
-        _advertised(paths, LISTENER),
+        advertised(paths, LISTENER),
     )
 
 
@@ -348,7 +369,7 @@ def start(
     paths = BrokerPaths.of(settings)
     ports = (settings.port, settings.controller_port, sasl_ssl_port)
     for port in filter(None, ports):
-        if _port_in_use(port):
+        if port_in_use(port):
             raise BrokerError(f"port {port} on 127.0.0.1 is already in use (another broker?)")
     paths.state_dir.mkdir(parents=True, exist_ok=True)
     listener: SecuredListener | None = None
@@ -368,11 +389,29 @@ def start(
     paths.server_properties.chmod(0o600 if secured else 0o644)
     paths.server_properties.write_text(server_properties(settings, paths.data_dir, secured))
     paths.log4j_properties.write_text(log4j_properties(paths.log_file))
-    _format_storage(java, libs, paths, listener)
+    format_storage(java, libs, paths, listener)
+    process = launch(java, libs, settings.heap, paths)
+    bootstrap = f"127.0.0.1:{settings.port}"
+    deadline = time.monotonic() + timeout_s
+    await_ready(
+        process,
+        paths,
+        bootstrap,
+        deadline,
+        lambda: not sasl_ssl_port or port_in_use(sasl_ssl_port),
+    )
+    sasl_ssl_bootstrap = None
+    if listener is not None:
+        sasl_ssl_bootstrap = f"127.0.0.1:{sasl_ssl_port}"
+        write_client_config(listener, sasl_ssl_bootstrap)
+    return BrokerStatus(process.pid, bootstrap, paths.state_dir, sasl_ssl_bootstrap), True
 
+
+def launch(java: str, libs: Path, heap: str, paths: BrokerPaths) -> subprocess.Popen:
+    """Start the JVM of the broker whose files `paths` holds; its pid goes to the pid file."""
     command = [
         java,
-        *jvm_options(settings.heap, paths.gc_log),
+        *jvm_options(heap, paths.gc_log),
         "-Djava.awt.headless=true",
         f"-Dlog4j.configuration=file:{paths.log4j_properties}",
         "-cp",
@@ -391,65 +430,78 @@ def start(
             start_new_session=True,
         )
     paths.pid_file.write_text(f"{process.pid}\n")
-    bootstrap = f"127.0.0.1:{settings.port}"
-    deadline = time.monotonic() + timeout_s
-    while not _answers(bootstrap) or (sasl_ssl_port and not _port_in_use(sasl_ssl_port)):
+    return process
+
+
+def await_ready(
+    process: subprocess.Popen,
+    paths: BrokerPaths,
+    bootstrap: str,
+    deadline: float,
+    also: Callable[[], bool] = lambda: True,
+) -> None:
+    """Return once the broker serves metadata at `bootstrap` and `also()` holds; BrokerError
+    (the broker stopped, pid file removed) if it exits or `deadline` passes first."""
+    while not answers(bootstrap) or not also():
         if process.poll() is not None:
             paths.pid_file.unlink(missing_ok=True)
             raise BrokerError(
                 f"the broker exited with code {process.returncode}; see {paths.log_file}"
             )
         if time.monotonic() > deadline:
-            _terminate(process.pid, grace_s=10.0)
+            terminate([process.pid], grace_s=10.0)
             paths.pid_file.unlink(missing_ok=True)
             raise BrokerError(
-                f"the broker did not answer at {bootstrap} within {timeout_s:.0f}s; "
-                f"see {paths.log_file}"
+                f"the broker did not answer at {bootstrap} in time; see {paths.log_file}"
             )
         time.sleep(0.5)
-    sasl_ssl_bootstrap = None
-    if listener is not None:
-        sasl_ssl_bootstrap = f"127.0.0.1:{sasl_ssl_port}"
-        write_client_config(listener, sasl_ssl_bootstrap)
-    return BrokerStatus(process.pid, bootstrap, paths.state_dir, sasl_ssl_bootstrap), True
 
 
 def stop(settings: BrokerSettings, timeout_s: float = 30.0) -> BrokerStatus | None:
-    """Stop the broker: SIGTERM, then SIGKILL after `timeout_s`. None if it was not running."""
+    """Stop the broker and return once its process has exited: SIGTERM, then SIGKILL
+    after `timeout_s`. None if it was not running."""
     running = status(settings)
     if running is None:
         return None
-    _terminate(running.pid, grace_s=timeout_s)
+    terminate([running.pid], grace_s=timeout_s)
     BrokerPaths.of(settings).pid_file.unlink(missing_ok=True)
     return running
 
 
-def _terminate(pid: int, grace_s: float) -> None:
+def terminate(pids: list[int], grace_s: float) -> None:
+    """SIGTERM every process of `pids` at once, wait until each has exited, and SIGKILL
+    those still alive after `grace_s`. BrokerError if one survives even that."""
+    left = list(pids)
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
         deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if not _is_alive(pid):
-                return
-            time.sleep(0.2)
-    raise BrokerError(f"broker process {pid} did not exit after SIGKILL")
+        while left and time.monotonic() < deadline:
+            left = [pid for pid in left if is_alive(pid)]
+            if left:
+                time.sleep(0.2)
+        if not left:
+            return
+    raise BrokerError(f"broker process {', '.join(map(str, left))} did not exit after SIGKILL")
 
 
 # --- helpers ------------------------------------------------------------------------
 
 
-def _read_pid(pid_file: Path) -> int | None:
+def read_pid(pid_file: Path) -> int | None:
     try:
         return int(pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
 
 
-def _is_alive(pid: int) -> bool:
-    """True if `pid` is a live (not zombie) Kafka broker process."""
+def is_alive(pid: int) -> bool:
+    """True while `pid` is a Kafka broker process with a thread still running.
+
+    The JVM's main thread can be a zombie while its other threads are still shutting
+    down (holding the ports and the data dir's lock): the process has exited only when
+    every thread has."""
     try:
         # Reap it if it is our own child (a broker started by this same process).
         reaped, _ = os.waitpid(pid, os.WNOHANG)
@@ -467,12 +519,22 @@ def _is_alive(pid: int) -> bool:
     if not proc.is_dir():
         return True  # no procfs: trust the signal check
     try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
         cmdline = (proc / "cmdline").read_bytes()
-    except (OSError, IndexError):
+        running = any(
+            _thread_state(task) not in ("Z", "X", "") for task in (proc / "task").iterdir()
+        )
+    except OSError:
         return False
-    # A recycled pid belongs to some other program.
-    return state != "Z" and b"kafka.Kafka" in cmdline
+    # A recycled pid belongs to some other program; an exiting process has released its
+    # memory, so its command line reads empty.
+    return running and (cmdline == b"" or b"kafka.Kafka" in cmdline)
+
+
+def _thread_state(task: Path) -> str:
+    try:
+        return (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""  # the thread is gone
 
 
 def _bootstrap_of(paths: BrokerPaths, settings: BrokerSettings) -> str:
@@ -485,7 +547,7 @@ def _bootstrap_of(paths: BrokerPaths, settings: BrokerSettings) -> str:
     return match.group(1) if match else f"127.0.0.1:{settings.port}"
 
 
-def _advertised(paths: BrokerPaths, listener: str) -> str | None:
+def advertised(paths: BrokerPaths, listener: str) -> str | None:
     """The address a running broker advertises for `listener`, if it has one."""
     try:
         text = paths.server_properties.read_text()
@@ -496,7 +558,7 @@ def _advertised(paths: BrokerPaths, listener: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _port_in_use(port: int) -> bool:
+def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -507,18 +569,23 @@ _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
 
 
-def _answers(bootstrap: str) -> bool:
+def answers(bootstrap: str) -> bool:
     """True once the broker serves metadata (a plain TCP probe first, to keep it quiet)."""
+    return brokers_seen(bootstrap) is not None
+
+
+def brokers_seen(bootstrap: str) -> set[int] | None:
+    """The node ids in the metadata the broker at `bootstrap` serves; None if it does not
+    answer (a plain TCP probe first, to keep it quiet)."""
     _, _, port = bootstrap.rpartition(":")
-    if not _port_in_use(int(port)):
-        return False
+    if not port_in_use(int(port)):
+        return None
     from confluent_kafka.admin import AdminClient
 
     client = AdminClient(
         {"bootstrap.servers": bootstrap, "logger": _quiet, "error_cb": lambda _err: None}
     )
     try:
-        client.list_topics(timeout=5)
+        return set(client.list_topics(timeout=5).brokers)
     except Exception:
-        return False
-    return True
+        return None

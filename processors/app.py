@@ -32,8 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from faultstream.events.admin import MAX_MESSAGE_BYTES
+from faultstream.events.admin import (
+    MAX_MESSAGE_BYTES,
+    cluster_replication_factor,
+    min_insync_replicas,
+)
 from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.kafka_clients import faust_app_kwargs
@@ -42,6 +47,7 @@ from .clock import install_clock
 from .decider import Decider
 from .decode import InputDecoder
 from .ingest import Ingest
+from .metrics import install_metrics_page
 
 log = logging.getLogger("faultstream.processor")
 
@@ -79,6 +85,18 @@ def store_url(settings: Settings) -> str:
     return "rocksdb://"
 
 
+class _IdempotentProducer(faust_aiokafka.Producer):
+    """Faust's producer with idempotence (Faust enables it only inside transactions): a
+    batch retried when its partition's leader fails over is written once and in order."""
+
+    def _settings_extra(self) -> dict[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
+
+
+class _IdempotentTransport(faust_aiokafka.Transport):
+    Producer = _IdempotentProducer
+
+
 def instance_datadir(settings: Settings, instance_id: str) -> Path:
     """Where an instance keeps its table store: per app (the RocksDB offsets belong to that
     app's changelog) and per instance."""
@@ -108,6 +126,7 @@ def create_app(
     datadir = instance_datadir(settings, instance_id)
     datadir.mkdir(parents=True, exist_ok=True)
     bind = web_host or settings.http.host
+    replicas = cluster_replication_factor(kafka)
     app = faust.App(
         app_id,
         **connection,
@@ -116,7 +135,9 @@ def create_app(
         datadir=str(datadir),
         # Faust's own topics (table changelog, leader) are single-partition like decisions.
         topic_partitions=1,
-        topic_replication_factor=kafka.replication_factor,
+        # Replicated as `topics create` does (3 copies on 3+ brokers): the decider's
+        # changelog must outlive a broker.
+        topic_replication_factor=replicas,
         processing_guarantee="at_least_once",
         producer_acks=-1,
         producer_linger_ms=1,
@@ -138,17 +159,20 @@ def create_app(
         # this host's name when it listens on every interface.
         web_host=socket.gethostname() if bind in ("0.0.0.0", "::") else bind,
     )
+    app.transport = _IdempotentTransport(app.conf.broker_consumer, app)
     table = app.Table(
         "decider-state",
         partitions=1,
         # Every key to the one changelog partition, whichever event is current.
         use_partitioner=True,
         key_type=str,
+        extra_topic_configs={"min.insync.replicas": str(min_insync_replicas(replicas))},
     )
     decider = Decider(app, settings, decoder, topics, table)
     # The naive baseline keeps the round trip through `.decisions` (one event at a time).
     ingest = Ingest(app, settings, decoder, topics, on_frame=None if naive else decider.offer)
     app.faultstream_decider = decider  # type: ignore[attr-defined]
+    install_metrics_page(app, decider)
 
     decisions_topic = app.topic(
         topics.decisions, partitions=1, key_serializer="raw", value_serializer="raw"

@@ -32,6 +32,7 @@ from faultstream.events.kafka_clients import aiokafka_kwargs
 from faultstream.events.models import CircuitStateChanged, DeadLetter, RecoveryCommand
 from faultstream.processors.core import FleetCore
 
+from . import metrics
 from .decode import InputDecoder
 from .state import SnapshotStore
 from .stats import BatchStats
@@ -72,6 +73,9 @@ class Decider:
         self.core: FleetCore | None = None
         self.next_offset = 0
         self.stats = BatchStats("decide")
+        # Decision latency from the inputs' broker time, unless that is a simulated clock
+        # (the CreateTime demo): then from the frame's, which is this machine's.
+        self._latency_from_inputs = settings.kafka.input_timestamps == "LogAppendTime"
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
         self._snapshot_pause_s = 0.0  # how long the last one stopped the decider
@@ -205,6 +209,10 @@ class Decider:
             else:
                 continue
             await send(topic, key.encode(), encode(output), None, None, None)
+        metrics.count_outputs(outputs)
+        if records:  # in merge order: the first is the oldest input of the frame
+            at_ms = (self._latency_from_inputs and records[0].received_at) or created_ms
+            metrics.DECISION_LATENCY.observe(max(0.0, time.time() - at_ms / 1000))
         self.stats.counts[f"frames {path}"] += 1
         self.stats.add(len(records), time.perf_counter() - started, created_ms)
 
@@ -212,6 +220,7 @@ class Decider:
         # Stopping here would crash-loop on this offset. Skipped whole, as the projector
         # skips it, the frame is missing from both histories alike; its letter says why.
         log.error("decider: skipping the frame at decisions offset %d: %s", offset, reason)
+        metrics.DEAD_LETTERS.inc()
         topic = self.topics.decisions
         letter = DeadLetter.of_record(
             event_id=f"dlq:{topic}:0:{offset}",
@@ -239,12 +248,16 @@ class Decider:
         # The changelog write is buffered: flush so the log line below means "durable".
         await self.app.producer.flush()
         self._snapshot_pause_s = time.perf_counter() - started
+        metrics.SNAPSHOT_SECONDS.observe(self._snapshot_pause_s)
+        metrics.SNAPSHOT_BYTES.set(len(data))
         log.info(
             "decider snapshot at decisions offset %d: %d bytes in %.0f ms",
             self.next_offset,
             len(data),
             self._snapshot_pause_s * 1000,
-        )
+            extra={"fields": {"offset": self.next_offset, "bytes": len(data),
+                              "pause_ms": round(self._snapshot_pause_s * 1000, 1)}},
+        )  # fmt: skip
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
 

@@ -37,7 +37,7 @@ from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.kafka_clients import aiokafka_kwargs
 from faultstream.events.models import DeadLetter
 
-from . import decisions
+from . import decisions, metrics
 from .decode import InputDecoder
 from .merge import PartitionMerge
 from .stats import BatchStats
@@ -120,6 +120,7 @@ class Ingest:
             except Exception as exc:
                 reason = str(exc) if isinstance(exc, FaultstreamError) else repr(exc)
                 letter = self.codec.encode(dead_letter(message, raw, reason))
+                metrics.DEAD_LETTERS.inc()  # bad records only: not the hot path
                 sent.append(await send(self.topics.dlq, None, letter, None, None, None))
                 continue
             good.append(raw)
@@ -140,6 +141,7 @@ class Ingest:
         before it commits their offsets."""
         started = time.perf_counter()
         messages = [_Received(event.message) for event in events]
+        metrics.RECORDS_IN.labels(messages[0].topic).inc(len(messages))  # one event a call
         await self.forward(messages)
         oldest = messages[0].timestamp
         self.stats.add(len(events), time.perf_counter() - started, oldest)
@@ -173,6 +175,7 @@ class Ingest:
                 async with self._lock:
                     for tp, records in batches.items():
                         self.merge.add(tp, records)
+                        metrics.RECORDS_IN.labels(tp.topic).inc(len(records))
                     started = time.perf_counter()
                     messages, last, waiting = await self._release(consumer)
                     if messages:
@@ -196,6 +199,11 @@ class Ingest:
                         )
                 else:
                     waiting_since = None
+                # Once a poll: what the merge holds back, and for how long it has waited.
+                held = sum(self.merge.buffered(tp) for tp in consumer.assignment())
+                metrics.ORDERING_LAG_RECORDS.set(held)
+                waited_s = time.monotonic() - waiting_since if waiting_since else 0.0
+                metrics.ORDERING_LAG_SECONDS.set(waited_s)
                 due = time.monotonic() - committed_at >= COMMIT_EVERY_S
                 if due and (self._committing is None or self._committing.done()):
                     self._committing = asyncio.create_task(self._commit_in_background())

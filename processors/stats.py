@@ -40,6 +40,20 @@ class BatchStats:
     def _log(self, elapsed: float) -> None:
         ages = sorted(self.ages_ms)
         counts = "".join(f", {n} {what}" for what, n in sorted(self.counts.items()))
+        p50, p99, oldest = ages[len(ages) // 2], ages[len(ages) * 99 // 100], ages[-1]
+        # The same figures as fields, for `--log-format json` (faultstream/logs.py).
+        fields = {
+            "stage": self.name,
+            "records": self.records,
+            "batches": self.batches,
+            **{what.lower().replace(" ", "_"): n for what, n in self.counts.items()},
+            "interval_s": round(elapsed, 3),
+            "records_per_s": round(self.records / elapsed, 1),
+            "busy_pct": round(100 * self.busy_s / elapsed, 1),
+            "age_p50_ms": round(p50, 1),
+            "age_p99_ms": round(p99, 1),
+            "age_max_ms": round(oldest, 1),
+        }
         log.info(
             "%s: %d records (%d batches%s) in %.1f s = %.0f/s, busy %.0f%%; "
             "oldest record's age on arrival p50 %.0f ms, p99 %.0f ms, max %.0f ms",
@@ -50,7 +64,8 @@ class BatchStats:
             elapsed,
             self.records / elapsed,
             100 * self.busy_s / elapsed,
-            ages[len(ages) // 2],
-            ages[len(ages) * 99 // 100],
-            ages[-1],
+            p50,
+            p99,
+            oldest,
+            extra={"fields": fields},
         )

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.models import DerivedRecord, InputRecord, WorkerEvent
 from faultstream.processors.core import FleetCore
 
 from .tables import HistoryWriter
+
+if TYPE_CHECKING:
+    from faultstream.events.circuit_view import CircuitView
 
 DerivedListener = Callable[[list[DerivedRecord]], None]
 DEFAULT_HEALTH_INTERVAL_MS = 60_000
@@ -58,6 +61,16 @@ class EmbeddedPipeline:
 
     def subscribe(self, listener: DerivedListener) -> None:
         self._listeners.append(listener)
+
+    def circuit_view(self) -> CircuitView:
+        """A `CircuitView` fed by this pipeline's circuit records, as a Kafka view is fed
+        by the circuits topic (guards and coordinators ask it the same way). It sees the
+        changes from now on: take it before ingesting."""
+        from faultstream.events.circuit_view import CircuitView  # confluent-kafka: on demand
+
+        view = CircuitView(self.core.settings.circuits)
+        self.subscribe(view.apply_many)
+        return view
 
     def ingest(self, record: InputRecord) -> list[DerivedRecord]:
         writer = self.writer

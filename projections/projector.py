@@ -14,6 +14,10 @@ dropped by the writer's anti-join on (id, ts). Records are decoded without the p
 models: the processor validated them before writing them. Decisions batches are decoded
 straight into Arrow columns (columns.py); the other topics' records one by one
 (`Codec.decode_trusted`).
+
+Lag, for /readyz and /metrics: the records on the broker that have not landed (high
+watermarks of the last fetch responses minus the landed offsets), and while there are any,
+the age of the newest landed decisions frame (0 when everything has landed).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import duckdb
@@ -37,6 +42,7 @@ from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.kafka_clients import librdkafka_config
 from faultstream.events.models import DeadLetter
 
+from . import metrics
 from .columns import DecisionsDecoder
 from .health import HealthSnapshots
 from .read_models import ReadModelPublisher
@@ -66,6 +72,8 @@ class ProjectorOptions:
     # While a batch lands, the next one grows (bigger transactions cost less a row) up to
     # this many rows; then consuming waits for the landing.
     max_batch_rows: int = 200_000
+    lag_every_s: float = 1.0  # how often the lag is measured
+    ready_max_lag_s: float = 30.0  # /readyz says 503 past this lag
 
 
 class Projector:
@@ -117,6 +125,14 @@ class Projector:
         self._landing = ThreadPoolExecutor(1, thread_name_prefix="projector-landing")
         self._in_flight: list[Future[None]] = []  # submitted, not yet settled, in order
         self._last_land = self._last_publish = time.monotonic()
+        # Lag (module docstring): measured on the consuming thread, read by the API's.
+        self._assigned: list[TopicPartition] = []
+        self._landed_offsets: dict[tuple[str, int], int] = {}
+        self._newest_frame_ms = -1  # Kafka timestamp of the newest decisions frame polled
+        self.newest_landed_ms = -1  # ... and landed
+        self.lag_records: int | None = None  # None until first measured
+        self.lag_ms = 0.0
+        self._started_at = self._lag_at = time.monotonic()
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -147,6 +163,8 @@ class Projector:
             if self.topics[topic] == CIRCUITS:
                 self._circuits_partitions = sorted(info.partitions)
         self.consumer.assign(assignment)
+        self._assigned = [TopicPartition(tp.topic, tp.partition) for tp in assignment]
+        self._landed_offsets = dict(stored)
         log.info("projector assigned %d partitions (%d stored offsets)", len(assignment),
                  len(stored))  # fmt: skip
 
@@ -182,6 +200,8 @@ class Projector:
         if now - self._last_publish >= opts.publish_interval_s:
             self._in_flight.append(self._landing.submit(self._publish))
             self._last_publish = now
+        if now - self._lag_at >= opts.lag_every_s:
+            self._measure_lag(now)
         return polled
 
     def close(self) -> None:
@@ -243,6 +263,8 @@ class Projector:
                     newest = self._circuits_newest_ts
                     partition = message.partition()
                     newest[partition] = max(newest.get(partition, fields["ts"]), fields["ts"])
+        if frames:  # one partition, in offset order: the last is the newest
+            self._newest_frame_ms = max(self._newest_frame_ms, frames[-1].timestamp()[1])
         rows = self._decode_decisions(frames, values, frame_offsets, letters) if frames else 0
         if derived:
             self.writer.append_derived(derived)
@@ -285,7 +307,8 @@ class Projector:
         ends = {p: self._at_end(p, offsets) for p in self._circuits_partitions}
         batch = self.writer.take_batch()
         rows, self._pending_rows = self._pending_rows, 0
-        self._in_flight.append(self._landing.submit(self._land, batch, rows, offsets, newest, ends))
+        land = partial(self._land, frame_ms=self._newest_frame_ms)
+        self._in_flight.append(self._landing.submit(land, batch, rows, offsets, newest, ends))
         return True
 
     def _settle(self, *, block: bool) -> bool:
@@ -305,6 +328,7 @@ class Projector:
         offsets: dict[tuple[str, int], int],
         newest: dict[int, int],
         ends: dict[int, bool],
+        frame_ms: int = -1,
     ) -> None:
         """On the landing thread: rows, the offsets that cover them and the health
         snapshots of the boundaries they complete, in one transaction."""
@@ -319,6 +343,55 @@ class Projector:
         self.writer.write_batch(batch, before_commit=before_commit)
         self.rows_landed += rows
         self.batches_landed += 1
+        self._landed_offsets = offsets
+        self.newest_landed_ms = max(self.newest_landed_ms, frame_ms)
+        metrics.PROJECTOR_ROWS.inc(rows)
+        metrics.PROJECTOR_BATCHES.inc()
+
+    def _measure_lag(self, now: float) -> None:
+        """Records not landed yet, from the high watermarks of the last fetch responses
+        (no request to the broker), and the lag in time they make (module docstring)."""
+        assert self.consumer is not None
+        landed = self._landed_offsets
+        behind = known = 0
+        for tp in self._assigned:
+            low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0:  # known once a fetch answered for the partition
+                known += 1
+                behind += max(0, high - landed.get((tp.topic, tp.partition), max(low, 0)))
+        if self._assigned and not known:
+            return  # no fetch has answered yet: not measured
+        if not behind:
+            lag_ms = 0.0
+        elif self.newest_landed_ms >= 0:
+            lag_ms = max(0.0, time.time() * 1000 - self.newest_landed_ms)
+        else:  # nothing landed since the start: at least that old
+            lag_ms = (now - self._started_at) * 1000
+        self.lag_records, self.lag_ms, self._lag_at = behind, lag_ms, now
+        metrics.PROJECTOR_LAG_RECORDS.set(behind)
+        metrics.PROJECTOR_LAG_SECONDS.set(lag_ms / 1000)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """For /readyz: whether the read side is current enough, and the figures."""
+        limit_s = self.options.ready_max_lag_s
+        measured_s = time.monotonic() - self._lag_at
+        figures: dict[str, Any] = {
+            "lag_records": self.lag_records,
+            "lag_ms": round(self.lag_ms),
+            "rows_landed": self.rows_landed,
+        }
+        if self.lag_records is None:
+            return False, {**figures, "reason": "projector starting: lag not measured yet"}
+        if measured_s > max(limit_s, 10 * self.options.lag_every_s):
+            reason = f"projector stalled: lag last measured {measured_s:.0f} s ago"
+            return False, {**figures, "reason": reason}
+        if self.lag_ms > limit_s * 1000:
+            reason = (
+                f"projector behind: {self.lag_records} records not landed, the newest landed "
+                f"{self.lag_ms / 1000:.0f} s old (ready below {limit_s:g} s)"
+            )
+            return False, {**figures, "reason": reason}
+        return True, figures
 
     def _at_end(self, partition: int, offsets: dict[tuple[str, int], int]) -> bool:
         assert self.consumer is not None

@@ -12,11 +12,29 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, Phase
+from hypothesis import settings as hypothesis_settings
 
 from faultstream.events.admin import delete_topics
 from faultstream.events.config import Settings, load_settings
 
 BOOTSTRAP = os.environ.get("FAULTSTREAM_TEST_BOOTSTRAP", "127.0.0.1:9092")
+
+# Hypothesis runs derandomized, locally as under CI (its "ci" profile), so no test fails at
+# random; FAULTSTREAM_HYPOTHESIS_PROFILE=long explores afresh, with many more examples.
+hypothesis_settings.register_profile(
+    "long",
+    max_examples=2_000,
+    derandomize=False,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+# `make mutation`: a failing example fails at once, unshrunk (docs/TESTING.md).
+hypothesis_settings.register_profile(
+    "mutation", hypothesis_settings.get_profile("ci"), phases=[Phase.explicit, Phase.generate]
+)
+hypothesis_settings.load_profile(os.environ.get("FAULTSTREAM_HYPOTHESIS_PROFILE", "ci"))
 
 
 def _broker_answers(bootstrap: str) -> bool:

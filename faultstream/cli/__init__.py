@@ -2,6 +2,9 @@
 
 Each subcommand lives in its own module here with a `register(subparsers, common)`
 function; the module adds its parser and sets `run=function(args, settings) -> int`.
+A module's top-level imports stay within the base install (`pip install faultstream`):
+the processor, history and dashboard packages are imported inside `run`, so every
+`--help` works without extras and a missing extra is said in one line (faultstream.extras).
 """
 
 from __future__ import annotations
@@ -16,18 +19,26 @@ from typing import NoReturn
 
 from faultstream.events.config import Settings, load_settings
 from faultstream.events.exceptions import FaultstreamError
+from faultstream.extras import (
+    EXTRA_OF_COMMAND,
+    MissingExtraError,
+    extra_for_import_error,
+    require_extra,
+)
 
 SUBCOMMANDS = [
     "broker",
     "topics",
     "emit",
     "commands",
+    "circuits",
     "processor",
     "replay",
     "tune",
     "simulate",
     "demo",
     "projector",
+    "api",
     "dashboard",
 ]
 
@@ -81,9 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_option(common, argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
-        module = importlib.import_module(f"faultstream.cli.{name}")
+        try:
+            module = importlib.import_module(f"faultstream.cli.{name}")
+        except ImportError as exc:
+            # A module that imports an extra at its top still leaves the others usable.
+            extra = extra_for_import_error(exc, name)
+            if extra is None:
+                raise
+            _register_missing(subparsers, common, name, extra)
+            continue
         module.register(subparsers, common)
     return parser
+
+
+def _register_missing(
+    subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser, name: str, extra: str
+) -> None:
+    parser = subparsers.add_parser(
+        name, parents=[common], help=f"(needs the [{extra}] extra)", add_help=False
+    )
+    parser.set_defaults(missing_extra=extra)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,10 +126,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args, unknown = build_parser().parse_known_args(argv)
     except SystemExit as exc:  # usage errors (2), --help and --version (0)
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    missing_extra = getattr(args, "missing_extra", None)
+    if missing_extra is not None:  # before its arguments, which nothing here knows
+        _say(prog, str(MissingExtraError(missing_extra)))
+        return 2
     if unknown:  # said here, where the command is known, not by the top-level parser
         _say(prog, f"unrecognized arguments: {' '.join(unknown)} (see `{prog} --help`)")
         return 2
     try:
+        if args.command in EXTRA_OF_COMMAND:  # before any work, not halfway through it
+            require_extra(EXTRA_OF_COMMAND[args.command])
         settings: Settings = load_settings(args.config)
         return int(args.run(args, settings) or 0)
     except FaultstreamError as exc:
@@ -112,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as exc:
+        extra = extra_for_import_error(exc, args.command) if isinstance(exc, ImportError) else None
+        if extra is not None:  # an import inside `run` the upfront check did not cover
+            _say(prog, str(MissingExtraError(extra)))
+            return 2
         # The last resort of "never a traceback"; FAULTSTREAM_DEBUG=1 shows it.
         if os.environ.get("FAULTSTREAM_DEBUG"):
             raise

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from faultstream.events.config import CONFIG_ENV, Settings
+from faultstream.logs import add_log_format_option, json_line
 
 from . import CliError
 
@@ -36,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         dest="host",
         help="address to listen on (default: http.host, 127.0.0.1; 0.0.0.0 for every interface)",
     )
+    add_log_format_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -100,13 +105,36 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     db = None if args.read_models else (args.db or settings.storage.duckdb_path)
     check_history(db, args.read_models, db_flag="--db" if args.db else "storage.duckdb_path")
     where = f"read models {args.read_models}" if args.read_models else f"DuckDB file {db}"
-    print(
-        f"Dashboard on http://{host}:{port}/ ({where}); circuits at "
-        f"http://{host}:{port}/circuit-breakers",
-        flush=True,
-    )
+    url = f"http://{host}:{port}/"
+    started = f"Dashboard on {url} ({where}); circuits at {url}circuit-breakers"
+    json_logs = getattr(args, "log_format", "text") == "json"
+    line = json_line("dashboard", started, logger="faultstream.dashboard", url=url)
+    print(line if json_logs else started, flush=True)
     env = dashboard_env(db, args.read_models, args.config)
     command = streamlit_command(port, host)
+    if json_logs:
+        return run_as_json_lines(command, env)
     # Become Streamlit rather than wait on it: a SIGTERM to `faultstream dashboard` then
     # stops the server itself instead of leaving it running as an orphan.
     os.execve(command[0], command, env)
+
+
+def run_as_json_lines(command: list[str], env: dict[str, str]) -> int:
+    """Run Streamlit as a child and say each line it writes as a JSON object (it has no JSON
+    log format of its own); SIGTERM and Ctrl-C are passed on to it."""
+    env = {**env, "PYTHONUNBUFFERED": "1"}  # each line as it is written, not at exit
+    child = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        errors="replace",
+    )  # fmt: skip
+
+    def forward(signum: int, _frame: Any) -> None:
+        child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.strip():
+            print(json_line("dashboard", line.strip(), logger="streamlit"), flush=True)
+    return child.wait()

@@ -14,16 +14,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import duckdb
+from typing import TYPE_CHECKING
 
 from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
+from faultstream.extras import require_extra
 from faultstream.processors.simulator import EPOCH_MS, IncidentState
-from faultstream.projections.tables import HistoryWriter
 
 from .arguments import topic_prefix
 from .simulate import SimulationRun, add_fleet_arguments, duration_arg, run_embedded_simulation
+
+if TYPE_CHECKING:  # DuckDB (the [history] extra) is imported where it runs
+    import duckdb
 
 
 @dataclass
@@ -103,6 +105,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_on_kafka(args: argparse.Namespace, settings: Settings, db_path: Path) -> int:
+    # The run starts `faultstream processor` too, whose failure would be a child's.
+    require_extra("processor", "--bootstrap-servers")
     from faultstream.demo_kafka import default_prefix, run_kafka_demo
     from faultstream.events.admin import KafkaAdminError
     from faultstream.projections.read_models import MANIFEST
@@ -158,6 +162,8 @@ def run_demo(
 ) -> SimulationRun:
     """Run the demo into a fresh DuckDB file at `db_path` (an old one is replaced whole,
     and only once the new history is complete)."""
+    from faultstream.projections.tables import HistoryWriter
+
     db_path.parent.mkdir(parents=True, exist_ok=True)
     building = db_path.with_name(db_path.name + ".building")
     _remove_db(building)
@@ -206,6 +212,8 @@ def _progress_bar(width: int = 40) -> Callable[[float], None]:
 
 def incident_reports(db_path: Path, incidents: list[IncidentState]) -> list[IncidentReport]:
     """What the history in `db_path` says about each scripted incident."""
+    import duckdb
+
     con = duckdb.connect(str(db_path), read_only=True)
     try:
         return [_report(con, state) for state in incidents if state.started_at is not None]

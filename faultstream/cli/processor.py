@@ -13,6 +13,7 @@ from pathlib import Path
 from faultstream.events.config import KafkaSettings, Settings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.locks import FileLock, LockedError
+from faultstream.logs import add_log_format_option, json_line, logging_config
 
 INSTANCE_LOCK = "instance.lock"
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -44,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="ingest through a Faust agent one event at a time, one decisions frame per "
         "event (the benchmark baseline)",
     )
+    add_log_format_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -141,16 +143,23 @@ def _serve(args: argparse.Namespace, settings: Settings, host: str, web_port: in
         settings, instance_id=args.instance_id, web_port=web_port, web_host=host, naive=args.naive
     )
     topics = Topics.of(settings)
-    worker = faust.Worker(app, loglevel="info", quiet=True)
+    # JSON lines replace the logging set-up Faust's worker would make; text keeps Faust's.
+    json_logs = args.log_format == "json"
+    config = logging_config("json", "processor") if json_logs else None
+    worker = faust.Worker(app, loglevel="info", quiet=True, logging_config=config)
     quiet_gc()
-    print(
+    started = (
         f"faultstream processor {args.instance_id}: Kafka {kafka.bootstrap_servers}, "
         f"reading {topics.events} and {topics.control}, writing {topics.circuits}, "
         f"{topics.commands} and {topics.dlq} via {topics.decisions}, "
-        f"web server on {host}:{web_port}",
-        file=sys.stderr,
-        flush=True,
+        f"web server on {host}:{web_port} (/metrics)"
     )
+    if json_logs:
+        started = json_line(
+            "processor", started, logger="faultstream.processor",
+            instance_id=args.instance_id, web_port=web_port,
+        )  # fmt: skip
+    print(started, file=sys.stderr, flush=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

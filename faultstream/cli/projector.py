@@ -8,6 +8,7 @@ import signal
 from typing import Any
 
 from faultstream.events.config import Settings
+from faultstream.logs import add_log_format_option, configure_logging
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -16,8 +17,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         parents=[common],
         help="land the processor's topics in DuckDB and serve the HTTP API",
         description="Consume decisions, circuits, commands and dlq into the DuckDB history "
-        "(exactly once), publish Parquet read models, and serve /api/circuit-breakers and "
-        "/api/checkpoints/{task_id}. Stops cleanly on SIGTERM or Ctrl-C.",
+        "(exactly once), publish Parquet read models, and serve the HTTP API (as `faultstream "
+        "api`, with the projector's lag in /readyz and /metrics). Stops cleanly on SIGTERM or "
+        "Ctrl-C.",
     )
     parser.add_argument("--db", metavar="PATH", help="DuckDB file (default: storage.duckdb_path)")
     parser.add_argument(
@@ -37,6 +39,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         metavar="SECONDS",
         help="how often the read models are published (default 2)",
     )
+    parser.add_argument(
+        "--ready-max-lag",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="/readyz answers 503 while the projector lags more than this (default 30)",
+    )
+    add_log_format_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -48,6 +58,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.publish_interval <= 0:
         raise FaultstreamError("--publish-interval: must be positive")
+    if not args.ready_max_lag > 0:
+        raise FaultstreamError("--ready-max-lag: must be positive")
     if args.port is not None and not 0 < args.port < 65536:
         raise FaultstreamError(f"--port: {args.port} is not a port number (1-65535)")
     storage = settings.storage.model_copy(
@@ -58,8 +70,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         }
     )
     settings = settings.model_copy(update={"storage": storage})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    projector = Projector(settings, ProjectorOptions(publish_interval_s=args.publish_interval))
+    configure_logging(args.log_format, "projector")
+    options = ProjectorOptions(
+        publish_interval_s=args.publish_interval, ready_max_lag_s=args.ready_max_lag
+    )
+    projector = Projector(settings, options)
 
     def stop(*_: Any) -> None:
         projector.stop()
@@ -73,14 +88,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         host = args.host or settings.http.host
         history = History.from_read_models(storage.read_models_dir, settings.core)
         try:
-            server = ApiServer(history, host, port).start()
+            server = ApiServer(history, host, port, readiness=projector.readiness).start()
         except OSError as exc:
             projector.close()
             reason = exc.strerror or str(exc)
             raise FaultstreamError(
                 f"--host {host} --port {port}: cannot listen ({reason})"
             ) from None
-        logging.getLogger(__name__).info("HTTP API on http://%s:%d", host, server.port)
+        url = f"http://{host}:{server.port}"
+        logging.getLogger(__name__).info("HTTP API on %s", url, extra={"fields": {"url": url}})
     try:
         projector.run()
     finally:

@@ -12,15 +12,17 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from faultstream.events.config import CoreSettings, Settings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.models import DerivedRecord
 from faultstream.processors.coordinator import Coordinator
 from faultstream.processors.simulator import FleetSimulator, load_scenario, parse_duration_ms
-from faultstream.projections.embedded import EmbeddedPipeline, EmbeddedTransport
-from faultstream.projections.tables import HistoryWriter
+
+if TYPE_CHECKING:  # DuckDB and pyarrow (the [history] extra): imported where they run
+    from faultstream.projections.embedded import EmbeddedPipeline
+    from faultstream.projections.tables import HistoryWriter
 
 
 @dataclass
@@ -42,6 +44,8 @@ def run_embedded_simulation(
     progress: Callable[[float], None] | None = None,
 ) -> SimulationRun:
     """Run a scenario through the embedded pipeline, closed-loop; closes the pipeline."""
+    from faultstream.projections.embedded import EmbeddedPipeline, EmbeddedTransport
+
     scenario = load_scenario(scenario_path)
     pipeline = EmbeddedPipeline(core_settings, writer=writer, tap=tap)
     inbox: list[DerivedRecord] = []

@@ -1,6 +1,7 @@
 """`faultstream projector` against the real broker, at its doors: its API listens on
-127.0.0.1 when no host is given, answers every request with JSON, and a second projector on
-its read-models folder (another DuckDB file) is refused with one line while it runs."""
+127.0.0.1 when no host is given, answers every request with JSON, says it is ready once
+it has caught up (its lag in /readyz), and a second projector on its read-models folder
+(another DuckDB file) is refused with one line while it runs."""
 
 from __future__ import annotations
 
@@ -88,6 +89,26 @@ def test_the_api_listens_on_loopback_only_and_answers_json(projector) -> None:
     assert refused.value.code == 405
     assert refused.value.headers["Content-Type"] == "application/json"
     assert "error" in json.loads(refused.value.read())
+
+
+def test_the_projector_is_ready_once_caught_up(projector) -> None:
+    _, port = projector
+    base = f"http://127.0.0.1:{port}"
+    with urllib.request.urlopen(f"{base}/healthz", timeout=30) as response:
+        assert json.load(response) == {"status": "ok"}
+    deadline = time.monotonic() + WAIT_S
+    while True:  # 503 until the first lag measure, then 200: nothing is waiting to land
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=30) as response:
+                body = json.load(response)
+                break
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 503
+            assert "error" in json.loads(refused.read())
+        assert time.monotonic() < deadline, "the projector never said it was ready"
+        time.sleep(0.1)
+    assert body["status"] == "ready"
+    assert (body["projector"]["lag_records"], body["projector"]["lag_ms"]) == (0, 0)
 
 
 def test_a_second_projector_on_its_read_models_is_refused(

@@ -258,7 +258,7 @@ def test_api_answers_an_unknown_method_and_a_malformed_request_with_json(api: st
         answer = sock.makefile("rb").read()
     head, _, raw = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.") and b" 400 " in head.splitlines()[0]
-    assert b"Content-Type: application/json" in head
+    assert b"content-type: application/json" in head.lower()
     assert "error" in json.loads(raw)
 
 

@@ -47,18 +47,18 @@ def history_db(tmp_path: Path) -> Path:
 def test_api_listens_on_127_0_0_1_by_default_with_a_deep_backlog(tmp_path: Path) -> None:
     server = ApiServer(History(duckdb.connect()), port=0)
     try:
-        assert server.httpd.server_address[0] == "127.0.0.1"
-        assert server.httpd.request_queue_size >= 1024
+        assert server.host == "127.0.0.1"
+        assert server.config.backlog >= 1024
     finally:
-        server.httpd.server_close()
+        server.close()
 
 
 def test_api_listens_where_told(tmp_path: Path) -> None:
     server = ApiServer(History(duckdb.connect()), "0.0.0.0", 0)
     try:
-        assert server.httpd.server_address[0] == "0.0.0.0"
+        assert server.host == "0.0.0.0"
     finally:
-        server.httpd.server_close()
+        server.close()
 
 
 # --- the dashboard ------------------------------------------------------------------------

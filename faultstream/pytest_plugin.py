@@ -1,0 +1,599 @@
+"""The pytest plugin (entry point `pytest11`): every test a task of the fleet (docs/ci.md).
+
+Enabled by `--faultstream` or `faultstream = true` in the ini file; otherwise it adds its
+options and nothing else (no hook runs per test, nothing beyond the standard library is
+imported). Enabled, each attempt of a test is a task: TASK_STARTED, then SUCCESS or a
+FAILURE classified from the exception by the SDK's classifier, with task_type = the node
+id (or the `faultstream(task_type=...)` marker's group), task_id = run id + node id,
+attempt = the retry number, worker_id = the host (plus the xdist worker id).
+
+Before a test runs, its task_type circuit is asked: OPEN (not yet due) or FORCED_OPEN
+quarantines it (`--faultstream-quarantine skip|xfail|off`). After a failure the plugin
+follows the core's recovery command: IMMEDIATE_RETRY and DELAYED_RETRY rerun the test in
+the session (the delay honoured up to `--faultstream-max-delay`); a test that failed and
+then passed is reported flaky; any other command is reported with the failure.
+
+The fleet's side — validation, the core, the DuckDB history or Kafka — runs in an agent
+process (faultstream/pytest_agent.py), one per session, which every xdist worker talks to
+(faultstream/pytest_link.py). The pytest exit status is never changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _pytest.runner import runtestprotocol
+
+RETRY_STRATEGIES = frozenset({"IMMEDIATE_RETRY", "DELAYED_RETRY"})
+QUARANTINE_MODES = ("skip", "xfail", "off")
+HARDWARE_CLASS_ENV = "FAULTSTREAM_HARDWARE_CLASS"
+WORKER_ID_ENV = "FAULTSTREAM_WORKER_ID"
+PROPERTY = "faultstream"  # the user property (junitxml too) that says what became of a test
+_READY_TIMEOUT_S = 300.0  # a first session on a large history replays it before answering
+_DONE_TIMEOUT_S = 300.0
+_MAX_MESSAGE_CHARS = 4096
+_POLL_EVERY_S = 0.1  # how stale the quarantine's view of the circuits may be
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("faultstream", "faultstream: each test a task of the fleet")
+    group.addoption(
+        "--faultstream",
+        action="store_true",
+        default=False,
+        help="report each test as a task, quarantine tests whose circuit is open, retry as "
+        "the recovery command says (also: `faultstream = true` in the ini file)",
+    )
+    group.addoption(
+        "--faultstream-hardware-class",
+        metavar="CLASS",
+        help=f"the runner's hardware class (default: ${HARDWARE_CLASS_ENV}, else cpu)",
+    )
+    group.addoption(
+        "--faultstream-worker-id",
+        metavar="ID",
+        help=f"the runner's worker id (default: ${WORKER_ID_ENV}, else the host name); "
+        "pytest-xdist workers add /gw0, /gw1, ...",
+    )
+    group.addoption(
+        "--faultstream-quarantine",
+        choices=QUARANTINE_MODES,
+        help="a test whose task_type circuit is open is skipped, run as xfail, or run as "
+        "usual (default: the ini's faultstream_quarantine, else skip)",
+    )
+    group.addoption(
+        "--faultstream-max-delay",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="the longest wait before a DELAYED_RETRY rerun (default 5)",
+    )
+    group.addoption(
+        "--faultstream-mode",
+        choices=("auto", "embedded", "kafka"),
+        default="auto",
+        help="kafka when a broker is configured ([kafka] bootstrap_servers in the settings "
+        "file or FAULTSTREAM_KAFKA__BOOTSTRAP_SERVERS), else the embedded pipeline on a "
+        "DuckDB file (default auto)",
+    )
+    group.addoption(
+        "--faultstream-config",
+        metavar="FILE.toml",
+        help="settings file (default: $FAULTSTREAM_CONFIG or ./faultstream.toml if present)",
+    )
+    group.addoption(
+        "--faultstream-db",
+        metavar="PATH",
+        help="the embedded history (default: <cache dir>/d/faultstream/history.duckdb)",
+    )
+    group.addoption(
+        "--faultstream-run-id", metavar="ID", help="this run's id (default: time + random)"
+    )
+    group.addoption(
+        "--faultstream-command-timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="S",
+        help="kafka: how long a failure waits for the processor's command (default 10)",
+    )
+    parser.addini("faultstream", type="bool", default=False, help="enable faultstream")
+    parser.addini("faultstream_quarantine", default="skip", help="skip | xfail | off")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "faultstream(task_type=NAME): report the test under task type NAME (one circuit "
+        "for the group) instead of its node id",
+    )
+    if not (config.getoption("faultstream") or config.getini("faultstream")):
+        return
+    option = config.option
+    if option.collectonly or getattr(option, "showfixtures", False):
+        return
+    if getattr(option, "show_fixtures_per_test", False) or getattr(option, "setupplan", False):
+        return
+    config.pluginmanager.register(FaultstreamSession(config), "faultstream-session")
+
+
+def _identity(config: pytest.Config) -> tuple[str, str]:
+    from faultstream.pytest_link import MAX_HARDWARE_CLASS_CHARS, MAX_ID_CHARS
+
+    hardware = config.getoption("faultstream_hardware_class") or os.environ.get(
+        HARDWARE_CLASS_ENV, "cpu"
+    )
+    worker = config.getoption("faultstream_worker_id") or os.environ.get(WORKER_ID_ENV, "")
+    worker = worker or socket.gethostname() or "localhost"
+    for flag, value, limit in (
+        ("--faultstream-hardware-class", hardware, MAX_HARDWARE_CLASS_CHARS),
+        ("--faultstream-worker-id", worker, MAX_ID_CHARS - 8),  # room for /gwNN
+    ):
+        if not value.strip() or len(value) > limit:
+            raise pytest.UsageError(f"{flag}: {value!r} must have 1 to {limit} characters")
+    return worker, hardware
+
+
+def _quarantine_mode(config: pytest.Config) -> str:
+    mode = config.getoption("faultstream_quarantine") or config.getini("faultstream_quarantine")
+    if mode not in QUARANTINE_MODES:
+        raise pytest.UsageError(f"faultstream_quarantine: {mode!r} is not one of skip, xfail, off")
+    return str(mode)
+
+
+def _default_db(config: pytest.Config) -> Path:
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("faultstream")) / "history.duckdb"
+    # -p no:cacheprovider: the same place, made by hand.
+    return Path(config.rootpath) / ".pytest_cache" / "d" / "faultstream" / "history.duckdb"
+
+
+class FaultstreamSession:
+    """The enabled plugin for one pytest process: the single process, the xdist controller
+    (which starts the agent and reports) or an xdist worker (which runs tests)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.worker_id, self.hardware_class = _identity(config)
+        self.quarantine = _quarantine_mode(config)
+        self.max_delay = float(config.getoption("faultstream_max_delay"))
+        self.command_timeout = float(config.getoption("faultstream_command_timeout"))
+        self.role = "single"  # or worker, controller: known at session start
+        workerinput = getattr(config, "workerinput", None)
+        if workerinput is not None:
+            self.worker_id = f"{self.worker_id}/{workerinput.get('workerid', 'gw')}"
+        self.run_id = str(config.getoption("faultstream_run_id") or "")
+        self.link: Any = None  # faultstream.pytest_link.Link once connected
+        self.agent: Any = None  # the agent's Popen (single, controller)
+        self.address = ""
+        self.token = ""
+        self.db: Path | None = None
+        self.log_path: Path | None = None
+        self.ready: dict[str, Any] = {}
+        self.warnings: list[str] = []
+        self.open: dict[str, dict[str, Any]] = {}  # task_type -> circuit (not CLOSED)
+        self.key = 0
+        self.done: dict[str, Any] | None = None
+        # What the terminal summary tells, from the reports (xdist's included).
+        self.outcomes: dict[str, tuple[str, str]] = {}  # nodeid -> (status, detail)
+        self.tests: set[str] = set()
+        self.reruns = 0
+        self._excinfos: dict[str, BaseException] = {}  # the current attempt's, by phase
+        self._polled = 0.0
+
+    # --- starting ---------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)  # before xdist's, which configures the nodes
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        from faultstream.pytest_link import Link, new_run_id
+
+        config = self.config
+        if hasattr(config, "workerinput"):
+            self.role = "worker"
+        elif config.pluginmanager.getplugin("dsession") is not None:
+            self.role = "controller"  # xdist: workers run the tests, this process reports
+        if self.role == "worker":
+            info = self.config.workerinput.get("faultstream")  # type: ignore[attr-defined]
+            if not info:
+                return  # the controller has no agent: it says why
+            self.address, self.token, self.run_id = info["address"], info["token"], info["run"]
+        else:
+            self.run_id = self.run_id or new_run_id()
+            self._start_agent()
+        hello = {
+            "role": self.role,
+            "worker_id": self.worker_id,
+            "ts": _now_ms(),
+            "hardware_class": self.hardware_class,
+            "quarantine": self.quarantine,
+        }
+        try:
+            self.link = Link(self.address, self.token, hello)
+        except OSError as exc:
+            if self.role == "worker":
+                return
+            raise pytest.UsageError(f"faultstream: cannot reach the agent ({exc})") from None
+        self.link.on_circuit = self._circuit_changed
+
+    def _start_agent(self) -> None:
+        from faultstream.pytest_link import TOKEN_ENV, start_agent
+
+        config = self.config
+        db = config.getoption("faultstream_db")
+        self.db = Path(db).absolute() if db else _default_db(config)
+        self.log_path = self.db.with_name(self.db.name + ".agent.log")
+        arguments = [
+            "--mode",
+            str(config.getoption("faultstream_mode")),
+            "--db",
+            str(self.db),
+            "--run-id",
+            self.run_id,
+            "--command-timeout",
+            str(self.command_timeout),
+        ]
+        settings_file = config.getoption("faultstream_config")
+        if settings_file:
+            arguments += ["--config", str(Path(settings_file).absolute())]
+        self.token = secrets.token_hex(16)
+        os.environ[TOKEN_ENV] = self.token  # inherited by the agent, not on its command line
+        try:
+            self.address, self.agent = start_agent(arguments, self.log_path)
+        finally:
+            os.environ.pop(TOKEN_ENV, None)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """xdist (controller): tell each worker where the agent is."""
+        if self.link is not None:
+            node.workerinput["faultstream"] = {
+                "address": self.address,
+                "token": self.token,
+                "run": self.run_id,
+            }
+
+    def _wait_ready(self) -> bool:
+        """The agent's first answer, before the first test: the circuits, or why not."""
+        from faultstream.pytest_link import AgentError, last_line
+
+        if self.link is None:
+            return False
+        if self.ready:
+            return True
+        try:
+            self.ready = self.link.wait_ready(_READY_TIMEOUT_S)
+        except AgentError as exc:
+            self.link = None
+            if self.role == "worker":
+                return False
+            said = last_line(self.log_path) if self.log_path is not None else ""
+            why = str(exc) if exc.args[0] not in ("the agent died",) or not said else said
+            raise pytest.UsageError(f"faultstream: {why}") from None
+        for circuit in self.ready.get("circuits", []):
+            self._circuit_changed(circuit)
+        if self.ready.get("warning"):
+            self.warnings.append(str(self.ready["warning"]))
+        return True
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if self.role != "controller":
+            self._wait_ready()
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Any:
+        if self.role == "controller":
+            self._wait_ready()  # the workers collect meanwhile
+        return (yield)
+
+    def _circuit_changed(self, circuit: dict[str, Any]) -> None:
+        if circuit.get("kind") != "task_type":
+            return
+        if circuit.get("state") == "CLOSED":
+            self.open.pop(str(circuit["id"]), None)
+        else:
+            self.open[str(circuit["id"])] = circuit
+
+    # --- each test --------------------------------------------------------------------
+
+    def _refusal(self, task_type: str) -> tuple[str, dict[str, Any]] | None:
+        """Why the task type's circuit refuses the test now, or None: OPEN until its due
+        moment (then the core half-opens it on its next input and the test is a probe),
+        FORCED_OPEN until an operator resets it; HALF_OPEN admits."""
+        from faultstream.pytest_link import iso
+
+        circuit = self.open.get(task_type)
+        if circuit is None:
+            return None
+        state, due = circuit.get("state"), circuit.get("due_at")
+        if state == "OPEN" and due is not None and _now_ms() >= int(due):
+            return None
+        if state not in ("OPEN", "FORCED_OPEN"):
+            return None
+        why = f"faultstream quarantine: task_type circuit is {state} since {iso(circuit['since'])}"
+        if due is not None:
+            why += f", due to half-open at {iso(int(due))}"
+        if circuit.get("reason"):
+            why += f" ({circuit['reason']})"
+        return why, circuit
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+        link = self.link
+        if link is None or self.role == "controller" or not self._wait_ready():
+            return None
+        from faultstream.pytest_link import fit
+
+        nodeid = item.nodeid
+        marker = item.get_closest_marker("faultstream")
+        group = (marker.kwargs.get("task_type") or (marker.args or [None])[0]) if marker else None
+        task_type = fit(str(group) if group else nodeid)
+        task_id = fit(f"{self.run_id}:{nodeid}")
+        quarantined = False
+        if self.quarantine != "off":
+            now = time.monotonic()
+            if now - self._polled >= _POLL_EVERY_S:  # circuit changes pushed meanwhile
+                self._polled = now
+                link.poll()
+            refusal = self._refusal(task_type)
+            if refusal is not None:
+                why, circuit = refusal
+                link.send(
+                    {
+                        "t": "q",
+                        "ts": _now_ms(),
+                        "test": nodeid,
+                        "task_type": task_type,
+                        "state": circuit["state"],
+                        "why": why,
+                        "mode": self.quarantine,
+                    }
+                )
+                item.user_properties.append((PROPERTY, f"quarantined: {why}"))
+                if self.quarantine == "skip":
+                    item.add_marker(pytest.mark.skip(reason=why))
+                    return None  # pytest's own protocol skips it: it did not run, no task
+                item.add_marker(pytest.mark.xfail(reason=why, strict=False))
+                quarantined = True
+        self._run(item, nextitem, task_id, task_type, quarantined)
+        return True
+
+    def _run(
+        self,
+        item: pytest.Item,
+        nextitem: pytest.Item | None,
+        task_id: str,
+        task_type: str,
+        quarantined: bool,
+    ) -> None:
+        link = self.link
+        ihook = item.ihook
+        attempt, command_id = 0, None
+        failures: list[str] = []
+        # Never retry into a debugger, or once the session is stopping.
+        may_retry = not quarantined and not self.config.getoption("usepdb", False)
+        while True:
+            ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+            self.key += 1
+            key = self.key
+            begin = {
+                "t": "b",
+                "k": key,
+                "ts": _now_ms(),
+                "task_id": task_id,
+                "task_type": task_type,
+                "attempt": attempt,
+                "cmd": command_id,
+                "test": item.nodeid,
+            }
+            link.send(begin)  # pushed within Link.PUSH_EVERY_S, or with the next wait
+            excinfos = self._excinfos = {}
+            reports = runtestprotocol(item, nextitem=nextitem, log=False)
+            verdict, failing = _verdict(reports, quarantined)
+            if verdict == "skip":
+                link.send({"t": "s", "k": key})
+                break
+            if verdict == "ok":
+                link.send({"t": "e", "k": key, "ts": _now_ms(), "ok": True})
+                if failures:
+                    detail = f"{'; '.join(failures)}; passed on attempt {attempt}"
+                    _tell(reports, "flaky", detail)
+                break
+            assert failing is not None
+            failure_type, message, exc_name = _describe(excinfos.get(failing.when), failing)
+            ask = may_retry
+            link.send(
+                {
+                    "t": "e",
+                    "k": key,
+                    "ts": _now_ms(),
+                    "ok": False,
+                    "ft": failure_type,
+                    "msg": message,
+                    "exc": exc_name,
+                    "ask": ask,
+                },
+                flush=True,
+            )
+            reply = link.ask(key, self.command_timeout + 30) if ask else None
+            command = reply.get("command") if reply else None
+            failures.append(f"attempt {attempt} failed ({failure_type})")
+            session = item.session
+            retry = (
+                command is not None
+                and command["strategy"] in RETRY_STRATEGIES
+                and not (session.shouldstop or session.shouldfail)
+            )
+            if retry:
+                link.poll()  # the failure may just have opened the circuit
+                retry = self._refusal(task_type) is None
+            if retry:
+                self._log(item, reports, rerun=failing)
+                ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+                time.sleep(min(float(command["delay_s"]), self.max_delay))
+                attempt, command_id = int(command["attempt"]), command["command_id"]
+                continue
+            if quarantined:  # reported as quarantined already, with why
+                failing.sections.append(("faultstream", f"{failure_type} while quarantined"))
+                break
+            if command is not None:
+                detail = f"{failure_type}; recovery command {command['strategy']}"
+                if command["strategy"] in RETRY_STRATEGIES:
+                    detail += " (not followed: the circuit opened or the session is stopping)"
+                detail += f": {command['reason']}"
+            else:
+                detail = f"{failure_type}; {reply.get('why') if reply else 'not asked'}"
+            _tell(reports, "failed", detail)
+            failing.sections.append(("faultstream", detail))
+            break
+        self._log(item, reports)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+
+    @staticmethod
+    def _log(item: pytest.Item, reports: list[Any], rerun: Any = None) -> None:
+        """Log an attempt's reports. A retried attempt logs its failing report as a rerun
+        (not a failure: the exit status is the last attempt's) and not a passing call
+        before it, which the next attempt reports again."""
+        for report in reports:
+            if rerun is not None:
+                if report is rerun:
+                    report.outcome = "rerun"
+                    item.ihook.pytest_runtest_logreport(report=report)
+                    return
+                if report.when == "call":
+                    continue
+            item.ihook.pytest_runtest_logreport(report=report)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+        # Not a wrapper: a passing phase costs one attribute test. The exception is what
+        # the classifier reads, even under an xfail (the quarantine's own).
+        if call.excinfo is not None:
+            self._excinfos[call.when] = call.excinfo.value
+
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> Any:
+        if report.outcome == "rerun":
+            return "rerun", "R", ("RERUN", {"yellow": True})
+        return None
+
+    # --- reporting --------------------------------------------------------------------
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.outcome == "rerun":
+            self.reruns += 1
+            return
+        if report.when == "setup":
+            self.tests.add(report.nodeid)
+        for name, value in report.user_properties:
+            if name == PROPERTY:
+                status, _, detail = str(value).partition(": ")
+                self.outcomes[report.nodeid] = (status, detail)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        link = self.link
+        if link is None:
+            return
+        if self.role == "worker":
+            link.close()
+            return
+        link.send({"t": "bye", "exitstatus": int(exitstatus), "tests": len(self.tests)})
+        link.wait(lambda: link.done is not None, _DONE_TIMEOUT_S)
+        self.done = link.done.get("summary", {}) if link.done else None
+        link.close()
+        if self.agent is not None:
+            self.agent.wait()  # the agent's first process, gone since it forked
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.role == "worker" or not self.run_id:
+            return
+        write = terminalreporter.write_line
+        terminalreporter.section("faultstream")
+        counts: dict[str, int] = {}
+        for status, _ in self.outcomes.values():
+            counts[status] = counts.get(status, 0) + 1
+        line = (
+            f"run {self.run_id}: {len(self.tests)} tests, {self.reruns} reruns, "
+            f"{counts.get('flaky', 0)} flaky, {counts.get('quarantined', 0)} quarantined "
+            f"({self.quarantine})"
+        )
+        write(line)
+        done = self.done
+        if done is None:
+            log = f" (see {self.log_path})" if self.log_path else ""
+            write(f"WARNING the agent did not finish writing the history{log}", yellow=True)
+        else:
+            where = done.get("where", "")
+            recorded = "" if done.get("recorded", True) else " (not recorded)"
+            write(f"{done.get('mode')}: {where}{recorded}; {done.get('events', 0)} events")
+            if done.get("error"):
+                write(f"WARNING {done['error']}", yellow=True)
+        for warning in self.warnings:
+            write(f"WARNING {warning}", yellow=True)
+        for nodeid, (status, detail) in sorted(self.outcomes.items()):
+            write(f"{status.upper()} {nodeid} - {detail}")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _verdict(reports: list[Any], quarantined: bool) -> tuple[str, Any]:
+    """What an attempt was, for the fleet: ("fail", the failing report), ("ok", None), or
+    ("skip", None) — a test that did not run (skipped, or an expected failure the test
+    declared) is no task."""
+    for report in reports:
+        if report.failed:
+            return "fail", report
+    call = next((report for report in reports if report.when == "call"), None)
+    if call is None or reports[0].skipped:
+        return "skip", None
+    if call.skipped:
+        if hasattr(call, "wasxfail") and quarantined:
+            return "fail", call  # our own xfail: the failure underneath is the outcome
+        return "skip", None
+    return "ok", None
+
+
+def _describe(exc: BaseException | None, report: Any) -> tuple[str, str, str]:
+    """(failure type, message, exception type) of a failed attempt, classified by the
+    SDK's classifier (imported here: only a failure pays for it)."""
+    from faultstream.events.classify import classify_exception, classify_message
+
+    if exc is not None:
+        kind = type(exc)
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else (f"{kind.__module__}.{kind.__qualname__}")
+        )
+        text = str(exc)
+        message = f"{kind.__name__}: {text}" if text else kind.__name__
+        failure_type = classify_exception(exc)
+    else:  # e.g. a strict XPASS: a failed report without an exception
+        name = "Failed"
+        message = (report.longreprtext or report.outcome).strip() or "failed"
+        failure_type = classify_message(message)
+    return str(failure_type), message[:_MAX_MESSAGE_CHARS], name
+
+
+def _tell(reports: list[Any], status: str, detail: str) -> None:
+    """Mark what became of the test on its reports (the summary and junitxml read it)."""
+    for report in reports:
+        report.user_properties.append((PROPERTY, f"{status}: {detail}"))
