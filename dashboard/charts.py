@@ -10,6 +10,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from streamlit.delta_generator import DeltaGenerator
 
+from .stamps import STRFTIME
+
 STATE_COLORS = {
     "CLOSED": "#2e9e5b",
     "HALF_OPEN": "#e0a526",
@@ -41,6 +43,12 @@ def _tidy(fig: go.Figure, height: int = 320, margin: int = 10) -> go.Figure:
     )
     fig.update_xaxes(title=None)  # the title says what the axis is; it crowded the legend
     return fig
+
+
+def _over_time(fig: go.Figure, height: int = 320) -> go.Figure:
+    """A chart over time: hover labels in the dashboard's one time format."""
+    fig.update_xaxes(hoverformat=STRFTIME)
+    return _tidy(fig, height)
 
 
 def health_gauge(value: float, title: str) -> go.Figure:
@@ -88,7 +96,7 @@ def events_per_minute(frame: pd.DataFrame) -> go.Figure:
         category_orders={"kind": list(EVENT_COLORS)},
         title="Events per minute",
     )
-    return _tidy(fig)
+    return _over_time(fig)
 
 
 def state_timeline(transitions: pd.DataFrame, now: pd.Timestamp) -> go.Figure:
@@ -114,7 +122,7 @@ def state_timeline(transitions: pd.DataFrame, now: pd.Timestamp) -> go.Figure:
         title="State timeline",
     )
     fig.update_yaxes(visible=False)
-    return _tidy(fig, 200)
+    return _over_time(fig, 200)
 
 
 def outcomes_over_time(frame: pd.DataFrame) -> go.Figure:
@@ -126,7 +134,7 @@ def outcomes_over_time(frame: pd.DataFrame) -> go.Figure:
         color_discrete_map=OUTCOME_COLORS,
         title="Failures and successes",
     )
-    return _tidy(fig)
+    return _over_time(fig)
 
 
 def failure_rates(frame: pd.DataFrame) -> go.Figure:
@@ -139,7 +147,7 @@ def failure_rates(frame: pd.DataFrame) -> go.Figure:
         title="Failure rate by the circuit kind the failure counts on",
     )
     fig.update_yaxes(tickformat=".0%", rangemode="tozero")
-    return _tidy(fig)
+    return _over_time(fig)
 
 
 def top_failure_types(frame: pd.DataFrame) -> go.Figure:
@@ -164,7 +172,7 @@ def heatmap(frame: pd.DataFrame) -> go.Figure:
 
 def commands_by_strategy(frame: pd.DataFrame) -> go.Figure:
     fig = px.bar(frame, x="time", y="commands", color="strategy", title="Commands by strategy")
-    return _tidy(fig)
+    return _over_time(fig)
 
 
 def success_rates(frame: pd.DataFrame, by: str) -> go.Figure:
@@ -182,10 +190,12 @@ def success_rates(frame: pd.DataFrame, by: str) -> go.Figure:
 
 
 def health_over_time(frame: pd.DataFrame, at: pd.Timestamp) -> go.Figure:
-    fig = px.line(frame, x="time", y="overall_health", title="Overall health up to then")
+    fig = px.line(
+        frame, x="time", y="overall_health", title="Overall health over the history (dotted: then)"
+    )
     fig.update_yaxes(range=[0, 100])
     fig.add_vline(x=at, line_dash="dot")
-    return _tidy(fig, 260)
+    return _over_time(fig, 260)
 
 
 def tuning_scores(frame: pd.DataFrame) -> go.Figure:

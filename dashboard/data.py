@@ -7,8 +7,11 @@ environment variables (a DuckDB file nobody writes, or the projector's read mode
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +21,7 @@ import streamlit as st
 from faultstream.events.classify import classify_message
 from faultstream.events.config import CoreSettings, Settings, load_settings
 from faultstream.events.exceptions import FaultstreamError
-from faultstream.events.models import FailureType
+from faultstream.events.models import FailureType, InputRecord
 from faultstream.processors.core import FleetCore
 from faultstream.projections.queries import History
 
@@ -97,7 +100,19 @@ def query(history: History, sql: str, params: list[Any] | None = None) -> pd.Dat
 
 
 def _cached(fn: Any) -> Any:
-    return st.cache_data(ttl=_CACHE_TTL_S, max_entries=64, show_spinner=False)(fn)
+    """`st.cache_data`, applied at the first call rather than at import: decorating outside
+    a Streamlit runtime (the command line or a test importing this module) logs "No
+    runtime found" once per function."""
+    cached = None
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        nonlocal cached
+        if cached is None:  # two sessions racing here share one cache (keyed by the code)
+            cached = st.cache_data(ttl=_CACHE_TTL_S, max_entries=64, show_spinner=False)(fn)
+        return cached(*args, **kwargs)
+
+    return call
 
 
 # --- overview and circuits ---------------------------------------------------------------
@@ -346,23 +361,118 @@ def strategy_success(_history: History, key: str, stamp: int, by: str) -> pd.Dat
     return rates.sort_values(["strategy", by]).reset_index(drop=True)
 
 
-# --- workers -----------------------------------------------------------------------------
-
-
 @_cached
-def workers(_history: History, key: str, stamp: int, now: int, timeout_s: float):
-    """Each worker's last sign of life; lost when silent longer than the heartbeat timeout
-    (the core's rule)."""
+def recent_commands(_history: History, key: str, stamp: int, limit: int = 500):
+    """The newest recovery commands, one row each, with the outcome of the attempt each
+    one asked for (`recovery_outcomes`; none yet while that attempt runs)."""
     return query(
         _history,
         """
-        SELECT worker_id, arg_max(hardware_class, ts) AS hardware_class,
-               epoch_ms(max(ts)) AS last_seen, (? - max(ts)) / 1000 AS silent_s,
-               CASE WHEN ? - max(ts) > ? * 1000 THEN 'lost' ELSE 'live' END AS status
-        FROM events GROUP BY worker_id ORDER BY status, worker_id
+        SELECT epoch_ms(c.ts) AS time, c.task_id, c.task_type, c.worker_id, c.strategy,
+               c.attempt, coalesce(r.outcome_kind, 'no outcome yet') AS outcome,
+               epoch_ms(r.outcome_ts) AS outcome_time, r.outcome_worker_id AS ran_on,
+               r.outcome_failure_type AS failed_with, c.target_worker_id AS target_worker,
+               c.target_hardware_class AS target_class, c.delay_s, c.reason, c.command_id
+        FROM commands c LEFT JOIN recovery_outcomes r USING (command_id)
+        ORDER BY c.ts DESC, c.command_id LIMIT ?
         """,
-        [now, now, timeout_s],
+        [limit],
     )
+
+
+# --- the fleet through the core ----------------------------------------------------------
+# Circuit states, workers and capacity as the core holds them: the recorded inputs replayed
+# through a FleetCore (the same rules the processor ran), never re-derived here.
+
+
+def _feed(core: FleetCore, records: Iterable[InputRecord]) -> list[int]:
+    """Process `records` in order; their decision times (received_at, else ts)."""
+    times = []
+    for record in records:
+        core.process(record)
+        times.append(record.ts if record.received_at is None else record.received_at)
+    return times
+
+
+def _views(core: FleetCore) -> dict[str, Any]:
+    return {
+        "now": core.now,
+        "circuits": core.circuits_view(),
+        "workers": core.workers_view(),
+        "capacity": core.capacity_view(),
+    }
+
+
+class _Replay:
+    """One core per history, kept between page runs and sessions, fed the history's inputs
+    in order; a growing (live) history is replayed once, then only its new inputs."""
+
+    def __init__(self, settings: CoreSettings) -> None:
+        self.settings = settings
+        self.lock = threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
+        self.core = FleetCore(self.settings)
+        self.until: int | None = None  # every input before this decision time is fed...
+        self.below = 0  # ...and there were this many of them
+
+    def views(self, history: History) -> dict[str, Any]:
+        with self.lock:
+            if self.until is not None and _inputs_before(history, self.until) != self.below:
+                self._start()  # an input landed behind what was fed: replay from the start
+            # Inputs at `until` itself come again; the core drops them as repeats.
+            times = _feed(self.core, history.input_records(since=self.until))
+            until = self.core.now
+            self.below += sum(t < until for t in times)
+            self.until = until
+            return _views(self.core)
+
+
+def _inputs_before(history: History, until: int) -> int:
+    frame = query(
+        history,
+        "SELECT (SELECT count(*) FROM events WHERE coalesce(received_at, ts) < $1) + "
+        "(SELECT count(*) FROM control WHERE coalesce(received_at, ts) < $1) AS n",
+        [until],
+    )
+    return int(frame["n"][0])
+
+
+@st.cache_resource(show_spinner=False)
+def _replay(key: str, core: CoreSettings) -> _Replay:
+    return _Replay(core)
+
+
+@_cached
+def fleet(_history: History, key: str, stamp: int, core: CoreSettings) -> dict[str, Any]:
+    """The fleet now, as the core holds it: {"now", "circuits" (the API document),
+    "workers" (core.workers_view), "capacity" (core.capacity_view)}."""
+    return _replay(key, core).views(_history)
+
+
+@_cached
+def fleet_at(_history: History, key: str, stamp: int, at: int, core: CoreSettings):
+    """The fleet at `at` (as `fleet`), rebuilt by replaying the recorded inputs up to that
+    moment through a fresh core."""
+    rebuilt = FleetCore(core)
+    _feed(rebuilt, _history.input_records(until=at + 1))
+    return _views(rebuilt)
+
+
+def workers_table(views: dict[str, Any]) -> pd.DataFrame:
+    """The core's workers as a table: live ones first, then by id."""
+    table = pd.DataFrame(
+        [{"worker_id": worker_id, **fields} for worker_id, fields in views["workers"].items()],
+        columns=["worker_id", "hardware_class", "status", "state", "health_percentage",
+                 "available", "last_seen", "silent_s"],
+    )  # fmt: skip
+    table["last_seen"] = pd.to_datetime(table["last_seen"], unit="ms")
+    table = table.sort_values(["status", "worker_id"], kind="stable")
+    return table.reset_index(drop=True)
+
+
+# --- workers -----------------------------------------------------------------------------
 
 
 @_cached
@@ -427,9 +537,20 @@ def health_as_of(_history: History, key: str, stamp: int, at: int) -> pd.DataFra
 
 
 @_cached
-def rebuilt_view(_history: History, key: str, stamp: int, at: int, core: CoreSettings):
-    """The fleet at `at`, rebuilt by replaying the recorded inputs through a fresh core."""
-    fleet = FleetCore(core)
-    for record in _history.input_records(until=at + 1):
-        fleet.process(record)
-    return fleet.circuits_view()
+def worst_moment(_history: History, key: str, stamp: int) -> dict[str, Any] | None:
+    """The health snapshot (the core's figures at a boundary) with the lowest overall
+    health; ties: the most open circuits, then the earliest. None without snapshots."""
+    frame = query(
+        _history,
+        "SELECT ts, overall_health, open_circuits, half_open_circuits FROM health_snapshots "
+        "ORDER BY overall_health, open_circuits DESC, ts LIMIT 1",
+    )
+    if frame.empty:
+        return None
+    row = frame.iloc[0]
+    return {
+        "ts": int(row["ts"]),
+        "overall_health": float(row["overall_health"]),
+        "open_circuits": int(row["open_circuits"]),
+        "half_open_circuits": int(row["half_open_circuits"]),
+    }

@@ -34,6 +34,7 @@ EXTRA_OF_COMMAND: dict[str, str] = {
     "simulate": "history",
     "demo": "history",
     "api": "history",
+    "report": "history",
     "dashboard": "dashboard",
 }
 

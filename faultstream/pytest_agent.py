@@ -1,25 +1,27 @@
-"""The pytest plugin's agent: one process per test session that does the fleet's side.
+"""The pytest plugin's agent: the fleet's side of a test session, in a process of its own.
 
 The plugin (faultstream/pytest_plugin.py) starts it (`python -m faultstream.pytest_agent`)
-and every test process of the session — the one pytest process, or each pytest-xdist
-worker — talks to it over a local socket (faultstream/pytest_link.py). From their lines it
-builds and validates the worker events: TASK_STARTED and SUCCESS or FAILURE per attempt of
-a test, HEARTBEATs while a test process is connected, a HEARTBEAT marking the session's
-start and finish, and one per quarantined test (attributes `pytest.*`, docs/ci.md). Then:
+with the session's spool and/or a listening socket (faultstream/pytest_link.py). From the
+session's messages it builds and validates the worker events: TASK_STARTED and SUCCESS or
+FAILURE per attempt of a test, a HEARTBEAT marking the session's start and finish, one
+per quarantined test (attributes `pytest.*`, docs/ci.md) and, while a test process is
+connected, HEARTBEATs that keep its worker alive. Then:
 
-- **embedded** (no broker configured): a FleetCore restored from the last session decides
-  as the events come (each failure is answered with its recovery command at once); once
-  the session is over, the embedded pipeline — the same FleetCore and HistoryWriter as
-  `faultstream demo` — records them into a DuckDB file kept across sessions (one writer:
-  this process, under a file lock the next session and `faultstream report` wait for).
-  Beside the file it keeps a snapshot of the core and of the circuits (`<db>.state`), so
-  the next session starts without DuckDB or a replay; without one it replays the history.
+- **embedded** (no broker configured): a FleetCore restored from the last session's
+  snapshot decides what a failure asks (its recovery command), and once the session is
+  over the embedded pipeline — the same FleetCore and HistoryWriter as `faultstream demo`
+  — records everything into a DuckDB file kept across sessions: one writer, this process,
+  under the lock the session handed it, which the next session and `faultstream report`
+  wait for. Beside the file it leaves the core's snapshot (`<db>.state`) and the circuits
+  not CLOSED (`<db>.circuits.json`), so the next session starts without DuckDB or a
+  replay; without them it replays the history. A spool no agent landed (its pytest or
+  agent died) is landed first, by the next agent.
 - **kafka**: the events go to `<prefix>.events` through the SDK's KafkaTransport, the
-  circuits are followed with CircuitView, and each failure is answered with the
-  processor's command from `<prefix>.commands` (or none, after `--command-timeout`).
+  circuits are followed with CircuitView, and a failure is answered with the processor's
+  command from `<prefix>.commands` (or none, after `--command-timeout`).
 
 A process of its own on purpose: validation, the core, DuckDB and librdkafka run beside
-the tests instead of inside them, and the test process imports none of them.
+the tests (or after them), never inside them, and the test process imports none of them.
 """
 
 from __future__ import annotations
@@ -43,31 +45,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-# Only what `ready` needs: on the embedded path with default settings, the agent answers
-# before pydantic is even imported (the settings are read once the session is over).
-from faultstream.events.exceptions import FaultstreamError
-from faultstream.pytest_link import QUARANTINED, RUN, SESSION, TEST, TOKEN_ENV, now_ms
+from faultstream.pytest_link import (
+    QUARANTINED,
+    RUN,
+    SESSION,
+    STATE_VERSION,
+    TEST,
+    TOKEN_ENV,
+    db_stamp,
+    now_ms,
+    settings_given,
+    sibling,
+)
 
 if TYPE_CHECKING:
     from faultstream.events.config import Settings
 
-STATE_VERSION = 1
+ACTOR = "pytest-plugin"
 LAND_AT_INPUTS = 50_000  # inputs kept in memory before the history is written mid-session
 LAND_EVERY_S = 1.0  # then, a transaction this often
-LOCK_WAIT_S = 120.0  # for the last session's agent to finish writing
-ACTOR = "pytest-plugin"
 _LOOP_S = 0.1
 _IDLE_EXIT_S = 120.0  # nobody connected (pytest died before it could): give up
 _WORKERS_GONE_S = 60.0  # after the session's bye, how long test processes may take to hang up
 _TEST_ROLES = frozenset({"single", "worker"})
+_SESSION_ROLES = frozenset({"single", "controller"})
 
 
 def _dumps(message: dict[str, Any]) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode("utf-8", "surrogatepass") + b"\n"
+    return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
 
 
 def _new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.splitlines())
 
 
 def _command_dict(command: Any) -> dict[str, Any]:
@@ -82,14 +96,23 @@ def _command_dict(command: Any) -> dict[str, Any]:
     }
 
 
+def _command_for(out: list[Any], event_id: str) -> dict[str, Any] | None:
+    from faultstream.events.models import RecoveryCommand
+
+    for derived in out:
+        if isinstance(derived, RecoveryCommand) and derived.caused_by == event_id:
+            return _command_dict(derived)
+    return None
+
+
 class Backend(Protocol):
     mode: str
 
     def start(self) -> dict[str, Any]:
-        """What `ready` says: the circuits not CLOSED, `where`, and a `warning` or None."""
+        """`where`, and a `warning` or None."""
 
-    def after_ready(self) -> None:
-        """The slow part of starting, done once the test processes can go on."""
+    def circuits(self) -> list[dict[str, Any]]:
+        """The circuits not CLOSED now (Circuit.as_dict()), for `ready`."""
 
     def send(self, fields: dict[str, Any], ask: bool = False) -> dict[str, Any] | None:
         """Deliver one worker event; with `ask` (a FAILURE), its recovery command if known
@@ -118,35 +141,32 @@ class Backend(Protocol):
 class EmbeddedBackend:
     """The embedded pipeline on a DuckDB history file that outlives the session.
 
-    What arrives is kept as it came, stamped with its arrival: a passing session costs the
-    agent a JSON parse per line and no more. A failure that asks for its recovery command
-    has everything before it decided by a FleetCore restored from the last session's
-    snapshot. Once the session is told `done` (or LAND_AT_INPUTS inputs are waiting), the
-    embedded pipeline starts from the same snapshot, takes the same inputs in the same
-    order — the core is deterministic, so it makes the same decisions — and records them
-    with the HistoryWriter; DuckDB is not even imported before.
+    What arrives is kept as it came: a passing session costs the agent a JSON parse per
+    batch and no more. A failure that asks for its recovery command has everything before
+    it decided by a FleetCore restored from the last session's snapshot. Once the session
+    is over (or LAND_AT_INPUTS inputs are waiting), the embedded pipeline starts from the
+    same snapshot, takes the same inputs in the same order — the core is deterministic, so
+    it makes the same decisions — and records them with the HistoryWriter; DuckDB is not
+    even imported before.
     """
 
     mode = "embedded"
 
-    def __init__(self, settings: Settings | None, db: Path) -> None:
+    def __init__(self, settings: Settings | None, db: Path, *, record: bool) -> None:
         self._settings = settings  # None: the defaults (and the environment), read on demand
         self.db = db
-        self.state_path = db.with_name(db.name + ".state")
-        self.read_only = False
+        self.record = record  # False: the history is another session's (decide, don't write)
         self.warning: str | None = None
-        self.circuits: dict[str, dict[str, Any]] = {}
+        self._circuits: dict[str, dict[str, Any]] = {}
         self._start: bytes | None = None  # the core's snapshot at the session's start
         self._start_settings: dict[str, Any] | None = None
-        self._raw: list[Any] = []  # arrived: worker event fields, or control records
+        self._raw: list[Any] = []  # arrived: worker event fields
         self._records: list[Any] = []  # built, not yet in the pipeline
         self._live: Any = None  # a FleetCore answering asks before the pipeline exists
         self._live_at = 0  # how many of _records it has taken
         self._pipeline: Any = None
         self._changes: list[dict[str, Any]] = []
         self._landed_at = time.monotonic()
-        self._clock = 0
-        self._opened = self._stamp()  # the session's TICK: before anything it decides
         self._built = False
         self.events = 0
 
@@ -159,67 +179,43 @@ class EmbeddedBackend:
         return self._settings
 
     def start(self) -> dict[str, Any]:
-        from faultstream.events.locks import FileLock, LockedError
-
-        self.db.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(self.db.with_name(self.db.name + ".lock"))
-        give_up = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                self._lock.acquire()
-                break
-            except LockedError as exc:
-                # The last session's agent finishing its writes, or another session on the
-                # same project (then, after a while: decide, don't record).
-                if time.monotonic() < give_up:
-                    time.sleep(0.02)
-                    continue
-                self.read_only = True
-                self.warning = (
-                    f"{self.db} is being written by {exc.holder}: this session's circuits "
-                    "are decided but not recorded"
-                )
-                break
         state = self._read_state()
         if state is None and self.db.exists():
             state = self._replay()
         if state is not None:
             self._start = state["core"]
             self._start_settings = state["settings"]
-            self.circuits = state["circuits"]
-        return {
-            "circuits": [c for c in self.circuits.values() if c["state"] != "CLOSED"],
-            "where": str(self.db),
-            "warning": self.warning,
-        }
-
-    def _db_stamp(self) -> tuple[int, int] | None:
-        try:
-            stat = self.db.stat()
-        except FileNotFoundError:
-            return None
-        return stat.st_size, stat.st_mtime_ns
+            self._circuits = state["circuits"]
+        if not self.record:
+            self.warning = f"{self.db} is locked by another session: this one is not recorded"
+        return {"where": str(self.db), "warning": self.warning}
 
     def _read_state(self) -> dict[str, Any] | None:
         """The snapshot the last session left, if it describes the file as it is now (same
-        size and time, nothing pending in a WAL); else None and the history is replayed."""
+        stamp, nothing pending in a WAL); else None and the history is replayed."""
         try:
-            with open(self.state_path, "rb") as fh:
+            with open(sibling(self.db, ".state"), "rb") as fh:
                 state = pickle.load(fh)
+            with open(sibling(self.db, ".circuits.json"), encoding="utf-8") as fh:
+                circuits = json.load(fh)
         except FileNotFoundError:
             return None
         except Exception:  # a truncated or foreign file: replay instead
             return None
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             return None
-        wal = self.db.with_name(self.db.name + ".wal")
-        if state.get("db") != self._db_stamp() or wal.exists():
+        stamp = db_stamp(self.db)
+        if state.get("db") != stamp or circuits.get("db") != stamp:
             return None
-        return state
+        if sibling(self.db, ".wal").exists():
+            return None
+        by_key = {f"{c['kind']}:{c['id']}": c for c in circuits.get("circuits", [])}
+        return {**state, "circuits": by_key}
 
     def _replay(self) -> dict[str, Any]:
         """The core and circuits after every input of the history, through the same core."""
         from faultstream.events.circuit_view import Circuit
+        from faultstream.events.exceptions import FaultstreamError
         from faultstream.events.models import CircuitStateChanged
         from faultstream.processors.core import FleetCore
         from faultstream.projections.queries import History
@@ -259,52 +255,37 @@ class EmbeddedBackend:
             self._start = self._replay()["core"]
             return FleetCore.restore(self._start)
 
-    def after_ready(self) -> None:
-        return None  # nothing to do until something must be decided
-
-    def _opening(self) -> list[Any]:
-        """The session's first inputs, dated when it began."""
-        from faultstream.events.models import ConfigChanged, Tick
-
-        now = self._opened
-        records: list[Any] = []
-        settings = self.settings.core.model_dump(mode="json")
-        if self._start_settings is not None and self._start_settings != settings:
-            # The settings changed since the last session: a record, so replay agrees.
-            config = ConfigChanged(
-                event_id=_new_id(), ts=now, config=settings, actor=ACTOR, received_at=now
-            )
-            records.append(config)
-        # Reveals what fell due since the last session (circuits half-open, workers lost).
-        records.append(Tick(event_id=_new_id(), ts=now, received_at=now))
-        return records
-
-    def _stamp(self) -> int:
-        # The agent plays the broker: inputs are dated by their arrival here.
-        self._clock = max(self._clock, now_ms())
-        return self._clock
+    def circuits(self) -> list[dict[str, Any]]:
+        if self._raw:
+            self._decide("")  # leftover spools: what they did counts
+        return [c for c in self._circuits.values() if c["state"] != "CLOSED"]
 
     def send(self, fields: dict[str, Any], ask: bool = False) -> dict[str, Any] | None:
-        fields["received_at"] = self._stamp()
         self._raw.append(fields)
         self.events += 1
         return self._decide(fields["event_id"]) if ask else None
 
     def _build(self) -> None:
         from faultstream.events.build import build_worker_event
+        from faultstream.events.exceptions import FaultstreamError
 
-        if not self._built:
-            self._built = True
-            self._records.extend(self._opening())
         raw, self._raw = self._raw, []
-        for item in raw:
-            if isinstance(item, dict):
-                try:
-                    item = build_worker_event(item)
-                except FaultstreamError as exc:  # a field the contract refuses: said, skipped
-                    print(f"event not recorded: {exc}", file=sys.stderr)
-                    continue
-            self._records.append(item)
+        if not self._built and raw:
+            self._built = True
+            settings = self.settings.core.model_dump(mode="json")
+            if self._start_settings is not None and self._start_settings != settings:
+                # The settings changed since the last session: a record, so replay agrees.
+                from faultstream.events.models import ConfigChanged
+
+                ts = int(raw[0]["ts"])
+                self._records.append(
+                    ConfigChanged(event_id=_new_id(), ts=ts, config=settings, actor=ACTOR)
+                )
+        for fields in raw:
+            try:
+                self._records.append(build_worker_event(fields))
+            except FaultstreamError as exc:  # a field the contract refuses: said, skipped
+                print(f"event not recorded: {exc}", file=sys.stderr)
 
     def _take(self, out: list[Any], push: bool) -> None:
         from faultstream.events.circuit_view import Circuit
@@ -313,7 +294,7 @@ class EmbeddedBackend:
         for derived in out:
             if isinstance(derived, CircuitStateChanged):
                 circuit = Circuit.of_record(derived).as_dict()
-                self.circuits[derived.key] = circuit
+                self._circuits[derived.key] = circuit
                 if push:
                     self._changes.append(circuit)
 
@@ -355,7 +336,7 @@ class EmbeddedBackend:
         return {}
 
     def land(self) -> None:
-        if self.read_only:
+        if not self.record:
             return
         if self._pipeline is None:
             if len(self._raw) + len(self._records) >= LAND_AT_INPUTS:
@@ -376,38 +357,34 @@ class EmbeddedBackend:
             "mode": self.mode,
             "where": str(self.db),
             "events": self.events,
-            "recorded": not self.read_only,
+            "recorded": self.record,
         }
 
     def finish(self) -> None:
-        if self.read_only:
+        if not self.record or (self._pipeline is None and not self._raw and not self._records):
             return
         if self._pipeline is None:
             self._open_pipeline()
         self._decide("")
         pipeline, self._pipeline = self._pipeline, None
         pipeline.close()
+        stamp = db_stamp(self.db)
         state = {
             "version": STATE_VERSION,
-            "db": self._db_stamp(),
+            "db": stamp,
             "core": pipeline.core.snapshot(),
             "settings": pipeline.core.settings.model_dump(mode="json"),
-            "circuits": self.circuits,
         }
-        partial = self.state_path.with_name(self.state_path.name + ".partial")
-        with open(partial, "wb") as fh:
-            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(partial, self.state_path)
-        self._lock.release()
+        openish = [c for c in self._circuits.values() if c["state"] != "CLOSED"]
+        _write_atomic(sibling(self.db, ".state"), pickle.dumps(state, pickle.HIGHEST_PROTOCOL))
+        circuits = {"version": STATE_VERSION, "db": stamp, "circuits": openish}
+        _write_atomic(sibling(self.db, ".circuits.json"), json.dumps(circuits).encode())
 
 
-def _command_for(out: list[Any], event_id: str) -> dict[str, Any] | None:
-    from faultstream.events.models import RecoveryCommand
-
-    for derived in out:
-        if isinstance(derived, RecoveryCommand) and derived.caused_by == event_id:
-            return _command_dict(derived)
-    return None
+def _write_atomic(path: Path, data: bytes) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
 
 
 # --- Kafka ----------------------------------------------------------------------------
@@ -422,6 +399,7 @@ class _CommandWaiter:
         from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
         from faultstream.events.codec import Codec
+        from faultstream.events.exceptions import FaultstreamError
         from faultstream.events.kafka_clients import librdkafka_config
 
         kafka = settings.kafka
@@ -447,6 +425,7 @@ class _CommandWaiter:
         self._thread.start()
 
     def _follow(self) -> None:
+        from faultstream.events.exceptions import FaultstreamError
         from faultstream.events.models import RecoveryCommand
 
         while not self._stop.is_set():
@@ -504,12 +483,12 @@ class KafkaBackend:
             self._commands = _CommandWaiter(self.settings)
         except Exception as exc:
             warnings.append(f"recovery commands not followed, nothing is retried ({exc})")
-        circuits = [c.as_dict() for c in self._view if c.state != "CLOSED"] if self._view else []
         where = f"{kafka.bootstrap_servers} {kafka.topic('events')}"
-        return {"circuits": circuits, "where": where, "warning": "; ".join(warnings) or None}
+        return {"where": where, "warning": "; ".join(warnings) or None}
 
-    def after_ready(self) -> None:
-        return None
+    def circuits(self) -> list[dict[str, Any]]:
+        view = self._view
+        return [c.as_dict() for c in view if c.state != "CLOSED"] if view is not None else []
 
     def send(self, fields: dict[str, Any], ask: bool = False) -> dict[str, Any] | None:
         from faultstream.events.build import build_worker_event
@@ -552,26 +531,37 @@ class KafkaBackend:
 
 @dataclass
 class _Conn:
-    sock: socket.socket
+    """A test process's messages: over a socket, or read back from a spool (sock None)."""
+
+    sock: socket.socket | None
     inbuf: bytearray = field(default_factory=bytearray)
     out: bytearray = field(default_factory=bytearray)
+    authed: bool = False
     role: str | None = None  # single | controller | worker, once it said hello
+    run: str = ""
     worker_id: str = ""
     hardware_class: str = ""
     last_event_ms: int = 0
-    pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # tests running
-    asks: dict[str, int] = field(default_factory=dict)  # failure event_id -> message key
+    pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # tests announced
     closed: bool = False
 
 
+@dataclass
+class _Run:
+    """One session's records: who speaks for it, and whether it said goodbye."""
+
+    primary: tuple[str, str] | None = None  # the identity of its session records
+    bye: dict[str, Any] | None = None
+    finished: bool = False
+
+
 class Agent:
-    """The select loop: connections in, events out, answers back."""
+    """Spools first, then the select loop: messages in, events out, answers back."""
 
     def __init__(
         self,
-        listener: socket.socket,
+        listener: socket.socket | None,
         token: str,
-        run_id: str,
         backend: Backend | None,
         start_error: str | None,
         command_timeout_s: float,
@@ -579,34 +569,37 @@ class Agent:
     ) -> None:
         self.listener = listener
         self.token = token
-        self.run_id = run_id
         self.backend = backend
-        self.start_error = start_error
-        self.start_info: dict[str, Any] | None = None
+        self.error = start_error
         self.command_timeout_s = command_timeout_s
         self.heartbeat_ms = int(heartbeat_s * 1000)
         self.selector = selectors.DefaultSelector()
         self.conns: list[_Conn] = []
-        self.primary: tuple[str, str] | None = None  # the identity of session records
-        self.bye: dict[str, Any] | None = None
+        self.runs: dict[str, _Run] = {}
+        self.session_conn: _Conn | None = None  # where `done` goes
+        self.spooled: _Conn | None = None  # the session's spool, continued over the socket
+        self.start_info: dict[str, Any] = {}
         self.bye_at: float | None = None
-        self.session_conn: _Conn | None = None
-        self.ready_sent = False
-        self.after_ready_done = False
         self.deadlines: dict[str, tuple[_Conn, int, float]] = {}
-        self.broken: str | None = None  # after_ready failed: events are dropped
 
     # --- the loop -------------------------------------------------------------------
 
-    def run(self) -> int:
-        self.listener.setblocking(False)
-        self.selector.register(self.listener, selectors.EVENT_READ, None)
-        started = time.monotonic()
-        if self.backend is not None and self.start_error is None:
+    def run(self, spool: Path | None, leftovers: list[Path]) -> int:
+        if self.backend is not None and self.error is None:
             try:
                 self.start_info = self.backend.start()
             except Exception as exc:
-                self.start_error = _one_line(exc)
+                self.error = _one_line(exc)
+        if self.error is None:
+            for path in leftovers:
+                self._read_spool(path, leftover=True)
+            if spool is not None and spool.exists():
+                self.spooled = self._read_spool(spool, leftover=False)
+        if self.listener is None:  # landing a spool after its session: nothing to wait for
+            return self._finish([*leftovers, spool] if spool else leftovers)
+        self.listener.setblocking(False)
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+        started = time.monotonic()
         while True:
             for key, mask in self.selector.select(_LOOP_S):
                 if key.data is None:
@@ -617,24 +610,38 @@ class Agent:
                     self._read(conn)
                 if mask & selectors.EVENT_WRITE:
                     self._flush(conn)
-            if self.ready_sent and not self.after_ready_done:
-                self.after_ready_done = True
-                self._guard(self.backend.after_ready)  # type: ignore[union-attr]
-            self._housekeeping()
+            self._guard(self._housekeeping)
             if self._session_over():
                 break
             idle = not self.conns and self.session_conn is None
             if idle and time.monotonic() - started > _IDLE_EXIT_S:
                 return 1
-        return self._finish()
+        return self._finish([*leftovers, spool] if spool else leftovers)
 
     def _session_over(self) -> bool:
         if self.bye_at is None:
             return False
-        testers = [c for c in self.conns if c.role == "worker" and not c.closed]
-        return not testers or time.monotonic() - self.bye_at > _WORKERS_GONE_S
+        workers = [c for c in self.conns if c.role == "worker" and not c.closed]
+        return not workers or time.monotonic() - self.bye_at > _WORKERS_GONE_S
+
+    def _read_spool(self, path: Path, *, leftover: bool) -> _Conn:
+        conn = _Conn(None, authed=True)
+        with open(path, "rb") as fh:
+            for line in fh:
+                if line.endswith(b"\n"):  # a last line cut short by a crash is dropped
+                    self._guard(self._line, conn, line)
+        if leftover:
+            # Its session died: tests it had begun and not ended show as started, so the
+            # core moves them when it finds the worker lost.
+            for begin in list(conn.pending.values()):
+                self._guard(self._started, conn, begin)
+            run = self.runs.get(conn.run)
+            if run is not None and not run.finished:
+                self._session_record(conn.run, "finish", now_ms(), "interrupted", None)
+        return conn
 
     def _accept(self) -> None:
+        assert self.listener is not None
         try:
             sock, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -645,6 +652,7 @@ class Agent:
         self.selector.register(sock, selectors.EVENT_READ, conn)
 
     def _read(self, conn: _Conn) -> None:
+        assert conn.sock is not None
         while True:
             try:
                 chunk = conn.sock.recv(1 << 16)
@@ -657,25 +665,33 @@ class Agent:
                 break
             conn.inbuf += chunk
         while (end := conn.inbuf.find(b"\n")) >= 0:
-            line = bytes(conn.inbuf[:end])
+            line = bytes(conn.inbuf[: end + 1])
             del conn.inbuf[: end + 1]
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
-            if conn.role is None and message.get("t") != "hello":
+            self._guard(self._line, conn, line)
+
+    def _line(self, conn: _Conn, line: bytes) -> None:
+        message = json.loads(line)
+        if not conn.authed:
+            token = str(message.get("token", "")) if message.get("t") == "auth" else ""
+            if not hmac.compare_digest(token, self.token):
                 self._hang_up(conn)
                 return
-            self._guard(self._handle, conn, message)
+            conn.authed = True
+            return
+        if message.get("t") == "batch":
+            for item in message["m"]:
+                self._guard(self._handle, conn, item)
+        else:
+            self._handle(conn, message)
 
     def _send(self, conn: _Conn, message: dict[str, Any]) -> None:
-        if conn.closed:
+        if conn.sock is None or conn.closed:
             return
         conn.out += _dumps(message)
         self._flush(conn)
 
     def _flush(self, conn: _Conn) -> None:
-        if conn.closed:
+        if conn.sock is None or conn.closed:
             return
         try:
             sent = conn.sock.send(conn.out) if conn.out else 0
@@ -692,26 +708,26 @@ class Agent:
         if conn.closed:
             return
         conn.closed = True
-        self.selector.unregister(conn.sock)
-        conn.sock.close()
-        if conn.role in ("single", "controller") and self.bye_at is None:
+        if conn.sock is not None:
+            self.selector.unregister(conn.sock)
+            conn.sock.close()
+        if conn is self.session_conn and self.bye_at is None:
             self.bye_at = time.monotonic()  # pytest went away without a bye: land what came
 
     def _guard(self, function: Any, *args: Any) -> None:
         """Run one step; a bug or a bad record is logged, never the end of the session."""
         try:
             function(*args)
-        except Exception as exc:
+        except Exception:
             traceback.print_exc()
-            if function is getattr(self.backend, "after_ready", None):
-                self.broken = _one_line(exc)
 
     # --- messages ---------------------------------------------------------------------
 
     def _handle(self, conn: _Conn, message: dict[str, Any]) -> None:
         kind = message.get("t")
-        if kind == "hello":
-            self._hello(conn, message)
+        if kind == "be":  # a test that began and ended between two pushes
+            conn.pending[int(message["k"])] = message
+            self._end(conn, message)
         elif kind == "b":
             conn.pending[int(message["k"])] = message
         elif kind == "e":
@@ -720,30 +736,44 @@ class Agent:
             conn.pending.pop(int(message["k"]), None)
         elif kind == "q":
             self._quarantined(conn, message)
+        elif kind == "hello":
+            self._hello(conn, message)
         elif kind == "bye":
-            self.bye = message
-            self.bye_at = time.monotonic()
+            self.runs.setdefault(conn.run, _Run()).bye = message
+            if conn is self.session_conn:
+                self.bye_at = time.monotonic()
 
     def _hello(self, conn: _Conn, message: dict[str, Any]) -> None:
-        if not hmac.compare_digest(str(message.get("token", "")), self.token):
-            self._hang_up(conn)
-            return
-        conn.role = str(message.get("role"))
-        conn.worker_id = str(message.get("worker_id"))
-        conn.hardware_class = str(message.get("hardware_class"))
-        if conn.role in ("single", "controller"):
+        role = str(message.get("role"))
+        if role == "spooled" and self.spooled is not None:
+            # The session that spooled so far goes on over this socket.
+            spooled = self.spooled
+            role, conn.run = str(spooled.role), spooled.run
+            conn.worker_id, conn.hardware_class = spooled.worker_id, spooled.hardware_class
+            conn.pending = spooled.pending
+        else:
+            conn.run = str(message.get("run"))
+            conn.worker_id = str(message.get("worker_id"))
+            conn.hardware_class = str(message.get("hardware_class"))
+        conn.role = role
+        if role in _SESSION_ROLES and conn.sock is not None:
             self.session_conn = conn
-        if self.start_error is not None:
-            self._send(conn, {"t": "error", "message": self.start_error})
-            return
-        assert self.start_info is not None and self.backend is not None
-        self._send(conn, {"t": "ready", "mode": self.backend.mode, **self.start_info})
-        self.ready_sent = True
-        if conn.role in _TEST_ROLES:
+        if conn.sock is not None:
+            if self.error is not None:
+                self._send(conn, {"t": "error", "message": self.error})
+                return
+            assert self.backend is not None
+            circuits = self.backend.circuits()
+            self._send(
+                conn,
+                {"t": "ready", "mode": self.backend.mode, "circuits": circuits, **self.start_info},
+            )
+        if role in _TEST_ROLES:
             conn.last_event_ms = now_ms()
-            if self.primary is None:
-                self.primary = (conn.worker_id, conn.hardware_class)
-                self._session_record("start", int(message.get("ts") or now_ms()), {})
+            run = self.runs.setdefault(conn.run, _Run())
+            if run.primary is None:
+                run.primary = (conn.worker_id, conn.hardware_class)
+                self._session_record(conn.run, "start", int(message.get("ts") or now_ms()))
 
     def _fields(self, conn: _Conn, kind: str, ts: int, attributes: dict[str, str]) -> dict:
         conn.last_event_ms = max(conn.last_event_ms, now_ms())
@@ -757,7 +787,7 @@ class Agent:
         }
 
     def _task_fields(self, conn: _Conn, kind: str, ts: int, begin: dict[str, Any]) -> dict:
-        fields = self._fields(conn, kind, ts, {RUN: self.run_id, TEST: str(begin["test"])})
+        fields = self._fields(conn, kind, ts, {RUN: conn.run, TEST: str(begin["test"])})
         fields["task_id"] = begin["task_id"]
         fields["task_type"] = begin["task_type"]
         fields["attempt"] = int(begin["attempt"])
@@ -765,7 +795,7 @@ class Agent:
         return fields
 
     def _deliver(self, fields: dict[str, Any], ask: bool = False) -> dict[str, Any] | None:
-        if self.backend is None or self.broken is not None:
+        if self.backend is None or self.error is not None:
             return None
         return self.backend.send(fields, ask)
 
@@ -780,7 +810,7 @@ class Agent:
         if begin is None:
             return
         self._started(conn, begin)
-        ts = int(message["ts"])
+        ts = int(message["te"])
         if message.get("ok"):
             self._deliver(self._task_fields(conn, "SUCCESS", ts, begin))
             return
@@ -789,20 +819,13 @@ class Agent:
         fields["message"] = message.get("msg")
         if message.get("exc"):
             fields["attributes"]["pytest.exception"] = str(message["exc"])
-        ask = bool(message.get("ask"))
-        try:
-            command = self._deliver(fields, ask)
-        except FaultstreamError as exc:  # an event the contract refuses: said, not fatal
-            if ask:
-                self._send(
-                    conn, {"t": "command", "k": key, "command": None, "why": f"not reported: {exc}"}
-                )
-            raise
+        ask = bool(message.get("ask")) and conn.sock is not None
+        command = self._deliver(fields, ask)
         if not ask:
             return
         self._push_changes()  # before the answer: a circuit this failure opened stops a retry
         if command is not None or self.backend is None or self.backend.mode != "kafka":
-            why = None if command is not None else (self.broken or "no recovery command")
+            why = None if command is not None else "no recovery command"
             self._send(conn, {"t": "command", "k": key, "command": command, "why": why})
             return
         deadline = time.monotonic() + self.command_timeout_s
@@ -810,7 +833,7 @@ class Agent:
 
     def _quarantined(self, conn: _Conn, message: dict[str, Any]) -> None:
         attributes = {
-            RUN: self.run_id,
+            RUN: conn.run,
             TEST: str(message["test"]),
             QUARANTINED: str(message["why"]),
             "pytest.task_type": str(message["task_type"]),
@@ -819,38 +842,41 @@ class Agent:
         }
         self._deliver(self._fields(conn, "HEARTBEAT", int(message["ts"]), attributes))
 
-    def _session_record(self, phase: str, ts: int, extra: dict[str, str]) -> None:
-        if self.primary is None:
+    def _session_record(
+        self, run_id: str, phase: str, ts: int, exitstatus: str | None = None, tests: Any = None
+    ) -> None:
+        run = self.runs.get(run_id)
+        if run is None or run.primary is None or run.finished:
             return
-        worker_id, hardware_class = self.primary
-        attributes = {RUN: self.run_id, SESSION: phase, **extra}
-        fields = {
-            "event_id": _new_id(),
-            "kind": "HEARTBEAT",
-            "ts": ts,
-            "worker_id": worker_id,
-            "hardware_class": hardware_class,
-            "attributes": attributes,
-        }
+        attributes = {RUN: run_id, SESSION: phase}
+        if phase == "finish":
+            run.finished = True
+            attributes["pytest.exitstatus"] = str(exitstatus)
+            if tests is not None:
+                attributes["pytest.tests"] = str(tests)
+        worker_id, hardware_class = run.primary
+        fields = {"event_id": _new_id(), "kind": "HEARTBEAT", "ts": ts, "worker_id": worker_id,
+                  "hardware_class": hardware_class, "attributes": attributes}  # fmt: skip
         self._guard(self._deliver, fields)
 
     # --- timers -----------------------------------------------------------------------
 
     def _housekeeping(self) -> None:
         backend = self.backend
-        if backend is None or self.start_error is not None:
+        if backend is None or self.error is not None:
             return
         now = now_ms()
         for conn in self.conns:
             if conn.closed or conn.role not in _TEST_ROLES:
                 continue
-            # A test running longer than a heartbeat shows as started (a crash then moves
-            # it); short ones are reported whole when they end.
+            # A test announced and running longer than a heartbeat shows as started (a
+            # crash then moves it); others are reported whole when they end.
             for begin in conn.pending.values():
                 if not begin.get("sent") and now - int(begin["ts"]) >= self.heartbeat_ms:
                     self._guard(self._started, conn, begin)
             if now - conn.last_event_ms >= self.heartbeat_ms:
-                self._guard(self._deliver, self._fields(conn, "HEARTBEAT", now, {RUN: self.run_id}))
+                fields = self._fields(conn, "HEARTBEAT", now, {RUN: conn.run})
+                self._guard(self._deliver, fields)
         if self.deadlines:
             found = backend.answers()
             clock = time.monotonic()
@@ -859,21 +885,16 @@ class Agent:
                 if command is None and clock < deadline:
                     continue
                 del self.deadlines[event_id]
-                why = (
-                    None
-                    if command is not None
-                    else (
-                        f"no recovery command within {self.command_timeout_s:g}s "
-                        "(is `faultstream processor` running?)"
-                    )
-                )
+                why = None if command is not None else (
+                    f"no recovery command within {self.command_timeout_s:g}s "
+                    "(is `faultstream processor` running?)"
+                )  # fmt: skip
                 self._send(conn, {"t": "command", "k": key, "command": command, "why": why})
         self._push_changes()
-        if self.broken is None:
-            self._guard(backend.land)
+        backend.land()
 
     def _push_changes(self) -> None:
-        if self.backend is None or self.start_error is not None:
+        if self.backend is None or self.error is not None:
             return
         changes = self.backend.changes()
         if changes:
@@ -882,54 +903,41 @@ class Agent:
                     for circuit in changes:
                         self._send(conn, {"t": "circuit", "circuit": circuit})
 
-    def _finish(self) -> int:
-        bye = self.bye or {}
-        extra = {"pytest.exitstatus": str(bye.get("exitstatus", "interrupted"))}
-        if "tests" in bye:
-            extra["pytest.tests"] = str(bye["tests"])
-        self._session_record("finish", now_ms(), extra)
-        working = self.backend is not None and self.start_error is None
+    def _finish(self, spools: list[Path]) -> int:
+        for run_id, run in self.runs.items():
+            bye = run.bye or {}
+            status = str(bye.get("exitstatus", "interrupted"))
+            self._session_record(run_id, "finish", now_ms(), status, bye.get("tests"))
+        working = self.backend is not None and self.error is None
         summary: dict[str, Any] = self.backend.summary() if working else {}  # type: ignore[union-attr]
-        if self.broken is not None:
-            summary["error"] = self.broken
         # Every decision is made: the session may end now. The writing that follows is
         # this process's alone; the next session (and `faultstream report`) wait for it.
         conn = self.session_conn
-        if conn is not None and not conn.closed:
+        if conn is not None and conn.sock is not None and not conn.closed:
             conn.out += _dumps({"t": "done", "summary": summary})
             conn.sock.setblocking(True)
             with contextlib.suppress(OSError):
                 conn.sock.sendall(conn.out)
             conn.sock.close()
-        if working:
-            with contextlib.suppress(OSError):
-                os.nice(10)  # what is left is bookkeeping: yield to whatever runs next
-            try:
-                self.backend.finish()  # type: ignore[union-attr]
-            except Exception:
-                traceback.print_exc()
-                return 1
-        return 0
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return " ".join(text.splitlines())
-
-
-# The plugin's own variables and the project's; any other FAULTSTREAM_ variable may be a
-# setting, and has the settings read (and checked) before the first test.
-_NOT_SETTINGS = frozenset(
-    {"FAULTSTREAM_HARDWARE_CLASS", "FAULTSTREAM_WORKER_ID", TOKEN_ENV, "FAULTSTREAM_DEBUG"}
-)
-
-
-def _settings_given(config: str | None) -> bool:
-    """Whether anything but the defaults could apply: a file, or a FAULTSTREAM_ variable."""
-    if config or os.environ.get("FAULTSTREAM_CONFIG") or Path("faultstream.toml").is_file():
-        return True
-    names = (name.upper() for name in os.environ)
-    return any(name.startswith("FAULTSTREAM_") and name not in _NOT_SETTINGS for name in names)
+        if not working:
+            return 1
+        with contextlib.suppress(OSError):
+            os.nice(10)  # what is left is bookkeeping: yield to whatever runs next
+        landed = True
+        try:
+            self.backend.finish()  # type: ignore[union-attr]
+        except Exception:
+            traceback.print_exc()
+            landed = False
+        if getattr(self.backend, "record", True):
+            for path in spools:
+                # Landed: not again. Not landable: kept aside, not retried forever.
+                with contextlib.suppress(OSError):
+                    if landed:
+                        path.unlink()
+                    else:
+                        path.rename(path.with_name(path.name + ".failed"))
+        return 0 if landed else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -941,22 +949,24 @@ def main(argv: list[str] | None = None) -> int:
     # what the session did (pytest hangs up, and that ends the session here).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parser = argparse.ArgumentParser(prog="python -m faultstream.pytest_agent")
-    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--listen-fd", type=int, help="serve the session on this socket")
+    parser.add_argument("--lock-fd", type=int, help="the history's lock, held for us")
+    parser.add_argument("--spool", help="the session's spool so far")
+    parser.add_argument("--leftover", action="append", default=[], help="a spool to land first")
     parser.add_argument("--mode", choices=["auto", "embedded", "kafka"], default="auto")
     parser.add_argument("--db", required=True)
     parser.add_argument("--config")
-    parser.add_argument("--run-id", required=True)
     parser.add_argument("--command-timeout", type=float, default=10.0)
     parser.add_argument("--circuits-timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
-    listener = socket.socket(fileno=args.listen_fd)
+    listener = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
     token = os.environ.get(TOKEN_ENV, "")
     backend: Backend | None = None
     error = None
     heartbeat_s = 10.0
     try:
         settings = None
-        if args.mode != "embedded" or _settings_given(args.config):
+        if args.mode == "kafka" or settings_given(args.config):
             from faultstream.events.config import load_settings
 
             settings = load_settings(args.config)  # a bad file or value: said before any test
@@ -971,17 +981,18 @@ def main(argv: list[str] | None = None) -> int:
             assert settings is not None
             backend = KafkaBackend(settings, args.circuits_timeout)
         else:
-            backend = EmbeddedBackend(settings, Path(args.db))
-    except FaultstreamError as exc:
+            record = args.lock_fd is not None
+            backend = EmbeddedBackend(settings, Path(args.db), record=record)
+    except Exception as exc:  # a FaultstreamError (bad settings) or worse: said in one line
         error = _one_line(exc)
-    agent = Agent(listener, token, args.run_id, backend, error, args.command_timeout, heartbeat_s)
-    return agent.run()
+    agent = Agent(listener, token, backend, error, args.command_timeout, heartbeat_s)
+    spool = Path(args.spool) if args.spool else None
+    return agent.run(spool, [Path(p) for p in args.leftover])
 
 
 if __name__ == "__main__":
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    # Everything is written and closed: skip the interpreter's teardown (DuckDB, Arrow),
-    # which the session would otherwise wait for.
+    # Everything is written and closed: skip the interpreter's teardown (DuckDB, Arrow).
     os._exit(code)

@@ -25,6 +25,7 @@ import math
 import os
 import secrets
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ QUARANTINE_MODES = ("skip", "xfail", "off")
 HARDWARE_CLASS_ENV = "FAULTSTREAM_HARDWARE_CLASS"
 WORKER_ID_ENV = "FAULTSTREAM_WORKER_ID"
 PROPERTY = "faultstream"  # the user property (junitxml too) that says what became of a test
+_LOCK_WAIT_S = 120.0  # for the last session's agent to finish writing the history
 _READY_TIMEOUT_S = 300.0  # a first session on a large history replays it before answering
 _DONE_TIMEOUT_S = 300.0
 _MAX_MESSAGE_CHARS = 4096
@@ -131,6 +133,8 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     if getattr(option, "show_fixtures_per_test", False) or getattr(option, "setupplan", False):
         return
+    if os.name != "posix":  # file locks (fcntl), sockets handed to the agent
+        raise pytest.UsageError("faultstream: the pytest plugin needs a POSIX system")
     config.pluginmanager.register(FaultstreamSession(config), "faultstream-session")
 
 
@@ -171,6 +175,9 @@ class FaultstreamSession:
     (which starts the agent and reports) or an xdist worker (which runs tests)."""
 
     def __init__(self, config: pytest.Config) -> None:
+        from faultstream.pytest_link import fit, iso  # the standard library only
+
+        self._fit, self._iso = fit, iso
         self.config = config
         self.worker_id, self.hardware_class = _identity(config)
         self.quarantine = _quarantine_mode(config)
@@ -181,8 +188,8 @@ class FaultstreamSession:
         if workerinput is not None:
             self.worker_id = f"{self.worker_id}/{workerinput.get('workerid', 'gw')}"
         self.run_id = str(config.getoption("faultstream_run_id") or "")
-        self.link: Any = None  # faultstream.pytest_link.Link once connected
-        self.agent: Any = None  # the agent's Popen (single, controller)
+        self.link: Any = None  # faultstream.pytest_link.Link once started
+        self.lock: Any = None  # the history's HistoryLock (single, controller)
         self.address = ""
         self.token = ""
         self.db: Path | None = None
@@ -192,12 +199,12 @@ class FaultstreamSession:
         self.open: dict[str, dict[str, Any]] = {}  # task_type -> circuit (not CLOSED)
         self.key = 0
         self.done: dict[str, Any] | None = None
-        # What the terminal summary tells, from the reports (xdist's included).
-        self.outcomes: dict[str, tuple[str, str]] = {}  # nodeid -> (status, detail)
-        self.tests: set[str] = set()
-        self.reruns = 0
+        self.tally = _Tally()
+        self._rerun_status: _RerunStatus | None = None
         self._excinfos: dict[str, BaseException] = {}  # the current attempt's, by phase
         self._polled = 0.0
+        # Never retry into a debugger.
+        self.may_retry = not config.getoption("usepdb", False)
 
     # --- starting ---------------------------------------------------------------------
 
@@ -210,60 +217,127 @@ class FaultstreamSession:
             self.role = "worker"
         elif config.pluginmanager.getplugin("dsession") is not None:
             self.role = "controller"  # xdist: workers run the tests, this process reports
+        if self.role == "controller":  # the reports come from the workers
+            self._show_reruns()
+            config.pluginmanager.register(self.tally, "faultstream-tally")
         if self.role == "worker":
-            info = self.config.workerinput.get("faultstream")  # type: ignore[attr-defined]
+            info = config.workerinput.get("faultstream")  # type: ignore[attr-defined]
             if not info:
                 return  # the controller has no agent: it says why
-            self.address, self.token, self.run_id = info["address"], info["token"], info["run"]
+            self.run_id = info["run"]
+            hello = self._hello()
+            try:
+                self.link = Link(hello, address=info["address"], token=info["token"])
+            except OSError:
+                return
         else:
             self.run_id = self.run_id or new_run_id()
-            self._start_agent()
-        hello = {
-            "role": self.role,
-            "worker_id": self.worker_id,
-            "ts": _now_ms(),
-            "hardware_class": self.hardware_class,
-            "quarantine": self.quarantine,
-        }
-        try:
-            self.link = Link(self.address, self.token, hello)
-        except OSError as exc:
-            if self.role == "worker":
-                return
-            raise pytest.UsageError(f"faultstream: cannot reach the agent ({exc})") from None
+            try:
+                self._open_history()
+            except OSError as exc:  # a cache directory it cannot write, say
+                raise pytest.UsageError(f"faultstream: {self.db}: {exc.strerror or exc}") from None
         self.link.on_circuit = self._circuit_changed
 
-    def _start_agent(self) -> None:
-        from faultstream.pytest_link import TOKEN_ENV, start_agent
+    def _hello(self) -> dict[str, Any]:
+        return {
+            "t": "hello",
+            "role": self.role,
+            "run": self.run_id,
+            "worker_id": self.worker_id,
+            "hardware_class": self.hardware_class,
+            "ts": _now_ms(),
+        }
+
+    def _open_history(self) -> None:
+        """Take the history (its lock), and either read the circuits the last session left
+        and spool (no agent until one is needed), or start the agent now: to check the
+        settings, to use Kafka, to replay the history or land a dead session's spool, or
+        to serve xdist's workers."""
+        from faultstream.pytest_link import (
+            HistoryLock,
+            Link,
+            leftover_spools,
+            read_circuits,
+            settings_given,
+            sibling,
+        )
 
         config = self.config
         db = config.getoption("faultstream_db")
         self.db = Path(db).absolute() if db else _default_db(config)
-        self.log_path = self.db.with_name(self.db.name + ".agent.log")
+        self.log_path = sibling(self.db, ".agent.log")
+        mode = str(config.getoption("faultstream_mode"))
+        circuits = None
+        if mode != "kafka":
+            self.lock = HistoryLock(sibling(self.db, ".lock"))
+            holder = self.lock.acquire(_LOCK_WAIT_S)  # the last session's agent, writing
+            if holder is not None:
+                self.lock = None
+                self.warnings.append(f"{self.db} is locked by {holder}: not recorded")
+            else:
+                circuits = read_circuits(self.db)
+        eager = (
+            self.role == "controller"
+            or circuits is None
+            or mode == "kafka"
+            or settings_given(config.getoption("faultstream_config"))
+        )
+        if eager:
+            leftovers = leftover_spools(self.db) if self.lock is not None else []
+            address, self.token = self._start_agent(listen=True, leftovers=leftovers)
+            self.link = Link(self._hello(), address=address, token=self.token)
+            return
+        self.ready = {"mode": "embedded", "where": str(self.db), "circuits": circuits}
+        for circuit in circuits:
+            self._circuit_changed(circuit)
+        spool = sibling(self.db, ".spool") / f"{self.run_id}.jsonl"
+        self.link = Link(self._hello(), spool=spool, start=self._start_on_spool)
+
+    def _start_on_spool(self, spool: Path | None) -> tuple[str, str]:
+        """The agent, now that an answer is needed, given what the session spooled."""
+        return self._start_agent(listen=True, spool=spool)
+
+    def _start_agent(
+        self, *, listen: bool, spool: Path | None = None, leftovers: list[Path] | None = None
+    ) -> tuple[str, str]:
+        from faultstream.pytest_link import TOKEN_ENV, start_agent
+
+        config = self.config
+        assert self.db is not None and self.log_path is not None
         arguments = [
             "--mode",
             str(config.getoption("faultstream_mode")),
             "--db",
             str(self.db),
-            "--run-id",
-            self.run_id,
             "--command-timeout",
             str(self.command_timeout),
         ]
         settings_file = config.getoption("faultstream_config")
         if settings_file:
             arguments += ["--config", str(Path(settings_file).absolute())]
-        self.token = secrets.token_hex(16)
-        os.environ[TOKEN_ENV] = self.token  # inherited by the agent, not on its command line
+        if spool is not None:
+            arguments += ["--spool", str(spool)]
+        for path in leftovers or []:
+            arguments += ["--leftover", str(path)]
+        keep: tuple[int, ...] = ()
+        if self.lock is not None:  # the agent holds the history until it has written it
+            arguments += ["--lock-fd", str(self.lock.fileno())]
+            keep = (self.lock.fileno(),)
+        token = secrets.token_hex(16)
+        os.environ[TOKEN_ENV] = token  # inherited by the agent, not on its command line
         try:
-            self.address, self.agent = start_agent(arguments, self.log_path)
+            address, process = start_agent(arguments, self.log_path, listen=listen, keep_fds=keep)
         finally:
             os.environ.pop(TOKEN_ENV, None)
+        # Its first process is gone as soon as it has forked the agent: reaped aside.
+        threading.Thread(target=process.wait, name="faultstream-reap", daemon=True).start()
+        self.address = address
+        return address, token
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         """xdist (controller): tell each worker where the agent is."""
-        if self.link is not None:
+        if self.link is not None and self.address:
             node.workerinput["faultstream"] = {
                 "address": self.address,
                 "token": self.token,
@@ -285,7 +359,7 @@ class FaultstreamSession:
             if self.role == "worker":
                 return False
             said = last_line(self.log_path) if self.log_path is not None else ""
-            why = str(exc) if exc.args[0] not in ("the agent died",) or not said else said
+            why = said if str(exc) == "the agent died" and said else str(exc)
             raise pytest.UsageError(f"faultstream: {why}") from None
         for circuit in self.ready.get("circuits", []):
             self._circuit_changed(circuit)
@@ -317,8 +391,6 @@ class FaultstreamSession:
         """Why the task type's circuit refuses the test now, or None: OPEN until its due
         moment (then the core half-opens it on its next input and the test is a probe),
         FORCED_OPEN until an operator resets it; HALF_OPEN admits."""
-        from faultstream.pytest_link import iso
-
         circuit = self.open.get(task_type)
         if circuit is None:
             return None
@@ -327,6 +399,7 @@ class FaultstreamSession:
             return None
         if state not in ("OPEN", "FORCED_OPEN"):
             return None
+        iso = self._iso
         why = f"faultstream quarantine: task_type circuit is {state} since {iso(circuit['since'])}"
         if due is not None:
             why += f", due to half-open at {iso(int(due))}"
@@ -337,13 +410,13 @@ class FaultstreamSession:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
         link = self.link
-        if link is None or self.role == "controller" or not self._wait_ready():
+        if link is None or self.role == "controller" or not (self.ready or self._wait_ready()):
             return None
-        from faultstream.pytest_link import fit
-
         nodeid = item.nodeid
+        self.tally.tests.add(nodeid)
         marker = item.get_closest_marker("faultstream")
         group = (marker.kwargs.get("task_type") or (marker.args or [None])[0]) if marker else None
+        fit = self._fit
         task_type = fit(str(group) if group else nodeid)
         task_id = fit(f"{self.run_id}:{nodeid}")
         quarantined = False
@@ -367,6 +440,7 @@ class FaultstreamSession:
                     }
                 )
                 item.user_properties.append((PROPERTY, f"quarantined: {why}"))
+                self.tally.outcomes[nodeid] = ("quarantined", why)
                 if self.quarantine == "skip":
                     item.add_marker(pytest.mark.skip(reason=why))
                     return None  # pytest's own protocol skips it: it did not run, no task
@@ -387,8 +461,7 @@ class FaultstreamSession:
         ihook = item.ihook
         attempt, command_id = 0, None
         failures: list[str] = []
-        # Never retry into a debugger, or once the session is stopping.
-        may_retry = not quarantined and not self.config.getoption("usepdb", False)
+        may_retry = not quarantined and self.may_retry
         while True:
             ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
             self.key += 1
@@ -403,35 +476,26 @@ class FaultstreamSession:
                 "cmd": command_id,
                 "test": item.nodeid,
             }
-            link.send(begin)  # pushed within Link.PUSH_EVERY_S, or with the next wait
+            link.begin(begin)  # sent with the end, unless the test runs long
             excinfos = self._excinfos = {}
             reports = runtestprotocol(item, nextitem=nextitem, log=False)
             verdict, failing = _verdict(reports, quarantined)
             if verdict == "skip":
-                link.send({"t": "s", "k": key})
+                link.forget(key)
                 break
             if verdict == "ok":
-                link.send({"t": "e", "k": key, "ts": _now_ms(), "ok": True})
+                link.end(key, _now_ms())
                 if failures:
                     detail = f"{'; '.join(failures)}; passed on attempt {attempt}"
-                    _tell(reports, "flaky", detail)
+                    self._tell(reports, "flaky", detail)
                 break
             assert failing is not None
             failure_type, message, exc_name = _describe(excinfos.get(failing.when), failing)
             ask = may_retry
-            link.send(
-                {
-                    "t": "e",
-                    "k": key,
-                    "ts": _now_ms(),
-                    "ok": False,
-                    "ft": failure_type,
-                    "msg": message,
-                    "exc": exc_name,
-                    "ask": ask,
-                },
-                flush=True,
-            )
+            failure = {"ft": failure_type, "msg": message, "exc": exc_name, "ask": ask}
+            if ask:
+                link.connect()  # the agent answers: started now if it was not running
+            link.end(key, _now_ms(), failure)
             reply = link.ask(key, self.command_timeout + 30) if ask else None
             command = reply.get("command") if reply else None
             failures.append(f"attempt {attempt} failed ({failure_type})")
@@ -445,7 +509,9 @@ class FaultstreamSession:
                 link.poll()  # the failure may just have opened the circuit
                 retry = self._refusal(task_type) is None
             if retry:
-                self._log(item, reports, rerun=failing)
+                self._show_reruns()
+                self.tally.reruns += 1
+                self._log(ihook, reports, rerun=failing)
                 ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
                 time.sleep(min(float(command["delay_s"]), self.max_delay))
                 attempt, command_id = int(command["attempt"]), command["command_id"]
@@ -460,14 +526,14 @@ class FaultstreamSession:
                 detail += f": {command['reason']}"
             else:
                 detail = f"{failure_type}; {reply.get('why') if reply else 'not asked'}"
-            _tell(reports, "failed", detail)
+            self._tell(reports, "failed", detail)
             failing.sections.append(("faultstream", detail))
             break
-        self._log(item, reports)
+        self._log(ihook, reports)
         ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
 
     @staticmethod
-    def _log(item: pytest.Item, reports: list[Any], rerun: Any = None) -> None:
+    def _log(ihook: Any, reports: list[Any], rerun: Any = None) -> None:
         """Log an attempt's reports. A retried attempt logs its failing report as a rerun
         (not a failure: the exit status is the last attempt's) and not a passing call
         before it, which the next attempt reports again."""
@@ -475,50 +541,59 @@ class FaultstreamSession:
             if rerun is not None:
                 if report is rerun:
                     report.outcome = "rerun"
-                    item.ihook.pytest_runtest_logreport(report=report)
+                    ihook.pytest_runtest_logreport(report=report)
                     return
                 if report.when == "call":
                     continue
-            item.ihook.pytest_runtest_logreport(report=report)
+            ihook.pytest_runtest_logreport(report=report)
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
-        # Not a wrapper: a passing phase costs one attribute test. The exception is what
-        # the classifier reads, even under an xfail (the quarantine's own).
+    def pytest_exception_interact(self, node: Any, call: Any, report: Any) -> None:
+        # Called for a failing phase only (a passing test pays nothing): the exception,
+        # which the classifier reads.
         if call.excinfo is not None:
-            self._excinfos[call.when] = call.excinfo.value
+            self._excinfos[report.when] = call.excinfo.value
 
-    def pytest_report_teststatus(self, report: pytest.TestReport) -> Any:
-        if report.outcome == "rerun":
-            return "rerun", "R", ("RERUN", {"yellow": True})
-        return None
+    def _tell(self, reports: list[Any], status: str, detail: str) -> None:
+        """Mark what became of the test on its reports (xdist's controller and junitxml
+        read it there) and in this process's tally."""
+        for report in reports:
+            report.user_properties.append((PROPERTY, f"{status}: {detail}"))
+        self.tally.outcomes[reports[0].nodeid] = (status, detail)
+
+    def _show_reruns(self) -> None:
+        if self._rerun_status is None:  # only once needed: a hook less per report until then
+            self._rerun_status = _RerunStatus()
+            self.config.pluginmanager.register(self._rerun_status, "faultstream-reruns")
 
     # --- reporting --------------------------------------------------------------------
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.outcome == "rerun":
-            self.reruns += 1
-            return
-        if report.when == "setup":
-            self.tests.add(report.nodeid)
-        for name, value in report.user_properties:
-            if name == PROPERTY:
-                status, _, detail = str(value).partition(": ")
-                self.outcomes[report.nodeid] = (status, detail)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         link = self.link
         if link is None:
+            if self.lock is not None:
+                self.lock.release()
             return
         if self.role == "worker":
             link.close()
             return
-        link.send({"t": "bye", "exitstatus": int(exitstatus), "tests": len(self.tests)})
-        link.wait(lambda: link.done is not None, _DONE_TIMEOUT_S)
-        self.done = link.done.get("summary", {}) if link.done else None
-        link.close()
-        if self.agent is not None:
-            self.agent.wait()  # the agent's first process, gone since it forked
+        link.send({"t": "bye", "exitstatus": int(exitstatus), "tests": len(self.tally.tests)})
+        if link.connected:
+            link.wait(lambda: link.done is not None, _DONE_TIMEOUT_S)
+            self.done = link.done.get("summary", {}) if link.done else None
+            link.close()
+        else:
+            # Nothing to ask: the session ends now, and an agent lands its spool after it.
+            link.close()
+            assert link.spool_path is not None
+            self._start_agent(listen=False, spool=link.spool_path)
+            self.done = {
+                "mode": "embedded",
+                "where": str(self.db),
+                "recorded": True,
+                "later": True,
+            }
+        if self.lock is not None:
+            self.lock.release()  # the agent holds it on until the history is written
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.role == "worker" or not self.run_id:
@@ -526,10 +601,11 @@ class FaultstreamSession:
         write = terminalreporter.write_line
         terminalreporter.section("faultstream")
         counts: dict[str, int] = {}
-        for status, _ in self.outcomes.values():
+        tally = self.tally
+        for status, _ in tally.outcomes.values():
             counts[status] = counts.get(status, 0) + 1
         line = (
-            f"run {self.run_id}: {len(self.tests)} tests, {self.reruns} reruns, "
+            f"run {self.run_id}: {len(tally.tests)} tests, {tally.reruns} reruns, "
             f"{counts.get('flaky', 0)} flaky, {counts.get('quarantined', 0)} quarantined "
             f"({self.quarantine})"
         )
@@ -540,13 +616,18 @@ class FaultstreamSession:
             write(f"WARNING the agent did not finish writing the history{log}", yellow=True)
         else:
             where = done.get("where", "")
-            recorded = "" if done.get("recorded", True) else " (not recorded)"
-            write(f"{done.get('mode')}: {where}{recorded}; {done.get('events', 0)} events")
+            if not done.get("recorded", True):
+                what = "not recorded"
+            elif done.get("later"):
+                what = "recorded by the agent after the session"
+            else:
+                what = f"{done.get('events', 0)} events"
+            write(f"{done.get('mode')}: {where} ({what})")
             if done.get("error"):
                 write(f"WARNING {done['error']}", yellow=True)
         for warning in self.warnings:
             write(f"WARNING {warning}", yellow=True)
-        for nodeid, (status, detail) in sorted(self.outcomes.items()):
+        for nodeid, (status, detail) in sorted(tally.outcomes.items()):
             write(f"{status.upper()} {nodeid} - {detail}")
 
 
@@ -578,22 +659,45 @@ def _describe(exc: BaseException | None, report: Any) -> tuple[str, str, str]:
 
     if exc is not None:
         kind = type(exc)
-        name = (
-            kind.__qualname__
-            if kind.__module__ == "builtins"
-            else (f"{kind.__module__}.{kind.__qualname__}")
-        )
+        builtin = kind.__module__ == "builtins"
+        name = kind.__qualname__ if builtin else f"{kind.__module__}.{kind.__qualname__}"
         text = str(exc)
         message = f"{kind.__name__}: {text}" if text else kind.__name__
-        failure_type = classify_exception(exc)
-    else:  # e.g. a strict XPASS: a failed report without an exception
-        name = "Failed"
-        message = (report.longreprtext or report.outcome).strip() or "failed"
-        failure_type = classify_message(message)
-    return str(failure_type), message[:_MAX_MESSAGE_CHARS], name
+        return str(classify_exception(exc)), message[:_MAX_MESSAGE_CHARS], name
+    # No exception object: under an xfail (the quarantine's), or a strict XPASS. The
+    # crash line ("RuntimeError: always broken") is what there is to classify.
+    crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
+    message = str(getattr(crash, "message", "") or report.longreprtext or "failed").strip()
+    head = message.partition(":")[0]
+    name = head if head.replace(".", "").replace("_", "").isalnum() else "Failed"
+    return str(classify_message(message)), message[:_MAX_MESSAGE_CHARS], name
 
 
-def _tell(reports: list[Any], status: str, detail: str) -> None:
-    """Mark what became of the test on its reports (the summary and junitxml read it)."""
-    for report in reports:
-        report.user_properties.append((PROPERTY, f"{status}: {detail}"))
+class _RerunStatus:
+    """A retried attempt's report shows as R / RERUN (registered once the first comes)."""
+
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> Any:
+        if report.outcome == "rerun":
+            return "rerun", "R", ("RERUN", {"yellow": True})
+        return None
+
+
+class _Tally:
+    """What the terminal summary tells. The process that runs the tests fills it as it
+    goes; an xdist controller registers it to read the workers' reports."""
+
+    def __init__(self) -> None:
+        self.tests: set[str] = set()
+        self.outcomes: dict[str, tuple[str, str]] = {}  # nodeid -> (status, detail)
+        self.reruns = 0
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.outcome == "rerun":
+            self.reruns += 1
+            return
+        if report.when == "setup":
+            self.tests.add(report.nodeid)
+        for name, value in report.user_properties:
+            if name == PROPERTY:
+                status, _, detail = str(value).partition(": ")
+                self.outcomes[report.nodeid] = (status, detail)

@@ -8,7 +8,17 @@ import streamlit as st
 
 from .. import charts, data
 from ..charts import STATE_ORDER
-from .common import Context, clock, context, duration, live
+from .common import (
+    MISSING,
+    Context,
+    clock,
+    context,
+    duration,
+    health_column,
+    live,
+    show_table,
+    time_column,
+)
 
 KINDS = ["worker", "hardware_class", "task_type"]
 
@@ -22,35 +32,36 @@ def render() -> None:
 
 def _body(ctx: Context) -> None:
     table = data.circuits(ctx.history, ctx.key, ctx.stamp)
-    left, middle, right = st.columns([1, 1, 2])
-    kinds = left.multiselect("Kind", KINDS, default=KINDS, key="circuit_kinds")
-    states = middle.multiselect("State", STATE_ORDER, default=STATE_ORDER, key="circuit_states")
-    search = right.text_input("Search", placeholder="circuit id, e.g. cuda or worker-07",
+    left, middle, right = st.columns([3, 4, 2])
+    # wrap: every chip whole, on more rows if need be (in a column they would scroll)
+    kinds = left.multiselect("Kind", KINDS, default=KINDS, key="circuit_kinds", wrap=True)
+    states = middle.multiselect(
+        "State", STATE_ORDER, default=STATE_ORDER, key="circuit_states", wrap=True
+    )
+    search = right.text_input("Search", placeholder="circuit id, e.g. cuda",
                               key="circuit_search")  # fmt: skip
     shown = table[table["kind"].isin(kinds) & table["state"].isin(states)]
     if search.strip():
         shown = shown[shown["circuit"].str.contains(search.strip(), case=False, regex=False)]
     st.caption(f"{len(shown)} of {len(table)} circuits, least healthy first")
-    st.dataframe(
-        shown[
-            [
-                "kind",
-                "circuit",
-                "state",
-                "health_percentage",
-                "total_successes",
-                "total_failures",
-                "since",
-                "reason",
-            ]
-        ],
-        hide_index=True,
-        column_config={
-            "health_percentage": st.column_config.ProgressColumn(
-                "health", min_value=0, max_value=100, format="%.0f%%"
-            )
+    show_table(
+        shown[["kind", "circuit", "state", "health_percentage", "total_successes",
+               "total_failures", "since", "reason"]],
+        times=["since"],
+        # Widths that fit every column but the free-text reason (last) on a laptop screen.
+        config={
+            "kind": st.column_config.TextColumn(width=110),
+            "circuit": st.column_config.TextColumn(width=120),
+            "state": st.column_config.TextColumn(width=105),
+            "health_percentage": health_column(width=130),
+            "total_successes": st.column_config.NumberColumn("successes", width=85),
+            "total_failures": st.column_config.NumberColumn("failures", width=75),
+            "since": time_column(
+                "since", help=f"when it entered its current state ({MISSING}: never changed)",
+                width=165,
+            ),
         },
-    )
+    )  # fmt: skip
     if shown.empty:
         return
     keys = [f"{k}:{c}" for k, c in zip(shown["kind"], shown["circuit"], strict=True)]
@@ -90,7 +101,20 @@ def _detail(ctx: Context, table: pd.DataFrame, kind: str, cid: str) -> None:
     if transitions.empty:
         st.write("This circuit has never changed state.")
     else:
-        st.dataframe(transitions, hide_index=True)
+        # What happened first, the long free text (message, ids) last.
+        columns = ["time", "from_state", "to_state", "cause_kind", "by", "reason",
+                   "consecutive_failures", "trips", "reset_timeout_s", "health", "task_id",
+                   "failure_type", "message", "caused_by"]  # fmt: skip
+        show_table(
+            transitions[columns],
+            times=["time"],
+            config={
+                "cause_kind": st.column_config.TextColumn("cause"),
+                "consecutive_failures": st.column_config.NumberColumn("failures in a row"),
+                "reset_timeout_s": st.column_config.NumberColumn("backoff (s)"),
+                "health": health_column(),
+            },
+        )
 
 
 def _bucket_ms(ctx: Context) -> int:

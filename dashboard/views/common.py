@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -11,7 +12,7 @@ import streamlit as st
 from faultstream.events.config import Settings
 from faultstream.projections.queries import History
 
-from .. import data
+from .. import data, stamps
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,45 @@ def live(ctx: Context, body: Callable[[Context], None]) -> None:
     st.fragment(refreshed, run_every=every)()
 
 
-def since(ms: int) -> pd.Timestamp:
-    return pd.Timestamp(ms, unit="ms", tz="UTC")
-
-
 def clock(ms: int) -> str:
-    return since(ms).strftime("%Y-%m-%d %H:%M:%S UTC")
+    """A moment in the dashboard's one format (stamps.py): `2026-01-01 00:12:00Z`."""
+    return stamps.utc(ms)
+
+
+MISSING = "—"  # what a table shows for a missing value (Streamlit's default is "None")
+
+
+def time_column(label: str | None = None, help: str | None = None, width: int | None = None) -> Any:
+    return st.column_config.DatetimeColumn(label, format=stamps.MOMENT, help=help, width=width)
+
+
+def health_column(label: str = "health", help: str | None = None, width: int | None = None) -> Any:
+    """0-100 as a bar: green above half, red below (not the theme's red for every bar)."""
+    return st.column_config.ProgressColumn(
+        label, min_value=0, max_value=100, format="%.0f%%", color="auto", help=help, width=width
+    )
+
+
+def show_table(
+    frame: pd.DataFrame,
+    *,
+    times: Iterable[str] = (),
+    config: dict[str, Any] | None = None,
+    key: str | None = None,
+    **kwargs: Any,
+) -> None:
+    """`st.dataframe` the dashboard's way: no index, `times` in the one time format, and
+    a dash for missing values."""
+    column_config = {name: time_column() for name in times if name in frame.columns}
+    column_config.update(config or {})
+    st.dataframe(
+        frame,
+        hide_index=True,
+        column_config=column_config,
+        key=key,
+        placeholder=MISSING,
+        **kwargs,
+    )
 
 
 def duration(seconds: float) -> str:
@@ -89,3 +123,61 @@ def duration(seconds: float) -> str:
 
 def circuit_link(kind: str, circuit_id: str) -> str:
     return f"/circuit-breakers?circuit={kind}:{circuit_id}"
+
+
+# --- capacity per hardware class (the core's capacity_view) ------------------------------
+
+CAPACITY_RULE = (
+    "A worker counts as available when it is live (an event within "
+    "`recovery.heartbeat_timeout_s`), its worker circuit is CLOSED and its hardware class "
+    "circuit is not OPEN or FORCED_OPEN."
+)
+CAPACITY_GOOD = 0.8  # green at or above this share of live workers available
+CAPACITY_LOW = 0.5  # amber at or above this, red below
+_PER_ROW = 4
+_CAPACITY_ICONS = {"green": ":material/check_circle:", "orange": ":material/warning:",
+                   "red": ":material/error:", "gray": ":material/remove_circle:"}  # fmt: skip
+
+
+def capacity_color(available: int, live: int) -> str:
+    if live == 0:
+        return "gray"
+    share = available / live
+    return "green" if share >= CAPACITY_GOOD else "orange" if share >= CAPACITY_LOW else "red"
+
+
+def capacity_headline(capacity: dict[str, dict[str, Any]], title: str = "Capacity now") -> None:
+    """Available / live workers per hardware class, coloured by the share available."""
+    help_text = (
+        f"{CAPACITY_RULE} Each card shows available / live workers of one class: green "
+        f"from {CAPACITY_GOOD:.0%} available, amber from {CAPACITY_LOW:.0%}, red below. "
+        "Computed by the core (the recorded inputs replayed through it)."
+    )
+    st.subheader(title, help=help_text)
+    available = sum(row["available"] for row in capacity.values())
+    live = sum(row["live"] for row in capacity.values())
+    lost = sum(row["workers"] - row["live"] for row in capacity.values())
+    st.caption(
+        f"{available} of {live} live workers can take work"
+        + (f" ({lost} lost)" if lost else "")
+        + f". {CAPACITY_RULE}"
+    )
+    classes = list(capacity.items())
+    for start in range(0, len(classes), _PER_ROW):
+        for column, (class_id, row) in zip(
+            st.columns(_PER_ROW), classes[start : start + _PER_ROW], strict=False
+        ):
+            with column.container(border=True):
+                _capacity_card(class_id, row)
+
+
+def _capacity_card(class_id: str, row: dict[str, Any]) -> None:
+    available, live = row["available"], row["live"]
+    st.metric(f"{class_id} workers available", f"{available} / {live}")
+    color = capacity_color(available, live)
+    share = f"{available / live:.0%} of live" if live else "no live worker"
+    st.badge(share, color=color, icon=_CAPACITY_ICONS[color])  # type: ignore[arg-type]
+    notes = [f"class circuit {row['state']}"]
+    if row["workers"] > live:
+        notes.append(f"{row['workers'] - live} lost")
+    st.caption(" · ".join(notes))

@@ -7,7 +7,7 @@ import streamlit as st
 
 from .. import charts, data
 from .circuits import _bucket_ms
-from .common import Context, context, live
+from .common import Context, context, live, show_table
 
 
 def render() -> None:
@@ -24,7 +24,7 @@ def _body(ctx: Context) -> None:
     if top.empty:
         st.success("No failure recorded in this history.")
         return
-    cols = st.columns(3)
+    cols = st.columns([1, 2, 1])  # the middle one holds a failure type's long name
     cols[0].metric("Failures", int(top["failures"].sum()))
     cols[1].metric("Most frequent", str(top["failure_type"].iloc[0]))
     cols[2].metric("Failure types", len(top))
@@ -36,5 +36,5 @@ def _body(ctx: Context) -> None:
         heat = data.failure_heatmap(h, key, stamp)
         charts.show(charts.heatmap(heat))
     with st.expander("Failure rate per hardware class and task type (table)"):
-        st.dataframe(heat, hide_index=True)
-    st.dataframe(top, hide_index=True)
+        show_table(heat, config={"failure_rate": st.column_config.NumberColumn(format="percent")})
+    show_table(top)

@@ -10,7 +10,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from faultstream.events.exceptions import FaultstreamError
 
 from .. import data, operations
-from .common import Context, context
+from .common import Context, context, show_table
 
 KINDS = ["worker", "hardware_class", "task_type"]
 ACTIONS = {"RESET": "Reset (close the circuit)", "FORCE_OPEN": "Force open"}
@@ -74,7 +74,7 @@ def _body(ctx: Context) -> None:
         actor, token = operator_fields(ctx)
         submitted = st.form_submit_button("Send")
     with st.expander("Known circuits"):
-        st.dataframe(table[["kind", "circuit", "state"]], hide_index=True)
+        show_table(table[["kind", "circuit", "state"]])
     if not submitted:
         return
     try:

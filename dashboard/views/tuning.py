@@ -10,7 +10,7 @@ from faultstream.events.exceptions import FaultstreamError
 from faultstream.processors.tuning import TunePolicy, TuneRound, nested, parse_grid, tune_round
 
 from .. import charts, operations
-from .common import Context, context
+from .common import Context, context, show_table
 from .operate import checked_actor, operator_fields
 
 DEFAULT_GRID = "worker.failure_threshold=3,5,8\nworker.recovery_timeout_s=30,60,120"
@@ -69,7 +69,7 @@ def _show(outcome: TuneRound) -> None:
         [{"candidate": _label(r.candidate.changes), "score": r.total, **vars(r.score)}
          for r in [outcome.current, *outcome.results]]
     )  # fmt: skip
-    st.dataframe(details, hide_index=True)
+    show_table(details)
     for rejected in outcome.rejected:
         st.caption(f"Not tried: {_label(rejected.changes)}: {rejected.reason}")
 

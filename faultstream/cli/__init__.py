@@ -40,6 +40,7 @@ SUBCOMMANDS = [
     "projector",
     "api",
     "dashboard",
+    "report",
 ]
 
 

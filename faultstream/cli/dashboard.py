@@ -59,6 +59,9 @@ def streamlit_command(port: int, address: str) -> list[str]:
         "--browser.gatherUsageStats", "false",
         "--server.fileWatcherType", "none",
         "--client.toolbarMode", "viewer",  # no "Deploy" button on an operations screen
+        # `run` prints the URL; Streamlit's own banner would look up the machine's external
+        # IP on the internet for 0.0.0.0 and warn "Did not auto detect external IP" offline.
+        "--logger.hideWelcomeMessage", "true",
     ]  # fmt: skip
 
 

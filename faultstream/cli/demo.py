@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from faultstream.dashboard.stamps import utc
 from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.extras import require_extra
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"(seed {sim.seed}) in {elapsed:.1f} s: {result.pipeline.inputs} input records, "
         f"{result.pipeline.derived} derived records.\n"
     )
+    print(REPORT_HEADER)
     for report in incident_reports(db_path, sim.incidents):
         print(format_report(report))
     print(f"History: {db_path}\nOpen the dashboard on it:  faultstream dashboard --db {db_path}")
@@ -144,6 +146,7 @@ def _run_on_kafka(args: argparse.Namespace, settings: Settings, db_path: Path) -
         f"in {elapsed:.1f} s: {result.inputs} input records, {result.derived} derived "
         f"records (started and stopped {services}).\n"
     )
+    print(REPORT_HEADER)
     for report in incident_reports(db_path, sim.incidents):
         print(format_report(report))
     print(f"History: {db_path}\nOpen the dashboard on it:  faultstream dashboard --db {db_path}")
@@ -216,9 +219,10 @@ def incident_reports(db_path: Path, incidents: list[IncidentState]) -> list[Inci
 
     con = duckdb.connect(str(db_path), read_only=True)
     try:
-        return [_report(con, state) for state in incidents if state.started_at is not None]
+        reports = [_report(con, state) for state in incidents if state.started_at is not None]
     finally:
         con.close()
+    return sorted(reports, key=lambda report: (report.began_ms or 0, report.name))
 
 
 def _report(con: duckdb.DuckDBPyConnection, state: IncidentState) -> IncidentReport:
@@ -267,11 +271,15 @@ def _circuits_of(state: IncidentState) -> list[tuple[str, str]]:
     return [("task_type", spec.task_type or "")]
 
 
+# The dashboard shows moments as UTC; the report as simulated time since the start, labelled.
+REPORT_HEADER = f"Incidents, in the order they began (t+MM:SS = time since {utc(EPOCH_MS)}):"
+
+
 def _clock(ts: int | None) -> str:
     if ts is None:
-        return "--:--"
+        return "t+--:--"
     seconds = (ts - EPOCH_MS) // 1000
-    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+    return f"t+{seconds // 60:02d}:{seconds % 60:02d}"
 
 
 def format_report(report: IncidentReport) -> str:

@@ -148,7 +148,7 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
                     CircuitStateChanged,
                     {
                         "event_id": transition_id(
-                            caused_by, circuit_kind.value, circuit_id, from_state, to_state
+                            caused_by, circuit_kind.value, circuit_id, from_state, to_state, ts
                         ),
                         "ts": ts,
                         "circuit_kind": circuit_kind,

@@ -179,7 +179,7 @@ class Circuit:
         self.state = to_state
         self.gen += 1
         return CircuitStateChanged.model_construct(
-            event_id=transition_id(caused_by, self.kind.value, self.id, from_state, to_state),
+            event_id=transition_id(caused_by, self.kind.value, self.id, from_state, to_state, ts),
             ts=ts,
             circuit_kind=self.kind,
             circuit_id=self.id,

@@ -34,7 +34,7 @@ from faultstream.events.models import (
 from .circuit import CLOSED, HARDWARE_CLASS, OPEN, TASK_TYPE, WORKER, Circuit, CircuitParams
 from .ids import command_id, migration_command_id
 from .recovery import MOVES_TASK, Plan, plan_failure
-from .view import circuits_view
+from .view import capacity_view, circuits_view, workers_view
 from .workers import ClassMembers, Worker, fleet_guard_holds, pick_target, remember
 
 SEEN_IDS_PER_WORKER = 10_000
@@ -405,6 +405,14 @@ class FleetCore:
     def circuits_view(self) -> dict[str, Any]:
         """The GET /api/circuit-breakers shape of CONTRACT.md, at `now`."""
         return circuits_view(self._circuits, self.now)
+
+    def workers_view(self) -> dict[str, dict[str, Any]]:
+        """Each known worker at `now` (view.workers_view), for the dashboard."""
+        return workers_view(self._workers.values(), self.now)
+
+    def capacity_view(self) -> dict[str, dict[str, Any]]:
+        """Available workers per hardware class at `now` (view.capacity_view)."""
+        return capacity_view(self._workers.values(), self._circuits[HARDWARE_CLASS])
 
     def snapshot(self) -> bytes:
         """The whole state, for this same code version only."""

@@ -13,10 +13,11 @@ def _digest(*parts: object, size: int = 8) -> bytes:
 
 
 def transition_id(
-    caused_by: str, circuit_kind: str, circuit_id: str, from_state: str, to_state: str
+    caused_by: str, circuit_kind: str, circuit_id: str, from_state: str, to_state: str, ts: int
 ) -> str:
-    """The event_id of a circuit_state_changed record."""
-    return "cst-" + _digest(caused_by, circuit_kind, circuit_id, from_state, to_state).hex()
+    """The event_id of a circuit_state_changed record. With its `ts`: one input can reveal
+    the same move of a circuit twice (half-open, re-opened by a lost worker, due again)."""
+    return "cst-" + _digest(caused_by, circuit_kind, circuit_id, from_state, to_state, ts).hex()
 
 
 def command_id(failure_event_id: str) -> str:

@@ -140,7 +140,7 @@ def build(steps: list[tuple]) -> list[InputRecord]:
                     circuit_kind="worker",
                     circuit_id=worker,
                     actor="prop",
-                )  # fmt: skip
+                )
             )
             for i in range(repeat + 1):
                 records.append(
@@ -153,7 +153,7 @@ def build(steps: list[tuple]) -> list[InputRecord]:
                         task_id=f"t-{worker}",
                         task_type="bert",
                         failure_type="WORKER_CRASH",
-                    )  # fmt: skip
+                    )
                 )
         elif kind == "CONFIG_CHANGED":
             config = CONFIG_CHANGES[option % len(CONFIG_CHANGES)]
@@ -399,7 +399,7 @@ class Circuit:
 
 
 class Model:
-    """CIRCUITS.md read independently of processors/core: each output of the core is
+    """docs/circuits.md read independently of processors/core: each output of the core is
     checked against the rules, given the circuits' states so far."""
 
     def __init__(self, settings: CoreSettings) -> None:

@@ -110,6 +110,8 @@ def test_a_worker_that_reports_another_hardware_class_moves_to_it() -> None:
     assert view["hardware_classes"]["rocm"]["total_failures"] == 1
     assert view["hardware_classes"]["cuda"]["total_failures"] == 0
     assert last_command(h).target_worker_id == "w3"  # w1 is no longer a cuda worker
+    h.failure("r2", ts=5_000, failure_type="WORKER_CRASH", hardware_class="rocm")
+    assert last_command(h).target_worker_id == "w1"  # but a rocm one
 
 
 # --- states and transitions ---------------------------------------------------------------
@@ -313,13 +315,25 @@ def test_every_transition_carries_the_state_it_leads_to() -> None:
     assert view_after(h)["workers"]["w1"]["health_percentage"] == 50.0  # one probe success
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: transition_id derives from (caused_by, circuit, from, to) only, so "
-    "one input that reveals the same move of a circuit twice (half-open, the worker lost, "
-    "re-opened, due again before the input) gives two records one event_id; a consumer "
-    "that drops a repeated id loses the second",
-)
+def test_a_transitions_id_derives_from_its_cause_circuit_and_move() -> None:
+    h = History()
+    crash(h, "w1", 5, ts=1_000)
+    h.heartbeat("w1", ts=30_000)
+    h.failure("w1", ts=62_000, failure_type="WORKER_CRASH")  # half-opens, then re-opens
+    h.operator("FORCE_OPEN", "hardware_class", "w1", ts=63_000)  # a class named like it
+    records = transitions(h.run())
+    assert [(t.circuit_kind, t.from_state, t.to_state) for t in records] == [
+        ("worker", "CLOSED", "OPEN"),
+        ("worker", "OPEN", "HALF_OPEN"),
+        ("worker", "HALF_OPEN", "OPEN"),
+        ("hardware_class", "CLOSED", "FORCED_OPEN"),
+    ]
+    for t in records:
+        assert t.event_id == transition_id(
+            t.caused_by, t.circuit_kind.value, t.circuit_id, t.from_state, t.to_state, t.ts
+        )
+
+
 def test_one_input_revealing_the_same_move_twice_gives_each_its_own_id() -> None:
     h = History()
     crash(h, "w1", 5, ts=1_000)  # due at 61_000
@@ -643,7 +657,7 @@ def test_delay_until_half_open_keeps_a_wait_below_one_second() -> None:
     assert command.reason == "task_type circuit bert is OPEN"
 
 
-# Rungs 0-3 of every ladder (CIRCUITS.md "Recovery commands"), through the whole core on a
+# Rungs 0-3 of every ladder (docs/circuits.md, "Recovery commands"), through the core on a
 # cuda worker with no attributes: the rungs that need one are skipped.
 LADDER_TABLE = {
     "RESOURCE_EXHAUSTION": ["FALLBACK_CPU"] * 3,
@@ -713,13 +727,26 @@ def test_reduced_batch_size_halves_rounding_down_from_two_up(batch: str, halved:
     assert command.reason == "RESOURCE_EXHAUSTION ladder rung 0"
 
 
-def test_reduced_precision_through_the_core_names_its_rung() -> None:
+@pytest.mark.parametrize(
+    ("precision", "lowered"),
+    [("fp32", "fp16"), ("fp16", "int8"), ("bf16", "int8"), ("int8", None), ("FP32", None)],
+)
+def test_reduced_precision_lowers_fp32_to_fp16_and_halves_to_int8(
+    precision: str, lowered: str | None
+) -> None:
     h = History()
     h.failure("w1", ts=1_000, failure_type="RESOURCE_EXHAUSTION", attempt=1,
-              attributes={"precision": "fp32"})  # fmt: skip
+              attributes={"precision": precision})  # fmt: skip
     command = last_command(h)
-    assert (command.strategy, command.parameters) == ("REDUCED_PRECISION", {"precision": "fp16"})
-    assert command.reason == "RESOURCE_EXHAUSTION ladder rung 1"
+    if lowered is None:  # nothing lower to go to: the next rung
+        assert (command.strategy, command.parameters) == ("FALLBACK_CPU", {})
+        assert command.reason == "RESOURCE_EXHAUSTION ladder rung 2"
+    else:
+        assert (command.strategy, command.parameters) == (
+            "REDUCED_PRECISION",
+            {"precision": lowered},
+        )
+        assert command.reason == "RESOURCE_EXHAUSTION ladder rung 1"
 
 
 # --- targets and checkpoints --------------------------------------------------------------
@@ -816,17 +843,17 @@ def test_jitter_spreads_over_both_sides_of_the_base_delay() -> None:
 def test_derived_ids_keep_their_values_across_versions() -> None:
     # Consumers drop a repeated command_id and the projector a repeated event_id; an
     # upgraded decider re-processing from an offset must give the very same ids.
-    assert transition_id("e5", "worker", "w1", "CLOSED", "OPEN") == "cst-75b64de39a20fef2"
+    assert transition_id("e5", "worker", "w1", "CLOSED", "OPEN", 1_000) == "cst-f422bb0eef4a885d"
     assert command_id("e5") == "cmd-9347a9035864fe08"
     assert migration_command_id("w1", 32_000, "t1") == "mig-d8be8ea6d16aa4cb"
 
 
 def test_every_part_of_a_derived_id_matters() -> None:
-    base = ("e5", "worker", "w1", "CLOSED", "OPEN")
+    base = ("e5", "worker", "w1", "CLOSED", "OPEN", 1_000)
     ids = {transition_id(*base)}
-    for i, other in enumerate(("e6", "task_type", "w2", "HALF_OPEN", "FORCED_OPEN")):
+    for i, other in enumerate(("e6", "task_type", "w2", "HALF_OPEN", "FORCED_OPEN", 1_001)):
         ids.add(transition_id(*base[:i], other, *base[i + 1 :]))
-    assert len(ids) == 6
+    assert len(ids) == 7
     migrations = {
         migration_command_id(*parts)
         for parts in (("w1", 1, "t1"), ("w2", 1, "t1"), ("w1", 2, "t1"), ("w1", 1, "t2"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,6 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import faultstream.dashboard
+from faultstream.cli import main
 from faultstream.cli.demo import run_demo
 from faultstream.dashboard.data import DB_ENV, READ_MODELS_ENV
 from faultstream.events.config import load_settings
@@ -267,12 +271,8 @@ def test_workers_page_shows_each_worker_live_or_lost_with_its_figures(
     assert worker_tables(at) == [[lost_1], [live_1, moved_1, lost_1]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: the workers page (dashboard/data.py `workers`) judges silence on "
-    "the workers' own ts, not on received_at as the core does (CIRCUITS.md, Decision "
-    "time): a worker whose clock is slow shows as lost, and its last_seen is its clock's",
-)
+# Was a strict xfail (the page judged silence on the workers' own ts); the page now shows
+# the core's workers, whose clock is the broker's (CIRCUITS.md, Decision time).
 def test_workers_page_judges_silence_on_the_brokers_clock_not_the_workers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -383,3 +383,201 @@ def test_operations_refuse_further_tokens_after_five_wrong_ones(
     at.button[0].click().run()
     (refused,) = at.error
     assert refused.value.startswith("Refused: too many wrong operator tokens: try again in")
+
+
+# --- what a person reads first: capacity, workers' circuits, commands, the worst moment --
+
+
+def worker_event(kind: str, worker: str, at_s: float, hardware_class: str = "cuda", **fields):
+    """An event the broker appended `at_s` into the history (outcomes on task type bert)."""
+    received = WORKERS_START + int(at_s * 1000)
+    if kind in ("SUCCESS", "FAILURE"):
+        fields = {"task_id": f"t-{worker}-{at_s}", "task_type": "bert", **fields}
+    return WorkerEvent(event_id=f"{worker}-{kind}@{at_s}", kind=kind, worker_id=worker,
+                       hardware_class=hardware_class, ts=received, received_at=received,
+                       **fields)  # fmt: skip
+
+
+def crashes(worker: str, from_s: float, times: int, failure_type: str, hardware_class="cuda"):
+    return [
+        worker_event("FAILURE", worker, from_s + i, hardware_class, failure_type=failure_type)
+        for i in range(times)
+    ]
+
+
+def small_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, records: list, health_interval_ms: int
+) -> Path:
+    path = tmp_path / "small.duckdb"
+    pipeline = EmbeddedPipeline(writer=HistoryWriter(path), health_interval_ms=health_interval_ms)
+    pipeline.ingest_many(records)
+    pipeline.close()
+    monkeypatch.setenv(DB_ENV, str(path))
+    monkeypatch.delenv(READ_MODELS_ENV, raising=False)
+    return path
+
+
+@pytest.fixture
+def outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """One minute of a small fleet, at its end (defaults: a worker circuit opens after 5
+    failures and waits 60 s, a class after 3 and waits 120 s; 30 s of silence is lost):
+    cuda c1 OPEN, c2 fine, l1 lost (once, at 50 s); rocm's class circuit OPEN over two
+    live workers."""
+    hello = [worker_event("HEARTBEAT", w, 0, c)
+             for w, c in (("c1", "cuda"), ("c2", "cuda"), ("l1", "cuda"), ("r1", "rocm"),
+                          ("r2", "rocm"))]  # fmt: skip
+    later = [worker_event("HEARTBEAT", w, s, c) for s in (25, 50)  # never silent 30 s
+             for w, c in (("c1", "cuda"), ("c2", "cuda"), ("r1", "rocm"),
+                          ("r2", "rocm"))]  # fmt: skip
+    return small_history(tmp_path, monkeypatch, [
+        *hello,
+        *crashes("c1", 10, 5, "WORKER_CRASH"),
+        *crashes("r1", 20, 3, "HARDWARE_ERROR", "rocm"),
+        *later,
+        worker_event("HEARTBEAT", "c2", 60),
+    ], health_interval_ms=60_000)  # fmt: skip
+
+
+def test_overview_leads_with_the_capacity_per_hardware_class(outage: Path) -> None:
+    at = open_page("overview")
+    # available / live: cuda has c2 (c1's circuit is open, l1 is lost); rocm's class is open
+    assert metric(at, "cuda workers available") == "1 / 2"
+    assert metric(at, "rocm workers available") == "0 / 2"
+    badges = [m.value for m in at.markdown if "-badge[" in m.value]
+    assert badges == [":orange-badge[:material/warning: 50% of live]",
+                      ":red-badge[:material/error: 0% of live]"]  # fmt: skip
+    assert any("1 of 4 live workers can take work (1 lost)" in c.value for c in at.caption)
+    # The headline comes first, before the circuit health figures and the gauges.
+    headings = [s.value for s in at.subheader]
+    assert headings[:2] == ["Capacity now", "Circuit health"]
+    # And its rule is stated where it is shown.
+    assert any("its worker circuit is CLOSED" in c.value for c in at.caption)
+
+
+def test_workers_page_shows_each_workers_circuit_and_health(outage: Path) -> None:
+    at = open_page("workers")
+    *_, table = [d.value for d in at.dataframe if "available" in d.value.columns]  # all
+    shown = {row.worker_id: (row.status, row.state, row.health_percentage, row.available)
+             for row in table.itertuples()}  # fmt: skip
+    assert shown == {
+        "c1": ("live", "OPEN", 18.0, False),  # OPEN health: 20 - 2 x its 1 trip
+        "c2": ("live", "CLOSED", 100.0, True),
+        "l1": ("lost", "CLOSED", 90.0, False),  # lost: one WORKER_DISCONNECTION counted
+        "r1": ("live", "CLOSED", 100.0, False),  # its class circuit is OPEN
+        "r2": ("live", "CLOSED", 100.0, False),
+    }
+    assert metric(at, "Available workers") == "1"
+
+
+def test_recovery_page_lists_each_command_with_the_outcome_of_its_attempt(
+    on_history: Path,
+) -> None:
+    at = open_page("recovery")
+    listed = dataframe(at, "command_id", "outcome")
+    recorded = dict(sql(
+        on_history,
+        "SELECT c.command_id, coalesce(r.outcome_kind, 'no outcome yet') FROM commands c "
+        "LEFT JOIN recovery_outcomes r USING (command_id)",
+    ))  # fmt: skip
+    assert dict(zip(listed["command_id"], listed["outcome"], strict=True)) == recorded
+    assert {"SUCCESS", "FAILURE"} <= set(recorded.values())  # the fixture has both
+    assert list(listed["time"]) == sorted(listed["time"], reverse=True)  # newest first
+    at.selectbox(key="command_outcome").set_value("FAILURE").run()
+    failed = dataframe(at, "command_id", "outcome")
+    assert len(failed) == list(recorded.values()).count("FAILURE")
+    assert set(failed["outcome"]) == {"FAILURE"}
+
+
+@pytest.fixture
+def dip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Four cuda workers heard from every 5 s for 200 s; c1's circuit opens at 14 s (5
+    failures), half-opens at 74 s and closes at 82 s. Six circuits (4 workers, cuda, bert):
+    overall health 83.3% while c1 is open, 100% at the end; a snapshot every 10 s."""
+    records = [worker_event("HEARTBEAT", w, s) for s in range(0, 200, 5)
+               for w in ("c1", "c2", "c3", "c4")]  # fmt: skip
+    records += crashes("c1", 10, 5, "WORKER_CRASH")
+    records += [worker_event("SUCCESS", "c1", s) for s in (76, 77, 78)]
+    records.sort(key=lambda r: r.received_at)
+    return small_history(tmp_path, monkeypatch, records, health_interval_ms=10_000)
+
+
+def test_time_travel_opens_at_the_worst_moment_of_the_history(dip: Path) -> None:
+    (end,) = sql(dip, "SELECT overall_health FROM health_snapshots ORDER BY ts DESC LIMIT 1")[0]
+    assert end == 100.0  # the history ends recovered: its end is not the moment to show
+    at = open_page("timetravel")
+    # the first snapshot with c1 open (health 100 - 1/6 x 100), the earliest of the ties
+    assert at.slider(key="moment").value == datetime.fromtimestamp(
+        (WORKERS_START + 20_000) / 1000, tz=UTC
+    )
+    assert metric(at, "Overall health then") == "83.3%"
+    assert any("Opens at the worst moment of the history" in c.value for c in at.caption)
+    at.button(key="rebuild").click().run()
+    assert metric(at, "cuda workers available") == "3 / 4"  # through the core, then
+
+
+def test_never_tripped_circuits_show_a_dash_not_none(on_history: Path) -> None:
+    at = open_page("circuits")
+    listed = dataframe(at, "kind", "circuit", "state", "since", "reason")
+    assert listed["since"].isna().any()  # circuits that never changed state: no since
+    for page in ("overview", "circuits", "recovery", "workers", "timetravel"):
+        shown = open_page(page)
+        assert shown.dataframe and {d.proto.placeholder for d in shown.dataframe} == {"—"}, page
+
+
+def test_importing_the_dashboard_outside_streamlit_logs_nothing() -> None:
+    # The command line and tests import these; Streamlit warned "No runtime found" once per
+    # cached function when they were decorated at import.
+    code = "import faultstream.dashboard.data, faultstream.dashboard.views.overview"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S, check=True)  # fmt: skip
+    assert done.stderr == "" and done.stdout == ""
+
+
+def test_demo_report_labels_its_times_and_lists_incidents_in_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--workers", "12", "--duration", "15m",
+                 "--db", str(tmp_path / "d.duckdb")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "(t+MM:SS = time since 2026-01-01 00:00:00Z)" in out
+    began = re.findall(r"^\* .* began at t\+(\d\d):(\d\d) on ", out, re.MULTILINE)
+    assert len(began) > 1
+    assert began == sorted(began)
+    assert re.search(r"OPEN at t\+\d\d:\d\d", out)
+
+
+def history_file(path: Path, records: list) -> History:
+    pipeline = EmbeddedPipeline(writer=HistoryWriter(path))
+    pipeline.ingest_many(records)
+    pipeline.close()
+    return History.from_db(path)
+
+
+def replayed_views(records: list) -> dict:
+    core = FleetCore()
+    for record in records:
+        core.process(record)
+    return {"now": core.now, "circuits": core.circuits_view(), "workers": core.workers_view(),
+            "capacity": core.capacity_view()}  # fmt: skip
+
+
+def test_the_dashboards_core_follows_a_growing_history_as_a_full_replay_would(
+    tmp_path: Path,
+) -> None:
+    from faultstream.dashboard.data import _Replay
+
+    records = [worker_event("HEARTBEAT", w, s) for s in range(0, 100, 5) for w in ("c1", "c2")]
+    records += crashes("c1", 42, 5, "WORKER_CRASH")
+    records.sort(key=lambda r: r.received_at)
+    first, rest = records[:20], records[20:]
+    # A heartbeat that lands after the first part but is dated inside it (a late partition).
+    late = worker_event("HEARTBEAT", "late-1", 30)
+    replay = _Replay(load_settings().core)
+    with history_file(tmp_path / "first.duckdb", first) as history:
+        assert replay.views(history) == replayed_views(first)
+    with history_file(tmp_path / "grown.duckdb", first + rest) as history:
+        assert replay.views(history) == replayed_views(first + rest)
+    with history_file(tmp_path / "late.duckdb", [*first, *rest, late]) as history:
+        views = replay.views(history)
+    assert views == replayed_views([*first, *rest, late])
+    assert "late-1" in views["workers"]  # not skipped for being older than what was fed
