@@ -8,9 +8,12 @@ on). Per run: the wall time of the pytest command, and the CPU time of its proce
 the agent's start, before it leaves pytest's children). After each run with the plugin,
 the time until the agent has written the history and released it ("writing after exit":
 what the next session or `faultstream report` would wait for); runs never overlap it.
-Each figure is the median over the runs (the machine is noisy); `--xdist N` adds `-n N`.
+Each figure is the median over the runs (the machine is noisy); `--xdist N` adds `-n N`;
+`--env NAME=VALUE` sets a FAULTSTREAM_ setting, which has the agent start with the session
+(to check the settings) instead of only when needed.
 
     .venv/bin/python bench/bench_pytest_plugin.py [--tests 2000] [--runs 9] [--xdist 0]
+                                                  [--env FAULTSTREAM_RECOVERY__MAX_RETRIES=3]
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def wait_for_writer(lock: Path, timeout_s: float = 120.0) -> float:
             return time.perf_counter() - started
 
 
-def run(root: Path, flags: list[str]) -> tuple[float, float]:
+def run(root: Path, flags: list[str], env: dict[str, str]) -> tuple[float, float]:
     """(wall s, CPU s of the pytest process) of one pytest command."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -62,7 +65,7 @@ def run(root: Path, flags: list[str]) -> tuple[float, float]:
         cwd=root,
         capture_output=True,
         text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("FAULTSTREAM_")},
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("FAULTSTREAM_")}, **env},
     )
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -77,23 +80,25 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=9)
     parser.add_argument("--xdist", type=int, default=0, help="pytest-xdist workers (-n)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
+    env = dict(item.split("=", 1) for item in args.env)
     with tempfile.TemporaryDirectory(prefix="bench-pytest-plugin-") as tmp:
         root = Path(tmp)
         write_project(root, args.tests)
         lock = root / ".pytest_cache" / "d" / "faultstream" / "history.duckdb.lock"
         common = ["-n", str(args.xdist)] if args.xdist else []
         without, with_plugin = [*common, "-p", "no:faultstream"], [*common, "--faultstream"]
-        run(root, without)
-        run(root, with_plugin)
+        run(root, without, env)
+        run(root, with_plugin, env)
         wait_for_writer(lock)
         samples: dict[str, list[float]] = {k: [] for k in ("bw", "bc", "pw", "pc", "write")}
         load_before = os.getloadavg()[0]
         for _ in range(args.runs):
-            wall, cpu = run(root, without)
+            wall, cpu = run(root, without, env)
             samples["bw"].append(wall)
             samples["bc"].append(cpu)
-            wall, cpu = run(root, with_plugin)
+            wall, cpu = run(root, with_plugin, env)
             samples["pw"].append(wall)
             samples["pc"].append(cpu)
             samples["write"].append(wait_for_writer(lock))
@@ -102,15 +107,17 @@ def main() -> None:
     overhead = med["pw"] / med["bw"] - 1
     cpu_overhead = med["pc"] / med["bc"] - 1
     xdist = f", -n {args.xdist}" if args.xdist else ""
-    print(f"{args.tests} trivial tests{xdist}, median of {args.runs} alternating runs "
-          f"(load average {load_before:.1f} -> {load_after:.1f})")  # fmt: skip
+    xdist += f", {' '.join(args.env)}" if args.env else ""
+    print(
+        f"{args.tests} trivial tests{xdist}, median of {args.runs} alternating runs "
+        f"(load average {load_before:.1f} -> {load_after:.1f})"
+    )
     print("| | wall (s) | CPU of the pytest process (s) |")
     print("| --- | --- | --- |")
     print(f"| without the plugin | {med['bw']:.3f} | {med['bc']:.3f} |")
     print(f"| `--faultstream` (embedded) | {med['pw']:.3f} | {med['pc']:.3f} |")
     print(f"| overhead | **{overhead:+.1%}** | {cpu_overhead:+.1%} |")
-    print(f"writing after exit: median {med['write']:.3f} s "
-          f"(max {max(samples['write']):.3f} s)")  # fmt: skip
+    print(f"writing after exit: median {med['write']:.3f} s (max {max(samples['write']):.3f} s)")
     verdict = "met" if overhead <= TARGET_OVERHEAD else "NOT met"
     print(f"target: at most {TARGET_OVERHEAD:.0%} slower ({verdict})")
     spread = [f"{b:.2f}/{p:.2f}" for b, p in zip(samples["bw"], samples["pw"], strict=True)]

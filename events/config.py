@@ -136,6 +136,23 @@ class CircuitsSettings(BaseModel):
     task_type: CircuitSettings = Field(default_factory=_task_type_defaults)
     attribution: AttributionSettings = Field(default_factory=AttributionSettings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_defaults(cls, data: Any) -> Any:
+        # `[circuits.task_type] failure_threshold = 3` (or one FAULTSTREAM_… variable) changes
+        # that one setting: the rest keep the kind's own defaults, not the generic ones.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, defaults in (
+            ("hardware_class", _hardware_class_defaults),
+            ("task_type", _task_type_defaults),
+        ):
+            given = data.get(name)
+            if isinstance(given, dict):
+                data[name] = {**defaults().model_dump(), **given}
+        return data
+
     def for_kind(self, kind: CircuitKind) -> CircuitSettings:
         return getattr(self, kind.value)
 

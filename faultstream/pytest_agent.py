@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from faultstream.pytest_link import (
+    BATCH_PREFIX,
     QUARANTINED,
     RUN,
     SESSION,
@@ -67,6 +68,7 @@ LAND_EVERY_S = 1.0  # then, a transaction this often
 _LOOP_S = 0.1
 _IDLE_EXIT_S = 120.0  # nobody connected (pytest died before it could): give up
 _WORKERS_GONE_S = 60.0  # after the session's bye, how long test processes may take to hang up
+_UNREAD_MAX = 1_000  # batch lines kept unread (a few minutes of a worker's pushes)
 _TEST_ROLES = frozenset({"single", "worker"})
 _SESSION_ROLES = frozenset({"single", "controller"})
 
@@ -110,6 +112,9 @@ class Backend(Protocol):
 
     def start(self) -> dict[str, Any]:
         """`where`, and a `warning` or None."""
+
+    def settle(self) -> None:
+        """Decide everything that arrived (the spools of dead sessions, before `ready`)."""
 
     def circuits(self) -> list[dict[str, Any]]:
         """The circuits not CLOSED now (Circuit.as_dict()), for `ready`."""
@@ -255,9 +260,10 @@ class EmbeddedBackend:
             self._start = self._replay()["core"]
             return FleetCore.restore(self._start)
 
+    def settle(self) -> None:
+        self._decide("")
+
     def circuits(self) -> list[dict[str, Any]]:
-        if self._raw:
-            self._decide("")  # leftover spools: what they did counts
         return [c for c in self._circuits.values() if c["state"] != "CLOSED"]
 
     def send(self, fields: dict[str, Any], ask: bool = False) -> dict[str, Any] | None:
@@ -486,6 +492,9 @@ class KafkaBackend:
         where = f"{kafka.bootstrap_servers} {kafka.topic('events')}"
         return {"where": where, "warning": "; ".join(warnings) or None}
 
+    def settle(self) -> None:
+        return None
+
     def circuits(self) -> list[dict[str, Any]]:
         view = self._view
         return [c.as_dict() for c in view if c.state != "CLOSED"] if view is not None else []
@@ -542,6 +551,7 @@ class _Conn:
     worker_id: str = ""
     hardware_class: str = ""
     last_event_ms: int = 0
+    last_ts: int = 0  # the newest moment its messages name
     pending: dict[int, dict[str, Any]] = field(default_factory=dict)  # tests announced
     closed: bool = False
 
@@ -581,6 +591,10 @@ class Agent:
         self.start_info: dict[str, Any] = {}
         self.bye_at: float | None = None
         self.deadlines: dict[str, tuple[_Conn, int, float]] = {}
+        # Embedded: batches of ended tests are kept as they came until needed (Kafka
+        # wants its events as they happen).
+        self.defer = backend is not None and backend.mode == "embedded"
+        self.unread: list[tuple[_Conn, bytes]] = []
 
     # --- the loop -------------------------------------------------------------------
 
@@ -593,6 +607,8 @@ class Agent:
         if self.error is None:
             for path in leftovers:
                 self._read_spool(path, leftover=True)
+            if leftovers:
+                self._guard(self.backend.settle)  # type: ignore[union-attr]  # counts for ready
             if spool is not None and spool.exists():
                 self.spooled = self._read_spool(spool, leftover=False)
         if self.listener is None:  # landing a spool after its session: nothing to wait for
@@ -637,7 +653,8 @@ class Agent:
                 self._guard(self._started, conn, begin)
             run = self.runs.get(conn.run)
             if run is not None and not run.finished:
-                self._session_record(conn.run, "finish", now_ms(), "interrupted", None)
+                ts = conn.last_ts or now_ms()  # when it was last heard of, not now
+                self._session_record(conn.run, "finish", ts, "interrupted", None)
         return conn
 
     def _accept(self) -> None:
@@ -670,6 +687,13 @@ class Agent:
             self._guard(self._line, conn, line)
 
     def _line(self, conn: _Conn, line: bytes) -> None:
+        if self.defer and conn.sock is not None and conn.authed and line.startswith(BATCH_PREFIX):
+            # Tests that ended without asking: read when something must be decided (an
+            # ask, a heartbeat, the end), so a passing session costs the agent no CPU.
+            self.unread.append((conn, line))
+            conn.last_event_ms = now_ms()
+            return
+        self._read_unread()  # what came before this message, first
         message = json.loads(line)
         if not conn.authed:
             token = str(message.get("token", "")) if message.get("t") == "auth" else ""
@@ -683,6 +707,12 @@ class Agent:
                 self._guard(self._handle, conn, item)
         else:
             self._handle(conn, message)
+
+    def _read_unread(self) -> None:
+        unread, self.unread = self.unread, []
+        for conn, line in unread:
+            for item in json.loads(line)["m"]:
+                self._guard(self._handle, conn, item)
 
     def _send(self, conn: _Conn, message: dict[str, Any]) -> None:
         if conn.sock is None or conn.closed:
@@ -725,6 +755,7 @@ class Agent:
 
     def _handle(self, conn: _Conn, message: dict[str, Any]) -> None:
         kind = message.get("t")
+        conn.last_ts = max(conn.last_ts, int(message.get("te") or message.get("ts") or 0))
         if kind == "be":  # a test that began and ended between two pushes
             conn.pending[int(message["k"])] = message
             self._end(conn, message)
@@ -855,8 +886,14 @@ class Agent:
             if tests is not None:
                 attributes["pytest.tests"] = str(tests)
         worker_id, hardware_class = run.primary
-        fields = {"event_id": _new_id(), "kind": "HEARTBEAT", "ts": ts, "worker_id": worker_id,
-                  "hardware_class": hardware_class, "attributes": attributes}  # fmt: skip
+        fields = {
+            "event_id": _new_id(),
+            "kind": "HEARTBEAT",
+            "ts": ts,
+            "worker_id": worker_id,
+            "hardware_class": hardware_class,
+            "attributes": attributes,
+        }
         self._guard(self._deliver, fields)
 
     # --- timers -----------------------------------------------------------------------
@@ -866,6 +903,12 @@ class Agent:
         if backend is None or self.error is not None:
             return
         now = now_ms()
+        due = any(
+            not c.closed and c.role in _TEST_ROLES and now - c.last_event_ms >= self.heartbeat_ms
+            for c in self.conns
+        )
+        if due or len(self.unread) >= _UNREAD_MAX or any(c.pending for c in self.conns):
+            self._read_unread()  # before anything is added after them (or a long session)
         for conn in self.conns:
             if conn.closed or conn.role not in _TEST_ROLES:
                 continue
@@ -885,10 +928,14 @@ class Agent:
                 if command is None and clock < deadline:
                     continue
                 del self.deadlines[event_id]
-                why = None if command is not None else (
-                    f"no recovery command within {self.command_timeout_s:g}s "
-                    "(is `faultstream processor` running?)"
-                )  # fmt: skip
+                why = (
+                    None
+                    if command is not None
+                    else (
+                        f"no recovery command within {self.command_timeout_s:g}s "
+                        "(is `faultstream processor` running?)"
+                    )
+                )
                 self._send(conn, {"t": "command", "k": key, "command": command, "why": why})
         self._push_changes()
         backend.land()
@@ -904,14 +951,13 @@ class Agent:
                         self._send(conn, {"t": "circuit", "circuit": circuit})
 
     def _finish(self, spools: list[Path]) -> int:
-        for run_id, run in self.runs.items():
-            bye = run.bye or {}
-            status = str(bye.get("exitstatus", "interrupted"))
-            self._session_record(run_id, "finish", now_ms(), status, bye.get("tests"))
         working = self.backend is not None and self.error is None
         summary: dict[str, Any] = self.backend.summary() if working else {}  # type: ignore[union-attr]
-        # Every decision is made: the session may end now. The writing that follows is
-        # this process's alone; the next session (and `faultstream report`) wait for it.
+        if self.unread:
+            summary["later"] = True  # read, decided and written after this answer
+        # Every question is answered: the session may end now. What follows (reading the
+        # rest, recording) is this process's alone; the next session and `faultstream
+        # report` wait for it (the history's lock).
         conn = self.session_conn
         if conn is not None and conn.sock is not None and not conn.closed:
             conn.out += _dumps({"t": "done", "summary": summary})
@@ -919,10 +965,15 @@ class Agent:
             with contextlib.suppress(OSError):
                 conn.sock.sendall(conn.out)
             conn.sock.close()
+        with contextlib.suppress(OSError):
+            os.nice(10)  # bookkeeping: yield to whatever runs next
+        self._read_unread()
+        for run_id, run in self.runs.items():
+            bye = run.bye or {}
+            status = str(bye.get("exitstatus", "interrupted"))
+            self._session_record(run_id, "finish", now_ms(), status, bye.get("tests"))
         if not working:
             return 1
-        with contextlib.suppress(OSError):
-            os.nice(10)  # what is left is bookkeeping: yield to whatever runs next
         landed = True
         try:
             self.backend.finish()  # type: ignore[union-attr]

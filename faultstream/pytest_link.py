@@ -3,8 +3,9 @@
 The plugin (faultstream/pytest_plugin.py) leaves everything that costs to an agent process
 (faultstream/pytest_agent.py): validating events, the core, DuckDB, Kafka. Here is what
 the test process itself runs, standard library alone, so that a passing test costs an
-append to a list. Messages (dicts with "t") are batched and written by a daemon thread
-every PUSH_EVERY_S, as one JSON line per batch, to one of two sinks:
+append to a list. Messages (dicts with "t") pile up and a daemon thread writes them every
+PUSH_EVERY_S as JSON lines (the tests that simply ended, together on one `batch` line) to
+one of two sinks:
 
 - a **spool file** (`<db>.spool/<run>.jsonl`), while no agent runs: the embedded mode
   with the default settings starts none for a passing session. When the session ends,
@@ -15,9 +16,10 @@ every PUSH_EVERY_S, as one JSON line per batch, to one of two sinks:
   settings, use Kafka, replay the history or serve xdist workers; else from the first
   failure, whose recovery command must be asked (the spool so far is handed over first).
 
-Messages to the agent: `hello` (identity), `b` (a test began; sent only for a test still
-running after ANNOUNCE_AFTER_S), `be`/`e` (it ended: ok, or a failure that may `ask` for
-its command), `s` (it skipped after being announced), `q` (it was quarantined), `bye`.
+Messages to the agent: `auth` (the token, on a socket), `hello` (identity), `b` (a test
+began; sent only for a test still running after ANNOUNCE_AFTER_S), `be`/`e` (it ended:
+ok, or a failure that may `ask` for its command), `s` (it skipped after being announced),
+`q` (it was quarantined), `bye`.
 From the agent: `ready` (the circuits not CLOSED) or `error`, `circuit` (a change),
 `command` (the answer to an `ask`), `done` (every decision is made).
 """
@@ -50,6 +52,7 @@ TEST = "pytest.test"
 SESSION = "pytest.session"
 QUARANTINED = "pytest.quarantined"
 _READ_CHUNK = 1 << 16
+_LOG_MAX_BYTES = 1 << 20
 _encode_json = json.JSONEncoder(separators=(",", ":")).encode  # ASCII: escapes the rest
 
 
@@ -76,8 +79,26 @@ def iso(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
-def encode_batch(messages: list[dict[str, Any]]) -> bytes:
-    return (_encode_json({"t": "batch", "m": messages}) + "\n").encode("ascii")
+BATCH_PREFIX = b'{"t":"batch"'
+
+
+def encode(messages: list[dict[str, Any]]) -> bytes:
+    """JSON lines: the tests that ended without asking anything go together in a `batch`
+    line (which an agent may keep unread until it must decide); every other message, an
+    `ask` above all, on a line of its own, in order."""
+    lines: list[str] = []
+    batch: list[dict[str, Any]] = []
+    for message in messages:
+        if message.get("t") in ("be", "e") and not message.get("ask"):
+            batch.append(message)
+            continue
+        if batch:
+            lines.append(_encode_json({"t": "batch", "m": batch}))
+            batch = []
+        lines.append(_encode_json(message))
+    if batch:
+        lines.append(_encode_json({"t": "batch", "m": batch}))
+    return ("\n".join(lines) + "\n").encode("ascii")
 
 
 # The plugin's own variables; any other FAULTSTREAM_ variable may be a setting, and has
@@ -117,20 +138,16 @@ def read_circuits(db: Path) -> list[dict[str, Any]] | None:
     history as it is now (same stamp, nothing in a WAL, nothing left to land); None when
     only a replay of the history can tell (the agent's job)."""
     if not db.exists():
-        return [] if not _leftovers(db) else None
+        return [] if not leftover_spools(db) else None
     try:
         data = json.loads(sibling(db, ".circuits.json").read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
         return None
-    if data.get("db") != db_stamp(db) or sibling(db, ".wal").exists() or _leftovers(db):
+    if data.get("db") != db_stamp(db) or sibling(db, ".wal").exists() or leftover_spools(db):
         return None
     return list(data.get("circuits", []))
-
-
-def _leftovers(db: Path) -> list[Path]:
-    return leftover_spools(db)
 
 
 def leftover_spools(db: Path) -> list[Path]:
@@ -177,10 +194,6 @@ class HistoryLock:
         assert self._file is not None
         return self._file.fileno()
 
-    @property
-    def held(self) -> bool:
-        return self._file is not None
-
     def release(self) -> None:
         """This process's hold (an agent that inherited it keeps it)."""
         if self._file is not None:
@@ -209,7 +222,8 @@ def start_agent(
         if not listen and nice:  # only landing what a finished session spooled: no hurry
             command = [nice, "-n", "10", *command]
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
+        big = log_path.exists() and log_path.stat().st_size > _LOG_MAX_BYTES
+        with open(log_path, "wb" if big else "ab") as log:  # the agents' errors, recent ones
             process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -345,7 +359,7 @@ class Link:
         with self._lock:
             if self._queue:
                 batch, self._queue = self._queue, []
-                line = encode_batch(batch)
+                line = encode(batch)
                 if self._spool is not None:
                     self._spool.write(line)
                     self._spool.flush()  # should pytest die, the next session lands it
@@ -373,8 +387,12 @@ class Link:
                 self._spool = None
             # Its hello opened the spool; the socket gets a hello of its own.
             hello = {"t": "hello", "role": "spooled"}
-        address, self.token = self._start(self.spool_path)
-        self._connect(address)
+        try:
+            address, self.token = self._start(self.spool_path)
+            self._connect(address)
+        except OSError:  # no agent: the spool is landed by the next session
+            self.closed = True
+            return
         self.send(hello, flush=True)
 
     def _connect(self, address: str) -> None:

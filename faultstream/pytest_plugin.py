@@ -14,8 +14,11 @@ the session (the delay honoured up to `--faultstream-max-delay`); a test that fa
 then passed is reported flaky; any other command is reported with the failure.
 
 The fleet's side — validation, the core, the DuckDB history or Kafka — runs in an agent
-process (faultstream/pytest_agent.py), one per session, which every xdist worker talks to
-(faultstream/pytest_link.py). The pytest exit status is never changed.
+process (faultstream/pytest_agent.py), one per session at most, which every xdist worker
+talks to (faultstream/pytest_link.py). In the embedded mode with default settings none
+runs while tests pass: the session spools its messages, and an agent started at the first
+failure (whose recovery command is needed) or once the session is over decides and
+records them. The pytest exit status is never changed.
 """
 
 from __future__ import annotations
@@ -23,9 +26,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import secrets
-import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -145,7 +145,7 @@ def _identity(config: pytest.Config) -> tuple[str, str]:
         HARDWARE_CLASS_ENV, "cpu"
     )
     worker = config.getoption("faultstream_worker_id") or os.environ.get(WORKER_ID_ENV, "")
-    worker = worker or socket.gethostname() or "localhost"
+    worker = worker or _hostname()
     for flag, value, limit in (
         ("--faultstream-hardware-class", hardware, MAX_HARDWARE_CLASS_CHARS),
         ("--faultstream-worker-id", worker, MAX_ID_CHARS - 8),  # room for /gwNN
@@ -323,6 +323,8 @@ class FaultstreamSession:
         if self.lock is not None:  # the agent holds the history until it has written it
             arguments += ["--lock-fd", str(self.lock.fileno())]
             keep = (self.lock.fileno(),)
+        import secrets
+
         token = secrets.token_hex(16)
         os.environ[TOKEN_ENV] = token  # inherited by the agent, not on its command line
         try:
@@ -330,6 +332,8 @@ class FaultstreamSession:
         finally:
             os.environ.pop(TOKEN_ENV, None)
         # Its first process is gone as soon as it has forked the agent: reaped aside.
+        import threading
+
         threading.Thread(target=process.wait, name="faultstream-reap", daemon=True).start()
         self.address = address
         return address, token
@@ -414,10 +418,9 @@ class FaultstreamSession:
             return None
         nodeid = item.nodeid
         self.tally.tests.add(nodeid)
-        marker = item.get_closest_marker("faultstream")
-        group = (marker.kwargs.get("task_type") or (marker.args or [None])[0]) if marker else None
+        group = _group(item)
         fit = self._fit
-        task_type = fit(str(group) if group else nodeid)
+        task_type = fit(group or nodeid)
         task_id = fit(f"{self.run_id}:{nodeid}")
         quarantined = False
         if self.quarantine != "off":
@@ -525,7 +528,8 @@ class FaultstreamSession:
                     detail += " (not followed: the circuit opened or the session is stopping)"
                 detail += f": {command['reason']}"
             else:
-                detail = f"{failure_type}; {reply.get('why') if reply else 'not asked'}"
+                why = reply.get("why") if reply else "no answer from the agent"
+                detail = f"{failure_type}; {why}"
             self._tell(reports, "failed", detail)
             failing.sections.append(("faultstream", detail))
             break
@@ -581,19 +585,28 @@ class FaultstreamSession:
             link.wait(lambda: link.done is not None, _DONE_TIMEOUT_S)
             self.done = link.done.get("summary", {}) if link.done else None
             link.close()
+            if self.lock is not None:
+                self.lock.release()  # the agent holds it on until the history is written
         else:
-            # Nothing to ask: the session ends now, and an agent lands its spool after it.
+            # Nothing to ask: the session ends now, and an agent lands its spool once
+            # pytest is done with its own summary (pytest_unconfigure).
             link.close()
-            assert link.spool_path is not None
-            self._start_agent(listen=False, spool=link.spool_path)
             self.done = {
                 "mode": "embedded",
                 "where": str(self.db),
                 "recorded": True,
                 "later": True,
             }
-        if self.lock is not None:
-            self.lock.release()  # the agent holds it on until the history is written
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        link = self.link
+        if link is None or link.connected or self.role == "worker" or self.done is None:
+            return
+        try:
+            self._start_agent(listen=False, spool=link.spool_path)
+        finally:
+            if self.lock is not None:
+                self.lock.release()  # the agent holds it on until the history is written
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.role == "worker" or not self.run_id:
@@ -631,6 +644,25 @@ class FaultstreamSession:
             write(f"{status.upper()} {nodeid} - {detail}")
 
 
+def _group(item: pytest.Item) -> str | None:
+    """The `faultstream(task_type=...)` marker's group, from the test up (a plain walk:
+    get_closest_marker's generators cost more, for every test)."""
+    node: Any = item
+    while node is not None:
+        for mark in node.own_markers:
+            if mark.name == "faultstream":
+                group = mark.kwargs.get("task_type") or (mark.args or [None])[0]
+                return None if group is None else str(group)
+        node = node.parent
+    return None
+
+
+def _hostname() -> str:
+    import socket  # only once enabled: a disabled plugin imports nothing it can avoid
+
+    return socket.gethostname() or "localhost"
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -642,7 +674,7 @@ def _verdict(reports: list[Any], quarantined: bool) -> tuple[str, Any]:
     for report in reports:
         if report.failed:
             return "fail", report
-    call = next((report for report in reports if report.when == "call"), None)
+    call = reports[1] if len(reports) == 3 else None  # setup, call, teardown
     if call is None or reports[0].skipped:
         return "skip", None
     if call.skipped:

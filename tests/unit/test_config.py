@@ -191,3 +191,11 @@ def test_a_timeout_past_a_century_is_refused_naming_the_setting() -> None:
         CoreSettings().merged({"circuits": {"worker": {"recovery_timeout_s": 1e308}}})
     with pytest.raises(ConfigError, match="heartbeat_timeout_s"):
         CoreSettings().merged({"recovery": {"heartbeat_timeout_s": 1e12}})
+
+
+def test_one_setting_of_a_circuit_kind_keeps_that_kinds_other_defaults(monkeypatch) -> None:
+    monkeypatch.setenv("FAULTSTREAM_CIRCUITS__TASK_TYPE__FAILURE_THRESHOLD", "3")
+    task_type = load_settings().circuits.task_type
+    assert task_type.failure_threshold == 3
+    # The task_type defaults, not the generic (worker) ones: 300 s, not 60 s.
+    assert (task_type.recovery_timeout_s, task_type.success_threshold) == (300, 2)

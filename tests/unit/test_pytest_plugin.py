@@ -311,3 +311,58 @@ def test_each_attempt_is_a_task_with_its_classified_failure(
         "WHERE e.kind = 'TASK_STARTED' AND e.task_type = 'test_sample.py::test_broken'",
     )
     assert link == ("DELAYED_RETRY",)
+
+
+def test_a_dead_sessions_spool_is_recorded_by_the_next(
+    sample: pytest.Pytester, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What a session leaves when pytest is killed: its spool, a test it had announced
+    # (running long) and never ended, no goodbye, a last line cut short.
+    spool = (sample.path / HISTORY).with_name("history.duckdb.spool") / "dead-run.jsonl"
+    spool.parent.mkdir(parents=True)
+    task = {
+        "task_type": "test_sample.py::test_hang",
+        "attempt": 0,
+        "cmd": None,
+        "task_id": "dead-run:test_sample.py::test_hang",
+        "test": "test_sample.py::test_hang",
+    }
+    lines = [
+        {
+            "t": "hello",
+            "role": "single",
+            "run": "dead-run",
+            "worker_id": "ci-9",
+            "hardware_class": "cpu",
+            "ts": 1_764_355_200_000,
+        },
+        {
+            "t": "batch",
+            "m": [
+                {
+                    **task,
+                    "t": "be",
+                    "k": 1,
+                    "ts": 1_764_355_200_001,
+                    "te": 1_764_355_200_002,
+                    "ok": True,
+                    "task_type": "test_sample.py::test_stable",
+                    "task_id": "dead-run:test_sample.py::test_stable",
+                    "test": "test_sample.py::test_stable",
+                }
+            ],
+        },
+        {**task, "t": "b", "k": 2, "ts": 1_764_355_200_003},
+    ]
+    spool.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"t": "bat')
+    run(sample, "-k", "stable")
+    health = report(sample, capsys, "--since", "dead-run")
+    assert [r["run"] for r in health["trend"]] == ["dead-run", health["runs"][-1]]
+    assert health["trend"][0]["exitstatus"] == "interrupted"
+    assert health["trend"][0]["duration_s"] == 0.0  # ended when last heard of, not when landed
+    assert health["trend"][0]["tests"] == 1
+    (started,) = events(
+        sample, "SELECT worker_id FROM events WHERE task_type = 'test_sample.py::test_hang'"
+    )
+    assert started == ("ci-9",)  # shown as started: the core moves it once ci-9 is lost
+    assert not spool.exists()

@@ -221,3 +221,18 @@ def test_a_history_without_tests(tmp_path: Path, capsys) -> None:
     assert report["runs"] == [] and report["tests"] == 0 and report["trend"] == []
     assert main(["report", "--db", str(db)]) == 0
     assert "## faultstream: build health, no runs" in capsys.readouterr().out
+
+
+def test_the_read_models_tell_the_same(db: Path, tmp_path: Path, capsys) -> None:
+    import duckdb
+
+    from faultstream.projections.read_models import ReadModelPublisher
+
+    models = tmp_path / "read-models"
+    with duckdb.connect(str(db)) as con, ReadModelPublisher(con, models) as publisher:
+        publisher.publish()
+    from_db = report_json(db, capsys, "--since", "run-1")
+    assert (
+        main(["report", "--read-models", str(models), "--format", "json", "--since", "run-1"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out) == from_db
