@@ -193,7 +193,7 @@ def test_a_broker_whose_main_thread_has_exited_counts_as_alive_until_every_threa
         proc.wait()
 
 
-def _free_run_of_ports(count: int) -> int:
+def free_run_of_ports(count: int) -> int:
     """A port p with p .. p+count-1 all free."""
     for _ in range(50):
         base = random.randrange(20_000, 60_000, 2)
@@ -232,7 +232,7 @@ def _node_pids(out: str) -> dict[int, int]:
 def test_a_three_node_cluster_lists_each_node_restarts_one_and_stops_every_process(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    base = _free_run_of_ports(6)
+    base = free_run_of_ports(6)
     flags = ["--port", str(base), "--controller-port", str(base + 1)]
     flags += ["--state-dir", str(tmp_path / "cluster")]
     addresses = [f"127.0.0.1:{base + step}" for step in (0, 2, 4)]

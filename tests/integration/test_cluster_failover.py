@@ -11,10 +11,8 @@ command for an event sent after it is printed (BENCHMARKS.md, "Broker failover")
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -25,6 +23,7 @@ import duckdb
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource
+from test_broker_and_topics import free_run_of_ports
 from test_processor import (
     FAULTSTREAM,
     derived_id,
@@ -111,27 +110,9 @@ class Fleet:
             self._stop.wait(PACE_S)
 
 
-def _free_base_port() -> int:
-    """A port p with p .. p+2*NODES-1 all free: the cluster's client and controller ports."""
-    for _ in range(50):
-        base = random.randrange(20_000, 60_000, 2)
-        if all(_free(port) for port in range(base, base + 2 * NODES)):
-            return base
-    raise RuntimeError("no run of free ports found")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 @pytest.fixture
 def three_nodes(tmp_path: Path) -> Iterator[tuple[BrokerSettings, str]]:
-    base = _free_base_port()
+    base = free_run_of_ports(2 * NODES)  # client and controller ports
     own = BrokerSettings(port=base, controller_port=base + 1, state_dir=str(tmp_path / "cluster"))
     try:
         status, started = cluster.start(own, NODES)
