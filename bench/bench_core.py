@@ -46,7 +46,7 @@ from faultstream.processors.compiled import (
     run,
 )
 from faultstream.processors.core import FleetCore
-from faultstream.processors.sources import REPLAY_COLUMNS, DuckDBSource
+from faultstream.processors.offline.sources import REPLAY_COLUMNS, DuckDBSource
 from faultstream.projections.tables import HistoryWriter
 
 TARGET_EVENTS_PER_S = 5_000_000

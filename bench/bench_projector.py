@@ -22,11 +22,11 @@ from pathlib import Path
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from faultstream.events import frames as framing
 from faultstream.events.admin import create_topics, delete_topics, topic_names
 from faultstream.events.codec import Codec
 from faultstream.events.config import load_settings
 from faultstream.events.models import WorkerEvent
-from faultstream.processors import decisions as framing
 from faultstream.projections.columns import DecisionsDecoder
 from faultstream.projections.projector import Projector, ProjectorOptions, consumer_config
 

@@ -1,5 +1,5 @@
 """`replay --input` and `tune --input` from a JSON Lines file: columns straight from the
-bytes (processors/jsonl_columns.py) against the line-by-line validating parse.
+bytes (processors/offline/jsonl_columns.py) against the line-by-line validating parse.
 
     .venv/bin/python bench/bench_replay_sources.py [--events N] [--runs N] [--file PATH]
 
@@ -31,8 +31,8 @@ from histories import fleet_history
 from faultstream.events.jsonl import read_input_records, write_records
 from faultstream.events.models import derived_to_json
 from faultstream.processors.compiled import replay_compiled, replay_compiled_table
-from faultstream.processors.jsonl_columns import scan_jsonl_file
-from faultstream.processors.sources import REPLAY_COLUMNS, JsonlSource
+from faultstream.processors.offline.jsonl_columns import scan_jsonl_file
+from faultstream.processors.offline.sources import REPLAY_COLUMNS, JsonlSource
 
 TARGET_EVENTS_PER_S = 1_000_000
 

@@ -38,10 +38,10 @@ from histories import fleet_history
 
 from faultstream.events.config import CoreSettings
 from faultstream.processors.core import FleetCore
-from faultstream.processors.sources import DuckDBSource
-from faultstream.processors.tuning import evaluate, expand_grid, parse_grid, run_grid
-from faultstream.processors.tuning.encode import EVENT_HASH, encode, encode_columns
-from faultstream.processors.tuning.fast import Config, score_config, score_grid
+from faultstream.processors.offline.sources import DuckDBSource
+from faultstream.processors.offline.tune import evaluate, expand_grid, parse_grid, run_grid
+from faultstream.processors.offline.tune.encode import EVENT_HASH, encode, encode_columns
+from faultstream.processors.offline.tune.fast import Config, score_config, score_grid
 from faultstream.projections.tables import HistoryWriter
 
 TARGET = 5_000_000 * 64 / 5.0

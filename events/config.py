@@ -308,7 +308,7 @@ class ProcessorSettings(BaseModel):
     store: str = "auto"
     data_dir: str = ".faultstream/processor"
     web_port: int = Field(6066, gt=0, lt=65536)
-    # How often the decider snapshots its core (processors/state.py).
+    # How often the decider snapshots its core (processors/stream/snapshots.py).
     snapshot_every_s: float = Field(10.0, gt=0)
 
 
@@ -404,7 +404,7 @@ class Settings(BaseSettings):
 _config_file_in_use: Path | None = None
 
 # Kafka's limit on a topic name, and the longest name under a prefix: the changelog Faust
-# keeps for the decider's table (processors/app.py: app `<prefix>-processor`, table
+# keeps for the decider's table (processors/stream/app.py: app `<prefix>-processor`, table
 # `decider-state`), so a prefix that fits it fits every topic.
 KAFKA_TOPIC_NAME_MAX = 249
 _LONGEST_TOPIC_SUFFIX = "-processor-decider-state-changelog"

@@ -81,38 +81,6 @@ def aiokafka_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     return kwargs
 
 
-def faust_app_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
-    """`faust.App` keyword arguments for the address and security of `kafka`: `broker`
-    and, on a secured cluster, `broker_credentials` (which Faust hands to every aiokafka
-    client it makes: consumer, producer, topic creation)."""
-    import faust
-
-    refuse_security_client_keys(kafka)
-    unused = sorted(kafka.client)
-    if unused:
-        # Not an error: tuning meant for the librdkafka clients should not stop the processor.
-        log.warning(
-            "kafka.client: %s reach only the librdkafka clients (SDK, projector, command "
-            "line), not the processor's aiokafka clients",
-            ", ".join(unused),
-        )
-    kwargs: dict[str, Any] = {
-        "broker": [f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",")]
-    }
-    protocol = kafka.security_protocol
-    if protocol in SASL_PROTOCOLS:
-        kwargs["broker_credentials"] = faust.SASLCredentials(
-            username=kafka.sasl_username,
-            password=kafka.sasl_password.get_secret_value(),
-            mechanism=kafka.sasl_mechanism,
-            # With a context Faust speaks SASL_SSL, without one SASL_PLAINTEXT.
-            ssl_context=ssl_context(kafka) if protocol in TLS_PROTOCOLS else None,
-        )
-    elif protocol == "SSL":
-        kwargs["broker_credentials"] = faust.SSLCredentials(ssl_context(kafka))
-    return kwargs
-
-
 def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext:
     """A client TLS context (as aiokafka's create_ssl_context makes it): the CA of
     `ssl_cafile` (the system's when empty), the client certificate of `ssl_certfile` and

@@ -3,7 +3,7 @@ fleet-health gauges, read from a circuits document when scraped, and the exposit
 
 The document is the GET /api/circuit-breakers shape: the processor reads it from its live
 core, the API from the history. Each server keeps its own small registry for these (its
-own source), exposed after the process-wide one (processors/metrics.py,
+own source), exposed after the process-wide one (processors/stream/metrics.py,
 projections/metrics.py). Needs prometheus_client: imported by the processor and the
 history side only, never by the worker SDK.
 """

@@ -26,7 +26,7 @@ SPANS = 8
 OK, TO_CODEC = 0, 1
 # Message status of the frame split.
 FRAME_OK, FRAME_BAD = 0, 1
-_FRAME_VERSION = 2  # processors/decisions.py
+_FRAME_VERSION = 2  # events/frames.py
 _INT32_MIN, _INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 

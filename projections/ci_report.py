@@ -126,7 +126,7 @@ def _window(all_runs: list[dict[str, Any]], since: str | None) -> tuple[int | No
     if since in by_id:
         start = by_id[since]["started"]
     else:
-        from faultstream.processors.sources import parse_time
+        from faultstream.events.times import parse_time
 
         try:
             start = parse_time(since, "--since")

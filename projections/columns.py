@@ -24,8 +24,8 @@ import pyarrow as pa
 
 from faultstream.events.codec import SCHEMAS, Codec
 from faultstream.events.exceptions import DecodeError, FaultstreamError
-from faultstream.processors.decisions import MAX_RECORDS, UNKNOWN_TIME
-from faultstream.processors.decisions import unpack_stamped as unpack_frame
+from faultstream.events.frames import MAX_RECORDS, UNKNOWN_TIME
+from faultstream.events.frames import unpack_stamped as unpack_frame
 
 from . import avro_kernel as k
 from .schema import EVENTS, arrow_schema

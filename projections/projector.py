@@ -1,6 +1,6 @@
 """The Kafka → DuckDB projector: the one process that writes the history file.
 
-It reads `<prefix>.decisions` (frames of inputs, processors/decisions.py, in the order the
+It reads `<prefix>.decisions` (frames of inputs, events/frames.py, in the order the
 processor's core saw them; the `seq` column is `decisions.seq(offset, index in frame)`),
 `.circuits`, `.commands` and `.dlq` with a plain confluent-kafka consumer, and lands them
 through `HistoryWriter` in batches.

@@ -1,4 +1,4 @@
-"""Tuning: a what-if on the recorded history with the tuner (`processors/tuning`), the
+"""Tuning: a what-if on the recorded history with the tuner (`processors/offline/tune`), the
 current settings against each candidate, and applying one (a CONFIG_CHANGED record)."""
 
 from __future__ import annotations
@@ -7,7 +7,13 @@ import pandas as pd
 import streamlit as st
 
 from faultstream.events.exceptions import FaultstreamError
-from faultstream.processors.tuning import TunePolicy, TuneRound, nested, parse_grid, tune_round
+from faultstream.processors.offline.tune import (
+    TunePolicy,
+    TuneRound,
+    nested,
+    parse_grid,
+    tune_round,
+)
 
 from .. import charts, operations
 from .common import Context, context, show_table

@@ -1,4 +1,4 @@
-"""`faultstream processor`: run the Faust app (processors/app.py) until SIGTERM or Ctrl-C."""
+"""`faultstream processor`: run the Faust app (processors/stream/app.py) until SIGTERM or Ctrl-C."""
 
 from __future__ import annotations
 
@@ -107,7 +107,7 @@ def quiet_gc() -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from faultstream.processors.app import instance_datadir
+    from faultstream.processors.stream.app import instance_datadir
 
     instance_id = args.instance_id
     if not _INSTANCE_ID.fullmatch(instance_id):
@@ -132,7 +132,7 @@ def _serve(args: argparse.Namespace, settings: Settings, host: str, web_port: in
     import faust
 
     from faultstream.events.admin import check_stamped_topics, create_topics
-    from faultstream.processors.app import Topics, create_app
+    from faultstream.processors.stream.app import Topics, create_app
 
     kafka = settings.kafka
     check_port_free(host, web_port, args.instance_id)

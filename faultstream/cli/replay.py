@@ -14,7 +14,7 @@ from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
 
 if TYPE_CHECKING:
-    from faultstream.processors.sources import HistorySource, Window
+    from faultstream.processors.offline.sources import HistorySource, Window
 
 SHOWN_INVALID = 5
 
@@ -41,7 +41,8 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def source_from_args(args: argparse.Namespace, settings: Settings) -> tuple[HistorySource, Window]:
-    from faultstream.processors.sources import Window, open_source, parse_time
+    from faultstream.events.times import parse_time
+    from faultstream.processors.offline.sources import Window, open_source
 
     window = Window(
         parse_time(args.since, "--since") if args.since else None,
@@ -96,7 +97,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from faultstream.processors.replay import replay_diff, replay_source
+    from faultstream.processors.offline.replay import replay_diff, replay_source
 
     if args.output not in (None, "-") and Path(args.output).is_dir():
         # Said before the replay: the output is written aside and renamed over it at the end.
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def first_run_hint(after_s: float = 3.0) -> Iterator[None]:
     """Say why, when a replay is still busy after `after_s` because the fast paths are
     compiling (their first run on this machine; later runs load them)."""
-    from faultstream.processors.jit import compiling
+    from faultstream.processors.offline.jit import compiling
 
     def hint() -> None:
         if compiling():

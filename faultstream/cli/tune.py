@@ -97,8 +97,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from faultstream.processors.simulator import parse_duration_ms
-    from faultstream.processors.tuning import (
+    from faultstream.processors.offline.tune import (
         ColumnarHistory,
         TunePolicy,
         TuneRound,
@@ -112,6 +111,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         tune_every,
         tune_round,
     )
+    from faultstream.processors.simulator import parse_duration_ms
 
     every_ms = parse_duration_ms(args.every, name="--every") if args.every else None
     policy = TunePolicy(

@@ -22,9 +22,9 @@ import pyarrow as pa
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.models import DerivedRecord, InputRecord
+from faultstream.processors.offline.tune.encode import UnsupportedHistory
+from faultstream.processors.offline.tune.kernel import A_LOG, A_STATUS
 
-from ..tuning.encode import UnsupportedHistory
-from ..tuning.kernel import A_LOG, A_STATUS
 from .columns import encode_table
 from .encode import Encoded, encode_history
 from .heap import STATUS_HEAP_FULL

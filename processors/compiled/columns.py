@@ -1,6 +1,6 @@
 """A history stored as Arrow columns, encoded for the compiled core without a record per
 row: the table a DuckDB file or the read models give (`input_columns(window,
-REPLAY_COLUMNS)` in processors/sources.py). The tuner's `encode_columns` does the shared
+REPLAY_COLUMNS)` in processors/offline/sources.py). The tuner's `encode_columns` does the shared
 part; the extras (attempts, task ids, checkpoints, the ladder's attributes, settings
 changes) are read column by column here, and `TableFields` hands `materialize.py` the
 strings of the few records that cause derived output, by index.
@@ -17,9 +17,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from faultstream.events.config import CoreSettings
+from faultstream.processors.offline.sources import REPLAY_COLUMNS
+from faultstream.processors.offline.tune.encode import (
+    CHECKPOINT,
+    FAILURE,
+    TASK_STARTED,
+    encode_columns,
+)
 
-from ..sources import REPLAY_COLUMNS
-from ..tuning.encode import CHECKPOINT, FAILURE, TASK_STARTED, encode_columns
 from .encode import CONFIG, Encoded, Extras, assemble, rung_bits
 
 _CONFIG_KIND = "CONFIG_CHANGED"

@@ -25,10 +25,9 @@ from faultstream.events.models import (
     RecoveryStrategy,
     Tick,
 )
-
-from ..core.circuit import CircuitParams
-from ..core.recovery import _LOWER_PRECISION, LADDERS, _positive_int
-from ..tuning.encode import (
+from faultstream.processors.core.circuit import CircuitParams
+from faultstream.processors.core.recovery import _LOWER_PRECISION, LADDERS, _positive_int
+from faultstream.processors.offline.tune.encode import (
     CHECKPOINT,
     FAILURE,
     FAILURE_TYPES,

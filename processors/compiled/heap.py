@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from ..tuning.kernel import A_HEAP, A_SEQ, A_STATUS
+from faultstream.processors.offline.tune.kernel import A_HEAP, A_SEQ, A_STATUS
 
 STATUS_HEAP_FULL = 4
 K_KEY, K_SEQ, K_TARGET, K_GEN = range(4)

@@ -14,8 +14,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..tuning.encode import CHECKPOINT, FAILURE, FORCE_OPEN, OPERATOR, SUCCESS, TASK_STARTED
-from ..tuning.kernel import A_HEAP, A_STATUS, round6
+from faultstream.processors.offline.tune.encode import (
+    CHECKPOINT,
+    FAILURE,
+    FORCE_OPEN,
+    OPERATOR,
+    SUCCESS,
+    TASK_STARTED,
+)
+from faultstream.processors.offline.tune.kernel import A_HEAP, A_STATUS, round6
+
 from .encode import CONFIG
 from .failure import _on_failure
 from .heap import K_GEN, K_KEY, K_TARGET, _pop, _push, _replace_first, _sort_key

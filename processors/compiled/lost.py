@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from numba import njit
 
-from ..tuning.encode import WORKER_DISCONNECTION
-from ..tuning.kernel import A_HEAP, _ceil, round6
+from faultstream.processors.offline.tune.encode import WORKER_DISCONNECTION
+from faultstream.processors.offline.tune.kernel import A_HEAP, _ceil, round6
+
 from .encode import STRATEGY_CODE
 from .heap import K_GEN, K_KEY, K_TARGET, _push, _sort_key
 from .state import (

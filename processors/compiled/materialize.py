@@ -25,10 +25,10 @@ from faultstream.events.models import (
     RecoveryCommand,
     RecoveryStrategy,
 )
+from faultstream.processors.core.ids import command_id, migration_command_id, transition_id
+from faultstream.processors.core.recovery import Plan, plan_failure
+from faultstream.processors.offline.tune.encode import FAILURE_TYPES
 
-from ..core.ids import command_id, migration_command_id, transition_id
-from ..core.recovery import Plan, plan_failure
-from ..tuning.encode import FAILURE_TYPES
 from .encode import STRATEGIES, Encoded
 from .state import (
     B_GUARD,

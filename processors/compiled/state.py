@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from numba import njit
 
-from ..tuning.kernel import A_LOG, A_STATUS, STATUS_BACKOFF, STATUS_ROUNDING, _ceil, round6
+from faultstream.processors.offline.tune.kernel import (
+    A_LOG,
+    A_STATUS,
+    STATUS_BACKOFF,
+    STATUS_ROUNDING,
+    _ceil,
+    round6,
+)
+
 from .heap import _push, _sort_key
 
 CLOSED, OPEN, HALF_OPEN, FORCED_OPEN = 0, 1, 2, 3

@@ -38,12 +38,12 @@ from faultstream.events.admin import CIRCUITS, COMMANDS, CONTROL, DECISIONS
 from faultstream.events.codec import Codec
 from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
+from faultstream.events.frames import unpack as unpack_frame
 from faultstream.events.kafka_clients import librdkafka_config
 from faultstream.events.models import CircuitStateChanged, DerivedRecord, InputRecord, WorkerEvent
 from faultstream.events.spool import Spool
 from faultstream.events.transport import PRODUCER_DEFAULTS, KafkaTransport
 from faultstream.processors.core import FleetCore
-from faultstream.processors.decisions import unpack as unpack_frame
 
 _POLL_S = 0.02
 # Latency over throughput: one record at a time, uncompressed (lz4 also needs cramjam in

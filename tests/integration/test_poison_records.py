@@ -20,6 +20,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from producers import ordered_producer
 from test_processor import processor, wait_until
 
+from faultstream.events import frames as framing
 from faultstream.events.admin import (
     MAX_MESSAGE_BYTES,
     MAX_RECORD_BYTES,
@@ -36,7 +37,6 @@ from faultstream.events.models import (
     RecoveryCommand,
     WorkerEvent,
 )
-from faultstream.processors import decisions as framing
 
 pytestmark = pytest.mark.kafka
 

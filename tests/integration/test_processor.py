@@ -23,9 +23,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from faultstream.events import frames as framing
 from faultstream.events.admin import create_topics, end_offsets
 from faultstream.events.codec import Codec
 from faultstream.events.config import Settings
+from faultstream.events.decode import InputDecoder
 from faultstream.events.jsonl import write_records
 from faultstream.events.models import (
     CircuitState,
@@ -37,9 +39,7 @@ from faultstream.events.models import (
     WorkerEvent,
     derived_to_json,
 )
-from faultstream.processors import decisions as framing
 from faultstream.processors.core import FleetCore
-from faultstream.processors.decode import InputDecoder
 
 pytestmark = pytest.mark.kafka
 

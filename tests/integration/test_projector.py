@@ -24,6 +24,7 @@ import duckdb
 import pytest
 from producers import ordered_producer
 
+from faultstream.events import frames as framing
 from faultstream.events.admin import create_topics, topic_names
 from faultstream.events.codec import Codec
 from faultstream.events.config import CoreSettings, Settings, load_settings
@@ -34,7 +35,6 @@ from faultstream.events.models import (
     Tick,
     WorkerEvent,
 )
-from faultstream.processors import decisions as framing
 from faultstream.processors.core import FleetCore
 from faultstream.projections.health import snapshot_row
 from faultstream.projections.queries import History

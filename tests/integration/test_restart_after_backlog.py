@@ -32,6 +32,7 @@ from test_processor import (
 from faultstream.events.admin import create_topics, end_offsets
 from faultstream.events.codec import Codec
 from faultstream.events.config import Settings
+from faultstream.events.decode import InputDecoder, stamped
 from faultstream.events.models import (
     DerivedRecord,
     InputRecord,
@@ -40,7 +41,6 @@ from faultstream.events.models import (
     derived_to_json,
 )
 from faultstream.processors.core import FleetCore
-from faultstream.processors.decode import InputDecoder, stamped
 
 pytestmark = pytest.mark.kafka
 

@@ -10,13 +10,13 @@ from confluent_kafka import Consumer, Producer
 from histories import History
 
 from faultstream.cli import main
+from faultstream.events import frames as framing
 from faultstream.events.admin import create_topics
 from faultstream.events.codec import Codec
 from faultstream.events.config import CoreSettings, Settings
 from faultstream.events.models import CircuitStateChanged, ConfigChanged, derived_to_json
-from faultstream.processors import decisions as framing
-from faultstream.processors.replay import replay
-from faultstream.processors.sources import KafkaSource
+from faultstream.processors.offline.replay import replay
+from faultstream.processors.offline.sources import KafkaSource
 
 pytestmark = pytest.mark.kafka
 

@@ -14,10 +14,10 @@ from test_codec import _fastavro_bytes
 from test_codec import worker_events as valid_worker_events
 from test_history_dedupe_and_totals import event, every_kind_of_record, table_rows
 
+from faultstream.events import frames as framing
 from faultstream.events.codec import Codec
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.models import MAX_MILLIS, WorkerEvent
-from faultstream.processors import decisions as framing
 from faultstream.projections.columns import FAILURE_TYPES, KINDS, DecisionsDecoder
 from faultstream.projections.tables import TABLES, HistoryWriter
 

@@ -30,7 +30,7 @@ from faultstream.processors.compiled import (
     encode_table,
     replay_compiled_table,
 )
-from faultstream.processors.sources import (
+from faultstream.processors.offline.sources import (
     ALL_TIME,
     INPUT_COLUMNS,
     REPLAY_COLUMNS,

@@ -12,6 +12,7 @@ import duckdb
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from fastavro import parse_schema, schemaless_writer
 
+from faultstream.events import frames
 from faultstream.events.admin import (
     MAX_MESSAGE_BYTES,
     MAX_RECORD_BYTES,
@@ -19,6 +20,7 @@ from faultstream.events.admin import (
 )
 from faultstream.events.codec import HEADER, Codec
 from faultstream.events.config import KafkaSettings
+from faultstream.events.decode import InputDecoder
 from faultstream.events.exceptions import DecodeError
 from faultstream.events.models import (
     DEAD_LETTER_RAW_BYTES,
@@ -26,9 +28,7 @@ from faultstream.events.models import (
     DeadLetter,
     WorkerEvent,
 )
-from faultstream.processors import decisions
-from faultstream.processors.decode import InputDecoder
-from faultstream.processors.ingest import DECISIONS_KEY
+from faultstream.processors.stream.ingest import DECISIONS_KEY
 from faultstream.projections.tables import HistoryWriter
 
 # dead_letter.avsc as the first release wrote it, under the fixed schema id 5.
@@ -134,7 +134,7 @@ def test_the_largest_valid_checkpoint_passes_and_its_frame_fits_every_limit() ->
     assert InputDecoder().validated(raw).checkpoint_state == b"\xff" * MAX_CHECKPOINT_BYTES
     # A record at the limit travels alone in its frame; with Kafka's record-batch overhead
     # it stays within what the producer sends and the topics accept.
-    (frame,) = decisions.pack_all([b"\x00" * MAX_RECORD_BYTES], [1_764_355_200_000])
+    (frame,) = frames.pack_all([b"\x00" * MAX_RECORD_BYTES], [1_764_355_200_000])
     batch = DefaultRecordBatchBuilder.estimate_size_in_bytes(DECISIONS_KEY, frame, [])
     assert batch <= MAX_MESSAGE_BYTES
 

@@ -18,7 +18,9 @@ from fastavro import schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from faultstream.events import frames
 from faultstream.events.codec import DEFAULT_SCHEMA_IDS, HEADER, SCHEMAS, Codec
+from faultstream.events.decode import InputDecoder
 from faultstream.events.exceptions import DecodeError, FaultstreamError, InvalidEventError
 from faultstream.events.jsonl import parse_input_line
 from faultstream.events.models import (
@@ -29,8 +31,6 @@ from faultstream.events.models import (
     Tick,
     WorkerEvent,
 )
-from faultstream.processors import decisions
-from faultstream.processors.decode import InputDecoder
 
 FUZZ = settings(
     derandomize=True,
@@ -211,9 +211,9 @@ def test_input_decoder_decodes_or_refuses_any_control_fields(body: dict[str, Any
 
 def _frames() -> list[bytes]:
     return [
-        decisions.pack(VALID[:1], [1_764_355_200_123]),
-        decisions.pack(VALID),
-        decisions.pack([b"", b"\x00"]),
+        frames.pack(VALID[:1], [1_764_355_200_123]),
+        frames.pack(VALID),
+        frames.pack([b"", b"\x00"]),
     ]
 
 
@@ -223,7 +223,7 @@ FRAMES = st.one_of(st.binary(max_size=64), mutated(_frames()))
 @FUZZ
 @given(FRAMES)
 def test_frame_unpacking_gives_records_or_refuses(frame: bytes) -> None:
-    assert_decodes_or_refuses(decisions.unpack, frame, (list,))
+    assert_decodes_or_refuses(frames.unpack, frame, (list,))
 
 
 @FUZZ
@@ -285,8 +285,8 @@ def test_the_fuzzed_decoders_do_refuse_what_they_must() -> None:
     # The properties above hold trivially for a decoder that accepts everything.
     for decode, bad in [
         (DECODER.validated, b"\x00\x00\x00\x00\x01garbage"),
-        (decisions.unpack, b"\x02\x00\x00\x00\x05"),
-        (DECODER.trusted_frame, decisions.pack([VALID[0], b"\x00\x00\x00\x00\x01"])),
+        (frames.unpack, b"\x02\x00\x00\x00\x05"),
+        (DECODER.trusted_frame, frames.pack([VALID[0], b"\x00\x00\x00\x00\x01"])),
         (parse_input_line, '{"kind": "HEARTBEAT"}'),
     ]:
         try:

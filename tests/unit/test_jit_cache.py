@@ -3,7 +3,7 @@
 import importlib.util
 import sys
 
-from faultstream.processors.jit import compiles_on_first_call, compiling
+from faultstream.processors.offline.jit import compiles_on_first_call, compiling
 
 MODULE = """
 from numba import njit

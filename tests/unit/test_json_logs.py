@@ -16,8 +16,8 @@ import pytest
 
 from faultstream.cli.dashboard import run_as_json_lines
 from faultstream.logs import JsonFormatter, json_line
-from faultstream.processors import stats
-from faultstream.processors.stats import BatchStats
+from faultstream.processors.stream import stats
+from faultstream.processors.stream.stats import BatchStats
 
 
 @pytest.fixture

@@ -30,18 +30,18 @@ from faultstream.events.models import (
     WorkerEvent,
     derived_to_json,
 )
-from faultstream.processors import sources
 from faultstream.processors.compiled import replay_compiled_table
 from faultstream.processors.core import FleetCore
-from faultstream.processors.jsonl_columns import Refused, records_to_columns, scan_jsonl
-from faultstream.processors.sources import (
+from faultstream.processors.offline import sources
+from faultstream.processors.offline.jsonl_columns import Refused, records_to_columns, scan_jsonl
+from faultstream.processors.offline.sources import (
     INPUT_COLUMNS,
     REPLAY_COLUMNS,
     DuckDBSource,
     JsonlSource,
     Window,
 )
-from faultstream.processors.tuning import ColumnarHistory, TunePolicy, parse_grid, tune_round
+from faultstream.processors.offline.tune import ColumnarHistory, TunePolicy, parse_grid, tune_round
 from faultstream.projections.tables import HistoryWriter
 
 EXAMPLES = int(os.environ.get("JSONL_EXAMPLES", "200"))

@@ -19,10 +19,10 @@ from faultstream.events.exceptions import ConfigError
 from faultstream.events.kafka_clients import (
     KafkaClientConfigError,
     aiokafka_kwargs,
-    faust_app_kwargs,
     kafka_environment,
     librdkafka_config,
 )
+from faultstream.processors.stream.connection import faust_app_kwargs
 
 PASSWORD = "correct-horse-battery-staple"
 NOWHERE = "127.0.0.1:1"  # clients are built, never connected

@@ -1,4 +1,4 @@
-"""The merge of input partitions by broker time (processors/merge.py)."""
+"""The merge of input partitions by broker time (processors/stream/merge.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import NamedTuple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from faultstream.processors.merge import PartitionMerge
+from faultstream.processors.stream.merge import PartitionMerge
 
 
 class Rec(NamedTuple):

@@ -1,4 +1,4 @@
-"""The processor's hand-written input decoding (processors/decode.py) against the codec."""
+"""The processor's hand-written input decoding (events/decode.py) against the codec."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from test_codec import EVENT, _fastavro_bytes, worker_events
 
 from faultstream.events.codec import Codec
+from faultstream.events.decode import InputDecoder
 from faultstream.events.exceptions import DecodeError, FaultstreamError, InvalidEventError
 from faultstream.events.models import EventKind, Operator, Tick, WorkerEvent
-from faultstream.processors.decode import InputDecoder
 
 CODEC = Codec()
 DECODER = InputDecoder()

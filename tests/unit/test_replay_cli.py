@@ -15,7 +15,7 @@ from faultstream.cli.simulate import run_embedded_simulation
 from faultstream.events.config import CoreSettings, load_settings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.jsonl import read_input_records, write_records
-from faultstream.processors import replay as replay_module
+from faultstream.processors.offline import replay as replay_module
 
 
 def history_lines() -> list[str]:

@@ -13,16 +13,16 @@ from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.jsonl import read_input_records
 from faultstream.events.models import derived_to_json
-from faultstream.processors import sources
-from faultstream.processors.diff import diff_derived
-from faultstream.processors.replay import replay
-from faultstream.processors.sources import (
+from faultstream.events.times import parse_time
+from faultstream.processors.offline import sources
+from faultstream.processors.offline.diff import diff_derived
+from faultstream.processors.offline.replay import replay
+from faultstream.processors.offline.sources import (
     INPUT_COLUMNS,
     DuckDBSource,
     JsonlSource,
     ReadModelsSource,
     Window,
-    parse_time,
 )
 from faultstream.projections.read_models import ReadModelPublisher
 from faultstream.projections.tables import HistoryWriter

@@ -13,7 +13,7 @@ import pytest
 from faultstream.cli import dashboard as dashboard_cli
 from faultstream.cli import main
 from faultstream.events.config import load_settings
-from faultstream.processors.app import create_app
+from faultstream.processors.stream.app import create_app
 from faultstream.projections.api import ApiServer
 from faultstream.projections.queries import History
 

@@ -16,7 +16,7 @@ import pytest
 from faultstream.cli import main
 from faultstream.events.config import Settings, load_settings
 from faultstream.events.locks import FileLock, LockedError
-from faultstream.processors.app import instance_datadir
+from faultstream.processors.stream.app import instance_datadir
 from faultstream.projections.projector import Projector
 from faultstream.projections.read_models import ReadModelPublisher, ReadModelsLockedError
 

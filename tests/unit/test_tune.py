@@ -13,7 +13,7 @@ from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import ConfigError
 from faultstream.events.models import InputRecord
 from faultstream.processors.core import FleetCore
-from faultstream.processors.tuning import (
+from faultstream.processors.offline.tune import (
     TunePolicy,
     Weights,
     expand_grid,
@@ -195,7 +195,7 @@ def test_two_million_configurations_are_refused_when_the_grid_is_parsed() -> Non
 
 def test_cli_default_limit_is_the_grids() -> None:
     from faultstream.cli import tune as tune_cli
-    from faultstream.processors.tuning.grid import DEFAULT_MAX_CONFIGS
+    from faultstream.processors.offline.tune.grid import DEFAULT_MAX_CONFIGS
 
     assert tune_cli.DEFAULT_MAX_CONFIGS == DEFAULT_MAX_CONFIGS
 

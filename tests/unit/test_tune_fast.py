@@ -1,4 +1,4 @@
-"""The compiled tuner (`processors/tuning/fast.py`) against the specification: for random
+"""The compiled tuner (`processors/offline/tune/fast.py`) against the specification: for random
 histories and random valid settings, its score equals a plain `FleetCore` run scored by
 `score_history`, exactly."""
 
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from faultstream.events.config import CoreSettings
 from faultstream.events.models import MAX_MILLIS, InputRecord, WorkerEvent
 from faultstream.processors.core.fleet import SEEN_IDS_PER_WORKER
-from faultstream.processors.sources import DuckDBSource
-from faultstream.processors.tuning import (
+from faultstream.processors.offline.sources import DuckDBSource
+from faultstream.processors.offline.tune import (
     ColumnarHistory,
     TunePolicy,
     expand_grid,
@@ -28,22 +28,22 @@ from faultstream.processors.tuning import (
     run_grid,
     tune_round,
 )
-from faultstream.processors.tuning import encode as encode_module
-from faultstream.processors.tuning.encode import (
+from faultstream.processors.offline.tune import encode as encode_module
+from faultstream.processors.offline.tune.encode import (
     COLUMNS,
     EVENT_HASH,
     UnsupportedHistory,
     encode,
     encode_columns,
 )
-from faultstream.processors.tuning.fast import (
+from faultstream.processors.offline.tune.fast import (
     A_STATUS,
     Config,
     round6,
     score_config,
     score_grid,
 )
-from faultstream.processors.tuning.runner import evaluate
+from faultstream.processors.offline.tune.runner import evaluate
 from faultstream.projections.tables import HistoryWriter
 
 WORKERS = ["w1", "w2", "w3", "w4", "w5", "cuda"]  # "cuda" also names a class: ids tie

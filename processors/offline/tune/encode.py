@@ -22,8 +22,8 @@ from numba import njit
 from faultstream.events.classify import classify_message
 from faultstream.events.config import AttributionSettings
 from faultstream.events.models import CircuitKind, FailureType, InputRecord
+from faultstream.processors.core.fleet import SEEN_CONTROL_IDS, SEEN_IDS_PER_WORKER
 
-from ..core.fleet import SEEN_CONTROL_IDS, SEEN_IDS_PER_WORKER
 from ..sources import TUNER_COLUMNS
 
 # Record kind codes; worker events first so `kind <= FAILURE` means "a worker event".

@@ -3,21 +3,21 @@
 Two stages, because CIRCUITS.md's rules cross keys (a failure touches worker, hardware
 class and task type circuits; the fleet guard and target choice look across workers):
 
-1. `ingest` (processors/ingest.py: an aiokafka consumer run as an app task, group
+1. `ingest` (processors/stream/ingest.py: an aiokafka consumer run as an app task, group
    `<prefix>-processor-ingest`, parallel over the 6 partitions of `<prefix>.events` plus
    `<prefix>.control`; with `naive=True` a Faust agent, one event per frame): decode and
    validate each record (the only full validation);
    bad ones become DeadLetters on `<prefix>.dlq`; the good ones of a poll are packed, byte
-   for byte, into ONE framed record (processors/decisions.py) on `<prefix>.decisions`
+   for byte, into ONE framed record (events/frames.py) on `<prefix>.decisions`
    (1 partition, key "fleet"): Kafka's per-message cost is paid per batch, not per event.
-2. `decide` (processors/decider.py, the one consumer of `<prefix>.decisions`): unpacks
-   each frame, decodes its records without re-validating them (processors/decode.py),
+2. `decide` (processors/stream/decider.py, the one consumer of `<prefix>.decisions`): unpacks
+   each frame, decodes its records without re-validating them (events/decode.py),
    and runs one FleetCore over them in (decisions offset, index in frame) order, sending
    its outputs to `<prefix>.circuits` / `.commands`. Frames of this instance's own ingest
    are handed over as soon as the broker acknowledges them, not after a round trip.
 
 That order of `<prefix>.decisions` *is* the history: replaying it through FleetCore gives
-the processor's outputs exactly. Restarts restore a snapshot (processors/state.py: the
+the processor's outputs exactly. Restarts restore a snapshot (processors/stream/snapshots.py: the
 offset after the last fully applied frame) and re-process from it, whatever Faust
 committed; outputs are at-least-once with deterministic ids, and consumers dedupe by id
 (ARCHITECTURE.md: idempotence, not exactly_once).
@@ -40,12 +40,12 @@ from faultstream.events.admin import (
     min_insync_replicas,
 )
 from faultstream.events.config import Settings
+from faultstream.events.decode import InputDecoder
 from faultstream.events.exceptions import FaultstreamError
-from faultstream.events.kafka_clients import faust_app_kwargs
 
 from .clock import install_clock
+from .connection import faust_app_kwargs
 from .decider import Decider
-from .decode import InputDecoder
 from .ingest import Ingest
 from .metrics import install_metrics_page
 

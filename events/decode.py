@@ -27,7 +27,7 @@ from faultstream.events.codec import DEFAULT_SCHEMA_IDS, HEADER, MAGIC, SCHEMAS,
 from faultstream.events.exceptions import DecodeError, FaultstreamError, InvalidEventError
 from faultstream.events.models import EventKind, FailureType, InputRecord, WorkerEvent
 
-from . import decisions
+from . import frames
 
 _SCHEMA = json.loads(SCHEMAS["worker_event"].text)
 _FIELDS = [f["name"] for f in _SCHEMA["fields"]]
@@ -38,7 +38,7 @@ if [f.value for f in _KINDS] != next(
 ) or [f.value for f in _FAILURE_TYPES] != next(
     f["type"][1]["symbols"] for f in _SCHEMA["fields"] if f["name"] == "failure_type"
 ):
-    raise RuntimeError("worker_event.avsc enums changed: update processors/decode.py")
+    raise RuntimeError("worker_event.avsc enums changed: update events/decode.py")
 _HEADER_LEN = HEADER.size
 _validate = WorkerEvent.model_validate
 _new = WorkerEvent.__new__
@@ -210,7 +210,7 @@ class InputDecoder:
 
     def trusted(self, raw: bytes, received_at: int | None = None) -> InputRecord:
         """Decode a record that `validated` accepted before, skipping the checks, with
-        the broker's append time it came in with (decisions.unpack_stamped)."""
+        the broker's append time it came in with (frames.unpack_stamped)."""
         if raw[:_HEADER_LEN] == self._fast_header:
             fields = read_worker_event(raw)
             fields["received_at"] = received_at
@@ -224,7 +224,7 @@ class InputDecoder:
         All or nothing: DecodeError, naming the record at fault, when the frame or any record
         in it does not decode, so the caller can reject the frame whole before any record of
         it reaches the core (the projector rejects such a frame whole too)."""
-        times, raws = decisions.unpack_stamped(frame)
+        times, raws = frames.unpack_stamped(frame)
         trusted = self.trusted
         records: list[InputRecord] = []
         for index, raw in enumerate(raws):

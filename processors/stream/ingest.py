@@ -2,7 +2,7 @@
 `<prefix>.decisions`, dead-letter the bad ones.
 
 Records are forwarded in one order across the input partitions: merged by the broker's
-append time (processors/merge.py), each carrying that time into its frame, where the
+append time (processors/stream/merge.py), each carrying that time into its frame, where the
 decider reads it as the record's `received_at` (CIRCUITS.md "Decision time").
 
 The batched path (`Ingest.run`) reads `<prefix>.events` and `.control` with its own
@@ -31,28 +31,29 @@ import faust
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from faultstream.events import frames
 from faultstream.events.admin import MAX_MESSAGE_BYTES
 from faultstream.events.config import Settings
+from faultstream.events.decode import InputDecoder
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.kafka_clients import aiokafka_kwargs
 from faultstream.events.models import DeadLetter
 
-from . import decisions, metrics
-from .decode import InputDecoder
+from . import metrics
 from .merge import PartitionMerge
 from .stats import BatchStats
 
 log = logging.getLogger("faultstream.processor")
 
 DECISIONS_KEY = b"fleet"
-# Records per poll, hence at most per frame (decisions.MAX_RECORDS caps a frame).
+# Records per poll, hence at most per frame (frames.MAX_RECORDS caps a frame).
 POLL_MAX_RECORDS = 5000
 COMMIT_EVERY_S = 1.0
 # A partition that runs this far ahead of the merge stops being fetched until it drains.
 MERGE_BUFFER_MAX = 50_000
 # How often to say which partition holds the merge back, while one does.
 WAITING_LOG_EVERY_S = 10.0
-assert POLL_MAX_RECORDS <= decisions.MAX_RECORDS
+assert POLL_MAX_RECORDS <= frames.MAX_RECORDS
 
 
 class Ingest:
@@ -125,7 +126,7 @@ class Ingest:
                 continue
             good.append(raw)
             received.append(message.timestamp)
-        for frame in decisions.pack_all(good, received) if good else ():
+        for frame in frames.pack_all(good, received) if good else ():
             delivery = await send(self.topics.decisions, DECISIONS_KEY, frame, 0, None, None)
             sent.append(delivery)
             if self.on_frame is not None:

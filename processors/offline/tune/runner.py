@@ -18,8 +18,8 @@ from typing import IO
 
 from faultstream.events.config import AttributionSettings, CoreSettings
 from faultstream.events.models import DerivedRecord, InputRecord
+from faultstream.processors.core import FleetCore
 
-from ..core import FleetCore
 from .columns import ColumnarInputs
 from .grid import Candidate
 from .prepared import PreparedHistory, prepare, score_prepared

@@ -27,8 +27,8 @@ from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.gcpause import gc_paused
 from faultstream.events.jsonl import InvalidLineError
 from faultstream.events.models import DerivedRecord, InputRecord, derived_to_json
+from faultstream.processors.core import FleetCore
 
-from .core import FleetCore
 from .diff import DiffReport, diff_derived
 from .sources import ALL_TIME, REPLAY_COLUMNS, HistorySource, Window
 
@@ -64,7 +64,7 @@ def replay(
         head = list(islice(rest, COMPILED_MAX_RECORDS + 1))
         if len(head) > COMPILED_MAX_RECORDS:
             _refuse(f"over {COMPILED_MAX_RECORDS:,} records, more than it holds in memory")
-        from .compiled import UnsupportedHistory, replay_compiled
+        from faultstream.processors.compiled import UnsupportedHistory, replay_compiled
 
         try:
             derived = replay_compiled(head, settings)
@@ -91,7 +91,7 @@ def replay_history(
     why = "engine core"
     table = None if engine == "core" else source.input_columns(window, REPLAY_COLUMNS)
     if table is not None:
-        from .compiled import UnsupportedHistory, replay_compiled_table
+        from faultstream.processors.compiled import UnsupportedHistory, replay_compiled_table
 
         try:
             derived = replay_compiled_table(table, settings)

@@ -9,7 +9,7 @@ where it also holds them, the derived records that really happened (for `--diff`
 - `ReadModelsSource`: the projector's Parquet read models (same tables).
   Both read through `faultstream.projections.queries.History`.
 - `KafkaSource`: `<prefix>.decisions` from the beginning to its end offset at start (the
-  processor's total order of inputs, framed: processors/decisions.py), plus `.circuits`
+  processor's total order of inputs, framed: events/frames.py), plus `.circuits`
   and `.commands` for what happened.
 
 `processors` reads `faultstream.projections` here, only to share its query module.
@@ -21,7 +21,6 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +29,7 @@ import pyarrow as pa
 
 from faultstream.events.admin import end_offsets
 from faultstream.events.config import KafkaSettings
+from faultstream.events.decode import stamped
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.jsonl import InvalidLineError, read_input_records
 from faultstream.events.kafka_clients import librdkafka_config
@@ -42,7 +42,6 @@ from faultstream.events.models import (
 )
 from faultstream.projections.queries import History  # reading only: the shared queries
 
-from .decode import stamped
 from .input_columns import read_input_columns
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,7 @@ _KAFKA_POLL_S = 1.0
 _KAFKA_IDLE_POLLS = 30  # give up when the end offset is not reached within ~30 s of quiet
 
 
-# The fields the compiled tuner reads (processors/tuning/encode.py), in its order.
+# The fields the compiled tuner reads (processors/offline/tune/encode.py), in its order.
 TUNER_COLUMNS = (
     "event_id",
     "kind",
@@ -76,23 +75,6 @@ REPLAY_COLUMNS = (*INPUT_COLUMNS, "attempt", "checkpoint_seq", "batch_size", "pr
 
 class HistoryError(FaultstreamError):
     """A history that cannot be read; the message names the source."""
-
-
-def parse_time(text: str, flag: str = "--since") -> int:
-    """Epoch milliseconds from `1764355200000` or ISO-8601 (`2025-11-28T18:40:00Z`; naive
-    means UTC)."""
-    value = text.strip()
-    if value.lstrip("-").isdigit():
-        return int(value)
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise FaultstreamError(
-            f"{flag} {text!r}: expected epoch milliseconds or ISO-8601 (2025-11-28T18:40:00Z)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
 
 
 # An input's decision time in the history tables (models.received_at).
@@ -186,7 +168,7 @@ class JsonlSource:
         self, window: Window = ALL_TIME, columns: Sequence[str] = INPUT_COLUMNS
     ) -> pa.Table | None:
         """The inputs of `inputs(window)` as Arrow columns, read without a model per line
-        (processors/jsonl_columns.py); None when only the line-by-line parse can tell
+        (processors/offline/jsonl_columns.py); None when only the line-by-line parse can tell
         (a history it cannot prove valid, or stdin, which can be read only once), and for
         a file under JSONL_COLUMNS_MIN_BYTES, which the parse finishes first."""
         from .jsonl_columns import in_window, read_jsonl_columns
@@ -306,8 +288,8 @@ class KafkaSource:
         return None  # framed Avro: decoded record by record
 
     def inputs(self, window: Window = ALL_TIME) -> Iterator[InputRecord]:
-        from .decisions import unpack_stamped
-        from .decode import InputDecoder
+        from faultstream.events.decode import InputDecoder
+        from faultstream.events.frames import unpack_stamped
 
         decoder = InputDecoder(self.kafka.schema_registry_url, topic_prefix=self.kafka.topic_prefix)
         # Each decisions record is a frame of inputs: (offset, index in frame) order.

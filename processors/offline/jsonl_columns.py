@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 from faultstream.events.exceptions import InvalidEventError
 from faultstream.events.jsonl import parse_input_line
 from faultstream.events.models import ConfigChanged, InputRecord, WorkerEvent
+from faultstream.processors.offline import jsonl_kernel as k
 
-from . import jsonl_kernel as k
 from .jsonl_lexer import chunk_bounds, count_lines, hash_strings
 from .sources import REPLAY_COLUMNS
 
@@ -196,7 +196,7 @@ def _configs(buf: np.ndarray, lines: np.ndarray, rows: np.ndarray, n: int) -> pa
 
 def event_hashes(event_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A 64-bit hash of each event id (equal ids, equal hashes): the encoders' cheap repeat
-    finder, every repeat re-checked on the strings (processors/tuning/encode.py)."""
+    finder, every repeat re-checked on the strings (processors/offline/tune/encode.py)."""
     if isinstance(event_ids, pa.ChunkedArray):
         event_ids = event_ids.combine_chunks()
     _, offsets, data = event_ids.buffers()

@@ -27,14 +27,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from faultstream.events.admin import MAX_MESSAGE_BYTES
 from faultstream.events.config import Settings
+from faultstream.events.decode import InputDecoder
 from faultstream.events.exceptions import DecodeError
 from faultstream.events.kafka_clients import aiokafka_kwargs
 from faultstream.events.models import CircuitStateChanged, DeadLetter, RecoveryCommand
 from faultstream.processors.core import FleetCore
+from faultstream.processors.stream import metrics
 
-from . import metrics
-from .decode import InputDecoder
-from .state import SnapshotStore
+from .snapshots import SnapshotStore
 from .stats import BatchStats
 
 log = logging.getLogger("faultstream.processor")

@@ -10,7 +10,7 @@ from typing import Any
 
 # The entry points of replay's fast paths: (module, function).
 REPLAY_FAST_PATHS = (
-    ("faultstream.processors.jsonl_kernel", "parse_chunks"),
+    ("faultstream.processors.offline.jsonl_kernel", "parse_chunks"),
     ("faultstream.processors.compiled.kernel", "replay"),
 )
 
