@@ -4,7 +4,7 @@ DuckDB: consume + the validating per-record decode (the baseline of the issue), 
 consume + the projector's own columnar decode. Medians of several runs; the machine is
 noisy, so the ratios matter more than the figures.
 
-Two layouts of `<prefix>.decisions`: one Kafka record per event (the issue's case, and the
+Two layouts of `<prefix>.ordered`: one Kafka record per event (the issue's case, and the
 worst: Kafka's per-message cost is paid per event) and frames of 100 events, as the
 processor writes them.
 
@@ -27,7 +27,7 @@ from faultstream.events.admin import create_topics, delete_topics, topic_names
 from faultstream.events.codec import Codec
 from faultstream.events.config import load_settings
 from faultstream.events.models import WorkerEvent
-from faultstream.projections.columns import DecisionsDecoder
+from faultstream.projections.columns import FramesDecoder
 from faultstream.projections.projector import Projector, ProjectorOptions, consumer_config
 
 TARGET = 100_000
@@ -51,8 +51,8 @@ def events(settings, count: int) -> list[bytes]:
 
 
 def produce(settings, count: int, frame: int) -> None:
-    """`count` events onto `.decisions`, one a record (frame 1) or `frame` a record."""
-    topic = topic_names(settings.kafka)["decisions"]
+    """`count` events onto `.ordered`, one a record (frame 1) or `frame` a record."""
+    topic = topic_names(settings.kafka)["ordered"]
     producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers,
                          "linger.ms": 50, "batch.size": 1_000_000})  # fmt: skip
     records = events(settings, count)
@@ -70,9 +70,9 @@ def consume_and_decode(settings, count: int, columnar: bool) -> float:
     """The baselines: consume `count` events and decode them, one validated model per
     record (as the issue measured) or a batch at a time into columns (as the projector)."""
     codec = Codec(topic_prefix=settings.kafka.topic_prefix)
-    decoder = DecisionsDecoder(codec)
+    decoder = FramesDecoder(codec)
     consumer = Consumer(consumer_config(settings.kafka))  # the projector's fetch sizes
-    consumer.assign([TopicPartition(topic_names(settings.kafka)["decisions"], 0,
+    consumer.assign([TopicPartition(topic_names(settings.kafka)["ordered"], 0,
                                     OFFSET_BEGINNING)])  # fmt: skip
     seen = 0
     start = time.perf_counter()
@@ -128,7 +128,7 @@ def scenario(args: argparse.Namespace, frame: int, workdir: Path) -> None:
     projector = statistics.median(rate for rate, _ in runs)
     batch = statistics.median(rows for _, rows in runs)
     layout = "one Kafka record each" if frame == 1 else f"frames of {frame}"
-    print(f"\n{args.events:,} worker events on {prefix}.decisions, {layout}, "
+    print(f"\n{args.events:,} worker events on {prefix}.ordered, {layout}, "
           f"median of {args.runs} runs")  # fmt: skip
     print(f"{'path':<50}{'events/s':>10}{'projector / it':>16}")
     for name, rates in [

@@ -32,14 +32,14 @@ CIRCUITS = "circuits"
 COMMANDS = "commands"
 DLQ = "dlq"
 # The Faust app's internal, single-partition input of the serial decider.
-DECISIONS = "decisions"
-LOGICAL_TOPICS = (EVENTS, CONTROL, CIRCUITS, COMMANDS, DLQ, DECISIONS)
+ORDERED = "ordered"
+LOGICAL_TOPICS = (EVENTS, CONTROL, CIRCUITS, COMMANDS, DLQ, ORDERED)
 
 # Kafka's defaults (a producer request of 1,000,000 bytes, a topic batch of about 1 MiB)
 # are below the contract's largest record: a CHECKPOINT with 1 MiB of state, plus its other
 # fields. The processor forwards input records of up to MAX_RECORD_BYTES and dead-letters
 # larger ones; the topics a record passes through, and every producer and consumer on its
-# path, take MAX_MESSAGE_BYTES: one such record alone in a decisions frame, plus the frame's
+# path, take MAX_MESSAGE_BYTES: one such record alone in a frame, plus the frame's
 # and Kafka's record-batch overhead, with room to spare.
 MAX_RECORD_BYTES = 2 * 1024 * 1024
 MAX_MESSAGE_BYTES = MAX_RECORD_BYTES + 64 * 1024
@@ -133,14 +133,14 @@ def topic_specs(kafka: KafkaSettings, brokers: int = 1) -> list[TopicSpec]:
         CIRCUITS: _CIRCUITS_CONFIG,
         COMMANDS: retention,
         DLQ: large,
-        DECISIONS: large,
+        ORDERED: large,
     }
     return [
         TopicSpec(
             logical=logical,
             name=kafka.topic(logical),
             # One partition keeps the decider's input in a single total order.
-            partitions=1 if logical == DECISIONS else kafka.partitions,
+            partitions=1 if logical == ORDERED else kafka.partitions,
             replication_factor=replicas,
             config={**configs[logical], **insync},
         )

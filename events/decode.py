@@ -8,7 +8,7 @@ writes them; anything else (control records, other writer schemas) takes the cod
 - `validated(raw)`: the one full check, in ingest: size, Avro, then the pydantic model.
 - `trusted(raw)`: for records ingest already validated (the decider): the same model,
   built without validation. Tests check both against `Codec.decode_input`.
-- `trusted_frame(frame)`: every record of a decisions frame, or DecodeError for the frame.
+- `trusted_frame(frame)`: every record of a frame, or DecodeError for the frame.
 
 Whatever the bytes, these return records or raise DecodeError / InvalidEventError with the
 reason, never another exception (tests/unit/test_decoder_fuzz.py): one escaping would
@@ -195,7 +195,7 @@ class InputDecoder:
         """Decode and fully validate; DecodeError / InvalidEventError name what is wrong
         (never another exception: whatever arrives is dead-lettered with that reason)."""
         if len(raw) > MAX_RECORD_BYTES:
-            # Its frame would exceed what the decisions topic and the producer accept.
+            # Its frame would exceed what the `.ordered` topic and the producer accept.
             raise DecodeError(
                 f"a record of {len(raw)} bytes; the processor forwards at most "
                 f"{MAX_RECORD_BYTES} bytes"
@@ -219,7 +219,7 @@ class InputDecoder:
         return record if received_at is None else stamped(record, received_at)
 
     def trusted_frame(self, frame: bytes) -> list[InputRecord]:
-        """Every record of a decisions frame with its broker time, as `trusted` decodes it.
+        """Every record of a frame with its broker time, as `trusted` decodes it.
 
         All or nothing: DecodeError, naming the record at fault, when the frame or any record
         in it does not decode, so the caller can reject the frame whole before any record of

@@ -1,6 +1,6 @@
-"""Framed `<prefix>.decisions` records: many validated input records in one Kafka record.
+"""Framed `<prefix>.ordered` records: many validated input records in one Kafka record.
 
-The ingest stage forwards each batch of validated inputs as ONE decisions record, so the
+The ingest stage forwards each batch of validated inputs as ONE frame, so the
 decider (and every other reader of the topic) pays Kafka's per-message cost once per
 batch, not once per event. A frame is
 
@@ -10,7 +10,7 @@ batch, not once per event. A frame is
 
 where each payload is the original Avro record, byte for byte, and `received_at` is the
 broker's append time of the record it came in (CIRCUITS.md "Decision time"): producers
-never write it, so it travels beside the payload. The history order is (decisions offset,
+never write it, so it travels beside the payload. The history order is (`.ordered` offset,
 index within the frame); `seq(offset, index)` turns it into one integer, which caps a
 frame at MAX_RECORDS records.
 """
@@ -58,17 +58,17 @@ def unpack_stamped(frame: bytes) -> tuple[list[int | None], list[bytes]]:
     """(received_at or None, record) of one frame, as two lists in order; DecodeError when
     it is not a whole frame."""
     if not frame:
-        raise DecodeError("empty decisions record")
+        raise DecodeError("empty frames")
     version = frame[0]
     if version != VERSION:
-        raise DecodeError(f"decisions frame version {version}, expected {VERSION}")
+        raise DecodeError(f"frame version {version}, expected {VERSION}")
     size = len(frame)
     if size < _HEADER.size:
-        raise DecodeError(f"decisions frame of {size} bytes is shorter than its header")
+        raise DecodeError(f"frame of {size} bytes is shorter than its header")
     count = _HEADER.unpack_from(frame)[1]
     pos = _HEADER.size + 8 * count
     if pos > size:
-        raise DecodeError(f"decisions frame truncated in the times of its {count} records")
+        raise DecodeError(f"frame truncated in the times of its {count} records")
     times = [
         None if at == UNKNOWN_TIME else at
         for at in struct.unpack_from(f">{count}q", frame, _HEADER.size)
@@ -77,16 +77,16 @@ def unpack_stamped(frame: bytes) -> tuple[list[int | None], list[bytes]]:
     length = _LENGTH.unpack_from
     for index in range(count):
         if pos + 4 > size:
-            raise DecodeError(f"decisions frame truncated at record {index} of {count}")
+            raise DecodeError(f"frame truncated at record {index} of {count}")
         (n,) = length(frame, pos)
         pos += 4
         end = pos + n
         if end > size:
-            raise DecodeError(f"decisions frame truncated in record {index} of {count}")
+            raise DecodeError(f"frame truncated in record {index} of {count}")
         records.append(frame[pos:end])
         pos = end
     if pos != size:
-        raise DecodeError(f"{size - pos} trailing bytes after a decisions frame")
+        raise DecodeError(f"{size - pos} trailing bytes after a frame")
     return times, records
 
 
@@ -112,5 +112,5 @@ def pack_all(records: Sequence[bytes], received_at: Sequence[int]) -> list[bytes
 
 
 def seq(offset: int, index: int) -> int:
-    """The history position of record `index` of the frame at decisions `offset`."""
+    """The history position of record `index` of the frame at `.ordered` `offset`."""
     return offset * MAX_RECORDS + index

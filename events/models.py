@@ -85,7 +85,7 @@ MAX_LONG = 2**63 - 1
 Id = Annotated[str, Field(min_length=1, max_length=128)]
 Millis = Annotated[int, Field(ge=0, le=MAX_MILLIS)]
 Count = Annotated[int, Field(ge=0, le=MAX_LONG)]
-# Set from the broker's append time as a record enters the decisions order (CIRCUITS.md
+# Set from the broker's append time as a record enters the decision order (CIRCUITS.md
 # "Decision time"), never written by producers: it is not in the Avro input schemas.
 BROKER_FIELDS = ("received_at",)
 

@@ -1,4 +1,4 @@
-"""The numba kernels behind `columns.py`: decisions frames split and worker events decoded
+"""The numba kernels behind `columns.py`: frame split and worker events decoded
 from one buffer holding a whole consumed batch, into spans and numbers per field.
 
 The kernels only accept what they are sure of: a record with another schema id, a varint
@@ -113,10 +113,10 @@ def _branch(buf: np.ndarray, pos: int, end: int) -> tuple[int, int]:
 def split_frames(
     buf: np.ndarray, bounds: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The records of each decisions message `m` (bytes `bounds[m]:bounds[m + 1]`):
+    """The records of each frames `m` (bytes `bounds[m]:bounds[m + 1]`):
     (message status, record start, record end, record's message, record's index in frame,
     record's received_at or -1). A bad frame gets FRAME_BAD and no records (its reason
-    comes from decisions.unpack)."""
+    comes from frames.unpack)."""
     messages = len(bounds) - 1
     status = np.zeros(messages, np.uint8)
     capacity = max(16, messages)

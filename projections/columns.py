@@ -1,6 +1,6 @@
 """Decisions records decoded a consumed batch at a time, straight into Arrow columns.
 
-The projector's hot path. The values of a batch of `<prefix>.decisions` messages are
+The projector's hot path. The values of a batch of `<prefix>.ordered` messages are
 joined into one buffer; numba kernels (avro_kernel.py) split the frames and decode every
 worker event into spans and numbers per field, and the `events` rows come out as one Arrow
 table (EVENTS columns, `seq` included) without a Python object per record.
@@ -8,7 +8,7 @@ table (EVENTS columns, `seq` included) without a Python object per record.
 Whatever the kernels leave alone — control records, records of another schema id, anything
 unusual — is decoded one by one by `Codec.decode_trusted`, the reference. A message holding
 a record the codec cannot decode, or a record that is not an input, is rejected whole with
-the reason (a bad frame's reason comes from `decisions.unpack`), as the per-record path did.
+the reason (a bad frame's reason comes from `frames.unpack`).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ _MAX_BUFFER = (1 << 31) - 1
 
 @dataclass
 class DecodedDecisions:
-    """One batch of decisions messages, decoded."""
+    """One batch of frames, decoded."""
 
     events: pa.Table  # worker events, EVENTS columns with `seq`, in message order
     records: list[dict[str, Any]] = field(default_factory=list)  # codec-decoded inputs
@@ -66,8 +66,8 @@ class DecodedDecisions:
     rejected: dict[int, str] = field(default_factory=dict)  # message index -> reason
 
 
-class DecisionsDecoder:
-    """Decodes batches of decisions message values; `codec` decodes what the kernels leave."""
+class FramesDecoder:
+    """Decodes batches of frames values; `codec` decodes what the kernels leave."""
 
     def __init__(self, codec: Codec, event_schema_id: int | None = None) -> None:
         self.codec = codec
@@ -87,7 +87,7 @@ class DecisionsDecoder:
         return self._event_schema_id
 
     def decode(self, values: Sequence[bytes], offsets: Sequence[int]) -> DecodedDecisions:
-        """`values[m]` is the value of the decisions message at `offsets[m]`."""
+        """`values[m]` is the value of the frames at `offsets[m]`."""
         sizes = np.fromiter(map(len, values), np.int64, len(values))
         if len(values) > 1 and int(sizes.sum()) > _MAX_BUFFER:
             half = len(values) // 2
@@ -152,7 +152,7 @@ class DecisionsDecoder:
                 continue
             record["received_at"] = received_at
             if name not in INPUT_SCHEMAS:
-                foreign.setdefault(m, f"a {name} on the decisions topic")
+                foreign.setdefault(m, f"a {name} on the `.ordered` topic")
             decoded.append((m, i, record))
         for m, reason in foreign.items():
             rejected.setdefault(m, reason)

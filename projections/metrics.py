@@ -21,7 +21,7 @@ PROJECTOR_LAG_RECORDS = Gauge(
 )
 PROJECTOR_LAG_SECONDS = Gauge(
     "faultstream_projector_lag_seconds",
-    "0 when every record has landed; otherwise the age of the newest landed decisions frame",
+    "0 when every record has landed; otherwise the age of the newest landed frame",
 )
 API_REQUESTS = Counter(
     "faultstream_api_requests", "HTTP API requests, by route and status", ["route", "status"]

@@ -1,7 +1,7 @@
 """The Kafka → DuckDB projector: the one process that writes the history file.
 
-It reads `<prefix>.decisions` (frames of inputs, events/frames.py, in the order the
-processor's core saw them; the `seq` column is `decisions.seq(offset, index in frame)`),
+It reads `<prefix>.ordered` (frames of inputs, events/frames.py, in the order the
+processor's core saw them; the `seq` column is `frames.seq(offset, index in frame)`),
 `.circuits`, `.commands` and `.dlq` with a plain confluent-kafka consumer, and lands them
 through `HistoryWriter` in batches.
 
@@ -17,7 +17,7 @@ straight into Arrow columns (columns.py); the other topics' records one by one
 
 Lag, for /readyz and /metrics: the records on the broker that have not landed (high
 watermarks of the last fetch responses minus the landed offsets), and while there are any,
-the age of the newest landed decisions frame (0 when everything has landed).
+the age of the newest landed frame (0 when everything has landed).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import duckdb
 import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from faultstream.events.admin import CIRCUITS, COMMANDS, DECISIONS, DLQ, create_topics, topic_names
+from faultstream.events.admin import CIRCUITS, COMMANDS, DLQ, ORDERED, create_topics, topic_names
 from faultstream.events.codec import Codec
 from faultstream.events.config import KafkaSettings, Settings
 from faultstream.events.exceptions import FaultstreamError
@@ -43,7 +43,7 @@ from faultstream.events.kafka_clients import librdkafka_config
 from faultstream.events.models import DeadLetter
 
 from . import metrics
-from .columns import DecisionsDecoder
+from .columns import FramesDecoder
 from .health import HealthSnapshots
 from .read_models import ReadModelPublisher
 from .tables import Batch, HistoryWriter
@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS projector_offsets (
 """
 _NEVER = 1 << 62  # the writer must never flush by itself: only with the offsets
 _SCHEMAS_ON = {
-    DECISIONS: ("worker_event", "control_record"),
+    ORDERED: ("worker_event", "control_record"),
     CIRCUITS: ("circuit_state_changed",),
     COMMANDS: ("recovery_command",),
     DLQ: ("dead_letter",),
@@ -84,7 +84,7 @@ class Projector:
         self.options = options or ProjectorOptions()
         names = topic_names(settings.kafka)
         self.topics = {
-            names[DECISIONS]: DECISIONS,
+            names[ORDERED]: ORDERED,
             names[CIRCUITS]: CIRCUITS,
             names[COMMANDS]: COMMANDS,
             names[DLQ]: DLQ,
@@ -109,7 +109,7 @@ class Projector:
             round(settings.storage.health_interval_s * 1000),
             settings.core.circuits.attribution,
         )
-        self.decisions = DecisionsDecoder(self.codec)
+        self.frames = FramesDecoder(self.codec)
         self.consumer: Consumer | None = None
         self._offsets: dict[tuple[str, int], int] = {}
         self._circuits_topic = names[CIRCUITS]
@@ -128,7 +128,7 @@ class Projector:
         # Lag (module docstring): measured on the consuming thread, read by the API's.
         self._assigned: list[TopicPartition] = []
         self._landed_offsets: dict[tuple[str, int], int] = {}
-        self._newest_frame_ms = -1  # Kafka timestamp of the newest decisions frame polled
+        self._newest_frame_ms = -1  # Kafka timestamp of the newest frame polled
         self.newest_landed_ms = -1  # ... and landed
         self.lag_records: int | None = None  # None until first measured
         self.lag_ms = 0.0
@@ -242,7 +242,7 @@ class Projector:
             value = message.value()
             if value is None:
                 letters.append(_dead_letter(message, "empty message value"))
-            elif logical == DECISIONS:  # decoded together, in columns, below
+            elif logical == ORDERED:  # decoded together, in columns, below
                 frames.append(message)
                 values.append(value)
                 frame_offsets.append(offset)
@@ -265,7 +265,7 @@ class Projector:
                     newest[partition] = max(newest.get(partition, fields["ts"]), fields["ts"])
         if frames:  # one partition, in offset order: the last is the newest
             self._newest_frame_ms = max(self._newest_frame_ms, frames[-1].timestamp()[1])
-        rows = self._decode_decisions(frames, values, frame_offsets, letters) if frames else 0
+        rows = self._decode_frames(frames, values, frame_offsets, letters) if frames else 0
         if derived:
             self.writer.append_derived(derived)
         if letters:
@@ -274,13 +274,13 @@ class Projector:
         self._pending_rows += rows
         return rows
 
-    def _decode_decisions(
+    def _decode_frames(
         self, frames: list[Message], values: list[bytes], offsets: list[int], letters: list[Any]
     ) -> int:
         """Decisions messages (frames of inputs) into the writer, a batch at a time; the
-        `seq` of an input is `decisions.seq(offset, index in frame)`. Returns the number of
+        `seq` of an input is `frames.seq(offset, index in frame)`. Returns the number of
         inputs buffered."""
-        decoded = self.decisions.decode(values, offsets)
+        decoded = self.frames.decode(values, offsets)
         for index, reason in sorted(decoded.rejected.items()):
             letters.append(_dead_letter(frames[index], reason))
         self.writer.append_event_table(decoded.events)
@@ -457,7 +457,7 @@ def _circuits_caught_up(
     A circuits partition (`newest`: its newest ts since this start) has caught up once it
     delivered an output newer than the boundary. A partition with nothing newer counts only
     at its end offset (`ends`) and once the inputs have `settled` (passed the boundary by a
-    whole interval): the processor writes its outputs after the inputs reach `.decisions`,
+    whole interval): the processor writes its outputs after the inputs reach `.ordered`,
     so an end offset seen right after the inputs may not hold them yet; an interval of event
     time gives it room.
     """

@@ -35,7 +35,7 @@ EVENTS: Columns = {
     "checkpoint_state": ("BLOB", pa.binary()),
     # The broker's append time, what decisions ran on (null: a history without it).
     "received_at": ("BIGINT", pa.int64()),
-    # Ingestion order: the decisions offset (projector) or the embedded pipeline's counter.
+    # Ingestion order: the `.ordered` offset (projector) or the embedded pipeline's counter.
     "seq": ("BIGINT", pa.int64()),
 }
 CONTROL: Columns = {

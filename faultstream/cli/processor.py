@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument(
         "--naive",
         action="store_true",
-        help="ingest through a Faust agent one event at a time, one decisions frame per "
+        help="ingest through a Faust agent one event at a time, one frame per "
         "event (the benchmark baseline)",
     )
     add_log_format_option(parser)
@@ -151,7 +151,7 @@ def _serve(args: argparse.Namespace, settings: Settings, host: str, web_port: in
     started = (
         f"faultstream processor {args.instance_id}: Kafka {kafka.bootstrap_servers}, "
         f"reading {topics.events} and {topics.control}, writing {topics.circuits}, "
-        f"{topics.commands} and {topics.dlq} via {topics.decisions}, "
+        f"{topics.commands} and {topics.dlq} via {topics.ordered}, "
         f"web server on {host}:{web_port} (/metrics)"
     )
     if json_logs:

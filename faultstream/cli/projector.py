@@ -16,7 +16,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "projector",
         parents=[common],
         help="land the processor's topics in DuckDB and serve the HTTP API",
-        description="Consume decisions, circuits, commands and dlq into the DuckDB history "
+        description="Consume ordered, circuits, commands and dlq into the DuckDB history "
         "(exactly once), publish Parquet read models, and serve the HTTP API (as `faultstream "
         "api`, with the projector's lag in /readyz and /metrics). Stops cleanly on SIGTERM or "
         "Ctrl-C.",

@@ -30,7 +30,7 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--from-kafka",
         action="store_true",
-        help="<prefix>.decisions from the beginning to its end now ([kafka] settings)",
+        help="<prefix>.ordered from the beginning to its end now ([kafka] settings)",
     )
     parser.add_argument(
         "--since", metavar="TIME", help="only inputs at or after TIME (epoch ms or ISO-8601)"

@@ -1,4 +1,4 @@
-"""The decider: one fleet's circuits, workers and tasks, fed one input record at a time.
+"""The core: one fleet's circuits, workers and tasks, fed one input record at a time.
 
 `FleetCore.process(record)` is a deterministic function of (state, record, settings): no
 clock, no I/O, no randomness. It evolves its own state in place (for speed) and returns

@@ -8,7 +8,7 @@ where it also holds them, the derived records that really happened (for `--diff`
   ordered by the ingestion counter `seq`; `circuit_transitions` and `commands`).
 - `ReadModelsSource`: the projector's Parquet read models (same tables).
   Both read through `faultstream.projections.queries.History`.
-- `KafkaSource`: `<prefix>.decisions` from the beginning to its end offset at start (the
+- `KafkaSource`: `<prefix>.ordered` from the beginning to its end offset at start (the
   processor's total order of inputs, framed: events/frames.py), plus `.circuits`
   and `.commands` for what happened.
 
@@ -276,11 +276,11 @@ def _row_dict(cursor: duckdb.DuckDBPyConnection, row: tuple) -> dict[str, Any]:
 
 
 class KafkaSource:
-    """The processor's `decisions` topic, read from the beginning to its end at start."""
+    """The processor's `ordered` topic, read from the beginning to its end at start."""
 
     def __init__(self, kafka: KafkaSettings) -> None:
         self.kafka = kafka
-        self.name = f"--from-kafka {kafka.bootstrap_servers} {kafka.topic('decisions')}"
+        self.name = f"--from-kafka {kafka.bootstrap_servers} {kafka.topic('ordered')}"
 
     def input_columns(
         self, window: Window = ALL_TIME, columns: Sequence[str] = INPUT_COLUMNS
@@ -292,8 +292,8 @@ class KafkaSource:
         from faultstream.events.frames import unpack_stamped
 
         decoder = InputDecoder(self.kafka.schema_registry_url, topic_prefix=self.kafka.topic_prefix)
-        # Each decisions record is a frame of inputs: (offset, index in frame) order.
-        for frame in self._read_topic("decisions"):
+        # Each frames is a frame of inputs: (offset, index in frame) order.
+        for frame in self._read_topic("ordered"):
             try:
                 times, raws = unpack_stamped(frame)
                 records = [decoder.validated(raw) for raw in raws]

@@ -4,9 +4,9 @@ Fleet time runs far faster than wall time, and the reference coordinator must se
 derived record of everything sent so far before it assigns work — exactly what the
 embedded pipeline gives it. `LockstepBridge` provides that over Kafka:
 
-* Order. The processor's history is the order of `<prefix>.decisions`. With a one-partition
+* Order. The processor's history is the order of `<prefix>.ordered`. With a one-partition
   events topic, events keep their send order; TICKs travel on `<prefix>.control`, so around
-  each TICK the bridge waits until `<prefix>.decisions` holds everything sent before it
+  each TICK the bridge waits until `<prefix>.ordered` holds everything sent before it
   (and the TICK itself before the next event). The processor then sees the fleet's order.
 * Completeness. The bridge runs a shadow `FleetCore` on the records it sends, so it knows
   exactly which derived records the processor must produce (the core is deterministic).
@@ -14,7 +14,7 @@ embedded pipeline gives it. `LockstepBridge` provides that over Kafka:
   `<prefix>.circuits` / `.commands` and hands over the Kafka copies, in the core's order.
   No quiet-period guessing: it waits for named records, and only when some are due.
 
-Anything else is a divergence and raises: a record in `<prefix>.decisions` the fleet did
+Anything else is a divergence and raises: a record in `<prefix>.ordered` the fleet did
 not send (another producer, a processor's wall clock), a derived record that differs from
 the shadow's, or one the shadow does not expect.
 """
@@ -34,7 +34,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from faultstream.events.admin import CIRCUITS, COMMANDS, CONTROL, DECISIONS
+from faultstream.events.admin import CIRCUITS, COMMANDS, CONTROL, ORDERED
 from faultstream.events.codec import Codec
 from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
@@ -94,7 +94,7 @@ class LockstepBridge:
         self.control = Producer(
             librdkafka_config(kafka, {**PRODUCER_DEFAULTS, **_LOCKSTEP_PRODUCER})
         )
-        self.topics = {kafka.topic(name): name for name in (DECISIONS, CIRCUITS, COMMANDS)}
+        self.topics = {kafka.topic(name): name for name in (ORDERED, CIRCUITS, COMMANDS)}
         self.consumer = Consumer(
             librdkafka_config(
                 kafka,
@@ -109,7 +109,7 @@ class LockstepBridge:
         self._assign_all()
         self.sent: list[str] = []  # input event ids, in send order
         self._sent_ids: set[str] = set()
-        self.confirmed = 0  # how many of `sent` are in decisions, in that order
+        self.confirmed = 0  # how many of `sent` are in `.ordered`, in that order
         self._tick_unconfirmed = False
         self.expected: list[DerivedRecord] = []  # the shadow's outputs not yet handed over
         self.arrived: dict[str, DerivedRecord] = {}
@@ -133,9 +133,9 @@ class LockstepBridge:
     # --- the simulator's side ---------------------------------------------------------------
 
     def send(self, event: WorkerEvent) -> None:
-        """`Transport.send`: no event may overtake a TICK on its way to decisions."""
+        """`Transport.send`: no event may overtake a TICK on its way to `.ordered`."""
         if self._tick_unconfirmed:
-            self._await_decisions("the last TICK")
+            self._await_ordered("the last TICK")
             self._tick_unconfirmed = False
         self._record(event)
         self.events.send(event)
@@ -150,7 +150,7 @@ class LockstepBridge:
 
     def send_control(self, record: InputRecord) -> None:
         """A TICK (or other control record) after everything sent before it."""
-        self._await_decisions(f"the events before {record.event_id}")
+        self._await_ordered(f"the events before {record.event_id}")
         self._record(record)
         self.control.produce(
             self.control_topic,
@@ -196,17 +196,17 @@ class LockstepBridge:
     def finish(self) -> None:
         """Wait until the processor has seen every record sent and its outputs are in."""
         self.events.flush(_FLUSH_S)
-        self._await_decisions("the last records of the run")
+        self._await_ordered("the last records of the run")
         self._tick_unconfirmed = False
         self.drain()
 
     # --- waiting --------------------------------------------------------------------------
 
-    def _await_decisions(self, what: str) -> None:
+    def _await_ordered(self, what: str) -> None:
         if self.confirmed == len(self.sent):
             return
         self.events.flush(_FLUSH_S)
-        self._wait(lambda: self.confirmed == len(self.sent), f"{what} in {self.prefix}.decisions")
+        self._wait(lambda: self.confirmed == len(self.sent), f"{what} in {self.prefix}.ordered")
 
     def _wait(self, done: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.timeout_s
@@ -229,8 +229,8 @@ class LockstepBridge:
             return
         logical = self.topics[message.topic()]
         try:
-            if logical == DECISIONS:
-                # One decisions record is a frame of the inputs of one ingest batch.
+            if logical == ORDERED:
+                # One frame is a frame of the inputs of one ingest batch.
                 for raw in unpack_frame(message.value()):
                     self._confirm(self.codec.decode_input(raw).event_id)
                 return
@@ -251,7 +251,7 @@ class LockstepBridge:
             return  # forwarded twice (the processor's ingest restarted)
         expected = self.sent[self.confirmed] if self.confirmed < len(self.sent) else "nothing"
         raise LockstepError(
-            f"{self.prefix}.decisions holds {event_id} where {expected} was due: something "
+            f"{self.prefix}.ordered holds {event_id} where {expected} was due: something "
             "else writes to this prefix (another fleet, or a processor's wall clock); "
             "use a fresh --prefix"
         )

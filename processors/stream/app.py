@@ -8,15 +8,15 @@ class and task type circuits; the fleet guard and target choice look across work
    `<prefix>.control`; with `naive=True` a Faust agent, one event per frame): decode and
    validate each record (the only full validation);
    bad ones become DeadLetters on `<prefix>.dlq`; the good ones of a poll are packed, byte
-   for byte, into ONE framed record (events/frames.py) on `<prefix>.decisions`
+   for byte, into ONE framed record (events/frames.py) on `<prefix>.ordered`
    (1 partition, key "fleet"): Kafka's per-message cost is paid per batch, not per event.
-2. `decide` (processors/stream/decider.py, the one consumer of `<prefix>.decisions`): unpacks
+2. `decide` (processors/stream/decide.py, the one consumer of `<prefix>.ordered`): unpacks
    each frame, decodes its records without re-validating them (events/decode.py),
-   and runs one FleetCore over them in (decisions offset, index in frame) order, sending
+   and runs one FleetCore over them in (`.ordered` offset, index in frame) order, sending
    its outputs to `<prefix>.circuits` / `.commands`. Frames of this instance's own ingest
    are handed over as soon as the broker acknowledges them, not after a round trip.
 
-That order of `<prefix>.decisions` *is* the history: replaying it through FleetCore gives
+That order of `<prefix>.ordered` *is* the history: replaying it through FleetCore gives
 the processor's outputs exactly. Restarts restore a snapshot (processors/stream/snapshots.py: the
 offset after the last fully applied frame) and re-process from it, whatever Faust
 committed; outputs are at-least-once with deterministic ids, and consumers dedupe by id
@@ -45,8 +45,8 @@ from faultstream.events.exceptions import FaultstreamError
 
 from .clock import install_clock
 from .connection import faust_app_kwargs
-from .decider import Decider
-from .ingest import Ingest
+from .decide import DecideStage
+from .ingest import IngestStage
 from .metrics import install_metrics_page
 
 log = logging.getLogger("faultstream.processor")
@@ -56,7 +56,7 @@ log = logging.getLogger("faultstream.processor")
 class Topics:
     events: str
     control: str
-    decisions: str
+    ordered: str
     circuits: str
     commands: str
     dlq: str
@@ -133,7 +133,7 @@ def create_app(
         store=store_url(settings),
         # Per app (the RocksDB offsets belong to that app's changelog) and per instance.
         datadir=str(datadir),
-        # Faust's own topics (table changelog, leader) are single-partition like decisions.
+        # Faust's own topics (table changelog, leader) are single-partition like `.ordered`.
         topic_partitions=1,
         # Replicated as `topics create` does (3 copies on 3+ brokers): the decider's
         # changelog must outlive a broker.
@@ -168,14 +168,14 @@ def create_app(
         key_type=str,
         extra_topic_configs={"min.insync.replicas": str(min_insync_replicas(replicas))},
     )
-    decider = Decider(app, settings, decoder, topics, table)
-    # The naive baseline keeps the round trip through `.decisions` (one event at a time).
-    ingest = Ingest(app, settings, decoder, topics, on_frame=None if naive else decider.offer)
+    decider = DecideStage(app, settings, decoder, topics, table)
+    # The naive baseline keeps the round trip through `.ordered` (one event at a time).
+    ingest = IngestStage(app, settings, decoder, topics, on_frame=None if naive else decider.offer)
     app.faultstream_decider = decider  # type: ignore[attr-defined]
     install_metrics_page(app, decider)
 
-    decisions_topic = app.topic(
-        topics.decisions, partitions=1, key_serializer="raw", value_serializer="raw"
+    ordered_topic = app.topic(
+        topics.ordered, partitions=1, key_serializer="raw", value_serializer="raw"
     )
 
     @app.on_partitions_revoked.connect
@@ -198,7 +198,7 @@ def create_app(
 
     # One frame at a time: a frame is already a batch, and `take_events` would hold a
     # lone frame for its whole `within` window, straight onto the latency.
-    @app.agent(decisions_topic, name="decide", concurrency=1)
+    @app.agent(ordered_topic, name="decide", concurrency=1)
     async def decide(stream: faust.StreamT) -> None:
         async for event in stream.events():
             await decider.on_batch([event])

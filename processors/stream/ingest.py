@@ -1,11 +1,11 @@
 """Stage 1 of the processor: validate raw input records, frame the good ones onto
-`<prefix>.decisions`, dead-letter the bad ones.
+`<prefix>.ordered`, dead-letter the bad ones.
 
 Records are forwarded in one order across the input partitions: merged by the broker's
 append time (processors/stream/merge.py), each carrying that time into its frame, where the
 decider reads it as the record's `received_at` (CIRCUITS.md "Decision time").
 
-The batched path (`Ingest.run`) reads `<prefix>.events` and `.control` with its own
+The batched path (`IngestStage.run`) reads `<prefix>.events` and `.control` with its own
 aiokafka consumer (group `<app id>-ingest`) and `getmany`, inside the Faust app: Faust's
 per-message stream machinery costs ~100 µs per event here (profiled: task creation and
 `wait_first` per event), ten times the validation itself, and the input is the only
@@ -45,7 +45,7 @@ from .stats import BatchStats
 
 log = logging.getLogger("faultstream.processor")
 
-DECISIONS_KEY = b"fleet"
+ORDERED_KEY = b"fleet"
 # Records per poll, hence at most per frame (frames.MAX_RECORDS caps a frame).
 POLL_MAX_RECORDS = 5000
 COMMIT_EVERY_S = 1.0
@@ -56,7 +56,7 @@ WAITING_LOG_EVERY_S = 10.0
 assert POLL_MAX_RECORDS <= frames.MAX_RECORDS
 
 
-class Ingest:
+class IngestStage:
     """Validates raw input records; forwards good ones in frames, dead-letters bad ones."""
 
     def __init__(
@@ -108,7 +108,7 @@ class Ingest:
 
     async def forward(self, messages: Sequence[Any]) -> None:
         """Validate `messages` (anything with topic, partition, offset and value) and send
-        the good ones as frames to `.decisions`, in order."""
+        the good ones as frames to `.ordered`, in order."""
         send = self.app.producer.send
         validated = self.decoder.validated
         good: list[bytes] = []
@@ -127,7 +127,7 @@ class Ingest:
             good.append(raw)
             received.append(message.timestamp)
         for frame in frames.pack_all(good, received) if good else ():
-            delivery = await send(self.topics.decisions, DECISIONS_KEY, frame, 0, None, None)
+            delivery = await send(self.topics.ordered, ORDERED_KEY, frame, 0, None, None)
             sent.append(delivery)
             if self.on_frame is not None:
                 delivery.add_done_callback(partial(self._acknowledged, frame))
@@ -194,7 +194,7 @@ class Ingest:
                     ):
                         waiting_logged = now
                         log.warning(
-                            "ingest: decisions wait for %s, behind and not yet fetched (%.0f s)",
+                            "ingest: the order waits for %s, behind and not yet fetched (%.0f s)",
                             ", ".join(f"{tp.topic}[{tp.partition}]" for tp in waiting),
                             now - waiting_since,
                         )
@@ -265,7 +265,7 @@ class Ingest:
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, ingest: Ingest) -> None:
+    def __init__(self, ingest: IngestStage) -> None:
         self.ingest = ingest
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:

@@ -1,4 +1,4 @@
-"""One decisions order from several input partitions: a merge by the broker's append time.
+"""One decision order from several input partitions: a merge by the broker's append time.
 
 Each input partition is in `received_at` order by itself (the broker stamps records as it
 appends them, `LogAppendTime`), but a consumer receives partitions in whatever batches the

@@ -1,8 +1,8 @@
 """The decider's durable state: snapshots of the core in a changelog-backed Faust table.
 
-A snapshot is `FleetCore.snapshot()` plus the `<prefix>.decisions` offset it covers (the
+A snapshot is `FleetCore.snapshot()` plus the `<prefix>.ordered` offset it covers (the
 next record the restored core must see). It is written only after the outputs of every
-record it covers were flushed, so a restart that restores it and re-reads the decisions
+record it covers were flushed, so a restart that restores it and re-reads the `.ordered`
 partition from its offset re-sends at most outputs already sent, with the same ids.
 
 Snapshots can outgrow Kafka's 1 MB message limit, so one is compressed and split into

@@ -31,7 +31,7 @@ EXPECTED = {
     "circuits": (6, "compact"),
     "commands": (6, "delete"),
     "dlq": (6, "delete"),
-    "decisions": (1, "delete"),
+    "ordered": (1, "delete"),
 }
 
 

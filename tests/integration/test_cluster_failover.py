@@ -1,10 +1,10 @@
 """Failover drill on a 3-node cluster of the project's own (`faultstream.cluster`).
 
 A fleet emits through the SDK's transport at a steady rate while the processor and the
-projector run; the broker that leads the decisions partition (and two of the six events
+projector run; the broker that leads the `.ordered` partition (and two of the six events
 partitions) is SIGKILLed, the fleet goes on, and the node is restarted later. Nothing the
 fleet sent may be lost or land twice in DuckDB, and the commands on the topic must be
-those FleetCore derives from the decisions order. The time from the kill to the first
+those FleetCore derives from the decision order. The time from the kill to the first
 command for an event sent after it is printed (BENCHMARKS.md, "Broker failover").
 """
 
@@ -235,7 +235,7 @@ def test_killing_the_leader_of_events_and_decisions_loses_and_repeats_nothing(
     kafka = settings.kafka
     create_topics(kafka)
     # Three copies, two in sync for a write: one node may go without a record lost.
-    events, decisions = kafka.topic("events"), kafka.topic("decisions")
+    events, decisions = kafka.topic("events"), kafka.topic("ordered")
     for topic in (events, decisions):
         assert {len(p.replicas) for p in _partitions(bootstrap, topic).values()} == {3}
     assert _topic_setting(bootstrap, decisions, "min.insync.replicas") == "2"
@@ -291,8 +291,8 @@ def test_killing_the_leader_of_events_and_decisions_loses_and_repeats_nothing(
             f"{len(sent)} events, {len(sent) - after_kill} sent after the kill"
         )
 
-        # Commands on the topic are FleetCore's over the decisions order, copies identical.
-        history = read_topic(settings, "decisions")
+        # Commands on the topic are FleetCore's over the decision order, copies identical.
+        history = read_topic(settings, "ordered")
         expected = {
             r.command_id: derived_to_json(r)
             for r in replay(settings, history)
@@ -325,13 +325,13 @@ def test_killing_the_leader_of_events_and_decisions_loses_and_repeats_nothing(
 
 def _wait_for_outputs(settings: Settings, sent: list[WorkerEvent]) -> set[str]:
     """Wait until the distinct commands published are those FleetCore derives from the
-    decisions order (every sent event in it); return their ids."""
+    decision order (every sent event in it); return their ids."""
     state: dict[str, set[str]] = {}
     wanted = {event.event_id for event in sent}
 
     def caught_up() -> bool:
         out = {derived_id(r) for r in published(settings) if isinstance(r, RecoveryCommand)}
-        history = read_topic(settings, "decisions")
+        history = read_topic(settings, "ordered")
         if not wanted <= {r.event_id for r in history}:
             return False
         derived = {

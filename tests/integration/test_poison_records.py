@@ -4,7 +4,7 @@ processor or holds up the records behind it.
 A 1,000,000-byte garbage record once crash-looped the processor (its dead letter carried
 the whole value, over the producer's request limit), and so did a valid CHECKPOINT with
 1,040,000 bytes of state (its frame, likewise). Here such records, and a seeded fuzz of
-sizes and bytes, go in ahead of an ordinary FAILURE: each one must end on `.decisions` or
+sizes and bytes, go in ahead of an ordinary FAILURE: each one must end on `.ordered` or
 as a bounded dead letter, and the FAILURE must still get its recovery command.
 """
 
@@ -120,8 +120,8 @@ def raw_records(settings: Settings, name: str) -> list[tuple[int, bytes]]:
 
 
 def forwarded(settings: Settings) -> set[bytes]:
-    """Every input record the processor forwarded to `.decisions`."""
-    return {raw for _, frame in raw_records(settings, "decisions") for raw in framing.unpack(frame)}
+    """Every input record the processor forwarded to `.ordered`."""
+    return {raw for _, frame in raw_records(settings, "ordered") for raw in framing.unpack(frame)}
 
 
 def dead_letters(settings: Settings, codec: Codec) -> list[DeadLetter]:
@@ -247,7 +247,7 @@ def test_topics_create_raises_the_message_limit_of_topics_made_before_it(kafka_s
 
     create_topics(kafka)
 
-    names = [kafka.topic(name) for name in ("events", "control", "decisions", "dlq")]
+    names = [kafka.topic(name) for name in ("events", "control", "ordered", "dlq")]
     limits = _max_message_bytes(admin, names)
     assert limits[events] == MAX_MESSAGE_BYTES
     assert limits[dlq] == higher  # never lowered
@@ -263,9 +263,9 @@ def test_a_frame_the_decider_cannot_read_is_dead_lettered_whole_and_skipped(
     # Not written by ingest: a foreign version byte, and a frame with one undecodable record.
     frames = [b"\x07not a frame", framing.pack([codec.encode(inside), b"\x00\x00\x00\x00\x01"])]
     producer = ordered_producer(kafka_settings.kafka.bootstrap_servers)
-    decisions_topic = kafka_settings.kafka.topic("decisions")
+    ordered_topic = kafka_settings.kafka.topic("ordered")
     for frame in frames:
-        producer.produce(decisions_topic, frame, key=b"fleet", partition=0)
+        producer.produce(ordered_topic, frame, key=b"fleet", partition=0)
     producer.flush()
     failure = _event("after-bad-frames", "FAILURE", task_id="after", task_type="bert")
     producer.produce(kafka_settings.kafka.topic("events"), codec.encode(failure), key=KEY)
@@ -278,7 +278,7 @@ def test_a_frame_the_decider_cannot_read_is_dead_lettered_whole_and_skipped(
         )
         assert proc.poll() is None, "the processor stopped"
 
-    letters = [d for d in dead_letters(kafka_settings, codec) if d.source_topic == decisions_topic]
+    letters = [d for d in dead_letters(kafka_settings, codec) if d.source_topic == ordered_topic]
     assert sorted(d.source_offset for d in letters) == [0, 1]
     assert all(d.reason.startswith("decider: ") for d in letters)
     assert sorted(d.raw for d in letters) == sorted(frames)

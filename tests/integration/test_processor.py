@@ -1,6 +1,6 @@
 """The Faust processor (`faultstream processor`) on the real broker.
 
-The processor's history is the order of `<prefix>.decisions`; every test reads that topic
+The processor's history is the order of `<prefix>.ordered`; every test reads that topic
 back, runs it through FleetCore (and `faultstream replay`), and compares with what the
 processor published.
 """
@@ -140,9 +140,9 @@ def read_topic(settings: Settings, name: str) -> list:
             "enable.auto.commit": False,
         }
     )
-    # A decisions record is a frame of input records, in (offset, index) order, each with
+    # A frames is a frame of input records, in (offset, index) order, each with
     # the broker time it came in with: the time the processor decided on.
-    if name == "decisions":
+    if name == "ordered":
         decoder = InputDecoder(topic_prefix=settings.kafka.topic_prefix)
 
         def decode(value: bytes) -> list:
@@ -202,7 +202,7 @@ def wait_until(check: Callable[[], bool], what: str, deadline_s: float = DEADLIN
 
 
 def wait_for_replayed_ids(settings: Settings, inputs: list) -> tuple[list, list]:
-    """Wait until every one of `inputs` is on `<prefix>.decisions` and the distinct
+    """Wait until every one of `inputs` is on `<prefix>.ordered` and the distinct
     derived ids on the output topics equal those that FleetCore derives from it; returns
     (expected, published). (Without the first condition, outputs that match a decisions
     topic still missing the last inputs would pass before the processor had read them.)"""
@@ -211,7 +211,7 @@ def wait_for_replayed_ids(settings: Settings, inputs: list) -> tuple[list, list]
 
     def caught_up() -> bool:
         state["out"] = published(settings)  # outputs first: decisions only grow after
-        history = read_topic(settings, "decisions")
+        history = read_topic(settings, "ordered")
         if not wanted <= {record.event_id for record in history}:
             return False
         state["expected"] = replay(settings, history)
@@ -254,14 +254,14 @@ def processor(settings: Settings, tmp_path: Path, instance: str = "0") -> Iterat
 
 
 def snapshot_offsets(tmp_path: Path) -> list[int]:
-    """The decisions offsets of the snapshots the processor logged (instance 0)."""
+    """The `.ordered` offset of the snapshots the processor logged (instance 0)."""
     log = (tmp_path / "processor-0.log").read_text()
-    return [int(n) for n in re.findall(r"decider snapshot at decisions offset (\d+)", log)]
+    return [int(n) for n in re.findall(r"decider snapshot at `.ordered` offset (\d+)", log)]
 
 
 def restored_offset(tmp_path: Path) -> int:
     log = (tmp_path / "processor-0.log").read_text()
-    return int(re.findall(r"decider restored at decisions offset (\d+)", log)[-1])
+    return int(re.findall(r"decider restored at `.ordered` offset (\d+)", log)[-1])
 
 
 def by_key(records: list[DerivedRecord]) -> dict[str, list[DerivedRecord]]:
@@ -287,7 +287,7 @@ def test_processor_outputs_equal_replay_of_the_decisions_order(kafka_settings, t
     strategies = {r.strategy for r in out if isinstance(r, RecoveryCommand)}
     assert len(strategies) >= 3
 
-    decisions = read_topic(kafka_settings, "decisions")
+    decisions = read_topic(kafka_settings, "ordered")
     history = tmp_path / "decisions.jsonl"
     with history.open("w") as fh:
         write_records(decisions, fh)
@@ -310,7 +310,7 @@ def test_sigkilled_processor_restarts_without_losing_or_reopening(kafka_settings
         proc.send_signal(signal.SIGKILL)
     with processor(kafka_settings, tmp_path):
         expected, out = wait_for_replayed_ids(kafka_settings, history)
-    # The restart resumed from a snapshot, not from the first decisions record.
+    # The restart resumed from a snapshot, not from the first frames.
     assert 0 < restored_offset(tmp_path) <= max(snapshot_offsets(tmp_path))
 
     expected_commands = {r.command_id for r in expected if isinstance(r, RecoveryCommand)}
@@ -334,7 +334,7 @@ def test_two_instances_give_the_same_results_as_one(kafka_settings, tmp_path):
     produce(kafka_settings, history[: len(history) // 4])
     with processor(kafka_settings, tmp_path, "1"), processor(kafka_settings, tmp_path, "2"):
         # Both ingest (the input partitions split), so the decider's own frames, handed
-        # over locally, interleave on `.decisions` with the other instance's frames.
+        # over locally, interleave on `.ordered` with the other instance's frames.
         inputs = 2 * kafka_settings.kafka.partitions  # events and control
         wait_until(lambda: both_ingest(tmp_path, inputs), "both to take input partitions")
         produce(kafka_settings, history[len(history) // 4 :])
@@ -428,7 +428,7 @@ def test_tune_apply_changes_what_the_processor_does_next(kafka_settings, tmp_pat
         assert changes[0].config["circuits"]["worker"]["failure_threshold"] == 2
         wait_until(
             lambda: any(
-                r.event_id == changes[0].event_id for r in read_topic(kafka_settings, "decisions")
+                r.event_id == changes[0].event_id for r in read_topic(kafka_settings, "ordered")
             ),
             "the decider to take the CONFIG_CHANGED",
         )

@@ -1,7 +1,7 @@
 """The projector against the real broker: records produced onto the processor's topics land
 in DuckDB exactly once, across a SIGKILL, while readers keep reading the read models.
 
-Records are produced with the Codec straight onto `.decisions` (in frames, as the
+Records are produced with the Codec straight onto `.ordered` (in frames, as the
 processor writes them), `.circuits`, `.commands` and `.dlq`; the processor does not run.
 """
 
@@ -43,7 +43,7 @@ from faultstream.projections.read_models import MANIFEST, Manifest
 pytestmark = pytest.mark.kafka
 FAULTSTREAM = str(Path(sys.executable).parent / "faultstream")
 WAIT_S = 120  # a generous bound: the tests wait for states, never for durations
-FRAME = 100  # input records per decisions record
+FRAME = 100  # input records per frames
 
 
 def inputs(first: int, count: int) -> list[Any]:
@@ -120,11 +120,11 @@ class Topics:
         assert self.producer.flush(30) == 0
 
     def send_frames(self, records: list[Any]) -> None:
-        """Inputs as the processor writes them: FRAME records to a decisions record."""
+        """Inputs as the processor writes them: FRAME records to a frame."""
         raws = [self.codec.encode(record) for record in records]
         for start in range(0, len(raws), FRAME):
             frame = framing.pack(raws[start : start + FRAME])
-            self.producer.produce(self.names["decisions"], frame, b"fleet", partition=0)
+            self.producer.produce(self.names["ordered"], frame, b"fleet", partition=0)
             self.producer.poll(0)
         assert self.producer.flush(30) == 0
 
@@ -210,7 +210,7 @@ def test_records_land_exactly_once_across_a_sigkill_of_the_projector(
     # Whatever the moment of the kill, the rows on disk are exactly those the stored
     # offsets cover: they were committed in one transaction.
     landed, offsets = landed_and_offsets(kafka_settings)
-    assert landed["inputs"] == offsets.get(topics.names["decisions"], 0) * FRAME > 0
+    assert landed["inputs"] == offsets.get(topics.names["ordered"], 0) * FRAME > 0
     assert landed["commands"] == offsets.get(topics.names["commands"], 0)
     topics.send_batch(30_000, 30_000, repeat_derived=True)
     second = start_projector()
@@ -235,10 +235,10 @@ def test_records_land_exactly_once_across_a_sigkill_of_the_projector(
         "circuit_transitions": (6_000, 6_000),
         "commands": (6_000, 6_000),
     }
-    # (decisions offset, index in frame), each exactly once
+    # (`.ordered` offset, index in frame), each exactly once
     assert seqs == (60_000, 0, framing.seq(60_000 // FRAME - 1, FRAME - 1))
     _, offsets = landed_and_offsets(kafka_settings)
-    assert offsets[topics.names["decisions"]] == 60_000 // FRAME
+    assert offsets[topics.names["ordered"]] == 60_000 // FRAME
     assert offsets[topics.names["commands"]] == 3_000 + 3_000 + 1_500  # with the repeats
 
 

@@ -184,7 +184,7 @@ def test_a_restart_after_a_backlog_decides_as_an_uninterrupted_processor(kafka_s
     create_topics(kafka_settings.kafka)
     with Fleet(kafka_settings) as fleet:
         with processor(kafka_settings, tmp_path):
-            wait_until(lambda: read_topic(kafka_settings, "decisions"), "the processor to run")
+            wait_until(lambda: read_topic(kafka_settings, "ordered"), "the processor to run")
             time.sleep(2)
         # The processor is down: the fleet goes on, and one worker dies for good.
         fleet.dead.add(DEAD)
@@ -193,8 +193,8 @@ def test_a_restart_after_a_backlog_decides_as_an_uninterrupted_processor(kafka_s
         with processor(kafka_settings, tmp_path):
             wanted = set(backlog)
             wait_until(
-                lambda: wanted <= {r.event_id for r in read_topic(kafka_settings, "decisions")},
-                "the backlog in the decisions order",
+                lambda: wanted <= {r.event_id for r in read_topic(kafka_settings, "ordered")},
+                "the backlog in the decision order",
             )
             wait_until(
                 lambda: any(isinstance(r, RecoveryCommand) for r in published(kafka_settings)),
@@ -202,7 +202,7 @@ def test_a_restart_after_a_backlog_decides_as_an_uninterrupted_processor(kafka_s
             )
             time.sleep(1)
         # Stopped while the fleet still runs: no silence after the run to judge.
-    history = first_copies(read_topic(kafka_settings, "decisions"))
+    history = first_copies(read_topic(kafka_settings, "ordered"))
     order = broker_order(kafka_settings)
     # The processor read the partitions in the broker's order, backlog and all: its clock
     # never jumped ahead of a partition. (Records stamped in the same millisecond may
@@ -222,17 +222,17 @@ def test_a_restart_after_a_backlog_decides_as_an_uninterrupted_processor(kafka_s
 def test_a_worker_clock_in_the_year_2100_moves_nobody(kafka_settings, tmp_path):
     create_topics(kafka_settings.kafka)
     with Fleet(kafka_settings) as fleet, processor(kafka_settings, tmp_path):
-        wait_until(lambda: read_topic(kafka_settings, "decisions"), "the processor to run")
+        wait_until(lambda: read_topic(kafka_settings, "ordered"), "the processor to run")
         fleet.bad_clock.add("gpu-03")  # from now on it says the year is 2100
         time.sleep(HEARTBEAT_TIMEOUT_S * 3)
         sent = set(fleet.sent)
         wait_until(
-            lambda: sent <= {r.event_id for r in read_topic(kafka_settings, "decisions")},
-            "every event in the decisions order",
+            lambda: sent <= {r.event_id for r in read_topic(kafka_settings, "ordered")},
+            "every event in the decision order",
         )
         time.sleep(1)
         out = published(kafka_settings)
-    history = first_copies(read_topic(kafka_settings, "decisions"))
+    history = first_copies(read_topic(kafka_settings, "ordered"))
     assert any(r.ts == YEAR_2100_MS for r in history)
     # Nobody lost, nothing opened, no task moved: the broker's clock ran the decisions.
     assert out == [] == replay(history)

@@ -108,7 +108,7 @@ def produce_frames(producer: Producer, codec: Codec, kafka, records: list) -> No
     """The records as the processor writes them: framed decisions, 7 to a frame."""
     raws = [codec.encode(record) for record in records]
     for start in range(0, len(raws), 7):
-        producer.produce(kafka.topic("decisions"), framing.pack(raws[start : start + 7]), b"fleet")
+        producer.produce(kafka.topic("ordered"), framing.pack(raws[start : start + 7]), b"fleet")
 
 
 def test_replay_from_kafka_decisions_equals_replay_of_the_same_records(

@@ -18,11 +18,11 @@ from faultstream.events import frames as framing
 from faultstream.events.codec import Codec
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.models import MAX_MILLIS, WorkerEvent
-from faultstream.projections.columns import FAILURE_TYPES, KINDS, DecisionsDecoder
+from faultstream.projections.columns import FAILURE_TYPES, KINDS, FramesDecoder
 from faultstream.projections.tables import TABLES, HistoryWriter
 
 CODEC = Codec()
-DECODER = DecisionsDecoder(CODEC)
+DECODER = FramesDecoder(CODEC)
 EVERY_FIELD_SET = event(
     "f9", "FAILURE", MAX_MILLIS, worker_id="wörker-🚀", hardware_class="cuda", task_id="t9",
     task_type="bert", failure_type="WORKER_CRASH", message="ünïcode\nmessage " * 20,
@@ -58,7 +58,7 @@ def codec_verdict(raw: bytes) -> tuple[str, Any]:
     except FaultstreamError as exc:
         return "rejected", str(exc)
     if name not in ("worker_event", "control_record"):
-        return "rejected", f"a {name} on the decisions topic"
+        return "rejected", f"a {name} on the `.ordered` topic"
     return "decoded", fields
 
 
@@ -202,7 +202,7 @@ def test_a_repeated_map_key_is_left_to_the_codec_which_keeps_the_last_value() ->
 
 def test_a_record_of_another_schema_id_is_decoded_by_the_codec() -> None:
     raw = CODEC.encode(EVERY_FIELD_SET)
-    decoder = DecisionsDecoder(CODEC, event_schema_id=99)  # as if ours had another id
+    decoder = FramesDecoder(CODEC, event_schema_id=99)  # as if ours had another id
     out = decoder.decode([framing.pack([raw], [7])], [0])
     assert out.events.num_rows == 0
     assert out.records == [{**CODEC.decode_trusted(raw)[1], "received_at": 7}]
@@ -223,8 +223,8 @@ def test_an_undecodable_record_is_reported_with_its_reason_not_raised() -> None:
     assert out.rejected[1] == codec_verdict(truncated)[1]
     assert out.rejected[1].startswith("not a valid worker_event body")
     assert out.rejected[2] == codec_verdict(bad_utf8)[1]
-    assert out.rejected[3] == "empty decisions record"
-    assert out.rejected[4] == "decisions frame version 7, expected 2"
+    assert out.rejected[3] == "empty frames"
+    assert out.rejected[4] == "frame version 7, expected 2"
     # The good messages on either side still decode.
     assert [r["seq"] for r in out.events.to_pylist()] == [0, framing.seq(5, 0)]
 
@@ -239,7 +239,7 @@ def test_a_frame_with_one_bad_record_is_rejected_whole_with_that_records_reason(
     assert [r["seq"] for r in out.events.to_pylist()] == [framing.seq(1, i) for i in range(4)]
     # A derived record inside a frame: not an input, so the frame is rejected.
     out = columnar([framing.pack([raws[0], CODEC.encode(derived[1])])])
-    assert out.rejected == {0: "a recovery_command on the decisions topic"}
+    assert out.rejected == {0: "a recovery_command on the `.ordered` topic"}
     assert out.events.num_rows == 0
 
 
@@ -260,8 +260,8 @@ def test_a_truncated_frame_gets_the_framing_reason() -> None:
     frame = framing.pack([CODEC.encode(EVERY_FIELD_SET)] * 3)
     out = columnar([frame[:-10], frame + b"\x00"])
     assert out.rejected == {
-        0: "decisions frame truncated in record 2 of 3",
-        1: "1 trailing bytes after a decisions frame",
+        0: "frame truncated in record 2 of 3",
+        1: "1 trailing bytes after a frame",
     }
 
 
@@ -303,7 +303,7 @@ def test_columnar_events_land_the_same_rows_as_the_pydantic_models(tmp_path: Pat
 def test_with_a_schema_registry_records_of_our_schema_still_decode_in_columns() -> None:
     codec = Codec("mock://columnar-decode", topic_prefix="fs-columnar")
     raws = [codec.encode(EVERY_FIELD_SET), codec.encode(CHECKPOINT_EVERY_FIELD)]
-    out = DecisionsDecoder(codec).decode([framing.pack(raws)], [3])
+    out = FramesDecoder(codec).decode([framing.pack(raws)], [3])
     assert out.rejected == {} and out.records == []
     assert [row_fields(r) for r in out.events.to_pylist()] == [
         codec.decode_trusted(raw)[1] for raw in raws

@@ -28,7 +28,7 @@ from faultstream.events.models import (
     DeadLetter,
     WorkerEvent,
 )
-from faultstream.processors.stream.ingest import DECISIONS_KEY
+from faultstream.processors.stream.ingest import ORDERED_KEY
 from faultstream.projections.tables import HistoryWriter
 
 # dead_letter.avsc as the first release wrote it, under the fixed schema id 5.
@@ -135,7 +135,7 @@ def test_the_largest_valid_checkpoint_passes_and_its_frame_fits_every_limit() ->
     # A record at the limit travels alone in its frame; with Kafka's record-batch overhead
     # it stays within what the producer sends and the topics accept.
     (frame,) = frames.pack_all([b"\x00" * MAX_RECORD_BYTES], [1_764_355_200_000])
-    batch = DefaultRecordBatchBuilder.estimate_size_in_bytes(DECISIONS_KEY, frame, [])
+    batch = DefaultRecordBatchBuilder.estimate_size_in_bytes(ORDERED_KEY, frame, [])
     assert batch <= MAX_MESSAGE_BYTES
 
 
@@ -144,7 +144,7 @@ def test_the_topics_a_record_passes_through_accept_the_largest_frame() -> None:
         spec.logical: int(spec.config.get("max.message.bytes", 0))
         for spec in topic_specs(KafkaSettings())
     }
-    for logical in ("events", "control", "decisions", "dlq"):
+    for logical in ("events", "control", "ordered", "dlq"):
         assert limits[logical] == MAX_MESSAGE_BYTES, logical
 
 

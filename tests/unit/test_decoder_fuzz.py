@@ -1,6 +1,6 @@
 """Every decoder of outside input either decodes or refuses with a reason.
 
-Whatever bytes arrive on the input topics, the decisions topic or in a JSON Lines file,
+Whatever bytes arrive on the input topics, the `.ordered` topic or in a JSON Lines file,
 the stage reading them must answer with a record or with one of the project's errors
 (DecodeError, InvalidEventError: both FaultstreamError) naming what is wrong, never with
 another exception: one escaping the processor's ingest or decider crash-loops it on the
@@ -206,7 +206,7 @@ def test_input_decoder_decodes_or_refuses_any_control_fields(body: dict[str, Any
     assert_decodes_or_refuses(DECODER.validated, _avro("control_record", body), INPUT_TYPES)
 
 
-# --- decisions frames (the decider's input) ---------------------------------------------
+# --- frame (the decider's input) ---------------------------------------------
 
 
 def _frames() -> list[bytes]:

@@ -1,4 +1,4 @@
-"""The framing of `<prefix>.decisions` records (events/frames.py)."""
+"""The framing of `<prefix>.ordered` records (events/frames.py)."""
 
 from __future__ import annotations
 

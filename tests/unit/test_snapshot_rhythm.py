@@ -1,6 +1,6 @@
 """When the decider snapshots its core: its own rhythm, bounded by what a snapshot costs."""
 
-from faultstream.processors.stream.decider import (
+from faultstream.processors.stream.decide import (
     SNAPSHOT_EVERY_RECORDS,
     SNAPSHOT_MAX_SHARE,
     snapshot_due,

@@ -1,14 +1,14 @@
-"""Stage 2 of the processor: one FleetCore over `<prefix>.decisions`, in offset order.
+"""Stage 2 of the processor: one FleetCore over `<prefix>.ordered`, in offset order.
 
 Frames reach the decider two ways, and it applies each offset exactly once, in order:
-- from Kafka, through the Faust agent on `.decisions` (frames of every instance's ingest;
+- from Kafka, through the Faust agent on `.ordered` (frames of every instance's ingest;
   also the catch-up after a restore);
 - straight from this instance's ingest, as soon as the broker has acknowledged the frame
   at its offset (`offer`). That saves the consumer round trip on the latency path (in
   A/B runs, frame -> command p50 8 -> 5 ms, and p99 end to end 51-60 -> 35-49 ms). The
   same frame arriving later through Kafka is skipped by its offset.
 
-A frame is applied only once it is on the broker, so `.decisions` stays the history: a
+A frame is applied only once it is on the broker, so `.ordered` stays the history: a
 restart that replays it from a snapshot's offset reproduces the outputs exactly. Frames of
 another instance's ingest come only through Kafka; a local frame after such a gap waits
 until the agent has filled it.
@@ -40,21 +40,21 @@ from .stats import BatchStats
 log = logging.getLogger("faultstream.processor")
 
 # A snapshot pickles the whole core on the event loop: too often and it stalls the loop
-# past the latency target; too rarely and a restart re-reads more of `.decisions`.
+# past the latency target; too rarely and a restart re-reads more of `.ordered`.
 # settings.processor.snapshot_every_s (10 s by default) sets the time-based rhythm.
 SNAPSHOT_EVERY_RECORDS = 500_000
 # However often those ask, snapshots take at most this share of the decider's time: the
 # pause grows with the state (400 MB and about a second at 1,000 workers x the 10,000
 # recent ids each keeps for dropping repeats).
 SNAPSHOT_MAX_SHARE = 0.02
-CATCH_UP_FRAMES = 100  # per poll when re-reading `.decisions` after a restore
+CATCH_UP_FRAMES = 100  # per poll when re-reading `.ordered` after a restore
 # Local frames held while waiting for a gap (another instance's frames) to arrive through
 # Kafka. Past this, drop them: the agent delivers them too, only later.
 MAX_HELD_FRAMES = 1_000
 
 
-class Decider:
-    """Feeds `<prefix>.decisions` records through one FleetCore and sends its outputs."""
+class DecideStage:
+    """Feeds `<prefix>.ordered` records through one FleetCore and sends its outputs."""
 
     def __init__(
         self,
@@ -115,7 +115,7 @@ class Decider:
         """This instance's ingest wrote `frame`, acknowledged at `offset`: apply it now.
 
         Ignored until the agent has delivered a first batch (the decider restores then),
-        and when another instance owns `.decisions` (forget() left no core)."""
+        and when another instance owns `.ordered` (forget() left no core)."""
         if self.core is None or offset < self.next_offset:
             return
         if len(self._held) >= MAX_HELD_FRAMES:
@@ -150,15 +150,15 @@ class Decider:
                 self.core = FleetCore.restore(snapshot.data)
                 self.next_offset = snapshot.offset
             except ValueError as exc:
-                # Written by another version (an upgrade): decisions is the history, so
+                # Written by another version (an upgrade): `.ordered` is the history, so
                 # rebuild the state from its start (as far as its retention reaches).
-                log.warning("decider: %s; rebuilding from the start of decisions", exc)
+                log.warning("decider: %s; rebuilding from the start of .ordered", exc)
                 self.core, self.next_offset = FleetCore(self.settings.core), 0
-        log.info("decider restored at decisions offset %d", self.next_offset)
+        log.info("decider restored at `.ordered` offset %d", self.next_offset)
 
     async def _catch_up(self, until: int) -> None:
-        """Re-read decisions [next_offset, until): Faust committed past the snapshot."""
-        tp = TopicPartition(self.topics.decisions, 0)
+        """Re-read .ordered [next_offset, until): Faust committed past the snapshot."""
+        tp = TopicPartition(self.topics.ordered, 0)
         consumer = AIOKafkaConsumer(
             **aiokafka_kwargs(self.settings.kafka),
             enable_auto_commit=False,
@@ -171,7 +171,7 @@ class Decider:
             earliest = (await consumer.beginning_offsets([tp]))[tp]
             start = max(self.next_offset, earliest)
             consumer.seek(tp, start)
-            log.info("decider catching up on decisions offsets %d..%d", start, until - 1)
+            log.info("decider catching up on `.ordered` offset %d..%d", start, until - 1)
             while self.next_offset < until:
                 batches = await consumer.getmany(tp, timeout_ms=1000, max_records=CATCH_UP_FRAMES)
                 for message in batches.get(tp, []):
@@ -219,9 +219,9 @@ class Decider:
     async def _reject_frame(self, offset: int, frame: bytes, reason: str) -> None:
         # Stopping here would crash-loop on this offset. Skipped whole, as the projector
         # skips it, the frame is missing from both histories alike; its letter says why.
-        log.error("decider: skipping the frame at decisions offset %d: %s", offset, reason)
+        log.error("decider: skipping the frame at `.ordered` offset %d: %s", offset, reason)
         metrics.DEAD_LETTERS.inc()
-        topic = self.topics.decisions
+        topic = self.topics.ordered
         letter = DeadLetter.of_record(
             event_id=f"dlq:{topic}:0:{offset}",
             ts=int(time.time() * 1000),
@@ -251,7 +251,7 @@ class Decider:
         metrics.SNAPSHOT_SECONDS.observe(self._snapshot_pause_s)
         metrics.SNAPSHOT_BYTES.set(len(data))
         log.info(
-            "decider snapshot at decisions offset %d: %d bytes in %.0f ms",
+            "decider snapshot at `.ordered` offset %d: %d bytes in %.0f ms",
             self.next_offset,
             len(data),
             self._snapshot_pause_s * 1000,
