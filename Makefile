@@ -14,6 +14,7 @@ test:
 lint:
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit/test_layering.py
 
 format:
 	$(VENV)/bin/ruff format .
