@@ -19,8 +19,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from faultstream.events.config import AttributionSettings
-from faultstream.projections.outcomes import update_circuit_totals
 from faultstream.projections.queries import History
 from faultstream.projections.read_models import ReadModelPublisher
 from faultstream.projections.tables import EVENTS, create_tables
@@ -61,7 +59,7 @@ def build(db: Path, events: int) -> None:
     rng = np.random.default_rng(7)
     for first in range(0, events, CHUNK):
         chunk = events_chunk(first, min(CHUNK, events - first), 8, rng)  # noqa: F841
-        con.execute("INSERT INTO events SELECT * FROM chunk")
+        con.execute("INSERT INTO events BY NAME SELECT * FROM chunk")
     # About one circuit transition per 100 events, over the same span.
     con.execute(
         f"""
@@ -73,8 +71,19 @@ def build(db: Path, events: int) -> None:
         FROM range({events // 100}) t(i)
         """
     )
-    # The writer keeps these per batch; one pass over the whole history gives the same.
-    update_circuit_totals(con, "events", AttributionSettings())
+    # The core's figures at its TICKs: one row per changed circuit, about one per 100 events.
+    con.execute(
+        f"""
+        INSERT INTO circuit_figures BY NAME
+        SELECT 'fig-' || i AS event_id, {START} + i * 800 AS ts, 'worker' AS circuit_kind,
+               'w' || (i % 2000) AS circuit_id, 'CLOSED' AS state, 0 AS consecutive_failures,
+               0 AS half_open_successes, 0 AS trips, 1 AS total_trips,
+               i // 2000 * 40 AS total_successes, i // 2000 * 4 AS total_failures,
+               100.0 AS health, 'tick-' || i AS caused_by, 'cuda' AS hardware_class,
+               true AS live, true AS available
+        FROM range({events // 100}) t(i)
+        """
+    )
     con.execute(
         "INSERT INTO circuit_states SELECT * FROM circuit_transitions "
         "QUALIFY row_number() OVER (PARTITION BY circuit_kind, circuit_id ORDER BY ts DESC) = 1"

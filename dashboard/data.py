@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +19,7 @@ import streamlit as st
 from faultstream.events.classify import classify_message
 from faultstream.events.config import CoreSettings, Settings, load_settings
 from faultstream.events.exceptions import FaultstreamError
-from faultstream.events.models import FailureType, InputRecord
-from faultstream.processors.core import FleetCore
+from faultstream.events.models import FailureType
 from faultstream.projections.queries import History
 
 from . import DB_ENV, READ_MODELS_ENV
@@ -380,90 +377,34 @@ def recent_commands(_history: History, key: str, stamp: int, limit: int = 500):
     )
 
 
-# --- the fleet through the core ----------------------------------------------------------
-# Circuit states, workers and capacity as the core holds them: the recorded inputs replayed
-# through a FleetCore (the same rules the processor ran), never re-derived here.
-
-
-def _feed(core: FleetCore, records: Iterable[InputRecord]) -> list[int]:
-    """Process `records` in order; their decision times (received_at, else ts)."""
-    times = []
-    for record in records:
-        core.process(record)
-        times.append(record.ts if record.received_at is None else record.received_at)
-    return times
-
-
-def _views(core: FleetCore) -> dict[str, Any]:
-    return {
-        "now": core.now,
-        "circuits": core.circuits_view(),
-        "workers": core.workers_view(),
-        "capacity": core.capacity_view(),
-    }
-
-
-class _Replay:
-    """One core per history, kept between page runs and sessions, fed the history's inputs
-    in order; a growing (live) history is replayed once, then only its new inputs."""
-
-    def __init__(self, settings: CoreSettings) -> None:
-        self.settings = settings
-        self.lock = threading.Lock()
-        self._start()
-
-    def _start(self) -> None:
-        self.core = FleetCore(self.settings)
-        self.until: int | None = None  # every input before this decision time is fed...
-        self.below = 0  # ...and there were this many of them
-
-    def views(self, history: History) -> dict[str, Any]:
-        with self.lock:
-            if self.until is not None and _inputs_before(history, self.until) != self.below:
-                self._start()  # an input landed behind what was fed: replay from the start
-            # Inputs at `until` itself come again; the core drops them as repeats.
-            times = _feed(self.core, history.input_records(since=self.until))
-            until = self.core.now
-            self.below += sum(t < until for t in times)
-            self.until = until
-            return _views(self.core)
-
-
-def _inputs_before(history: History, until: int) -> int:
-    frame = query(
-        history,
-        "SELECT (SELECT count(*) FROM events WHERE coalesce(received_at, ts) < $1) + "
-        "(SELECT count(*) FROM control WHERE coalesce(received_at, ts) < $1) AS n",
-        [until],
-    )
-    return int(frame["n"][0])
-
-
-@st.cache_resource(show_spinner=False)
-def _replay(key: str, core: CoreSettings) -> _Replay:
-    return _Replay(core)
+# --- the fleet as the core counts it ------------------------------------------------------
+# Workers, capacity and circuits at a moment are the figures the core published (the
+# history's `circuit_figures`, through `History`), never re-derived here.
 
 
 @_cached
-def fleet(_history: History, key: str, stamp: int, core: CoreSettings) -> dict[str, Any]:
-    """The fleet now, as the core holds it: {"now", "circuits" (the API document),
-    "workers" (core.workers_view), "capacity" (core.capacity_view)}."""
-    return _replay(key, core).views(_history)
+def workers(_history: History, key: str, stamp: int) -> dict[str, dict[str, Any]]:
+    """Each known worker now, as the core's workers_view gives it (History.workers)."""
+    return _history.workers()
 
 
 @_cached
-def fleet_at(_history: History, key: str, stamp: int, at: int, core: CoreSettings):
-    """The fleet at `at` (as `fleet`), rebuilt by replaying the recorded inputs up to that
-    moment through a fresh core."""
-    rebuilt = FleetCore(core)
-    _feed(rebuilt, _history.input_records(until=at + 1))
-    return _views(rebuilt)
+def capacity(_history: History, key: str, stamp: int) -> dict[str, dict[str, Any]]:
+    """Available workers per hardware class now, as the core's capacity_view gives it."""
+    return _history.capacity()
 
 
-def workers_table(views: dict[str, Any]) -> pd.DataFrame:
+@_cached
+def fleet_at(_history: History, key: str, stamp: int, at: int) -> dict[str, Any]:
+    """The fleet at `at`: {"circuits" (the API document), "capacity"}, from the newest
+    figures the core had published by then."""
+    return {"circuits": _history.circuits_at(at), "capacity": _history.capacity(at)}
+
+
+def workers_table(workers: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """The core's workers as a table: live ones first, then by id."""
     table = pd.DataFrame(
-        [{"worker_id": worker_id, **fields} for worker_id, fields in views["workers"].items()],
+        [{"worker_id": worker_id, **fields} for worker_id, fields in workers.items()],
         columns=["worker_id", "hardware_class", "status", "state", "health_percentage",
                  "available", "last_seen", "silent_s"],
     )  # fmt: skip

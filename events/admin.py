@@ -33,7 +33,9 @@ COMMANDS = "commands"
 DLQ = "dlq"
 # The Faust app's internal, single-partition input of the serial decider.
 ORDERED = "ordered"
-LOGICAL_TOPICS = (EVENTS, CONTROL, CIRCUITS, COMMANDS, DLQ, ORDERED)
+# What the core counts on each circuit, published at each TICK for the circuits it changed.
+FIGURES = "figures"
+LOGICAL_TOPICS = (EVENTS, CONTROL, CIRCUITS, COMMANDS, DLQ, ORDERED, FIGURES)
 
 # Kafka's defaults (a producer request of 1,000,000 bytes, a topic batch of about 1 MiB)
 # are below the contract's largest record: a CHECKPOINT with 1 MiB of state, plus its other
@@ -66,6 +68,20 @@ _CIRCUITS_CONFIG = {
     "max.compaction.lag.ms": str(7 * _MS_PER_DAY),
     "delete.retention.ms": str(_MS_PER_DAY),
 }
+
+
+def _figures_config(retention: dict[str, str]) -> dict[str, str]:
+    """`<prefix>.figures`, keyed by `<kind>:<id>`: compacted to each circuit's newest
+    figures (a record is superseded by the next of its circuit) and deleted past the
+    retention. The projector lands every record: compaction waits a day, as on `.circuits`,
+    so one up to a day behind still finds each of them."""
+    return {
+        **retention,
+        "cleanup.policy": "compact,delete",
+        "min.compaction.lag.ms": str(_MS_PER_DAY),
+        "max.compaction.lag.ms": str(7 * _MS_PER_DAY),
+        "delete.retention.ms": str(_MS_PER_DAY),
+    }
 
 
 @dataclass(frozen=True)
@@ -134,6 +150,7 @@ def topic_specs(kafka: KafkaSettings, brokers: int = 1) -> list[TopicSpec]:
         COMMANDS: retention,
         DLQ: large,
         ORDERED: large,
+        FIGURES: _figures_config(retention),
     }
     return [
         TopicSpec(

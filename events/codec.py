@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from .exceptions import DecodeError, InvalidEventError
 from .models import (
+    CircuitFigures,
     CircuitStateChanged,
     ConfigChanged,
     DeadLetter,
@@ -39,6 +40,7 @@ DEFAULT_SCHEMA_IDS: dict[str, int] = {
     "circuit_state_changed": 3,
     "recovery_command": 4,
     "dead_letter": 6,
+    "circuit_figures": 7,
 }
 # Fixed ids that earlier releases wrote before fields were added to a schema: such a record
 # is read with that earlier writer schema (ours minus the fields added since), and Avro
@@ -53,6 +55,7 @@ SCHEMA_TOPICS: dict[str, str] = {
     "circuit_state_changed": "circuits",
     "recovery_command": "commands",
     "dead_letter": "dlq",
+    "circuit_figures": "figures",
 }
 _SCHEMA_OF_MODEL: dict[type[BaseModel], str] = {
     WorkerEvent: "worker_event",
@@ -62,6 +65,7 @@ _SCHEMA_OF_MODEL: dict[type[BaseModel], str] = {
     CircuitStateChanged: "circuit_state_changed",
     RecoveryCommand: "recovery_command",
     DeadLetter: "dead_letter",
+    CircuitFigures: "circuit_figures",
 }
 _CONTROL_MODELS: dict[str, type[BaseModel]] = {
     "TICK": Tick,
@@ -236,6 +240,7 @@ _MODEL_OF_SCHEMA: dict[str, type[BaseModel]] = {
     "circuit_state_changed": CircuitStateChanged,
     "recovery_command": RecoveryCommand,
     "dead_letter": DeadLetter,
+    "circuit_figures": CircuitFigures,
 }
 
 

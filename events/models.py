@@ -257,7 +257,43 @@ class RecoveryCommand(BaseModel):
     caused_by: str
 
 
-DerivedRecord = CircuitStateChanged | RecoveryCommand
+class CircuitFigures(BaseModel):
+    """What the core counts on one circuit, published at a TICK when any of it changed
+    since the last TICK: topic `faultstream.figures`, key `<circuit_kind>:<circuit_id>`.
+
+    The same figures as the core's views (`circuits_view`, `workers_view`,
+    `capacity_view`). `hardware_class`, `live` and `available` are set on a worker circuit
+    whose worker is known; `workers`, `live_workers` and `available_workers` on a
+    hardware_class circuit; None otherwise."""
+
+    model_config = _RECORD_CONFIG
+
+    event_id: str
+    ts: int
+    circuit_kind: CircuitKind
+    circuit_id: str
+    state: CircuitState
+    consecutive_failures: int
+    half_open_successes: int
+    trips: int
+    total_trips: int
+    total_successes: int
+    total_failures: int
+    health: float
+    caused_by: str
+    hardware_class: str | None = None
+    live: bool | None = None
+    available: bool | None = None
+    workers: int | None = None
+    live_workers: int | None = None
+    available_workers: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.circuit_kind}:{self.circuit_id}"
+
+
+DerivedRecord = CircuitStateChanged | RecoveryCommand | CircuitFigures
 
 
 class DeadLetter(BaseModel):
@@ -349,6 +385,7 @@ _CONTROL_MODELS: dict[str, type[BaseModel]] = {
 DERIVED_TYPES: dict[type[BaseModel], str] = {
     CircuitStateChanged: "circuit_state_changed",
     RecoveryCommand: "recovery_command",
+    CircuitFigures: "circuit_figures",
 }
 
 

@@ -116,8 +116,9 @@ class Coordinator:
         for record in records:
             if isinstance(record, CircuitStateChanged):
                 self._on_circuit(record)
-            else:
+            elif isinstance(record, RecoveryCommand):
                 self._on_command(record)
+            # circuit_figures: what the core counts; nothing for a coordinator to act on
 
     def _on_circuit(self, change: CircuitStateChanged) -> None:
         key = (CircuitKind(change.circuit_kind), change.circuit_id)

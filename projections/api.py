@@ -1,7 +1,8 @@
 """The HTTP API of the read side (CONTRACT.md), a Starlette app served by uvicorn.
 
     GET /api/circuit-breakers         the fleet's circuits and health (the seed's shape)
-    GET /api/circuits/{kind}/{id}     one circuit: state, health, totals, its transitions
+    GET /api/circuits/{kind}/{id}     one circuit: state, health, totals, the core's newest
+                                      figures of it, its transitions
     GET /api/checkpoints/{task_id}    a task's newest checkpoint, state in base64
     GET /api/alerts                   the newest alerts (404 in a history without alerts)
     GET /healthz                      the process answers
@@ -90,8 +91,17 @@ def checkpoint_document(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# What /api/circuits/{kind}/{id} adds from the circuit's newest circuit_figures record (the
+# rest of it is already in the entry, or identifies the record).
+_FIGURES_SHOWN = ("ts", "consecutive_failures", "half_open_successes", "trips", "total_trips",
+                  "hardware_class", "live", "available", "workers", "live_workers",
+                  "available_workers", "caused_by")  # fmt: skip
+
+
 def circuit_document(history: History, kind: str, circuit_id: str) -> dict[str, Any]:
-    """One circuit as /api/circuit-breakers shows it, with its newest transitions."""
+    """One circuit as /api/circuit-breakers shows it, with the rest of the core's newest
+    figures of it (`figures`: as of `figures.ts`, the TICK that published them; the kind's
+    fields only) and its newest transitions."""
     section = CIRCUIT_SECTIONS.get(kind)
     if section is None:
         kinds = ", ".join(CIRCUIT_SECTIONS)
@@ -100,6 +110,8 @@ def circuit_document(history: History, kind: str, circuit_id: str) -> dict[str, 
     entry = fleet[section].get(circuit_id)
     if entry is None:
         raise ApiError(HTTPStatus.NOT_FOUND, f"no {kind} circuit {circuit_id!r}")
+    row = history.circuit_figures(kind, circuit_id) or {}
+    figures = {k: row[k] for k in _FIGURES_SHOWN if row.get(k) is not None}
     # History has no per-circuit query: its locked connection, as its own methods use it.
     rows = history._rows(
         "SELECT * EXCLUDE (circuit_kind, circuit_id) FROM circuit_transitions "
@@ -111,6 +123,7 @@ def circuit_document(history: History, kind: str, circuit_id: str) -> dict[str, 
         "kind": kind,
         "id": circuit_id,
         **entry,
+        "figures": figures,
         "transitions": rows[::-1],  # oldest first, as they happened
     }
 
@@ -153,7 +166,8 @@ SPECS = [
          {200: "timestamp, aggregate, workers, hardware_classes, task_types",
           503: "the history cannot be read"}),
     Spec("/api/circuits/{kind}/{id}", "circuit",
-         "One circuit: state, health, totals and its newest transitions",
+         "One circuit: state, health, totals, the core's newest figures of it and its "
+         "newest transitions",
          {200: "the circuit", 404: "no such kind or circuit", 503: "the history cannot be read"},
          [_path_parameter("kind", "worker, hardware_class or task_type"),
           _path_parameter("id", "the worker id, hardware class or task type")]),

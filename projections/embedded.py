@@ -46,9 +46,6 @@ class EmbeddedPipeline:
     ) -> None:
         self.core = FleetCore(settings)
         self.writer = writer
-        if writer is not None:
-            # The totals must count outcomes on the circuits this core counts them on.
-            writer.attribution = self.core.settings.circuits.attribution
         self.tap = tap
         self.health_interval_ms = health_interval_ms
         self._next_snapshot: int | None = None

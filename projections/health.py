@@ -1,101 +1,66 @@
-"""The fleet figures (CIRCUITS.md's health formulas) computed from the history tables.
+"""The fleet figures the read side shows, from what the core published: `circuit_figures`.
 
-`circuit_figures` is the one computation behind `History.circuit_breakers()` (the current
-figures) and the projector's `health_snapshots` (the figures as of an event-time boundary):
-each circuit's state and health, and `fleet_aggregate` over them.
+The core publishes a `circuit_figures` record at each TICK for every circuit whose figures
+changed since the last one (events/models.py `CircuitFigures`), so the figures of the fleet
+at any moment are the newest record of each circuit at or before that moment. Nothing here
+counts, attributes or decides anything: the figures are the core's, and only
+`fleet_aggregate` (the same function as the core's view) runs over them.
 
-`HealthSnapshots` keeps the projector's snapshot bookkeeping in the history file itself, so
-it commits in the same transaction as the rows it covers: `health_totals` (the outcome totals
-of `circuit_totals`, but only over the inputs before the newest snapshot's boundary) and
-`health_cursor` (that boundary and the first input `seq` past it).
+`figures_document` turns those newest records into the GET /api/circuit-breakers shape, for
+`History.circuit_breakers()`, the projector's `health_snapshots` (`HealthSnapshots`, the
+figures as of each event-time boundary) and the dashboard.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 
-from faultstream.events.config import AttributionSettings
-from faultstream.events.health import circuit_health, fleet_aggregate
+from faultstream.events.health import fleet_aggregate
 
-from .outcomes import counted_sql, register_attribution, update_circuit_totals
-from .schema import CIRCUIT_TOTALS, HEALTH_SNAPSHOTS
+from .schema import HEALTH_SNAPSHOTS
 
 SECTIONS = {"worker": "workers", "hardware_class": "hardware_classes", "task_type": "task_types"}
+# circuits_view's order: by kind (worker, hardware_class, task_type), then by id.
+_KIND_RANK = {kind: rank for rank, kind in enumerate(SECTIONS)}
+FIGURES_TABLE = "circuit_figures"
 CaughtUp = Callable[[int, bool], bool]
 _INPUTS = "(SELECT ts, seq FROM events UNION ALL SELECT ts, seq FROM control)"
 
 
-def circuit_figures(
-    con: duckdb.DuckDBPyConnection,
-    attribution: AttributionSettings,
-    *,
-    states: str = "circuit_states",
-    totals: str = "circuit_totals",
-    until_seq: int | None = None,
-) -> dict[str, Any]:
-    """{"aggregate": ..., "workers": ..., "hardware_classes": ..., "task_types": ...}.
-
-    `states` is a relation with one transition row per circuit (its state as of the moment
-    wanted), `totals` one with the circuit_totals columns over the same inputs, and only
-    outcomes with `seq < until_seq` count (None: all of them).
-    """
-    # Totals come from `totals` (kept per batch); only the outcomes since a circuit's last
-    # change are read, for the few circuits whose health depends on them: consecutive
-    # failures (CLOSED after a change that is newer than its last success) and probe
-    # successes (HALF_OPEN). The change sits at the seq of the input that caused it; a
-    # change's cause is never older than the change itself.
-    cursor = con.execute(
-        f"""
-        WITH states AS (SELECT * FROM {states}),
-        changes AS (
-            SELECT s.circuit_kind AS ck, s.circuit_id AS cid, s.to_state, s.health,
-                   coalesce(i.seq, -1) AS change_seq
-            FROM states s LEFT JOIN (
-                SELECT event_id, seq FROM events
-                WHERE ts >= (SELECT min(ts) FROM states)
-                  AND event_id IN (SELECT caused_by FROM states)
-                UNION ALL SELECT event_id, seq FROM control) i
-              ON i.event_id = s.caused_by),
-        circuits AS (
-            SELECT circuit_kind AS ck, circuit_id AS cid FROM {totals}
-            UNION SELECT ck, cid FROM changes)
-        SELECT k.ck AS circuit_kind, k.cid AS circuit_id,
-               coalesce(g.to_state, 'CLOSED') AS state, g.health,
-               coalesce(g.change_seq, -1) AS change_seq,
-               coalesce(t.total_successes, 0) AS total_successes,
-               coalesce(t.total_failures, 0) AS total_failures,
-               coalesce(t.last_success_seq, -1) AS last_success_seq,
-               coalesce(t.failures_since_success, 0) AS failures_since_success
-        FROM circuits k LEFT JOIN changes g USING (ck, cid)
-        LEFT JOIN {totals} t ON t.circuit_kind = k.ck AND t.circuit_id = k.cid
-        ORDER BY 1, 2
-        """
+def newest_figures_sql(relation: str, landing: tuple[str, ...], at: int | None = None) -> str:
+    """The newest row of each circuit in `relation` (rows of `circuit_figures`), with
+    `ts <= at` when `at` is given; the `landing` columns order the rows of one circuit that
+    share a `ts` (their landing order: a later row is newer)."""
+    where = "" if at is None else f"WHERE ts <= {int(at)}"
+    later_first = ", ".join(f"{column} DESC" for column in landing)
+    # Each circuit's newest ts first (a hash aggregate), then only its rows at that ts are
+    # ordered: a window over the whole table sorts every row (70 times slower on 5M rows).
+    return (
+        f"SELECT f.* FROM {relation} f JOIN (SELECT circuit_kind, circuit_id, max(ts) AS ts "
+        f"FROM {relation} {where} GROUP BY ALL) newest USING (circuit_kind, circuit_id, ts) "
+        "QUALIFY row_number() OVER "
+        f"(PARTITION BY circuit_kind, circuit_id ORDER BY {later_first}) = 1"
     )
-    names = [d[0] for d in cursor.description]
-    rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    since_change = _outcomes_since_change(con, attribution, rows, until_seq)
+
+
+def in_view_order(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Figures rows in circuits_view's order: by kind, then by id."""
+    return sorted(rows, key=lambda r: (_KIND_RANK[str(r["circuit_kind"])], r["circuit_id"]))
+
+
+def figures_document(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """{"aggregate", "workers", "hardware_classes", "task_types"} (the GET
+    /api/circuit-breakers shape without its timestamp) from the newest figures of each
+    circuit: `circuit_figures` rows, or the fields of `CircuitFigures` records."""
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS.values()}
     pairs = []
-    for row in rows:
-        state = row["state"]
-        key = (row["circuit_kind"], row["circuit_id"])
-        if state == "CLOSED":
-            failures = row["failures_since_success"]
-            if key in since_change:
-                failures = since_change[key][1]
-            health = circuit_health(state, failures)
-        elif state == "HALF_OPEN":
-            probes = since_change.get(key, (0, 0))[0]
-            health = circuit_health(state, half_open_successes=probes)
-        else:  # OPEN and FORCED_OPEN health only changes with a transition
-            health = row["health"]
+    for row in in_view_order(rows):
+        state, health = str(row["state"]), row["health"]
         pairs.append((state, health))
-        sections[SECTIONS[row["circuit_kind"]]][row["circuit_id"]] = {
+        sections[SECTIONS[str(row["circuit_kind"])]][row["circuit_id"]] = {
             "state": state,
             "health_percentage": health,
             "total_successes": row["total_successes"],
@@ -104,55 +69,8 @@ def circuit_figures(
     return {"aggregate": dict(fleet_aggregate(pairs)), **sections}
 
 
-def _outcomes_since_change(
-    con: duckdb.DuckDBPyConnection,
-    attribution: AttributionSettings,
-    circuits: list[dict[str, Any]],
-    until_seq: int | None,
-) -> dict[tuple[str, str], tuple[int, int]]:
-    """(successes at or after, failures after) each needing circuit's last change."""
-    needs = [
-        c
-        for c in circuits
-        if c["state"] == "HALF_OPEN"
-        or (c["state"] == "CLOSED" and c["change_seq"] > c["last_success_seq"])
-    ]
-    if not needs:
-        return {}
-    low = min(c["change_seq"] for c in needs)
-    until = "" if until_seq is None else f" AND seq < {int(until_seq)}"
-    source = f"(SELECT * FROM events WHERE seq >= {int(low)}{until})"
-    con.register(
-        "needs",
-        pa.table(
-            {
-                "ck": [c["circuit_kind"] for c in needs],
-                "cid": [c["circuit_id"] for c in needs],
-                "cs": pa.array([c["change_seq"] for c in needs], pa.int64()),
-            }
-        ),
-    )
-    try:
-        register_attribution(con, source, attribution)
-        rows = con.execute(
-            f"""
-            SELECT ck, cid, count(*) FILTER (WHERE ok AND seq >= cs),
-                   count(*) FILTER (WHERE NOT ok AND seq > cs)
-            FROM ({counted_sql(source)}) JOIN needs USING (ck, cid) GROUP BY ALL
-            """
-        ).fetchall()
-    finally:
-        for name in ("needs", "failure_circuits", "classified_messages"):
-            with contextlib.suppress(duckdb.Error):  # not registered if it failed first
-                con.unregister(name)
-    # A needing CLOSED circuit with no outcome since its change has 0 consecutive failures.
-    figures = {(c["circuit_kind"], c["circuit_id"]): (0, 0) for c in needs}
-    figures.update({(ck, cid): (probes, failures) for ck, cid, probes, failures in rows})
-    return figures
-
-
 def snapshot_row(ts: int, figures: dict[str, Any]) -> dict[str, Any]:
-    """A `health_snapshots` row from `circuit_figures` (or a core's `circuits_view()`)."""
+    """A `health_snapshots` row from `figures_document` (or a core's `circuits_view()`)."""
 
     def open_in(section: str) -> int:
         circuits = figures.get(section) or {}
@@ -170,33 +88,36 @@ def snapshot_row(ts: int, figures: dict[str, Any]) -> dict[str, Any]:
 
 class HealthSnapshots:
     """Writes one `health_snapshots` row per event-time boundary (multiples of
-    `interval_ms`), with the figures as of the boundary: circuits in the state of their
-    newest transition with `ts <= boundary`, outcomes of the inputs (in `seq` order) before
-    the first one with `ts > boundary`. An input landing after that one with an older `ts`
-    counts from the next boundary on.
+    `interval_ms`), with the figures as of the boundary: the newest `circuit_figures` row
+    of each circuit with `ts <= boundary` (ties of one circuit: the one landed last),
+    aggregated by `fleet_aggregate`.
 
-    `record(con, caught_up)` runs inside the projector's batch transaction.
+    A boundary is written once the landed inputs have passed it and `caught_up` says the
+    records up to it have landed. `health_cursor` (the last boundary written and the first
+    input `seq` past it) lives in the history file, so it commits with the rows it covers.
+    The newest figures as of the last boundary are kept in memory and brought forward with
+    only the rows that can have changed them (those dated after it, and those landed since);
+    a cursor that no longer matches them (a rolled-back batch, another start) means they are
+    read afresh. `record(con, caught_up)` runs inside the projector's batch transaction.
     """
 
-    def __init__(
-        self, con: duckdb.DuckDBPyConnection, interval_ms: int, attribution: AttributionSettings
-    ) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, interval_ms: int) -> None:
         if interval_ms <= 0:
             raise ValueError(f"interval_ms: {interval_ms} is not a positive interval")
         self.interval_ms = interval_ms
-        self.attribution = attribution
         self._first: tuple[int, int] | None = None
-        body = ", ".join(f"{col} {sql}" for col, (sql, _) in CIRCUIT_TOTALS.items())
-        con.execute(
-            f"CREATE TABLE IF NOT EXISTS health_totals ({body}, "
-            "PRIMARY KEY (circuit_kind, circuit_id))"
-        )
+        # (circuit_kind, circuit_id) -> its newest row as of the boundary `_as_of`, among the
+        # rows with rowid < `_landed`; None: not read yet.
+        self._newest: dict[tuple[str, str], dict[str, Any]] | None = None
+        self._as_of: int | None = None
+        self._landed = 0
         con.execute("CREATE TABLE IF NOT EXISTS health_cursor (boundary BIGINT, cut_seq BIGINT)")
+        # The outcome totals older versions kept beside the cursor: no longer read.
+        con.execute("DROP TABLE IF EXISTS health_totals")
 
     def next_boundary(self, con: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
-        """(the next boundary to snapshot, the first input seq not yet in health_totals),
-        or None before any input landed."""
-        # fetchall: an unfinished result would block the next register() on `con`.
+        """(the next boundary to snapshot, the first input seq past the previous one), or
+        None before any input landed."""
         rows = con.execute("SELECT boundary, cut_seq FROM health_cursor").fetchall()
         if rows:
             row = rows[0]
@@ -219,11 +140,10 @@ class HealthSnapshots:
 
     def record(self, con: duckdb.DuckDBPyConnection, caught_up: CaughtUp) -> list[int]:
         """Snapshot, in order, every boundary the landed inputs have passed for which
-        `caught_up(boundary, settled)` says the transitions up to it have landed (`settled`:
+        `caught_up(boundary, settled)` says the records up to it have landed (`settled`:
         the inputs have passed the boundary by a whole interval too); returns the boundaries
         written."""
         written: list[int] = []
-        figures: dict[str, Any] | None = None
         while (step := self.next_boundary(con)) is not None:
             boundary, from_seq = step
             cut = self.passed(con, boundary, from_seq)
@@ -232,41 +152,50 @@ class HealthSnapshots:
             settled = self.passed(con, boundary + self.interval_ms, cut) is not None
             if not caught_up(boundary, settled):
                 break
-            folded = cut > from_seq and self._fold(con, from_seq, cut)
-            ((changed,),) = con.execute(
-                "SELECT count(*) FROM circuit_transitions WHERE ts > ? AND ts <= ?",
-                [boundary - self.interval_ms, boundary],
-            ).fetchall()
-            if figures is None or folded or changed:  # else the figures stayed the same
-                figures = circuit_figures(
-                    con,
-                    self.attribution,
-                    states=_states_as_of(boundary),
-                    totals="health_totals",
-                    until_seq=cut,
-                )
-            _insert_snapshot(con, snapshot_row(boundary, figures))
+            rows = self.figures_as_of(con, boundary)
+            _insert_snapshot(con, snapshot_row(boundary, figures_document(rows)))
             con.execute("DELETE FROM health_cursor")
             con.execute("INSERT INTO health_cursor VALUES (?, ?)", [boundary, cut])
             written.append(boundary)
         return written
 
-    def _fold(self, con: duckdb.DuckDBPyConnection, from_seq: int, cut: int) -> bool:
-        """Add the events with `from_seq <= seq < cut` to health_totals."""
-        source = f"(SELECT * FROM events WHERE seq >= {int(from_seq)} AND seq < {int(cut)})"
-        ((count,),) = con.execute(f"SELECT count(*) FROM {source}").fetchall()
-        if count:
-            update_circuit_totals(con, source, self.attribution, table="health_totals")
-        return bool(count)
+    def figures_as_of(self, con: duckdb.DuckDBPyConnection, boundary: int) -> list[dict[str, Any]]:
+        """The newest figures row of each circuit with `ts <= boundary`."""
+        previous = self._cursor_boundary(con)
+        # Rows of the open transaction have provisional rowids until it commits; the table
+        # is only appended to, so afterwards the rows seen now are exactly rowid < count.
+        ((landed,),) = con.execute(f"SELECT count(*) FROM {FIGURES_TABLE}").fetchall()
+        rows = f"SELECT *, rowid AS _landing FROM {FIGURES_TABLE}"
+        if self._newest is None or previous is None or self._as_of != previous:
+            newest: dict[tuple[str, str], dict[str, Any]] = {}
+            relation = f"({rows})"
+        else:
+            # What can have changed them: rows dated after the last boundary, and rows
+            # landed since (one dated at or before it that landed late). Two scans that
+            # each skip most row groups (ts and rowid ranges), where an OR would read all.
+            newest = self._newest
+            relation = (
+                f"({rows} WHERE ts > {int(previous)} UNION ALL {rows} "
+                f"WHERE rowid >= {int(self._landed)} AND ts <= {int(previous)})"
+            )
+        cursor = con.execute(newest_figures_sql(relation, ("_landing",), boundary))
+        names = [d[0] for d in cursor.description]
+        for values in cursor.fetchall():
+            row = dict(zip(names, values, strict=True))
+            del row["_landing"]
+            key = (row["circuit_kind"], row["circuit_id"])
+            kept = newest.get(key)
+            # A kept row is dated at or before the last boundary and landed before these
+            # rows: a row of the same ts is newer.
+            if kept is None or row["ts"] >= kept["ts"]:
+                newest[key] = row
+        self._newest, self._as_of, self._landed = newest, boundary, landed
+        return list(newest.values())
 
-
-def _states_as_of(boundary: int) -> str:
-    # The newest transition of each circuit at or before the boundary; rowid (landing order)
-    # breaks ties between changes of one circuit at the same ts.
-    return (
-        f"(SELECT * FROM circuit_transitions WHERE ts <= {int(boundary)} QUALIFY row_number() "
-        "OVER (PARTITION BY circuit_kind, circuit_id ORDER BY ts DESC, rowid DESC) = 1)"
-    )
+    @staticmethod
+    def _cursor_boundary(con: duckdb.DuckDBPyConnection) -> int | None:
+        rows = con.execute("SELECT boundary FROM health_cursor").fetchall()
+        return rows[0][0] if rows else None
 
 
 def _insert_snapshot(con: duckdb.DuckDBPyConnection, row: dict[str, Any]) -> None:

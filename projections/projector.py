@@ -2,8 +2,8 @@
 
 It reads `<prefix>.ordered` (frames of inputs, events/frames.py, in the order the
 processor's core saw them; the `seq` column is `frames.seq(offset, index in frame)`),
-`.circuits`, `.commands` and `.dlq` with a plain confluent-kafka consumer, and lands them
-through `HistoryWriter` in batches.
+`.circuits`, `.commands`, `.figures` and `.dlq` with a plain confluent-kafka consumer, and
+lands them through `HistoryWriter` in batches.
 
 Exactly once into DuckDB: the next offset of every partition is stored in the table
 `projector_offsets` in the same transaction as the rows it covers. On start the projector
@@ -35,7 +35,15 @@ import duckdb
 import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from faultstream.events.admin import CIRCUITS, COMMANDS, DLQ, ORDERED, create_topics, topic_names
+from faultstream.events.admin import (
+    CIRCUITS,
+    COMMANDS,
+    DLQ,
+    FIGURES,
+    ORDERED,
+    create_topics,
+    topic_names,
+)
 from faultstream.events.codec import Codec
 from faultstream.events.config import KafkaSettings, Settings
 from faultstream.events.exceptions import FaultstreamError
@@ -59,6 +67,7 @@ _SCHEMAS_ON = {
     ORDERED: ("worker_event", "control_record"),
     CIRCUITS: ("circuit_state_changed",),
     COMMANDS: ("recovery_command",),
+    FIGURES: ("circuit_figures",),
     DLQ: ("dead_letter",),
 }
 
@@ -87,6 +96,7 @@ class Projector:
             names[ORDERED]: ORDERED,
             names[CIRCUITS]: CIRCUITS,
             names[COMMANDS]: COMMANDS,
+            names[FIGURES]: FIGURES,
             names[DLQ]: DLQ,
         }
         self.codec = Codec(
@@ -95,7 +105,6 @@ class Projector:
         self.writer = open_history_writer(
             settings.storage.duckdb_path,
             batch_size=_NEVER,
-            attribution=settings.core.circuits.attribution,
         )
         try:
             # One writer per read-models folder, whatever DuckDB file it comes from.
@@ -107,14 +116,13 @@ class Projector:
         self.health = HealthSnapshots(
             self.writer.con,
             round(settings.storage.health_interval_s * 1000),
-            settings.core.circuits.attribution,
         )
         self.frames = FramesDecoder(self.codec)
         self.consumer: Consumer | None = None
         self._offsets: dict[tuple[str, int], int] = {}
-        self._circuits_topic = names[CIRCUITS]
-        self._circuits_partitions: list[int] = []
-        self._circuits_newest_ts: dict[int, int] = {}  # per partition, since this start
+        # The outputs a health snapshot waits for: transitions and the core's figures.
+        self._outputs_partitions: list[tuple[str, int]] = []
+        self._outputs_newest_ts: dict[tuple[str, int], int] = {}  # since this start
         self._pending_rows = 0
         self._published_rows = 0
         self.rows_landed = 0
@@ -160,8 +168,8 @@ class Projector:
             for partition in sorted(info.partitions):
                 offset = stored.get((topic, partition), OFFSET_BEGINNING)
                 assignment.append(TopicPartition(topic, partition, offset))
-            if self.topics[topic] == CIRCUITS:
-                self._circuits_partitions = sorted(info.partitions)
+            if self.topics[topic] in (CIRCUITS, FIGURES):
+                self._outputs_partitions += [(topic, p) for p in sorted(info.partitions)]
         self.consumer.assign(assignment)
         self._assigned = [TopicPartition(tp.topic, tp.partition) for tp in assignment]
         self._landed_offsets = dict(stored)
@@ -259,10 +267,10 @@ class Projector:
                 letters.append(fields)
             else:
                 derived.append(fields)
-                if logical == CIRCUITS:
-                    newest = self._circuits_newest_ts
-                    partition = message.partition()
-                    newest[partition] = max(newest.get(partition, fields["ts"]), fields["ts"])
+                if logical in (CIRCUITS, FIGURES):
+                    newest = self._outputs_newest_ts
+                    key = (message.topic(), message.partition())
+                    newest[key] = max(newest.get(key, fields["ts"]), fields["ts"])
         if frames:  # one partition, in offset order: the last is the newest
             self._newest_frame_ms = max(self._newest_frame_ms, frames[-1].timestamp()[1])
         rows = self._decode_frames(frames, values, frame_offsets, letters) if frames else 0
@@ -302,9 +310,9 @@ class Projector:
         if not self._settle(block=wait) or not self._pending_rows:
             return False
         offsets = dict(self._offsets)
-        newest = dict(self._circuits_newest_ts)
+        newest = dict(self._outputs_newest_ts)
         # Asked now, on the consuming thread: the consumer is not the landing thread's.
-        ends = {p: self._at_end(p, offsets) for p in self._circuits_partitions}
+        ends = {tp: self._at_end(tp, offsets) for tp in self._outputs_partitions}
         batch = self.writer.take_batch()
         rows, self._pending_rows = self._pending_rows, 0
         land = partial(self._land, frame_ms=self._newest_frame_ms)
@@ -326,15 +334,15 @@ class Projector:
         batch: Batch,
         rows: int,
         offsets: dict[tuple[str, int], int],
-        newest: dict[int, int],
-        ends: dict[int, bool],
+        newest: dict[tuple[str, int], int],
+        ends: dict[tuple[str, int], bool],
         frame_ms: int = -1,
     ) -> None:
         """On the landing thread: rows, the offsets that cover them and the health
         snapshots of the boundaries they complete, in one transaction."""
 
         def caught_up(boundary: int, settled: bool) -> bool:
-            return _circuits_caught_up(boundary, settled, newest, ends)
+            return _outputs_caught_up(boundary, settled, newest, ends)
 
         def before_commit(con: duckdb.DuckDBPyConnection) -> None:
             _store_offsets(con, offsets)
@@ -393,9 +401,9 @@ class Projector:
             return False, {**figures, "reason": reason}
         return True, figures
 
-    def _at_end(self, partition: int, offsets: dict[tuple[str, int], int]) -> bool:
+    def _at_end(self, key: tuple[str, int], offsets: dict[tuple[str, int], int]) -> bool:
         assert self.consumer is not None
-        topic = self._circuits_topic
+        topic, partition = key
         # The high watermark of the last fetch response: asking the broker instead queues
         # behind the consumer's own long-polling fetch (~0.5 s a call).
         low, high = self.consumer.get_watermark_offsets(
@@ -449,12 +457,16 @@ def consumer_config(kafka: KafkaSettings) -> dict[str, Any]:
     )
 
 
-def _circuits_caught_up(
-    boundary: int, settled: bool, newest: dict[int, int], ends: dict[int, bool]
+def _outputs_caught_up(
+    boundary: int,
+    settled: bool,
+    newest: dict[tuple[str, int], int],
+    ends: dict[tuple[str, int], bool],
 ) -> bool:
-    """Whether every transition with ts <= boundary has landed, as far as we can tell.
+    """Whether every transition and figures record with ts <= boundary has landed, as far
+    as we can tell.
 
-    A circuits partition (`newest`: its newest ts since this start) has caught up once it
+    A circuits or figures partition (`newest`: its newest ts since this start) has caught up once it
     delivered an output newer than the boundary. A partition with nothing newer counts only
     at its end offset (`ends`) and once the inputs have `settled` (passed the boundary by a
     whole interval): the processor writes its outputs after the inputs reach `.ordered`,

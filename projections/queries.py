@@ -22,14 +22,21 @@ from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.models import ConfigChanged, InputRecord, Operator, Tick, WorkerEvent
 
-from .health import circuit_figures
-from .outcomes import CIRCUIT_COLUMNS as _CIRCUIT_COLUMNS
+from .health import FIGURES_TABLE, figures_document, in_view_order, newest_figures_sql
 from .read_models import MANIFEST, read_manifest
 from .tables import TABLES
 
 _BUCKET = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _FETCH_ROWS = 10_000
+# The event column that names each kind of circuit.
+_CIRCUIT_COLUMNS = {"worker": "worker_id", "hardware_class": "hardware_class",
+                    "task_type": "task_type"}  # fmt: skip
+# `circuit_figures` with its landing order (the newer of two rows of one circuit with the
+# same ts is the one landed later): (file, row in file) in the read models, where parts are
+# named in append order; rowid in a DuckDB file.
+_LANDED_FIGURES = "landed_circuit_figures"
+_LANDING = ("_landing_file", "_landing_row")
 
 
 class HistoryError(FaultstreamError):
@@ -103,6 +110,13 @@ class History:
                 self.con.execute(
                     f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet([{listed}])"
                 )
+                if table == FIGURES_TABLE:
+                    self.con.execute(
+                        f"CREATE OR REPLACE VIEW {_LANDED_FIGURES} AS SELECT * EXCLUDE "
+                        "(filename, file_row_number), filename AS _landing_file, "
+                        "file_row_number AS _landing_row FROM read_parquet("
+                        f"[{listed}], filename = true, file_row_number = true)"
+                    )
             self._manifest_stamp = stamp
             self._cache.clear()
 
@@ -135,10 +149,101 @@ class History:
             return cached
 
     def _circuit_breakers(self) -> dict[str, Any]:
+        return {"timestamp": self.now(), **figures_document(self.figures())}
+
+    # --- what the core published: circuit_figures -----------------------------------------
+
+    def figures(self, at: int | None = None) -> list[dict[str, Any]]:
+        """The newest `circuit_figures` row of each circuit (the core's figures as of its
+        last TICK), or the newest with `ts <= at`; by kind (worker, hardware_class,
+        task_type), then id. The current ones are kept until the read models change, as
+        the API document is (the API, workers and capacity all read them)."""
         with self._lock:
             self.refresh()
-            figures = circuit_figures(self.con, self.settings.circuits.attribution)
-        return {"timestamp": self.now(), **figures}
+            cached = self._cache.get("figures") if at is None else None
+            if cached is None:
+                sql = newest_figures_sql(self._landed_figures(), _LANDING, at)
+                rows = self._rows(f"SELECT * EXCLUDE (_landing_file, _landing_row) FROM ({sql})")
+                cached = in_view_order(rows)
+                if at is None:
+                    self._cache["figures"] = cached
+            return [dict(row) for row in cached]
+
+    def circuit_figures(self, kind: str, circuit_id: str) -> dict[str, Any] | None:
+        """One circuit's newest `circuit_figures` row, or None."""
+        landed = self._landed_figures()
+        rows = self._rows(
+            f"SELECT * EXCLUDE (_landing_file, _landing_row) FROM {landed} "
+            "WHERE circuit_kind = ? AND circuit_id = ? "
+            "ORDER BY ts DESC, _landing_file DESC, _landing_row DESC LIMIT 1",
+            [kind, circuit_id],
+        )
+        return rows[0] if rows else None
+
+    def circuits_at(self, at: int) -> dict[str, Any]:
+        """The GET /api/circuit-breakers document as of `at`: the figures the core had
+        published by then (its decision time)."""
+        return {"timestamp": at, **figures_document(self.figures(at))}
+
+    def workers(self, at: int | None = None) -> dict[str, dict[str, Any]]:
+        """Each known worker as the core's `workers_view` gives it, now or as of `at`: its
+        hardware class, live or lost, circuit state and health, and whether it is
+        available, from its worker circuit's newest figures; `last_seen` is its newest
+        input's decision time (an event in the history), `silent_s` the time since."""
+        now = self.now() if at is None else at
+        where, params = "", []
+        if at is not None:
+            where, params = f"WHERE {_RECEIVED_AT} <= ?", [at]
+        seen = self._rows(
+            f"SELECT worker_id, max({_RECEIVED_AT}) AS last_seen FROM events {where} "
+            "GROUP BY worker_id",
+            params,
+        )
+        last_seen = {row["worker_id"]: row["last_seen"] for row in seen}
+        view = {}
+        for row in self.figures(at):
+            if row["circuit_kind"] != "worker" or row["hardware_class"] is None:
+                continue  # a worker circuit of no known worker (an operator's) has no worker
+            worker_id = row["circuit_id"]
+            seen_at = last_seen.get(worker_id, row["ts"])
+            view[worker_id] = {
+                "hardware_class": row["hardware_class"],
+                "status": "live" if row["live"] else "lost",
+                "last_seen": seen_at,
+                "silent_s": (now - seen_at) / 1000,
+                "state": row["state"],
+                "health_percentage": row["health"],
+                "available": bool(row["available"]),
+            }
+        return view
+
+    def capacity(self, at: int | None = None) -> dict[str, dict[str, Any]]:
+        """Per hardware class, as the core's `capacity_view` gives it (now or as of `at`):
+        its circuit's state, its known workers, the live ones and the available ones."""
+        return {
+            row["circuit_id"]: {
+                "state": row["state"],
+                "workers": row["workers"] or 0,
+                "live": row["live_workers"] or 0,
+                "available": row["available_workers"] or 0,
+            }
+            for row in self.figures(at)
+            if row["circuit_kind"] == "hardware_class"
+        }
+
+    def _landed_figures(self) -> str:
+        """`circuit_figures` with its landing-order columns (`_LANDING`)."""
+        if self.read_models_dir is not None:
+            return _LANDED_FIGURES
+        (found,) = self._rows(
+            "SELECT count(*) AS n FROM duckdb_tables() WHERE table_name = ?", [FIGURES_TABLE]
+        )
+        if not found["n"]:
+            raise HistoryError(
+                "this history has no circuit_figures table (recorded before the core "
+                "published its figures): replay its inputs into a new history file"
+            )
+        return f"(SELECT *, '' AS _landing_file, rowid AS _landing_row FROM {FIGURES_TABLE})"
 
     def now(self) -> int:
         """Decision time of the history: the largest `received_at` of any input (its `ts`

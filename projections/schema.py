@@ -1,10 +1,11 @@
 """The history's table layout in DuckDB (CONTRACT.md) and its DDL.
 
-The append-only tables (events, control, circuit_transitions, commands, dead_letters) have
+The append-only tables (events, control, circuit_transitions, commands, dead_letters,
+circuit_figures) have
 no PRIMARY KEY: keeping an ART index on a VARCHAR id costs about four times the insert
 itself. The writer drops repeats with an anti-join on (id, ts) instead (see `DEDUPE_KEYS`).
-The upserted tables (circuit_states, checkpoints, recovery_outcomes, health_snapshots,
-circuit_totals) keep their keys: they are small or change in place.
+The upserted tables (circuit_states, checkpoints, recovery_outcomes, health_snapshots)
+keep their keys: they are small or change in place.
 """
 
 from __future__ import annotations
@@ -130,16 +131,30 @@ HEALTH_SNAPSHOTS: Columns = {
     "open_hardware_classes": ("INTEGER", pa.int32()),
     "open_task_types": ("INTEGER", pa.int32()),
 }
-
-# Running totals per circuit, kept by the writer in the same transaction as the events they
-# count, so `History.circuit_breakers()` reads O(circuits) rows (see outcomes.py).
-CIRCUIT_TOTALS: Columns = {
+# What the core counts on a circuit: every `circuit_figures` record it published (at a TICK,
+# for each circuit whose figures changed), one row each, with the record's fields as columns.
+# The worker columns (hardware_class, live, available) are null but on worker circuits, the
+# capacity columns (workers, live_workers, available_workers) but on hardware_class ones.
+CIRCUIT_FIGURES: Columns = {
+    "event_id": ("VARCHAR", _STR),
+    "ts": ("BIGINT", pa.int64()),
     "circuit_kind": ("VARCHAR", _STR),
     "circuit_id": ("VARCHAR", _STR),
+    "state": ("VARCHAR", _STR),
+    "consecutive_failures": ("INTEGER", pa.int32()),
+    "half_open_successes": ("INTEGER", pa.int32()),
+    "trips": ("INTEGER", pa.int32()),
+    "total_trips": ("INTEGER", pa.int32()),
     "total_successes": ("BIGINT", pa.int64()),
     "total_failures": ("BIGINT", pa.int64()),
-    "last_success_seq": ("BIGINT", pa.int64()),  # -1: none yet
-    "failures_since_success": ("BIGINT", pa.int64()),
+    "health": ("DOUBLE", pa.float64()),
+    "caused_by": ("VARCHAR", _STR),
+    "hardware_class": ("VARCHAR", _STR),
+    "live": ("BOOLEAN", pa.bool_()),
+    "available": ("BOOLEAN", pa.bool_()),
+    "workers": ("INTEGER", pa.int32()),
+    "live_workers": ("INTEGER", pa.int32()),
+    "available_workers": ("INTEGER", pa.int32()),
 }
 
 TABLES: dict[str, Columns] = {
@@ -152,7 +167,7 @@ TABLES: dict[str, Columns] = {
     "dead_letters": DEAD_LETTERS,
     "recovery_outcomes": RECOVERY_OUTCOMES,
     "health_snapshots": HEALTH_SNAPSHOTS,
-    "circuit_totals": CIRCUIT_TOTALS,
+    "circuit_figures": CIRCUIT_FIGURES,
 }
 # A record delivered again is the same record: same id and same ts. Matching on ts too lets
 # DuckDB skip every row group outside the batch's time range (zone maps), so the anti-join
@@ -163,11 +178,11 @@ DEDUPE_KEYS: dict[str, tuple[str, str]] = {
     "circuit_transitions": ("event_id", "ts"),
     "commands": ("command_id", "ts"),
     "dead_letters": ("event_id", "ts"),
+    "circuit_figures": ("event_id", "ts"),
 }
 _EXTRA_DDL = [
     # circuit_states is one row per circuit: the newest transition.
     "ALTER TABLE circuit_states ADD PRIMARY KEY (circuit_kind, circuit_id)",
-    "ALTER TABLE circuit_totals ADD PRIMARY KEY (circuit_kind, circuit_id)",
 ]
 
 

@@ -21,15 +21,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from faultstream.events.config import AttributionSettings
 from faultstream.events.gcpause import gc_paused
-from faultstream.events.models import CircuitStateChanged, WorkerEvent
+from faultstream.events.models import CircuitFigures, CircuitStateChanged, WorkerEvent
 
-from .outcomes import update_circuit_totals
 from .schema import (  # noqa: F401  (re-exported: the layout used to live here)
     CHECKPOINTS,
+    CIRCUIT_FIGURES,
     CIRCUIT_STATES,
-    CIRCUIT_TOTALS,
     CIRCUIT_TRANSITIONS,
     COMMANDS,
     CONTROL,
@@ -116,6 +114,7 @@ class Batch:
     control_seqs: list[int] = field(default_factory=list)
     transitions: list[Row] = field(default_factory=list)
     commands: list[Row] = field(default_factory=list)
+    figures: list[Row] = field(default_factory=list)
     dead_letters: list[Row] = field(default_factory=list)
     health: list[dict[str, Any]] = field(default_factory=list)
     size: int = 0
@@ -125,9 +124,7 @@ class HistoryWriter:
     """Appends records to the history tables of one DuckDB file, in batches.
 
     Call `flush()` (or `close()`) to make buffered records visible to queries; the writer
-    also flushes by itself once `batch_size` records are waiting. `attribution` decides
-    which circuit a FAILURE counts on in `circuit_totals` (the core's configuration).
-
+    also flushes by itself once `batch_size` records are waiting.
     """
 
     def __init__(
@@ -135,11 +132,9 @@ class HistoryWriter:
         db_path: str | Path,
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
-        attribution: AttributionSettings | None = None,
     ) -> None:
         self.db_path = str(db_path)
         self.batch_size = batch_size
-        self.attribution = attribution or AttributionSettings()
         self.con = duckdb.connect(self.db_path)
         create_tables(self.con)
         self._batch = Batch()
@@ -186,12 +181,22 @@ class HistoryWriter:
         self._maybe_flush()
 
     def append_derived(self, records: Iterable[Row]) -> None:
+        """Circuit transitions, recovery commands and circuit figures, as models or as the
+        dicts of the trusted decode, in any mix."""
         batch = self._batch
         for record in records:
-            if isinstance(record, CircuitStateChanged) or (
-                isinstance(record, dict) and "to_state" in record
-            ):
+            kind = type(record)
+            if kind is dict:
+                if "to_state" in record:
+                    batch.transitions.append(record)
+                elif "total_trips" in record:
+                    batch.figures.append(record)
+                else:
+                    batch.commands.append(record)
+            elif kind is CircuitStateChanged:
                 batch.transitions.append(record)
+            elif kind is CircuitFigures:
+                batch.figures.append(record)
             else:
                 batch.commands.append(record)
             batch.size += 1
@@ -293,8 +298,9 @@ class HistoryWriter:
             self._upsert_circuit_states(transitions)
         if b.commands:
             commands = self._append("commands", _arrow(COMMANDS, b.commands), registered)
+        if b.figures:
+            self._append("circuit_figures", _arrow(CIRCUIT_FIGURES, b.figures), registered)
         if events is not None and events.num_rows:
-            update_circuit_totals(con, "new_events", self.attribution)
             self._upsert_checkpoints()
             self._join_outcomes("new_events", "events")
         if commands is not None and commands.num_rows:

@@ -13,6 +13,7 @@ from typing import Any
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.models import (
+    CircuitFigures,
     CircuitStateChanged,
     ConfigChanged,
     DerivedRecord,
@@ -102,6 +103,10 @@ def transitions(outputs: list[DerivedRecord]) -> list[CircuitStateChanged]:
 
 def commands(outputs: list[DerivedRecord]) -> list[RecoveryCommand]:
     return [o for o in outputs if isinstance(o, RecoveryCommand)]
+
+
+def figures(outputs: list[DerivedRecord]) -> list[CircuitFigures]:
+    return [o for o in outputs if isinstance(o, CircuitFigures)]
 
 
 def moves(outputs: list[DerivedRecord]) -> list[tuple[str, str, str, str]]:

@@ -125,7 +125,7 @@ def circuit_link(kind: str, circuit_id: str) -> str:
     return f"/circuit-breakers?circuit={kind}:{circuit_id}"
 
 
-# --- capacity per hardware class (the core's capacity_view) ------------------------------
+# --- capacity per hardware class (the core's figures, as its capacity_view) --------------
 
 CAPACITY_RULE = (
     "A worker counts as available when it is live (an event within "
@@ -151,7 +151,7 @@ def capacity_headline(capacity: dict[str, dict[str, Any]], title: str = "Capacit
     help_text = (
         f"{CAPACITY_RULE} Each card shows available / live workers of one class: green "
         f"from {CAPACITY_GOOD:.0%} available, amber from {CAPACITY_LOW:.0%}, red below. "
-        "Computed by the core (the recorded inputs replayed through it)."
+        "Counted by the core (its newest figures of each hardware class circuit)."
     )
     st.subheader(title, help=help_text)
     available = sum(row["available"] for row in capacity.values())

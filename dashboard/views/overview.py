@@ -41,7 +41,7 @@ def _body(ctx: Context) -> None:
     escalations = data.active_escalations(h, key, stamp)
     st.caption(f"History: {ctx.source.describe()} · as of {clock(doc['timestamp'])}")
 
-    capacity_headline(data.fleet(h, key, stamp, ctx.settings.core)["capacity"])
+    capacity_headline(data.capacity(h, key, stamp))
 
     st.subheader("Circuit health")
     cols = st.columns(5)

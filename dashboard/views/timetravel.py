@@ -1,7 +1,6 @@
-"""Time travel: the fleet as it was at a past moment, opening at the history's worst one.
-The recorded transitions and health snapshots show it at once; "Rebuild through the core"
-replays the recorded inputs up to that moment through a fresh core, the way the processor
-saw them, circuits and capacity per hardware class."""
+"""Time travel: the fleet as it was at a past moment, opening at the history's worst one:
+the figures the core had published by then (each circuit's newest `circuit_figures`), its
+capacity per hardware class, the recorded transitions and the health snapshots."""
 
 from __future__ import annotations
 
@@ -56,48 +55,32 @@ def _body(ctx: Context) -> None:
         )
     st.subheader(f"The fleet at {clock(at)}")
 
+    then = data.fleet_at(h, key, stamp, at)
+    view = then["circuits"]
     states = data.states_as_of(h, key, stamp, at)
-    snapshots = data.health_as_of(h, key, stamp, at)
-    broken = states[states["state"].isin(BROKEN)]
-    cols = st.columns(3)
-    if snapshots.empty:
-        cols[0].metric("Overall health then", "100.0%")
-    else:
-        cols[0].metric("Overall health then", f"{snapshots['overall_health'].iloc[-1]:.1f}%")
-    cols[1].metric("Circuits not closed then", len(broken))
-    cols[2].metric("Circuits that had tripped by then", len(states))
+    broken = _broken(view, states)
+    cols = st.columns(4)
+    cols[0].metric("Overall health then", f"{view['aggregate']['overall_health']:.1f}%")
+    cols[1].metric("Open circuits then", view["aggregate"]["open_circuits"])
+    cols[2].metric("Circuits not closed then", len(broken))
+    cols[3].metric("Circuits that had tripped by then", len(states))
+    st.caption("As the core counted them at its last TICK by then: each circuit's newest figures.")
+    capacity_headline(then["capacity"], title="Capacity then")
     st.subheader("Open and half-open circuits then")
     if broken.empty:
         st.write("Every circuit was closed.")
     else:
         show_table(broken, times=["since"], config={"health": health_column()})
+    snapshots = data.health_as_of(h, key, stamp, int(last.timestamp() * 1000))
     if not snapshots.empty:  # the whole history, so the moment shows against the rest
-        whole = data.health_as_of(h, key, stamp, int(last.timestamp() * 1000))
-        charts.show(charts.health_over_time(whole, pd.Timestamp(at, unit="ms")))
+        charts.show(charts.health_over_time(snapshots, pd.Timestamp(at, unit="ms")))
     with st.expander("States of every circuit that had tripped by then"):
         show_table(states, times=["since"], config={"health": health_column()})
 
-    st.subheader("Rebuilt through the core")
-    if st.button("Rebuild through the core", key="rebuild"):
-        st.session_state["rebuilt_at"] = at
-    if st.session_state.get("rebuilt_at") == at:
-        with st.spinner("Replaying the recorded inputs…"):
-            views = data.fleet_at(h, key, stamp, at, ctx.settings.core)
-        _show_rebuilt(views)
-    else:
-        st.caption(
-            "Replays every recorded input up to this moment through a fresh core: the "
-            "circuits and the capacity per hardware class as the core held them."
-        )
 
-
-def _show_rebuilt(views: dict) -> None:
-    view = views["circuits"]
-    aggregate = view["aggregate"]
-    cols = st.columns(3)
-    cols[0].metric("Overall health (rebuilt)", f"{aggregate['overall_health']:.1f}%")
-    cols[1].metric("Average health (rebuilt)", f"{aggregate['average_health']:.1f}%")
-    cols[2].metric("Open circuits (rebuilt)", aggregate["open_circuits"])
+def _broken(view: dict, states: pd.DataFrame) -> pd.DataFrame:
+    """The circuits not CLOSED in `view`, with when they entered that state and why (their
+    newest transition by then)."""
     rows = [
         {"kind": kind, "circuit": cid, "state": fields["state"],
          "health": fields["health_percentage"]}
@@ -105,9 +88,6 @@ def _show_rebuilt(views: dict) -> None:
         for cid, fields in view[section].items()
         if fields["state"] in BROKEN
     ]  # fmt: skip
-    rebuilt = pd.DataFrame(rows, columns=["kind", "circuit", "state", "health"])
-    if rebuilt.empty:
-        st.write("The core finds every circuit closed.")
-    else:
-        show_table(rebuilt, config={"health": health_column()})
-    capacity_headline(views["capacity"], title="Capacity then (rebuilt)")
+    broken = pd.DataFrame(rows, columns=["kind", "circuit", "state", "health"])
+    since = states[["kind", "circuit", "since", "reason"]]
+    return broken.merge(since, on=["kind", "circuit"], how="left")

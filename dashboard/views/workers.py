@@ -28,7 +28,7 @@ def _body(ctx: Context) -> None:
     h, key, stamp = ctx.history, ctx.key, ctx.stamp
     now = ctx.now()
     timeout_s = ctx.settings.recovery.heartbeat_timeout_s
-    fleet = data.workers_table(data.fleet(h, key, stamp, ctx.settings.core))
+    fleet = data.workers_table(data.workers(h, key, stamp))
     in_flight = data.tasks_in_flight(h, key, stamp, now)
     lost = fleet[fleet["status"] == "lost"]
     cols = st.columns(4)
@@ -38,7 +38,8 @@ def _body(ctx: Context) -> None:
     cols[3].metric("Tasks in flight", len(in_flight))
     st.caption(
         f"Lost: no event for more than {timeout_s:g} s (recovery.heartbeat_timeout_s), "
-        "as the core decided. Circuit and health: each worker's own circuit."
+        "as the core decided. Circuit and health: each worker's own circuit, as the core "
+        "counted them at its last TICK."
     )
     if not lost.empty:
         st.subheader("Lost workers")

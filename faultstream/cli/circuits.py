@@ -80,7 +80,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         parents=[common, source, kafka],
         help="the circuits that changed state, by kind then id",
         description="Every circuit with a recorded state change: kind, id, state, health, "
-        "since when, when an OPEN one is due to half-open, and why.",
+        "since when, when an OPEN one is due to half-open, and why. From a history, the "
+        "health is the core's newest figures of the circuit (as of its last TICK).",
     )
     listing.add_argument("--kind", choices=KINDS, help="only circuits of this kind")
     listing.add_argument("--state", type=str.upper, choices=STATES, help="only this state")
@@ -192,7 +193,16 @@ def _view(args: argparse.Namespace, settings: Settings) -> CircuitView:
     view = CircuitView(settings.circuits)
     fields = CircuitStateChanged.model_fields
     with history:
+        # A transition's health is its health at that moment; the core's newest figures
+        # (published at its TICKs) carry the health it has counted since.
+        health = {
+            (row["circuit_kind"], row["circuit_id"]): (row["ts"], row["state"], row["health"])
+            for row in history.figures()
+        }
         for row in history.current_states():
+            ts, state, now = health.get((row["circuit_kind"], row["circuit_id"]), (0, None, 0))
+            if state == row["to_state"] and ts >= row["ts"]:
+                row = {**row, "health": now}
             view.apply(CircuitStateChanged.model_validate({k: row[k] for k in fields}))
     return view
 

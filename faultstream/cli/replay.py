@@ -65,8 +65,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         parents=[common],
         help="run a recorded history through the core and write the derived records",
         description="Replay worker events and control records through the circuit and "
-        "recovery core; write circuit_state_changed and recovery_command records as JSON "
-        "lines, in order. The same history always gives the same bytes.",
+        "recovery core; write circuit_state_changed, recovery_command and (at each TICK) "
+        "circuit_figures records as JSON lines, in order. The same history always gives "
+        "the same bytes.",
     )
     add_source_arguments(parser)
     parser.add_argument(

@@ -3,6 +3,11 @@
 `FleetCore.process(record)` is a deterministic function of (state, record, settings): no
 clock, no I/O, no randomness. It evolves its own state in place (for speed) and returns
 the derived records in order. Read CIRCUITS.md beside it; the sections match.
+
+Figures: every change to what the views count (a circuit's counters and state, a worker's
+liveness, class or availability, a class's capacity) marks the circuits whose figures it
+changes; each TICK publishes one `circuit_figures` record per marked circuit, in (kind
+rank, id) order, and clears the marks (/tmp/figures-spec.md until the docs have it).
 """
 
 from __future__ import annotations
@@ -34,13 +39,13 @@ from faultstream.events.models import (
 from .circuit import CLOSED, HARDWARE_CLASS, OPEN, TASK_TYPE, WORKER, Circuit, CircuitParams
 from .ids import command_id, migration_command_id
 from .recovery import MOVES_TASK, Plan, plan_failure
-from .view import capacity_view, circuits_view, workers_view
+from .view import capacity_view, circuits_view, figures, workers_view
 from .workers import ClassMembers, Worker, fleet_guard_holds, pick_target, remember
 
 SEEN_IDS_PER_WORKER = 10_000
 SEEN_CONTROL_IDS = 100_000
 LOST = 3  # rank of a lost-worker timer when due moments and ids tie (after circuits)
-_SNAPSHOT_VERSION = 2  # 2: a worker's recent ids as one joined string
+_SNAPSHOT_VERSION = 3  # 2: a worker's recent ids as one joined string; 3: figure marks
 _KIND_RANK = {
     CircuitKind.WORKER: WORKER,
     CircuitKind.HARDWARE_CLASS: HARDWARE_CLASS,
@@ -63,6 +68,8 @@ class FleetCore:
         self._seq = 0
         self._control_seen: set[str] = set()
         self._control_order: deque[str] = deque()
+        # Circuits whose figures changed since the last TICK published them.
+        self._marked: set[Circuit] = set()
         self._apply_settings(settings or CoreSettings())
 
     def _apply_settings(self, settings: CoreSettings) -> None:
@@ -122,6 +129,8 @@ class FleetCore:
             if worker.lost:
                 worker.lost = False
                 self._push_lost_timer(worker, self._lost_due(worker))
+                self._marked.add(worker.circuit)  # live again: its figures and its class's
+                self._marked.add(worker.hw_circuit)
         elif handler is not None:  # created after the due moments: they precede this input
             worker = self._new_worker(record, ts)  # type: ignore[arg-type]
             remember(worker.seen, worker.seen_order, event_id, SEEN_IDS_PER_WORKER)
@@ -132,7 +141,9 @@ class FleetCore:
             self._on_operator(record, out)  # type: ignore[arg-type]
         elif record.kind == "CONFIG_CHANGED":
             self._on_config(record)  # type: ignore[arg-type]
-        return out  # a TICK yields only what it revealed
+        elif self._marked:  # a TICK: what it revealed, then the figures that changed
+            self._publish_figures(event_id, out)
+        return out
 
     # --- due moments ---------------------------------------------------------------
 
@@ -153,6 +164,7 @@ class FleetCore:
                 if gen == target.gen and target.state is OPEN:
                     ts = max(target.due_ms, floor_ts)
                     out.append(target.half_open(self._params[rank], ts, caused_by))
+                    self._mark_transition(target)
                 continue
             if gen != target.timer_gen or target.lost:
                 continue
@@ -188,6 +200,8 @@ class FleetCore:
         self._workers[worker_id] = worker
         self._members(worker.hardware_class).add(worker)
         self._push_lost_timer(worker, self._lost_due(worker))
+        self._marked.add(worker.circuit)
+        self._marked.add(hardware)
         return worker
 
     def _members(self, hardware_class: str) -> ClassMembers:
@@ -198,9 +212,12 @@ class FleetCore:
 
     def _move_class(self, worker: Worker, event: WorkerEvent) -> None:
         self._by_class[worker.hardware_class].remove(worker)
+        self._marked.add(worker.hw_circuit)
         worker.hardware_class = event.hardware_class
         worker.hw_circuit = self._circuit(HARDWARE_CLASS, event.hardware_class)
         self._members(worker.hardware_class).add(worker)
+        self._marked.add(worker.hw_circuit)
+        self._marked.add(worker.circuit)
 
     def _lose_worker(
         self, worker: Worker, due: float, caused_by: str, floor_ts: int, out: list[DerivedRecord]
@@ -208,6 +225,8 @@ class FleetCore:
         """A lost worker: one WORKER_DISCONNECTION counted, each started task migrated."""
         worker.lost = True
         worker.timer_gen += 1
+        self._marked.add(worker.circuit)
+        self._marked.add(worker.hw_circuit)
         due_ms = math.ceil(due)
         ts = max(due_ms, floor_ts)
         silence = self._heartbeat_ms / 1000.0
@@ -252,10 +271,13 @@ class FleetCore:
         task_type = self._circuit(TASK_TYPE, event.task_type)  # type: ignore[arg-type]
         now = self.now
         params = self._params
+        mark = self._marked.add
         for circuit in (worker.circuit, worker.hw_circuit, task_type):
+            mark(circuit)
             changed = circuit.on_success(params[circuit.rank], now, event.event_id)
             if changed is not None:
                 out.append(changed)
+                self._mark_transition(circuit)
 
     def _on_failure(self, worker: Worker, event: WorkerEvent, out: list) -> None:
         worker.tasks.pop(event.task_id, None)  # type: ignore[arg-type]
@@ -320,16 +342,49 @@ class FleetCore:
         circuit = circuits.get(circuit_id)
         if circuit is None:
             circuit = circuits[circuit_id] = Circuit(rank, circuit_id, self._params[rank])
+            self._marked.add(circuit)
         return circuit
 
     def _count_failure(
         self, circuit: Circuit, ts: int, caused_by: str, reason: str, out: list[DerivedRecord]
     ) -> None:
+        self._marked.add(circuit)
         changed = circuit.on_failure(self._params[circuit.rank], ts, caused_by, reason)
         if changed is not None:
             out.append(changed)
+            self._mark_transition(circuit)
             if circuit.state is OPEN:
                 self._push_half_open(circuit)
+
+    def _mark_transition(self, circuit: Circuit) -> None:
+        """A circuit changed state: its figures, and the availability it decides (a worker's
+        counts in its class's capacity; a class's, in each member's `available`)."""
+        marked = self._marked
+        marked.add(circuit)
+        if circuit.rank == WORKER:
+            worker = self._workers.get(circuit.id)
+            if worker is not None:
+                marked.add(worker.hw_circuit)
+        elif circuit.rank == HARDWARE_CLASS:
+            members = self._by_class.get(circuit.id)
+            if members is not None:
+                marked.update(member.circuit for member in members.workers)
+
+    def _publish_figures(self, caused_by: str, out: list[DerivedRecord]) -> None:
+        """One circuit_figures per marked circuit, in (kind rank, id) order; marks cleared."""
+        now = self.now
+        workers, by_class = self._workers, self._by_class
+        for circuit in sorted(self._marked, key=_rank_and_id):
+            if circuit.rank == WORKER:
+                out.append(figures(circuit, now, caused_by, worker=workers.get(circuit.id)))
+            elif circuit.rank == HARDWARE_CLASS:
+                members = by_class.get(circuit.id)
+                out.append(
+                    figures(circuit, now, caused_by, members=members.workers if members else ())
+                )
+            else:
+                out.append(figures(circuit, now, caused_by))
+        self._marked.clear()
 
     def _command(
         self,
@@ -373,6 +428,7 @@ class FleetCore:
         # An unknown circuit is created: forcing a class open before it is ever seen works.
         rank = _KIND_RANK[record.circuit_kind]
         circuit = self._circuit(rank, record.circuit_id)
+        self._marked.add(circuit)  # a RESET of a CLOSED circuit zeroes counters, silently
         if record.action is OperatorAction.FORCE_OPEN:
             if circuit.state is CLOSED:
                 circuit.reset_timeout_s = self._params[rank].recovery_timeout_s
@@ -381,6 +437,7 @@ class FleetCore:
             changed = circuit.reset(self._params[rank], self.now, record.event_id, record.actor)
         if changed is not None:
             out.append(changed)
+            self._mark_transition(circuit)
 
     def _on_config(self, record: ConfigChanged) -> None:
         # An invalid configuration in the history is not fatal here: it is ignored and the
@@ -426,11 +483,17 @@ class FleetCore:
             version, state = pickle.loads(data)
         except Exception as exc:  # whatever an old layout raises as it unpickles
             raise ValueError(f"snapshot: unreadable by this version ({exc!r})") from None
-        if version != _SNAPSHOT_VERSION:
+        if version not in (2, _SNAPSHOT_VERSION):
             raise ValueError(f"snapshot: version {version}, expected {_SNAPSHOT_VERSION}")
         core = cls.__new__(cls)
         core.__dict__.update(state)
+        if version == 2:  # from before figures: the next TICK publishes every circuit's
+            core._marked = {c for circuits in core._circuits for c in circuits.values()}
         return core
+
+
+def _rank_and_id(circuit: Circuit) -> tuple[int, str]:
+    return circuit.rank, circuit.id
 
 
 def _on_heartbeat(core: FleetCore, worker: Worker, event: WorkerEvent, out: list) -> None:

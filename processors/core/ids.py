@@ -20,6 +20,14 @@ def transition_id(
     return "cst-" + _digest(caused_by, circuit_kind, circuit_id, from_state, to_state, ts).hex()
 
 
+def figures_id(caused_by: str, circuit_kind: str, circuit_id: str) -> str:
+    """The event_id of a circuit_figures record: one per circuit and TICK at most. (The
+    digest of `_digest(caused_by, circuit_kind, circuit_id)`, spelled out: a TICK makes
+    many of them.)"""
+    text = f"{caused_by}{_SEP}{circuit_kind}{_SEP}{circuit_id}"
+    return "fig-" + blake2b(text.encode(), digest_size=8).hexdigest()
+
+
 def command_id(failure_event_id: str) -> str:
     """The command_id of the recovery command planned for one failure."""
     return "cmd-" + _digest(failure_event_id).hex()

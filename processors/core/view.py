@@ -1,5 +1,7 @@
 """The fleet's circuits as the GET /api/circuit-breakers document (CONTRACT.md), and its
-workers and capacity per hardware class as the dashboard shows them."""
+workers and capacity per hardware class as the dashboard shows them; `figures` gives one
+circuit's share of those views as the `circuit_figures` record the core publishes, from the
+same functions (`available`, `worker_figures`, `capacity`)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from faultstream.events.health import fleet_aggregate
+from faultstream.events.models import CircuitFigures
 
-from .circuit import CLOSED, OPENISH, Circuit
+from .circuit import CLOSED, HARDWARE_CLASS, OPENISH, WORKER, Circuit
+from .ids import figures_id
 
 if TYPE_CHECKING:
     from .workers import Worker
@@ -49,20 +53,38 @@ def available(worker: Worker) -> bool:
     )
 
 
+def worker_figures(worker: Worker) -> tuple[str, bool, bool]:
+    """A worker's hardware class, whether it is live (not lost) and whether it is
+    available: what workers_view shows and a worker circuit's figures carry."""
+    return worker.hardware_class, not worker.lost, available(worker)
+
+
 def workers_view(workers: Iterable[Worker], now: int) -> dict[str, dict[str, Any]]:
     """Each known worker at `now`, by id: liveness, its circuit and whether it is available."""
     view = {}
     for worker in sorted(workers, key=lambda w: w.id):
+        hardware_class, live, free = worker_figures(worker)
         view[worker.id] = {
-            "hardware_class": worker.hardware_class,
-            "status": "lost" if worker.lost else "live",
+            "hardware_class": hardware_class,
+            "status": "live" if live else "lost",
             "last_seen": worker.last_ts,
             "silent_s": (now - worker.last_ts) / 1000,
             "state": str(worker.circuit.state),
             "health_percentage": worker.circuit.health,
-            "available": available(worker),
+            "available": free,
         }
     return view
+
+
+def capacity(members: Iterable[Worker]) -> tuple[int, int, int]:
+    """(known, live, available) among the workers of one hardware class: capacity_view's
+    figures of a class, and those its circuit_figures carry."""
+    known = live = free = 0
+    for worker in members:
+        known += 1
+        live += not worker.lost
+        free += available(worker)
+    return known, live, free
 
 
 def capacity_view(
@@ -70,13 +92,64 @@ def capacity_view(
 ) -> dict[str, dict[str, Any]]:
     """Per hardware class (every class circuit, even one without workers): its circuit's
     state, its known workers, the live ones, and the available ones (`available`)."""
-    view = {
-        class_id: {"state": str(circuit.state), "workers": 0, "live": 0, "available": 0}
-        for class_id, circuit in sorted(hardware_classes.items())
-    }
+    members: dict[str, list[Worker]] = {class_id: [] for class_id in hardware_classes}
     for worker in workers:
-        row = view[worker.hardware_class]  # a worker's class always has a circuit
-        row["workers"] += 1
-        row["live"] += not worker.lost
-        row["available"] += available(worker)
+        members[worker.hardware_class].append(worker)  # a worker's class always has a circuit
+    view = {}
+    for class_id, circuit in sorted(hardware_classes.items()):
+        known, live, free = capacity(members[class_id])
+        view[class_id] = {"state": str(circuit.state), "workers": known, "live": live,
+                          "available": free}  # fmt: skip
     return view
+
+
+def figures(
+    circuit: Circuit,
+    ts: int,
+    caused_by: str,
+    worker: Worker | None = None,
+    members: Iterable[Worker] = (),
+) -> CircuitFigures:
+    """One circuit's figures at `ts` as the views give them: its state, counters and health
+    (circuits_view); for a worker circuit, its `worker` (None: not known) as workers_view
+    shows it; for a hardware_class circuit, the capacity of its `members`."""
+    hardware_class = live = free = None
+    known = live_workers = available_workers = None
+    if circuit.rank == WORKER and worker is not None:
+        hardware_class, live, free = worker_figures(worker)
+    elif circuit.rank == HARDWARE_CLASS:
+        known, live_workers, available_workers = capacity(members)
+    kind = circuit.kind
+    # `CircuitFigures.model_construct(**fields)` without its walk over the fields (for
+    # aliases and defaults; it was most of the cost of a TICK): every field is given here.
+    record = _new_figures(CircuitFigures)
+    _set(record, "__dict__", {
+        "event_id": figures_id(caused_by, kind.value, circuit.id),
+        "ts": ts,
+        "circuit_kind": kind,
+        "circuit_id": circuit.id,
+        "state": circuit.state,
+        "consecutive_failures": circuit.consecutive_failures,
+        "half_open_successes": circuit.half_open_successes,
+        "trips": circuit.trips,
+        "total_trips": circuit.total_trips,
+        "total_successes": circuit.total_successes,
+        "total_failures": circuit.total_failures,
+        "health": circuit.health,
+        "caused_by": caused_by,
+        "hardware_class": hardware_class,
+        "live": live,
+        "available": free,
+        "workers": known,
+        "live_workers": live_workers,
+        "available_workers": available_workers,
+    })  # fmt: skip
+    _set(record, "__pydantic_fields_set__", _FIGURES_FIELDS.copy())
+    _set(record, "__pydantic_extra__", None)
+    _set(record, "__pydantic_private__", None)
+    return record
+
+
+_set = object.__setattr__
+_new_figures = CircuitFigures.__new__
+_FIGURES_FIELDS = set(CircuitFigures.model_fields)

@@ -5,6 +5,8 @@ Derived records are matched by key — `(circuit_state_changed, kind:id, to_stat
 occurrence: the n-th OPEN of `worker:w1` really happened against the n-th OPEN of
 `worker:w1` under the other settings. A pair at different times has moved; what is left
 over was added (only under the other settings) or removed (only in reality).
+Decisions only: `circuit_figures` records (what the core counts, not what it decided) are
+left out on both sides.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from faultstream.events.models import CircuitStateChanged, DerivedRecord
+from faultstream.events.models import CircuitFigures, CircuitStateChanged, DerivedRecord
 
 Key = tuple[str, str, str]
 
@@ -89,6 +91,8 @@ def diff_derived(actual: Iterable[DerivedRecord], other: Iterable[DerivedRecord]
 def _times_by_key(records: Iterable[DerivedRecord]) -> dict[Key, list[int]]:
     times: dict[Key, list[int]] = defaultdict(list)
     for record in records:
+        if type(record) is CircuitFigures:
+            continue
         times[derived_key(record)].append(record.ts)
     for values in times.values():
         values.sort()

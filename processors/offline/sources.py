@@ -40,6 +40,8 @@ from faultstream.events.models import (
     RecoveryCommand,
     received_at,
 )
+from faultstream.processors.compiled.columns import INPUT_COLUMNS
+from faultstream.processors.compiled.columns import REPLAY_COLUMNS as REPLAY_COLUMNS
 from faultstream.projections.queries import History  # reading only: the shared queries
 
 from .input_columns import read_input_columns
@@ -47,30 +49,6 @@ from .input_columns import read_input_columns
 log = logging.getLogger(__name__)
 _KAFKA_POLL_S = 1.0
 _KAFKA_IDLE_POLLS = 30  # give up when the end offset is not reached within ~30 s of quiet
-
-
-# The fields the compiled tuner reads (processors/offline/tune/encode.py), in its order.
-TUNER_COLUMNS = (
-    "event_id",
-    "kind",
-    "ts",
-    "received_at",
-    "worker_id",
-    "hardware_class",
-    "task_id",
-    "task_type",
-    "failure_type",
-    "message",
-    "action",
-    "circuit_kind",
-    "circuit_id",
-)
-# What `input_columns` returns: the tuner's fields, what CONFIG_CHANGED holds, and
-# hash(event_id) as UBIGINT, the tuner's cheap repeat finder.
-INPUT_COLUMNS = (*TUNER_COLUMNS, "actor", "config", "event_hash")
-# What the compiled core reads besides (processors/compiled/): the two attributes its
-# recovery ladder reads, extracted by DuckDB, not the whole map.
-REPLAY_COLUMNS = (*INPUT_COLUMNS, "attempt", "checkpoint_seq", "batch_size", "precision")
 
 
 class HistoryError(FaultstreamError):

@@ -11,7 +11,8 @@ embedded pipeline gives it. `LockstepBridge` provides that over Kafka:
 * Completeness. The bridge runs a shadow `FleetCore` on the records it sends, so it knows
   exactly which derived records the processor must produce (the core is deterministic).
   When the coordinator pumps, the bridge waits until those very records have arrived from
-  `<prefix>.circuits` / `.commands` and hands over the Kafka copies, in the core's order.
+  `<prefix>.circuits` / `.commands` / `.figures` and hands over the Kafka copies, in the
+  core's order.
   No quiet-period guessing: it waits for named records, and only when some are due.
 
 Anything else is a divergence and raises: a record in `<prefix>.ordered` the fleet did
@@ -34,13 +35,13 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from faultstream.events.admin import CIRCUITS, COMMANDS, CONTROL, ORDERED
+from faultstream.events.admin import CIRCUITS, COMMANDS, CONTROL, FIGURES, ORDERED
 from faultstream.events.codec import Codec
 from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.frames import unpack as unpack_frame
 from faultstream.events.kafka_clients import librdkafka_config
-from faultstream.events.models import CircuitStateChanged, DerivedRecord, InputRecord, WorkerEvent
+from faultstream.events.models import DerivedRecord, InputRecord, RecoveryCommand, WorkerEvent
 from faultstream.events.spool import Spool
 from faultstream.events.transport import PRODUCER_DEFAULTS, KafkaTransport
 from faultstream.processors.core import FleetCore
@@ -57,7 +58,7 @@ class LockstepError(FaultstreamError):
 
 
 def derived_id(record: DerivedRecord) -> str:
-    return record.event_id if isinstance(record, CircuitStateChanged) else record.command_id
+    return record.command_id if isinstance(record, RecoveryCommand) else record.event_id
 
 
 class LockstepBridge:
@@ -94,7 +95,7 @@ class LockstepBridge:
         self.control = Producer(
             librdkafka_config(kafka, {**PRODUCER_DEFAULTS, **_LOCKSTEP_PRODUCER})
         )
-        self.topics = {kafka.topic(name): name for name in (ORDERED, CIRCUITS, COMMANDS)}
+        self.topics = {kafka.topic(name): name for name in (ORDERED, CIRCUITS, COMMANDS, FIGURES)}
         self.consumer = Consumer(
             librdkafka_config(
                 kafka,

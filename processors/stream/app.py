@@ -13,8 +13,9 @@ class and task type circuits; the fleet guard and target choice look across work
 2. `decide` (processors/stream/decide.py, the one consumer of `<prefix>.ordered`): unpacks
    each frame, decodes its records without re-validating them (events/decode.py),
    and runs one FleetCore over them in (`.ordered` offset, index in frame) order, sending
-   its outputs to `<prefix>.circuits` / `.commands`. Frames of this instance's own ingest
-   are handed over as soon as the broker acknowledges them, not after a round trip.
+   its outputs to `<prefix>.circuits` / `.commands` / `.figures` (at each TICK, the
+   figures of the circuits that changed). Frames of this instance's own ingest are handed
+   over as soon as the broker acknowledges them, not after a round trip.
 
 That order of `<prefix>.ordered` *is* the history: replaying it through FleetCore gives
 the processor's outputs exactly. Restarts restore a snapshot (processors/stream/snapshots.py: the
@@ -60,6 +61,7 @@ class Topics:
     circuits: str
     commands: str
     dlq: str
+    figures: str
 
     @classmethod
     def of(cls, settings: Settings) -> Topics:

@@ -30,7 +30,12 @@ from faultstream.events.config import Settings
 from faultstream.events.decode import InputDecoder
 from faultstream.events.exceptions import DecodeError
 from faultstream.events.kafka_clients import aiokafka_kwargs
-from faultstream.events.models import CircuitStateChanged, DeadLetter, RecoveryCommand
+from faultstream.events.models import (
+    CircuitFigures,
+    CircuitStateChanged,
+    DeadLetter,
+    RecoveryCommand,
+)
 from faultstream.processors.core import FleetCore
 from faultstream.processors.stream import metrics
 
@@ -206,6 +211,8 @@ class DecideStage:
                 topic, key = topics.circuits, output.key
             elif isinstance(output, RecoveryCommand):
                 topic, key = topics.commands, output.task_id
+            elif isinstance(output, CircuitFigures):
+                topic, key = topics.figures, output.key
             else:
                 continue
             await send(topic, key.encode(), encode(output), None, None, None)

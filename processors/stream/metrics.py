@@ -14,7 +14,7 @@ from typing import Any
 import faust
 from prometheus_client import Counter, Gauge, Histogram
 
-from faultstream.events.models import CircuitStateChanged, RecoveryCommand
+from faultstream.events.models import DERIVED_TYPES
 from faultstream.metrics import CONTENT_TYPE, circuits_registry, exposition
 
 RECORDS_IN = Counter(
@@ -22,7 +22,7 @@ RECORDS_IN = Counter(
 )
 RECORDS_OUT = Counter(
     "faultstream_processor_records_out",
-    "Derived records sent, per type (circuit_state_changed, recovery_command)",
+    "Derived records sent, per type (circuit_state_changed, recovery_command, circuit_figures)",
     ["type"],
 )
 DEAD_LETTERS = Counter(
@@ -52,13 +52,16 @@ SNAPSHOT_BYTES = Gauge(
 
 
 def count_outputs(outputs: Sequence[Any]) -> None:
-    """Count one frame's derived records by type (a frame has few outputs)."""
-    changes = sum(type(output) is CircuitStateChanged for output in outputs)
-    commands = sum(type(output) is RecoveryCommand for output in outputs)
-    if changes:
-        RECORDS_OUT.labels("circuit_state_changed").inc(changes)
-    if commands:
-        RECORDS_OUT.labels("recovery_command").inc(commands)
+    """Count one frame's derived records by type (a frame has few outputs; a TICK's
+    figures may be many, still one pass)."""
+    if not outputs:
+        return
+    counts: dict[type, int] = {}
+    for output in outputs:
+        kind = type(output)
+        counts[kind] = counts.get(kind, 0) + 1
+    for kind, count in counts.items():
+        RECORDS_OUT.labels(DERIVED_TYPES[kind]).inc(count)
 
 
 def install_metrics_page(app: faust.App, decider: Any) -> None:

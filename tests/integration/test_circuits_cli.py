@@ -140,6 +140,27 @@ def test_list_and_show_read_a_duckdb_history(
     assert "OPEN since" in capsys.readouterr().out
 
 
+def test_list_from_a_history_gives_the_health_the_core_counted_since_the_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # w1 opens, half-opens 60 s later (health 40) and passes one probe: the core's figures
+    # at the TICK after it say 50, the half-open transition still says 40.
+    h = History()
+    for i in range(5):
+        h.failure("w1", 1_000 + i, "WORKER_CRASH")
+    h.success("w1", 70_000)
+    h.tick(70_001)
+    db = tmp_path / "history.duckdb"
+    pipeline = EmbeddedPipeline(writer=HistoryWriter(db))
+    pipeline.ingest_many(h.records)
+    pipeline.close()
+    assert pipeline.core.circuits_view()["workers"]["w1"]["health_percentage"] == 50.0
+    assert main(["circuits", "list", "--db", str(db), "--json"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    shown = json.loads(line)
+    assert (shown["id"], shown["state"], shown["health"]) == ("w1", "HALF_OPEN", 50.0)
+
+
 def test_a_missing_history_is_said_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from core_at_ticks import as_of, views_at_ticks
 from websockets.sync.client import ClientConnection, connect
 
 from faultstream.cli.dashboard import streamlit_command
 from faultstream.cli.demo import run_demo
 from faultstream.events.config import load_settings
-from faultstream.processors.core import FleetCore
 from faultstream.projections.queries import History
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -210,12 +210,10 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
 
 
 def capacity_replayed(db: Path) -> dict[str, dict]:
-    """Capacity per hardware class rebuilt independently: every input through a fresh core."""
-    core = FleetCore(load_settings().core)
+    """Capacity per hardware class rebuilt independently: every input through a fresh core,
+    as of its last TICK (the figures the page shows are those the core published last)."""
     with History.from_db(db) as history:
-        for record in history.input_records():
-            core.process(record)
-    return core.capacity_view()
+        return as_of(views_at_ticks(history.input_records(), load_settings().core))["capacity"]
 
 
 def test_overview_renders_the_fleet_health_in_chromium(

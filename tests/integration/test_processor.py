@@ -175,7 +175,7 @@ def read_topic(settings: Settings, name: str) -> list:
 
 
 def derived_id(record: DerivedRecord) -> str:
-    return record.event_id if isinstance(record, CircuitStateChanged) else record.command_id
+    return record.command_id if isinstance(record, RecoveryCommand) else record.event_id
 
 
 def replay(settings: Settings, history: list[InputRecord]) -> list[DerivedRecord]:
@@ -184,7 +184,11 @@ def replay(settings: Settings, history: list[InputRecord]) -> list[DerivedRecord
 
 
 def published(settings: Settings) -> list[DerivedRecord]:
-    return read_topic(settings, "circuits") + read_topic(settings, "commands")
+    return (
+        read_topic(settings, "circuits")
+        + read_topic(settings, "commands")
+        + read_topic(settings, "figures")
+    )
 
 
 RUNNING: list[subprocess.Popen] = []
@@ -267,7 +271,10 @@ def restored_offset(tmp_path: Path) -> int:
 def by_key(records: list[DerivedRecord]) -> dict[str, list[DerivedRecord]]:
     groups: dict[str, list[DerivedRecord]] = defaultdict(list)
     for record in records:
-        key = record.key if isinstance(record, CircuitStateChanged) else f"task:{record.task_id}"
+        if isinstance(record, RecoveryCommand):
+            key = f"task:{record.task_id}"
+        else:  # transitions and figures: each on its own topic, in order per circuit
+            key = f"{type(record).__name__}:{record.key}"
         groups[key].append(record)
     return dict(groups)
 

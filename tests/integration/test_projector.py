@@ -29,6 +29,7 @@ from faultstream.events.admin import create_topics, topic_names
 from faultstream.events.codec import Codec
 from faultstream.events.config import CoreSettings, Settings, load_settings
 from faultstream.events.models import (
+    CircuitFigures,
     CircuitStateChanged,
     DeadLetter,
     RecoveryCommand,
@@ -109,6 +110,7 @@ class Topics:
         create_topics(settings.kafka)
         self.names = topic_names(settings.kafka)
         self.codec = Codec(topic_prefix=settings.kafka.topic_prefix)
+        self.core = FleetCore()
         self.producer = ordered_producer(settings.kafka.bootstrap_servers, **{
             "linger.ms": 20, "partitioner": "murmur2_random"})  # fmt: skip
 
@@ -129,7 +131,13 @@ class Topics:
         assert self.producer.flush(30) == 0
 
     def send_batch(self, first: int, count: int, *, repeat_derived: bool = False) -> None:
-        self.send_frames(inputs(first, count))
+        batch = inputs(first, count)
+        self.send_frames(batch)
+        # The figures are the core's own (the read side serves them as they are); the
+        # transitions and commands below are stand-ins that exercise landing only.
+        figures = [out for r in batch for out in self.core.process(r)
+                   if isinstance(out, CircuitFigures)]  # fmt: skip
+        self.send("figures", figures, lambda f: f.key.encode())
         changes = derived(first, count // 10)
         if repeat_derived:  # a processor re-sending after its restart: same ids again
             changes += changes[: len(changes) // 2]
@@ -382,6 +390,8 @@ def send_with_outputs(topics: Topics, core: FleetCore, records: list[Any]) -> di
                 lambda c: c.key.encode())  # fmt: skip
     topics.send("commands", [o for o in outputs if isinstance(o, RecoveryCommand)],
                 lambda c: c.task_id.encode())  # fmt: skip
+    topics.send("figures", [o for o in outputs if isinstance(o, CircuitFigures)],
+                lambda f: f.key.encode())  # fmt: skip
     return expected
 
 

@@ -90,6 +90,16 @@ def test_one_circuit_with_its_transitions(client: TestClient, history: History) 
     assert forced["state"] == "FORCED_OPEN"
 
 
+def test_one_circuit_carries_the_cores_newest_figures_of_it(client: TestClient) -> None:
+    # As of the TICK at 4 s (nothing of w1 changed after): it opened on its fifth crash.
+    figures = client.get("/api/circuits/worker/w1").json()["figures"]
+    assert figures == {"ts": 4_000, "consecutive_failures": 5, "half_open_successes": 0,
+                       "trips": 1, "total_trips": 1, "hardware_class": "cuda",
+                       "live": True, "available": False, "caused_by": "tick1"}  # fmt: skip
+    cuda = client.get("/api/circuits/hardware_class/cuda").json()["figures"]
+    assert (cuda["workers"], cuda["live_workers"], cuda["available_workers"]) == (2, 2, 1)
+
+
 @pytest.mark.parametrize(
     ("path", "error"),
     [

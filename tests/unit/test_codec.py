@@ -14,12 +14,15 @@ from faultstream.events.codec import DEFAULT_SCHEMA_IDS, HEADER, SCHEMAS, Codec
 from faultstream.events.exceptions import DecodeError, InvalidEventError
 from faultstream.events.models import (
     MAX_MILLIS,
+    CircuitFigures,
     EventKind,
     FailureType,
     RecoveryCommand,
     Tick,
     WorkerEvent,
+    derived_to_json,
 )
+from faultstream.processors.core import FleetCore
 
 EVENT = WorkerEvent(
     event_id="e1",
@@ -171,3 +174,20 @@ def test_registry_codec_fetches_writer_schema_for_an_id_it_did_not_register() ->
     assert reader.decode(data) == EVENT
     with pytest.raises(DecodeError, match="not in the registry"):
         reader.decode(b"\x00\x00\x00\x03\xe7" + data[5:])
+
+
+def test_circuit_figures_the_core_publishes_round_trip_with_their_own_id_and_subject() -> None:
+    core = FleetCore()
+    core.process(EVENT)
+    published = core.process(Tick(event_id="tick-1", ts=EVENT.ts + 1))
+    assert {type(r) for r in published} == {CircuitFigures} and len(published) == 3
+    codec = Codec()
+    for record in published:  # built by the core without pydantic's constructor
+        data = codec.encode(record)
+        assert struct.unpack(">I", data[1:5])[0] == DEFAULT_SCHEMA_IDS["circuit_figures"] == 7
+        assert codec.decode(data) == record
+        assert derived_to_json(codec.decode(data)) == derived_to_json(record)
+    registry = Codec("mock://faultstream-figures", topic_prefix="fs")
+    figures_id = registry.schema_id("circuit_figures")
+    assert registry._registry.get_latest_version("fs.figures-value").schema_id == figures_id
+    assert registry.decode(registry.encode(published[0])) == published[0]

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import ConfigError
 from faultstream.events.models import (
+    CircuitFigures,
     CircuitKind,
     CircuitStateChanged,
     ConfigChanged,
@@ -302,7 +303,7 @@ def reached(records: list[InputRecord]) -> set[str]:
     dues: dict[tuple[str, str], float] = {}  # an OPEN circuit's due moment
     stale: dict[tuple[str, str], float] = {}  # one that a RESET or FORCE_OPEN cancelled
     for record in records:
-        outputs = core.process(record)
+        outputs = [o for o in core.process(record) if not isinstance(o, CircuitFigures)]
         for out in outputs:
             if isinstance(out, CircuitStateChanged):
                 key = (out.circuit_kind, out.circuit_id)
@@ -422,6 +423,9 @@ class Model:
                         out.to_state)  # fmt: skip
                 assert self.ids.setdefault(out.event_id, move) == move
                 self.transition(record, before, now, out)
+            elif isinstance(out, CircuitFigures):  # after the TICK's transitions
+                assert isinstance(record, Tick) and out.ts == now
+                assert out.state == self.circuit(out.circuit_kind, out.circuit_id).state
             else:
                 assert out.command_id not in self.ids  # one command per id
                 self.ids[out.command_id] = out
@@ -520,3 +524,72 @@ def test_every_output_follows_the_rules_given_the_states_before_it(
         model.check(record, before, core.now, outputs)
     for state in sorted({c.state for c in model.circuits.values()}):
         event(f"a circuit ends {state}")
+
+
+# --- circuit_figures: what the core publishes is what its views show ---------------------
+
+SECTION = {"worker": "workers", "hardware_class": "hardware_classes", "task_type": "task_types"}
+
+
+def published(record: CircuitFigures) -> tuple:
+    """A circuit_figures record's figures (all but its id, time and cause)."""
+    fields = record.model_dump(exclude={"event_id", "ts", "caused_by"})
+    return tuple(str(v) if k in ("circuit_kind", "state") else v for k, v in fields.items())
+
+
+def viewed(core: FleetCore) -> dict[tuple[str, str], tuple]:
+    """Each circuit's figures as the core's views give them now (`circuits_view`,
+    `workers_view`, `capacity_view`; the counters the views do not show from the circuit)."""
+    circuits, workers, capacity = core.circuits_view(), core.workers_view(), core.capacity_view()
+    figures = {}
+    for kind, section in SECTION.items():
+        for circuit_id, row in circuits[section].items():
+            circuit = core._circuits[list(SECTION).index(kind)][circuit_id]
+            worker = workers.get(circuit_id) if kind == "worker" else None
+            known = capacity.get(circuit_id) if kind == "hardware_class" else None
+            figures[(kind, circuit_id)] = (
+                kind,
+                circuit_id,
+                row["state"],
+                circuit.consecutive_failures,
+                circuit.half_open_successes,
+                circuit.trips,
+                circuit.total_trips,
+                row["total_successes"],
+                row["total_failures"],
+                row["health_percentage"],
+                worker and worker["hardware_class"],
+                worker and worker["status"] == "live",
+                worker and worker["available"],
+                known and known["workers"],
+                known and known["live"],
+                known and known["available"],
+            )
+    return figures
+
+
+@checks
+@given(histories)
+def test_at_every_tick_the_published_figures_are_the_views(records: list[InputRecord]) -> None:
+    """Each TICK publishes a circuit's figures exactly as the views give them at that moment,
+    and leaves out only circuits whose figures are what it last published: after every TICK
+    the newest figures of every circuit equal the views (nothing changed goes unpublished)."""
+    core = FleetCore(FAST)
+    newest: dict[tuple[str, str], tuple] = {}
+    for record in records:
+        outputs = core.process(record)
+        figures = [o for o in outputs if isinstance(o, CircuitFigures)]
+        if not isinstance(record, Tick):
+            assert figures == []
+            continue
+        assert outputs[len(outputs) - len(figures) :] == figures  # after what it revealed
+        order = [(list(SECTION).index(f.circuit_kind), f.circuit_id) for f in figures]
+        assert order == sorted(set(order))  # one each, by kind rank then id
+        now = viewed(core)
+        for record_figures in figures:
+            key = (str(record_figures.circuit_kind), record_figures.circuit_id)
+            assert (record_figures.ts, record_figures.caused_by) == (core.now, record.event_id)
+            assert published(record_figures) == now[key]
+            newest[key] = published(record_figures)
+        assert newest == now
+        event(f"a TICK publishes {min(len(figures), 3)}+ figures")

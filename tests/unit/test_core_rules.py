@@ -485,7 +485,12 @@ def test_a_lost_workers_disconnection_counts_on_its_class_when_attributed_there(
     h.heartbeat("w1", ts=1_000)
     tick = h.tick(40_000)
     core = FleetCore(settings)
-    [opened] = run(h.records, core=core)
+    opened, *published = run(h.records, core=core)
+    # Then the TICK's figures: the lost worker, and its class with the failure it took.
+    assert [(f.circuit_id, f.total_failures, f.live, f.live_workers) for f in published] == [
+        ("w1", 0, False, None),
+        ("cuda", 1, None, 0),
+    ]
     assert (opened.circuit_kind, opened.circuit_id, opened.to_state) == (
         "hardware_class",
         "cuda",

@@ -203,3 +203,42 @@ def test_writer_flushes_by_itself_once_a_batch_is_full(tmp_path: Path) -> None:
     count = writer.con.execute("SELECT count(*) FROM events").fetchone()
     writer.close()
     assert count == (25,)
+
+
+def test_circuit_figures_land_one_row_each_with_the_records_fields(tmp_path: Path) -> None:
+    """What the core publishes at its TICKs lands in `circuit_figures`, every record one row
+    with its fields as columns: from the embedded pipeline (models) and from the projector's
+    trusted decode (dicts), a redelivery stored once."""
+    from faultstream.events.codec import Codec
+    from faultstream.events.models import CircuitFigures
+    from faultstream.projections.embedded import EmbeddedPipeline
+    from faultstream.projections.schema import CIRCUIT_FIGURES
+
+    assert list(CIRCUIT_FIGURES) == list(CircuitFigures.model_fields)
+    db = tmp_path / "h.duckdb"
+    pipeline = EmbeddedPipeline(writer=HistoryWriter(db))
+    for n in range(5):  # the class's threshold is 3: it opens, its worker is unavailable
+        pipeline.ingest(event(f"f{n}", "FAILURE", 1_000 + n, failure_type="HARDWARE_ERROR"))
+    first = pipeline.ingest(Tick(event_id="tick1", ts=2_000))
+    pipeline.ingest(event("hb", "HEARTBEAT", 2_500, worker_id="w2", hardware_class="cpu"))
+    second = pipeline.ingest(Tick(event_id="tick2", ts=3_000))
+    pipeline.close()
+    published = [r for r in first + second if isinstance(r, CircuitFigures)]
+    assert [(r.caused_by, r.circuit_id) for r in published] == [
+        ("tick1", "w1"), ("tick1", "cuda"), ("tick1", "bert"), ("tick2", "w2"), ("tick2", "cpu"),
+    ]  # fmt: skip
+    columns = ", ".join(CIRCUIT_FIGURES)
+    stored = rows(db, f"SELECT {columns} FROM circuit_figures ORDER BY ts, event_id")
+    expected = sorted((tuple(r.model_dump(mode="json").values()) for r in published),
+                      key=lambda row: (row[1], row[0]))  # fmt: skip
+    assert stored == expected
+    w1 = rows(db, "SELECT live, available, workers FROM circuit_figures WHERE circuit_id = 'w1'")
+    assert w1 == [(True, False, None)]
+    # The projector lands the codec's trusted dicts; a record delivered again is not doubled.
+    codec = Codec()
+    trusted = [codec.decode_trusted(codec.encode(r))[1] for r in published[:2]]
+    with HistoryWriter(db) as writer:
+        writer.append_derived([*trusted, transition("c9", 4_000, "OPEN"), retry_command("c9")])
+    assert rows(db, "SELECT count(*) FROM circuit_figures") == [(5,)]
+    assert rows(db, "SELECT count(*) FROM circuit_transitions WHERE event_id = 'c9'") == [(1,)]
+    assert rows(db, "SELECT count(*) FROM commands WHERE command_id = 'c9'") == [(1,)]

@@ -5,8 +5,11 @@ compiled replay and the tuner over it equal the core and the tuner over the reco
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
+import sys
 import tempfile
 from pathlib import Path
 
@@ -452,3 +455,119 @@ def test_tune_command_reads_json_lines_as_columns(simulated, monkeypatch, capsys
     args = ["tune", "--input", str(path), "--grid", "worker.failure_threshold=2,8"]
     assert main([*args, "--min-events", "1", "--processes", "1"]) == 0
     assert "best" in capsys.readouterr().out
+
+
+# --- the DuckDB reader the scanner was weighed against (issue #13, bench/) ---------------
+# It is kept for bench/bench_replay_sources.py; these hold it to the same verdicts, so the
+# comparison there is between two readers that give the same table or refuse.
+
+
+def load_duckdb_reader():
+    path = Path(__file__).resolve().parents[2] / "bench" / "jsonl_duckdb.py"
+    spec = importlib.util.spec_from_file_location("bench_jsonl_duckdb", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # for its dataclass
+    spec.loader.exec_module(module)
+    return module
+
+
+duckdb_reader = load_duckdb_reader()
+fewer_checks = settings(checks, max_examples=max(EXAMPLES // 4, 25))
+
+
+def duckdb_read(data: bytes, batch_rows: int = 1 << 16, stats=None):
+    try:
+        table = duckdb_reader.read_jsonl(data, batch_rows=batch_rows, stats=stats)
+    except duckdb_reader.Refused:
+        return None
+    without_hash = [c for c in REPLAY_COLUMNS if c != "event_hash"]  # each has its own
+    return table.select(without_hash)
+
+
+@fewer_checks
+@given(any_files(), st.integers(1, 5))
+def test_duckdb_reader_refuses_or_gives_the_line_by_line_table(data: bytes, batch_rows) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        expected = line_parse_table(write(tmp, data))
+    # In small batches: DuckDB's threads hand rows back out of order, put back in place.
+    table = duckdb_read(data, batch_rows)
+    event("read" if table is not None else "refused")
+    if table is not None:
+        assert expected is not None, "the DuckDB reader took a file the line parse refuses"
+        assert table.equals(expected.select(table.column_names))
+
+
+# The control characters DuckDB escapes in capitals (\u001F) and pydantic in small letters.
+CAPITAL_ESCAPES = re.compile(r"\\u00(0[b-f]|1[a-f])")
+
+
+@st.composite
+def lines_in_model_order(draw, record: InputRecord) -> str:
+    """A record as pydantic writes it, or in model order with nulls and defaults left
+    out, or spaced as json.dumps spaces it: the layouts DuckDB reads without pydantic."""
+    if draw(st.booleans()):
+        return record.model_dump_json()
+    data = record.model_dump(mode="json", exclude_none=draw(st.booleans()))
+    for field, default in (("attempt", 0), ("attributes", {}), ("received_at", None)):
+        if data.get(field, "absent") == default and draw(st.booleans()):
+            del data[field]
+    separators = draw(st.sampled_from([(",", ":"), (", ", ": ")]))
+    return json.dumps(data, ensure_ascii=False, separators=separators)
+
+
+def pydantic_needed(line: str, record: InputRecord) -> bool:
+    """Whether the DuckDB reader leaves this line to pydantic: CONFIG_CHANGED (its free
+    config), the escapes DuckDB writes otherwise, spaced attributes beside a backslash."""
+    spaced = '"event_id": ' in line
+    return (
+        isinstance(record, ConfigChanged)
+        or bool(CAPITAL_ESCAPES.search(line))
+        or (isinstance(record, WorkerEvent) and spaced and "\\" in line and bool(record.attributes))
+    )
+
+
+@fewer_checks
+@given(st.lists(records, max_size=12), st.data(), st.integers(1, 5))
+def test_duckdb_reader_takes_lines_in_model_order_without_pydantic(history, data, batch_rows):
+    lines = [data.draw(lines_in_model_order(record)) for record in history]
+    stats = duckdb_reader.ReadStats()
+    table = duckdb_read("".join(f"{line}\n" for line in lines).encode(), batch_rows, stats)
+    assert table is not None
+    assert table.equals(records_to_columns(history, table.column_names))
+    assert stats.rows == len(history)
+    assert stats.parsed_by_pydantic == sum(map(pydantic_needed, lines, history))
+
+
+CANONICAL_TICK = Tick(event_id="t1", ts=1000).model_dump_json()
+
+
+@pytest.mark.parametrize(
+    ("line", "valid"),
+    [
+        (CANONICAL_TICK[:-1] + ",}", False),  # a trailing comma: DuckDB takes it
+        (CANONICAL_TICK.replace('"ts":1000', '"ts":NaN'), False),  # DuckDB reads NaN
+        (CANONICAL_TICK.replace('"event_id":"t1"', '"event_id":11'), False),  # and casts
+        (CANONICAL_TICK[:-1] + ',"worker_id":null}', False),  # not a TICK's field
+        (HEARTBEAT[:-1] + ',"attempt":null}', False),  # null where there is a default
+        (HEARTBEAT[:-1] + ',"attributes":{"batch_size":32}}', False),
+        (CANONICAL_TICK.replace('"ts":1000', '"ts":5,"ts":1000'), True),  # the last one
+        (CANONICAL_TICK.replace('"ts":1000', '"ts":"1000"'), True),  # pydantic's lax int
+        (HEARTBEAT[:-1] + ',"attributes":{"batch_size":"1","batch_size":"2"}}', True),
+        (HEARTBEAT[:-1] + ',"attributes":{"batch\\u005fsize":"1","batch_size":"2"}}', True),
+    ],
+)
+def test_duckdb_reader_leaves_what_duckdb_is_laxer_about_to_pydantic(tmp_path, line, valid):
+    data = f"{TICK}\n{line}\n".encode()
+    expected = line_parse_table(write(str(tmp_path), data))
+    assert (expected is not None) == valid
+    table = duckdb_read(data)
+    assert (table is not None) == valid
+    assert table is None or table.equals(expected.select(table.column_names))
+
+
+def test_duckdb_reader_reads_the_simulator_history_as_the_scanner_does(simulated) -> None:
+    path, _ = simulated
+    stats = duckdb_reader.ReadStats()
+    table = duckdb_read(path.read_bytes(), stats=stats)
+    assert table is not None and stats.parsed_by_pydantic == 1  # the CONFIG_CHANGED line
+    assert table.equals(scan_jsonl(path.read_bytes()).select(table.column_names))

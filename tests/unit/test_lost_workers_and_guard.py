@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from histories import History, commands, moves, run, transitions
+from histories import History, commands, figures, moves, run, transitions
 
 from faultstream.processors.core import FleetCore
 from faultstream.processors.core.ids import migration_command_id
@@ -64,10 +64,17 @@ def test_lost_worker_task_at_max_retries_escalates() -> None:
 def test_lost_worker_counts_one_disconnection_on_its_worker_circuit() -> None:
     h = History()
     h.heartbeat("w1", ts=1_000)
-    h.tick(40_000)
+    first = h.tick(40_000)
     h.tick(80_000)
     core = FleetCore()
-    assert run(h.records, core=core) == []
+    outputs = run(h.records, core=core)
+    assert transitions(outputs) == [] and commands(outputs) == []
+    # Only the first TICK publishes figures (the worker lost, its class), the second none.
+    assert [(f.circuit_id, f.caused_by, f.total_failures, f.live) for f in outputs] == [
+        ("w1", first.event_id, 1, False),
+        ("cuda", first.event_id, 0, None),
+    ]
+    assert figures(outputs) == outputs
     assert core.circuits_view()["workers"]["w1"]["total_failures"] == 1
 
 

@@ -46,7 +46,9 @@ def event(event_id: str, kind: str, ts: int, **fields: Any) -> WorkerEvent:
 
 def fleet_history() -> list[Any]:
     """w1 crashes five times (its worker circuit opens), w2 succeeds, a checkpoint, an
-    out-of-memory failure classified from its message, and a TICK."""
+    out-of-memory failure classified from its message, a TICK, an operator forcing a task
+    type open, and a last TICK (the core publishes its figures, which the history serves,
+    at a TICK)."""
     records: list[Any] = [
         event("s0", "SUCCESS", 1_000, worker_id="w2", task_id="t0"),
         event("c1", "CHECKPOINT", 1_100, task_id="t1", checkpoint_seq=1, checkpoint_state=b"a"),
@@ -66,6 +68,7 @@ def fleet_history() -> list[Any]:
             actor="ops",
         )
     )
+    records.append(Tick(event_id="tick2", ts=5_000))
     return records
 
 

@@ -203,3 +203,43 @@ def test_compiled_engine_refuses_what_it_cannot_hold_naming_why(monkeypatch) -> 
     monkeypatch.setattr(replay_module, "COMPILED_MAX_RECORDS", 3)
     with pytest.raises(FaultstreamError, match=r"cannot replay this history exactly \(over 3 rec"):
         list(replay_module.replay(records, engine="compiled"))
+
+
+def test_replay_writes_the_figures_the_core_publishes_at_each_tick(tmp_path: Path, capsys) -> None:
+    from faultstream.events.models import derived_to_json
+    from faultstream.processors.core import FleetCore
+
+    source = history_file(tmp_path)
+    assert main(["replay", "--input", str(source)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    core = FleetCore()
+    expected = [
+        derived_to_json(o) for r in read_input_records(history_lines()) for o in core.process(r)
+    ]
+    assert lines == expected
+    figures = [json.loads(line) for line in lines if '"type":"circuit_figures"' in line]
+    assert [(f["circuit_kind"], f["circuit_id"]) for f in figures] == [
+        ("worker", "w1"), ("worker", "w2"), ("hardware_class", "cuda"), ("task_type", "bert"),
+    ]  # fmt: skip
+    assert {f["caused_by"] for f in figures} == {"e8"} and lines[-4:] == [
+        line for line in lines if '"type":"circuit_figures"' in line
+    ]
+
+
+def test_diff_compares_decisions_only_leaving_figures_out() -> None:
+    from faultstream.events.models import CircuitFigures
+    from faultstream.processors.core import FleetCore
+    from faultstream.processors.offline.diff import diff_derived
+
+    h = History()
+    for i in range(5):
+        h.failure("w1", ts=2_000 + i, failure_type="WORKER_CRASH")
+    h.tick(3_000)
+    core = FleetCore()
+    derived = [o for r in h.records for o in core.process(r)]
+    decisions = [o for o in derived if not isinstance(o, CircuitFigures)]
+    assert len(decisions) == 6 and len(derived) > len(decisions)
+    # What really happened holds no figures (or other ones): no change is reported.
+    for actual, other in ((decisions, derived), (derived, decisions), (derived, derived)):
+        report = diff_derived(actual, other)
+        assert (report.changes, report.unchanged) == ([], 6)

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from faultstream.events.codec import SCHEMAS, Codec
 from faultstream.events.models import (
     BROKER_FIELDS,
+    CircuitFigures,
     CircuitStateChanged,
     ConfigChanged,
     DeadLetter,
@@ -30,8 +31,9 @@ MODEL_OF_SCHEMA: dict[str, type[BaseModel]] = {
     "circuit_state_changed": CircuitStateChanged,
     "recovery_command": RecoveryCommand,
     "dead_letter": DeadLetter,
+    "circuit_figures": CircuitFigures,
 }
-AVRO_OF_PYTHON = {str: "string", int: "long", float: "double", bytes: "bytes"}
+AVRO_OF_PYTHON = {str: "string", int: "long", float: "double", bytes: "bytes", bool: "boolean"}
 
 
 def _schema(name: str) -> dict[str, Any]:
@@ -160,6 +162,23 @@ def _examples() -> list[BaseModel]:
         DeadLetter(
             event_id="d", ts=10, source_topic="faultstream.events", source_partition=3,
             source_offset=2**40, raw=b"\x01garbage", reason="magic byte is 1",
+        ),
+        CircuitFigures(
+            event_id="fig-w", ts=11, circuit_kind="worker", circuit_id="gpu-07", state="HALF_OPEN",
+            consecutive_failures=0, half_open_successes=1, trips=2, total_trips=7,
+            total_successes=2**40, total_failures=3, health=50.0, caused_by="tick",
+            hardware_class="cuda", live=False, available=False,
+        ),
+        CircuitFigures(
+            event_id="fig-c", ts=11, circuit_kind="hardware_class", circuit_id="cuda",
+            state="CLOSED", consecutive_failures=2, half_open_successes=0, trips=0, total_trips=0,
+            total_successes=0, total_failures=2, health=80.0, caused_by="tick", workers=5,
+            live_workers=4, available_workers=0,
+        ),
+        CircuitFigures(
+            event_id="fig-t", ts=11, circuit_kind="task_type", circuit_id="bert", state="OPEN",
+            consecutive_failures=10, half_open_successes=0, trips=1, total_trips=1,
+            total_successes=0, total_failures=10, health=18.0, caused_by="tick",
         ),
     ]  # fmt: skip
 
