@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from faultstream.projections.queries import History
 from faultstream.projections.read_models import ReadModelPublisher
-from faultstream.projections.tables import EVENTS, create_tables
+from faultstream.projections.schema import EVENTS, create_tables
 
 DAY = 86_400_000
 START = 1_764_000_000_000

@@ -24,7 +24,7 @@ from faultstream.events.models import ConfigChanged, InputRecord, Operator, Tick
 
 from .health import FIGURES_TABLE, figures_document, in_view_order, newest_figures_sql
 from .read_models import MANIFEST, read_manifest
-from .tables import TABLES
+from .schema import TABLES
 
 _BUCKET = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}

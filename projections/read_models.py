@@ -31,7 +31,7 @@ import duckdb
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.locks import FileLock, LockedError
 
-from .tables import TABLES
+from .schema import TABLES
 
 MANIFEST = "manifest.json"
 LOCK_FILE = "writer.lock"

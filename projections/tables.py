@@ -24,10 +24,9 @@ import pyarrow.compute as pc
 from faultstream.events.gcpause import gc_paused
 from faultstream.events.models import CircuitFigures, CircuitStateChanged, WorkerEvent
 
-from .schema import (  # noqa: F401  (re-exported: the layout used to live here)
+from .schema import (
     CHECKPOINTS,
     CIRCUIT_FIGURES,
-    CIRCUIT_STATES,
     CIRCUIT_TRANSITIONS,
     COMMANDS,
     CONTROL,
@@ -35,8 +34,6 @@ from .schema import (  # noqa: F401  (re-exported: the layout used to live here)
     DEDUPE_KEYS,
     EVENTS,
     HEALTH_SNAPSHOTS,
-    RECOVERY_OUTCOMES,
-    TABLES,
     Columns,
     arrow_schema,
     create_tables,

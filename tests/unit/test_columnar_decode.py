@@ -19,7 +19,8 @@ from faultstream.events.codec import Codec
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.models import MAX_MILLIS, WorkerEvent
 from faultstream.projections.columns import FAILURE_TYPES, KINDS, FramesDecoder
-from faultstream.projections.tables import TABLES, HistoryWriter
+from faultstream.projections.schema import TABLES
+from faultstream.projections.tables import HistoryWriter
 
 CODEC = Codec()
 DECODER = FramesDecoder(CODEC)

@@ -25,7 +25,8 @@ from faultstream.events.health import fleet_aggregate
 from faultstream.events.models import Tick, WorkerEvent
 from faultstream.projections.embedded import EmbeddedPipeline
 from faultstream.projections.queries import History
-from faultstream.projections.tables import HistoryWriter, create_tables
+from faultstream.projections.schema import create_tables
+from faultstream.projections.tables import HistoryWriter
 
 APP = str(Path(faultstream.dashboard.__file__).parent / "app.py")
 RUN_TIMEOUT_S = 60  # only stops a hung run; never a performance bound

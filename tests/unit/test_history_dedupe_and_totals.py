@@ -30,7 +30,8 @@ from faultstream.processors.core import FleetCore
 from faultstream.projections.embedded import EmbeddedPipeline
 from faultstream.projections.queries import History
 from faultstream.projections.read_models import ReadModelPublisher
-from faultstream.projections.tables import TABLES, HistoryWriter
+from faultstream.projections.schema import TABLES
+from faultstream.projections.tables import HistoryWriter
 
 
 def event(event_id: str, kind: str, ts: int, **fields: Any) -> WorkerEvent:

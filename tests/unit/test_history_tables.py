@@ -15,7 +15,8 @@ from faultstream.events.models import (
     Tick,
     WorkerEvent,
 )
-from faultstream.projections.tables import TABLES, HistoryWriter
+from faultstream.projections.schema import TABLES
+from faultstream.projections.tables import HistoryWriter
 
 
 def event(event_id: str, kind: str, ts: int, **fields: Any) -> WorkerEvent:
