@@ -10,8 +10,11 @@ Prints medians (the machine is shared and noisy) of:
 - the compiled core (`processors/compiled/`) on a `--compiled-events` history: its kernel
   alone over the encoded columns (the issue's "core alone"), the encoding (strings to
   indices, once per history: the decoding kept off the hot path), the materializing of
-  the derived records, and `replay_compiled` end to end. Its output is checked equal to
-  FleetCore's on the `--events` history first.
+  the derived records, and `replay_compiled` end to end. The kernel and materialize are
+  timed without the circuits' figures (the transitions and commands only) and with them
+  (what a replay writes, as FleetCore does: a `circuit_figures` record per circuit that
+  changed, at each TICK). Its output is checked equal to FleetCore's on the `--events`
+  history first.
 - the compiled core straight from a DuckDB file (`replay --db`): the same history written
   by the projections' HistoryWriter, then read as columns (`input_columns(window,
   REPLAY_COLUMNS)`), `encode_table`, the kernel, materialize, and all four end to end;
@@ -136,30 +139,45 @@ def compiled_rows(small: list, records: list, workers: int, runs: int) -> None:
         raise SystemExit("compiled core: output differs from FleetCore's")
     n = len(records)
     encode_s, kernel_s, materialize_s, total_s = [], [], [], []
+    figures_kernel_s, figures_materialize_s = [], []
     for _ in range(runs):
         started = time.perf_counter()
         encoded = encode_history(records)
         encode_s.append(time.perf_counter() - started)
         started = time.perf_counter()
-        log = run(encoded)
+        log = run(encoded, figures=False)
         kernel_s.append(time.perf_counter() - started)
         started = time.perf_counter()
         derived = materialize(log, encoded)
         materialize_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        log = run(encoded)
+        figures_kernel_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        with_figures = len(materialize(log, encoded))
+        figures_materialize_s.append(time.perf_counter() - started)
+        del log
     for _ in range(min(runs, 3)):
         started = time.perf_counter()
         replay_compiled(records)
         total_s.append(time.perf_counter() - started)
     kernel, enc = statistics.median(kernel_s), statistics.median(encode_s)
     mat, total = statistics.median(materialize_s), statistics.median(total_s)
-    print(f"\ncompiled core: {n:,} records, {workers:,} workers, {len(derived):,} derived records")
+    figures_kernel = statistics.median(figures_kernel_s)
+    figures_mat = statistics.median(figures_materialize_s)
+    print(f"\ncompiled core: {n:,} records, {workers:,} workers, {len(derived):,} derived records"
+          f" ({with_figures:,} with the figures)")  # fmt: skip
     print(f"{'step':<34}{'median s':>10}{'events/s':>14}{'per unit':>18}")
     print(f"{'kernel alone (encoded columns)':<34}{kernel:>10.3f}{n / kernel:>14,.0f}"
           f"{kernel / n * 1e9:>12.0f} ns/ev")  # fmt: skip
+    print(f"{'kernel alone, with figures':<34}{figures_kernel:>10.3f}{n / figures_kernel:>14,.0f}"
+          f"{figures_kernel / n * 1e9:>12.0f} ns/ev")  # fmt: skip
     print(f"{'encode (once per history)':<34}{enc:>10.3f}{n / enc:>14,.0f}"
           f"{enc / n * 1e6:>12.2f} us/ev")  # fmt: skip
     print(f"{'materialize derived records':<34}{mat:>10.3f}{'':>14}"
           f"{mat / max(1, len(derived)) * 1e6:>10.2f} us/record")  # fmt: skip
+    print(f"{'materialize, with figures':<34}{figures_mat:>10.3f}{'':>14}"
+          f"{figures_mat / max(1, with_figures) * 1e6:>10.2f} us/record")  # fmt: skip
     print(f"{'replay_compiled end to end':<34}{total:>10.3f}{n / total:>14,.0f}")
     target = TARGET_EVENTS_PER_S
     print(
@@ -178,8 +196,9 @@ def written(records: list, directory: str) -> DuckDBSource:
 
 
 def duckdb_rows(small: list, records: list, workers: int, runs: int) -> None:
-    """`replay --db` through the compiled core from columns, step by step and end to end
-    (excluding the JSON writing), against the records path from the same file."""
+    """`replay --db` through the compiled core from columns, step by step (without the
+    figures) and end to end (with them, as a replay writes; excluding the JSON writing),
+    against the records path from the same file."""
     with tempfile.TemporaryDirectory() as directory:
         fleet = FleetCore()
         expected = [derived_to_json(o) for r in small for o in fleet.process(r)]
@@ -192,6 +211,7 @@ def duckdb_rows(small: list, records: list, workers: int, runs: int) -> None:
         write_s = time.perf_counter() - started
         read_s, encode_s, kernel_s, materialize_s, total_s = [], [], [], [], []
         for _ in range(runs):  # the steps, then end to end, interleaved
+            derived = steps_derived = None  # the last run's records: not alive while timing
             started = time.perf_counter()
             table = source.input_columns(columns=REPLAY_COLUMNS)
             read_s.append(time.perf_counter() - started)
@@ -199,14 +219,14 @@ def duckdb_rows(small: list, records: list, workers: int, runs: int) -> None:
             encoded = encode_table(table)
             encode_s.append(time.perf_counter() - started)
             started = time.perf_counter()
-            log = run(encoded)
+            log = run(encoded, figures=False)
             kernel_s.append(time.perf_counter() - started)
             started = time.perf_counter()
-            derived = materialize(log, encoded)
+            steps_derived = materialize(log, encoded)
             materialize_s.append(time.perf_counter() - started)
             del table, encoded, log
             started = time.perf_counter()
-            replay_compiled_table(source.input_columns(columns=REPLAY_COLUMNS))
+            derived = replay_compiled_table(source.input_columns(columns=REPLAY_COLUMNS))
             total_s.append(time.perf_counter() - started)
         started = time.perf_counter()
         baseline = replay_compiled(list(source.inputs()))
@@ -216,7 +236,9 @@ def duckdb_rows(small: list, records: list, workers: int, runs: int) -> None:
     n = len(records)
     total = statistics.median(total_s)
     print(f"\ncompiled core from a DuckDB file: {n:,} records, {workers:,} workers, "
-          f"{len(derived):,} derived records (written in {write_s:.1f} s)")  # fmt: skip
+          f"{len(steps_derived):,} derived records ({len(derived):,} with the figures; "
+          f"written in {write_s:.1f} s)")  # fmt: skip
+    steps = sum(statistics.median(x) for x in (read_s, encode_s, kernel_s, materialize_s))
     print(f"{'step':<34}{'median s':>10}{'events/s':>14}{'share':>8}")
     for name, runs_s in (
         ("read columns (DuckDB)", read_s),
@@ -225,8 +247,9 @@ def duckdb_rows(small: list, records: list, workers: int, runs: int) -> None:
         ("materialize derived records", materialize_s),
     ):
         step = statistics.median(runs_s)
-        print(f"{name:<34}{step:>10.3f}{n / step:>14,.0f}{step / total:>8.0%}")
-    print(f"{'end to end (read..materialize)':<34}{total:>10.3f}{n / total:>14,.0f}")
+        print(f"{name:<34}{step:>10.3f}{n / step:>14,.0f}{step / steps:>8.0%}")
+    print(f"{'the four steps (without figures)':<34}{steps:>10.3f}{n / steps:>14,.0f}")
+    print(f"{'end to end, with figures':<34}{total:>10.3f}{n / total:>14,.0f}")
     print(f"{'baseline: inputs() + replay_compiled':<34}{baseline_s:>10.3f}{n / baseline_s:>14,.0f}"
           f"   (once) columns are {baseline_s / total:.1f}x faster")  # fmt: skip
 

@@ -7,15 +7,16 @@ Prints medians (the machine is shared and noisy) of:
 - baseline: one replay of the history through `FleetCore` (one configuration, core only);
 - one configuration, core + scoring function (what the tuner does per configuration);
 - the exact tuner over `--configs` configurations (`run_grid(exact=True)`, processes);
-- the compiled path: encoding the history once, one configuration (its replay; the
-  liveness pass it shares with configurations of the same heartbeat timeout excluded),
-  `--configs` configurations on the encoded history (`score_grid`: liveness pass, setup,
-  replays on threads), and the whole tuner (`run_grid`: encoding included, loading the
-  history excluded).
+- the compiled twin scoring (processors/compiled: its kernel with the scorer watching):
+  encoding the history once (`encode_history(records, commands=False)`), one
+  configuration (its replay; the liveness pass it shares with configurations of the same
+  heartbeat timeout excluded), `--configs` configurations on the encoded history
+  (`score_grid`: liveness pass, setup, replays on threads), and the whole tuner
+  (`run_grid`: encoding included, loading the history excluded).
 - from a DuckDB file (the embedded pipeline's layout, written once by `HistoryWriter` and
-  cached under `--cache`): loading the inputs as Arrow columns, `encode_columns`, the
-  grid on the encoded history, and their total: the issue's end to end. Its baseline in
-  the same run is `encode(records)` above, the records already in memory.
+  cached under `--cache`): loading the inputs as Arrow columns, `encode_table(table,
+  commands=False)`, the grid on the encoded history, and their total: the issue's end to
+  end. Its baseline in the same run is encoding the records above, already in memory.
 The issue's target is 5M events x 64 configurations in < 5 s (64M event-configs/s), and
 a single replay at >= 5M events/s. The compiled scores are checked against the exact
 ones on the same history (when the exact path runs).
@@ -34,14 +35,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pyarrow as pa
 from histories import fleet_history
 
 from faultstream.events.config import CoreSettings
+from faultstream.processors.compiled import (
+    EVENT_HASH,
+    Encoded,
+    encode_history,
+    encode_table,
+    score_grid,
+)
+from faultstream.processors.compiled.runs import score_run, scoring_run
 from faultstream.processors.core import FleetCore
 from faultstream.processors.offline.sources import DuckDBSource
 from faultstream.processors.offline.tune import evaluate, expand_grid, parse_grid, run_grid
-from faultstream.processors.offline.tune.encode import EVENT_HASH, encode, encode_columns
-from faultstream.processors.offline.tune.fast import Config, score_config, score_grid
 from faultstream.projections.tables import HistoryWriter
 
 TARGET = 5_000_000 * 64 / 5.0
@@ -76,6 +84,15 @@ def cached_db(records: list, directory: Path) -> Path:
         writer.close()
         os.replace(partial, path)
     return path
+
+
+def encode(records: list) -> Encoded:
+    """What the tuner scores: the history's circuits, without commands."""
+    return encode_history(records, commands=False)
+
+
+def encode_columns(table: pa.Table) -> Encoded:
+    return encode_table(table, commands=False)
 
 
 def timed(fn) -> float:
@@ -116,7 +133,8 @@ def main() -> None:
 
     started = time.perf_counter()
     history = encode(records)
-    score_config(history, Config(CoreSettings(), history))  # compiles, or loads the cache
+    config = scoring_run(history, CoreSettings())
+    score_run(history, config)  # compiles, or loads the cache
     warmup = time.perf_counter() - started
 
     rows = []
@@ -133,8 +151,7 @@ def main() -> None:
             (f"tune exact: {args.configs} configurations", args.configs, statistics.median(tuned)),
         ]
     encoded = [timed(lambda: encode(records)) for _ in range(args.runs)]
-    config = Config(CoreSettings(), history)
-    one = [timed(lambda: score_config(history, config)) for _ in range(args.runs)]
+    one = [timed(lambda: score_run(history, config)) for _ in range(args.runs)]
     settings = [c.settings for c in candidates]
     kernel = [
         timed(lambda: score_grid(history, settings, threads=args.processes))
@@ -172,8 +189,8 @@ def main() -> None:
     totals = [a + b + c for a, b, c in zip(loads, encodes, grids, strict=True)]
     rows += [
         ("duckdb: load inputs as columns", 1, statistics.median(loads)),
-        ("duckdb: encode_columns", 1, statistics.median(encodes)),
-        ("duckdb: encode_columns, no event_hash", 1, statistics.median(unhashed)),
+        ("duckdb: encode_table", 1, statistics.median(encodes)),
+        ("duckdb: encode_table, no event_hash", 1, statistics.median(unhashed)),
         (f"duckdb: {args.configs} configs, encoded", args.configs, statistics.median(grids)),
         (f"duckdb end to end: {args.configs} configs", args.configs, statistics.median(totals)),
     ]
@@ -192,13 +209,13 @@ def main() -> None:
         compiled = {id(r.candidate): r.score for r in run_grid(records, candidates)}
         print(f"compiled scores equal the exact ones: {compiled == exact}")
     print(
-        f"encode_columns vs encode(records): "
+        f"encode_table vs encoding the records: "
         f"{statistics.median(encoded) / statistics.median(encodes):.1f}x faster; "
         f"their scores equal: {columns_scores == score_grid(history, settings)}"
     )
     same = columns_scores == score_grid(baseline_history, settings)
     print(
-        f"encode_columns with event_hash vs without: "
+        f"encode_table with event_hash vs without: "
         f"{statistics.median(unhashed) / statistics.median(encodes):.1f}x faster; "
         f"their scores equal: {same}"
     )

@@ -1,69 +1,96 @@
-"""A history and its settings as flat numpy arrays for the compiled core (`kernel.py`).
+"""A history as flat numpy arrays for the compiled twin, decided once per history.
 
-Built on the tuner's encoder (`tuning/encode.py`: ids to indices, failure types, repeated
-event ids, circuit tie order, (worker, task) pairs), plus what the full core needs and the
-tuner does not: attempts, checkpoints, task ids, the rungs a failure's attributes allow,
-the class membership slots, and every CONFIG_CHANGED resolved up front into a table of
-settings versions (`CoreSettings.merged` does not depend on the core's state, only on the
-settings in force, which only CONFIG_CHANGED records change).
+Everything that does not depend on the settings is decided here: ids become indices
+(circuits, workers, (worker, task) pairs), messages become failure types, repeated event
+ids are marked (the core's bounded windows, replayed exactly, and the score's unbounded
+set), and a failure's attributes become the ladder rungs they allow. The settings in force
+at each input (`versions.py`) and the lost workers (`liveness.py`) are computed from it.
+
+Two depths. With `commands` (the default) it holds what the recovery commands read too:
+attempts, task ids, checkpoints, ladder attributes, class member slots, and every
+CONFIG_CHANGED (`configs`). Without, only what the circuits read: the scoring of many
+configurations, each of one settings version, so a CONFIG_CHANGED is refused. From Arrow
+columns, the same encoding is `columns.encode_table`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
-from typing import Any, Protocol
+from itertools import compress
+from operator import attrgetter, itemgetter
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from numba import njit
 
+from faultstream.events.classify import classify_message
 from faultstream.events.config import CoreSettings
-from faultstream.events.exceptions import ConfigError
-from faultstream.events.models import (
-    CircuitKind,
-    InputRecord,
-    RecoveryStrategy,
-    Tick,
-)
-from faultstream.processors.core.circuit import CircuitParams
+from faultstream.events.models import CircuitKind, InputRecord
+from faultstream.processors.core.fleet import SEEN_CONTROL_IDS, SEEN_IDS_PER_WORKER
 from faultstream.processors.core.recovery import _LOWER_PRECISION, LADDERS, _positive_int
-from faultstream.processors.offline.tune.encode import (
+
+from .codes import (
     CHECKPOINT,
+    CONFIG,
     FAILURE,
+    FAILURE_CODE,
     FAILURE_TYPES,
+    FORCE_OPEN,
+    HEARTBEAT,
+    KIND_CODE,
+    KINDS,
+    OPERATOR,
+    RANK,
+    RESET,
+    RUNG_BATCH,
+    RUNG_PRECISION,
+    STRATEGY_CODE,
+    SUCCESS,
     TASK_STARTED,
-    EncodedHistory,
     UnsupportedHistory,
-    attribution_ranks,
-    encode,
 )
+from .versions import Versions, settings_versions
 
-CONFIG = 7  # beside the tuner's kind codes (HEARTBEAT..OPERATOR = 0..6)
-STRATEGIES = tuple(RecoveryStrategy)
-STRATEGY_CODE = {s: i for i, s in enumerate(STRATEGIES)}
-RUNG_BATCH, RUNG_PRECISION = 1, 2  # bits of `rungs`: which attribute rungs can apply
-BACKOFF_STEPS = 4096
 _INT64_MAX = 2**63 - 1
-_CONFIG_STANDIN = "CONFIG_CHANGED"
+_NONE = np.zeros(0, np.int64)
 
 
-@dataclass(frozen=True)
-class Versions:
-    """Every settings version of a replay (0 = the initial one), as kernel arrays."""
+class Inputs(NamedTuple):
+    """Per input record, in order."""
 
-    settings: list[CoreSettings]
-    failure_threshold: np.ndarray  # int64 [v, rank]
-    success_threshold: np.ndarray  # int64 [v, rank]
-    recovery_timeout_s: np.ndarray  # float64 [v, rank]
-    backoff_s: np.ndarray  # float64 [v, rank, step]: reset_timeout_s after trip step+1
-    backoff_len: np.ndarray  # int64 [v, rank]
-    backoff_done: np.ndarray  # int64 [v, rank]: 1 = the last step repeats forever
-    ranks: np.ndarray  # int64 [v, failure type]: the circuit rank a failure counts on
-    max_retries: np.ndarray  # int64 [v]
-    heartbeat_s: np.ndarray  # float64 [v]
-    heartbeat_ms: np.ndarray  # float64 [v]
-    guard_fraction: np.ndarray  # float64 [v]
-    guard_min: np.ndarray  # int64 [v]
+    kind: np.ndarray  # int8 codes.KIND_CODE
+    ts: np.ndarray  # int64: the decision time (received_at, or ts without one)
+    skip: np.ndarray  # int8: 1 = the core ignores it (a repeated event_id)
+    scored: np.ndarray  # int8: 1 = an outcome the scoring function counts
+    worker: np.ndarray  # int32, -1 for control records
+    hardware_class: np.ndarray  # int32: the class's circuit; OPERATOR: the circuit it acts on
+    task_type: np.ndarray  # int32: the task type's circuit, -1 when none
+    failure_type: np.ndarray  # int8 failure type code; OPERATOR: its action; else -1
+    pair: np.ndarray  # int32 (worker, task_id) pair, -1 when none
+    # Only with commands (empty without):
+    attempt: np.ndarray  # int64
+    task_key: np.ndarray  # int64: the task_id's code (checkpoints), -1 when none
+    checkpoint_seq: np.ndarray  # int64
+    rungs: np.ndarray  # int8 RUNG_* bits per FAILURE
+
+
+class Fleet(NamedTuple):
+    """Per circuit, worker and (worker, task) pair."""
+
+    circuit_rank: np.ndarray  # int64: codes.WORKER, HARDWARE_CLASS or TASK_TYPE
+    circuit_order: np.ndarray  # int64: rank of its id string among every circuit's
+    circuit_worker: np.ndarray  # int64: the worker a worker circuit belongs to, or -1
+    worker_circuit: np.ndarray  # int64
+    worker_order: np.ndarray  # int64: its circuit's circuit_order
+    worker_pairs_offsets: np.ndarray  # int64 [worker + 1]: its pairs in worker_pairs
+    worker_pairs: np.ndarray  # int64: by worker, then task_id (with commands) or first use
+    pair_task_key: np.ndarray  # int64 per pair (with commands)
+    class_offsets: np.ndarray  # int64 [circuit + 1]: member slots of each class circuit
+    ladders: np.ndarray  # int64 [failure type, rung]: strategy codes, -1 past the end
+    cpu_circuit: int  # the hardware_class circuit "cpu", or -1
 
 
 class RecordFields(Protocol):
@@ -95,34 +122,48 @@ class ModelFields:
 
 @dataclass(frozen=True)
 class Encoded:
-    """An encoded history: the tuner's columns (`base`) and the full core's extras."""
+    """An encoded history and the settings it is replayed under."""
 
-    fields: RecordFields
-    base: EncodedHistory
-    kind: np.ndarray  # int8: the tuner's codes, CONFIG for CONFIG_CHANGED
-    config_version: np.ndarray  # int64: the version a CONFIG_CHANGED switches to, or -1
-    attempt: np.ndarray  # int64
-    task_key: np.ndarray  # int64: the task_id string's code (checkpoints), -1 when none
-    checkpoint_seq: np.ndarray  # int64
-    rungs: np.ndarray  # int8 RUNG_* bits per FAILURE
-    pair_task_key: np.ndarray  # int64 per (worker, task) pair
-    worker_pairs_offsets: np.ndarray  # int64 CSR: a worker's pairs in task_id order
-    worker_pairs: np.ndarray  # int64
-    n_task_keys: int
-    worker_order: np.ndarray  # int64: rank of the worker id among all circuit ids
-    class_offsets: np.ndarray  # int64 [circuit + 1]: member slots of each class circuit
-    cpu_circuit: int  # the hardware_class circuit "cpu", or -1
-    ladders: np.ndarray  # int64 [failure type, rung]: strategy codes, -1 past the end
+    inputs: Inputs
+    fleet: Fleet
     names: list[tuple[CircuitKind, str]]  # circuit index -> (kind, id)
+    configs: list[tuple[int, dict[str, Any]]]  # each CONFIG_CHANGED: (record index, config)
+    fields: RecordFields
     versions: Versions
+    end_ts: int  # the newest decision time of the history
+    commands: bool
 
     def __len__(self) -> int:
-        return len(self.kind)
+        return len(self.inputs.kind)
+
+
+@dataclass
+class _Fields:
+    """What the encoder reads of a history, whatever it is stored as. Per record: `kind`,
+    `ts`, `ids` (event ids as integers: equal ids equal integers; `event_ids` given when
+    unequal ids may share one, a hash). Per worker record (in order): worker and hardware
+    class codes; per record carrying a task (not HEARTBEAT/CHECKPOINT): task type and task
+    id codes; per FAILURE: the failure type code; per OPERATOR: (rank, circuit id, action
+    code). Codes number the distinct values in order of first appearance."""
+
+    kind: np.ndarray
+    ts: np.ndarray
+    ids: np.ndarray
+    event_ids: list[str] | pa.ChunkedArray | None
+    w_codes: np.ndarray
+    worker_ids: list
+    hw_codes: np.ndarray
+    classes: list
+    tt_codes: np.ndarray
+    task_types: list
+    task_codes: np.ndarray
+    failure_codes: np.ndarray
+    operators: list[tuple[int, str, int]]
 
 
 @dataclass(frozen=True)
-class Extras:
-    """What the full core reads beyond the tuner's encoding, however it was stored: per
+class CommandFields:
+    """What the recovery commands read beyond the circuits, however it was stored: per
     record (zero where it does not apply), and the task ids' codes."""
 
     attempt: np.ndarray  # int64, records that carry a task
@@ -130,50 +171,20 @@ class Extras:
     key_rank: np.ndarray  # int64: a task key's rank in task_id string order
     checkpoint_seq: np.ndarray  # int64, CHECKPOINT records
     rungs: np.ndarray  # int8 RUNG_* bits, FAILURE records
+    configs: list[tuple[int, dict[str, Any]]]  # each CONFIG_CHANGED: (record index, config)
 
 
-def encode_history(records: Sequence[InputRecord], settings: CoreSettings | None = None) -> Encoded:
-    """Everything the kernel reads, decided once; raises UnsupportedHistory for what the
-    kernel cannot replay exactly (numbers beyond int64, unknown kinds)."""
-    configs = [i for i, r in enumerate(records) if r.kind == _CONFIG_STANDIN]
-    standins = list(records)
-    for i in configs:  # a control record like a TICK for the tuner's encoder
-        record = records[i]
-        standins[i] = Tick.model_construct(
-            event_id=record.event_id, ts=record.ts, received_at=record.received_at
-        )
-    base = encode(standins)
-    n = len(records)
-    kind = base.kind.copy()
-    kind[configs] = CONFIG
-
-    attempt = np.zeros(n, np.int64)
-    task_key = np.full(n, -1, np.int64)
-    checkpoint_seq = np.zeros(n, np.int64)
-    rungs = np.zeros(n, np.int8)
-    with_task = np.flatnonzero((kind >= TASK_STARTED) & (kind <= FAILURE))
-    task_records = [records[i] for i in with_task.tolist()]
-    attempts = list(map(attrgetter("attempt"), task_records))
-    if attempts and max(attempts) > _INT64_MAX:
-        raise UnsupportedHistory("an attempt beyond int64")
-    attempt[with_task] = attempts
-    task_ids = list(map(attrgetter("task_id"), task_records))
-    key_of: dict[str, int] = {}
-    task_key[with_task] = [key_of.setdefault(t, len(key_of)) for t in task_ids]
-    key_rank = np.zeros(len(key_of), np.int64)
-    key_rank[[key_of[t] for t in sorted(key_of)]] = np.arange(len(key_of))
-    checkpoints = np.flatnonzero(kind == CHECKPOINT)
-    seqs = [records[i].checkpoint_seq for i in checkpoints.tolist()]  # type: ignore[union-attr]
-    if seqs and max(seqs) > _INT64_MAX:
-        raise UnsupportedHistory("a checkpoint_seq beyond int64")
-    checkpoint_seq[checkpoints] = seqs
-    for i in np.flatnonzero(kind == FAILURE).tolist():
-        attributes = records[i].attributes  # type: ignore[union-attr]
-        if attributes:
-            rungs[i] = rung_bits(attributes.get("batch_size"), attributes.get("precision"))
-    extras = Extras(attempt, task_key, key_rank, checkpoint_seq, rungs)
-    configs_in_force = [(i, records[i].config) for i in configs]  # type: ignore[union-attr]
-    return assemble(ModelFields(records), base, kind, extras, configs_in_force, settings)
+def encode_history(
+    records: Sequence[InputRecord],
+    settings: CoreSettings | None = None,
+    *,
+    commands: bool = True,
+) -> Encoded:
+    """Everything the kernel reads of `records`, decided once; raises UnsupportedHistory
+    for what the kernel cannot replay exactly (numbers beyond int64, unknown kinds)."""
+    fields = _model_fields(records)
+    extras = _model_commands(records, fields.kind) if commands else None
+    return assemble(fields, extras, ModelFields(records), settings)
 
 
 def rung_bits(batch_size: str | None, precision: str | None) -> int:
@@ -186,65 +197,256 @@ def rung_bits(batch_size: str | None, precision: str | None) -> int:
     return bits
 
 
-def assemble(
-    fields: RecordFields,
-    base: EncodedHistory,
-    kind: np.ndarray,
-    extras: Extras,
-    configs: list[tuple[int, dict[str, Any]]],
-    settings: CoreSettings | None,
-) -> Encoded:
-    """The rest of the encoding, from the tuner's (`base`, CONFIG_CHANGED read as TICK)
-    and the `extras`; `configs` is each CONFIG_CHANGED's (record index, config)."""
-    if (base.tt[kind == TASK_STARTED] < 0).any() or (base.tt[kind == FAILURE] < 0).any():
-        raise UnsupportedHistory("an outcome without a task_type")
-    versions, config_version = _versions(len(kind), configs, base.skip, settings or CoreSettings())
-    task_key = extras.task_key
-    # (worker, task) pairs: their task key, and each worker's in task_id string order.
-    has_pair = np.flatnonzero(base.task >= 0)
-    pair_task_key = np.zeros(base.n_tasks, np.int64)
-    pair_task_key[base.task[has_pair]] = task_key[has_pair]
-    pair_worker = np.zeros(base.n_tasks, np.int64)
-    pair_worker[base.task[has_pair]] = base.worker[has_pair]
-    n_work = len(base.worker_circuit)
-    order = np.lexsort((extras.key_rank[pair_task_key], pair_worker))
-    counts = np.bincount(pair_worker, minlength=n_work) if base.n_tasks else np.zeros(n_work)
-    worker_pairs_offsets = np.zeros(n_work + 1, np.int64)
-    np.cumsum(counts, out=worker_pairs_offsets[1:])
+# --- from records -------------------------------------------------------------------------
 
-    names = [_name(key) for key in base.keys]
-    n_circ = len(names)
-    # Member slots: one per worker that ever reports the class.
-    is_worker = np.flatnonzero(kind <= FAILURE)
-    pairs = np.unique(base.worker[is_worker].astype(np.int64) * n_circ + base.hw[is_worker])
-    class_offsets = np.zeros(n_circ + 1, np.int64)
-    np.cumsum(np.bincount(pairs % n_circ, minlength=n_circ), out=class_offsets[1:])
-    cpu = (CircuitKind.HARDWARE_CLASS, "cpu")
-    return Encoded(
-        fields,
-        base,
+
+def _kind_codes(kinds: Iterable) -> np.ndarray:
+    kinds = list(kinds)
+    try:
+        return np.fromiter(map(KIND_CODE.__getitem__, kinds), np.int8, len(kinds))
+    except KeyError as exc:
+        raise UnsupportedHistory(f"{exc.args[0]} records in the history") from None
+
+
+_get_kind, _get_event_id = itemgetter("kind"), itemgetter("event_id")
+_get_worker_id, _get_hardware_class = itemgetter("worker_id"), itemgetter("hardware_class")
+_get_task_type, _get_task_id = itemgetter("task_type"), itemgetter("task_id")
+_id_hash = hash  # str caches it; a test swaps in a colliding one
+
+
+def _received_at(fields: dict[str, Any]) -> int:
+    """Decision time (models.received_at) of a record's field values."""
+    at = fields.get("received_at")
+    return fields["ts"] if at is None else at
+
+
+def _model_fields(inputs: Sequence[InputRecord]) -> _Fields:
+    """Columnar: one C-level pass per field over the records (no per-record Python code),
+    strings factorized through dicts, repeated ids found over the ids' hashes (every match
+    re-checked on the strings, so a hash collision cannot merge two ids)."""
+    n = len(inputs)
+    fields = list(map(vars, inputs))  # a model's field values live in its __dict__
+    kind = _kind_codes(map(_get_kind, fields))
+    ts = np.fromiter(map(_received_at, fields), np.int64, n)
+    event_ids = list(map(_get_event_id, fields))
+    is_worker = (kind <= FAILURE).tolist()
+    wrecs = list(compress(fields, is_worker))
+    wkind = kind[kind <= FAILURE]
+    w_codes, worker_ids = _factorize(list(map(_get_worker_id, wrecs)))
+    hw_codes, classes = _factorize(list(map(_get_hardware_class, wrecs)))
+    # A heartbeat's or checkpoint's task type changes no circuit, so it is not read.
+    trecs = list(compress(wrecs, ((wkind != HEARTBEAT) & (wkind != CHECKPOINT)).tolist()))
+    tt_codes, task_types = _factorize(list(map(_get_task_type, trecs)))
+    task_codes, _ = _factorize(list(map(_get_task_id, trecs)))
+    classified: dict[str | None, int] = {}
+    codes = []
+    for record in compress(inputs, (kind == FAILURE).tolist()):
+        failure_type = record.failure_type  # type: ignore[union-attr]
+        if failure_type is None:  # classified from the message, once per message
+            message = record.message  # type: ignore[union-attr]
+            if message not in classified:
+                classified[message] = FAILURE_CODE[classify_message(message)]
+            codes.append(classified[message])
+        else:
+            codes.append(FAILURE_CODE[failure_type])
+    operators = [
+        (RANK[r.circuit_kind], r.circuit_id, FORCE_OPEN if r.action == "FORCE_OPEN" else RESET)  # type: ignore[union-attr]
+        for r in compress(inputs, (kind == OPERATOR).tolist())
+    ]
+    return _Fields(
         kind,
-        config_version,
-        extras.attempt,
-        task_key,
-        extras.checkpoint_seq,
-        extras.rungs,
-        pair_task_key,
-        worker_pairs_offsets,
-        order.astype(np.int64),
-        len(extras.key_rank),
-        base.circuit_order[base.worker_circuit].astype(np.int64),
-        class_offsets,
-        names.index(cpu) if cpu in names else -1,
-        _ladders(),
-        names,
-        versions,
+        ts,
+        np.fromiter(map(_id_hash, event_ids), np.int64, n),
+        event_ids,
+        w_codes,
+        worker_ids,
+        hw_codes,
+        classes,
+        tt_codes,
+        task_types,
+        task_codes,
+        np.array(codes, np.int8),
+        operators,
     )
 
 
-def _name(key: str) -> tuple[CircuitKind, str]:
-    kind, circuit_id = key.split(":", 1)
-    return CircuitKind(kind), circuit_id
+def _model_commands(records: Sequence[InputRecord], kind: np.ndarray) -> CommandFields:
+    n = len(records)
+    attempt = np.zeros(n, np.int64)
+    task_key = np.full(n, -1, np.int64)
+    checkpoint_seq = np.zeros(n, np.int64)
+    rungs = np.zeros(n, np.int8)
+    with_task = np.flatnonzero((kind >= TASK_STARTED) & (kind <= FAILURE))
+    task_records = [records[i] for i in with_task.tolist()]
+    attempts = list(map(attrgetter("attempt"), task_records))
+    if attempts and max(attempts) > _INT64_MAX:
+        raise UnsupportedHistory("an attempt beyond int64")
+    attempt[with_task] = attempts
+    key_of: dict[str, int] = {}
+    task_key[with_task] = [key_of.setdefault(r.task_id, len(key_of)) for r in task_records]  # type: ignore[union-attr]
+    key_rank = np.zeros(len(key_of), np.int64)
+    key_rank[[key_of[t] for t in sorted(key_of)]] = np.arange(len(key_of))
+    checkpoints = np.flatnonzero(kind == CHECKPOINT)
+    seqs = [records[i].checkpoint_seq for i in checkpoints.tolist()]  # type: ignore[union-attr]
+    if seqs and max(seqs) > _INT64_MAX:
+        raise UnsupportedHistory("a checkpoint_seq beyond int64")
+    checkpoint_seq[checkpoints] = seqs
+    for i in np.flatnonzero(kind == FAILURE).tolist():
+        attributes = records[i].attributes  # type: ignore[union-attr]
+        if attributes:
+            rungs[i] = rung_bits(attributes.get("batch_size"), attributes.get("precision"))
+    configs = [(i, records[i].config) for i in np.flatnonzero(kind == CONFIG).tolist()]  # type: ignore[union-attr]
+    return CommandFields(attempt, task_key, key_rank, checkpoint_seq, rungs, configs)
+
+
+# --- the encoding, from what was read -----------------------------------------------------
+
+
+def assemble(
+    f: _Fields,
+    extras: CommandFields | None,
+    record_fields: RecordFields,
+    settings: CoreSettings | None,
+) -> Encoded:
+    """Every step after reading the fields, shared by records and Arrow columns."""
+    kind, ts, w_codes, hw_codes = f.kind, f.ts, f.w_codes, f.hw_codes
+    n = len(kind)
+    if extras is None and (kind == CONFIG).any():
+        raise UnsupportedHistory("CONFIG_CHANGED records in the history")
+    is_worker = kind <= FAILURE
+    widx = np.flatnonzero(is_worker)
+    wkind = kind[widx]
+    has_task = (wkind != HEARTBEAT) & (wkind != CHECKPOINT)
+    tidx = widx[has_task]
+    n_work, n_cls = len(f.worker_ids), len(f.classes)
+    # Circuits: workers, then classes, then task types, then any only an operator names.
+    ids = [*f.worker_ids, *f.classes]
+    ranks = [0] * n_work + [1] * n_cls
+    tt_circuit = np.full(len(f.task_types) + 1, -1, np.int64)  # code -> circuit (None: -1)
+    for code, name in enumerate(f.task_types):
+        if name is not None:
+            tt_circuit[code] = len(ids)
+            ids.append(name)
+            ranks.append(2)
+    circuits = {(r, name): index for index, (r, name) in enumerate(zip(ranks, ids, strict=True))}
+
+    worker = np.full(n, -1, np.int32)
+    worker[widx] = w_codes
+    hw = np.full(n, -1, np.int32)
+    hw[widx] = hw_codes + n_work
+    tt = np.full(n, -1, np.int32)
+    tt[tidx] = tt_circuit[f.tt_codes]
+    ftype = np.full(n, -1, np.int8)
+    ftype[kind == FAILURE] = f.failure_codes
+    for i, (rank, circuit_id, action) in zip(
+        np.flatnonzero(kind == OPERATOR).tolist(), f.operators, strict=True
+    ):
+        key = (rank, circuit_id)
+        if key not in circuits:
+            circuits[key] = len(ids)
+            ids.append(circuit_id)
+            ranks.append(rank)
+        hw[i] = circuits[key]
+        ftype[i] = action
+    is_outcome = (kind == TASK_STARTED) | (kind == SUCCESS) | (kind == FAILURE)
+    if (tt[is_outcome] < 0).any():
+        raise UnsupportedHistory("an outcome without a task_type")
+
+    # Task pairs (worker, task_id).
+    pair_ids, pair_first = _key_ids(f.task_codes, w_codes[has_task])
+    pair = np.full(n, -1, np.int32)
+    pair[tidx] = pair_ids
+    pair_worker = w_codes[has_task][pair_first].astype(np.int64)
+    n_pairs = len(pair_first)
+
+    # Repeated ids: the core's bounded windows (per worker, one for control records) and
+    # the scoring function's unbounded set of (worker, event_id), over the same keys.
+    group = np.where(is_worker, worker, n_work).astype(np.int64)
+    key_ids, key_first = _key_ids(f.ids, group)
+    if f.event_ids is not None:  # ids are hashes: re-check every repeat on the strings
+        firsts = key_first[key_ids]
+        repeats = np.flatnonzero(firsts != np.arange(n))
+        if len(repeats) and not _same_ids(f.event_ids, repeats, firsts[repeats]):
+            key_ids = _exact_key_ids(f.event_ids, group)  # two ids, one hash
+    window = np.full(n_work + 1, SEEN_IDS_PER_WORKER, np.int64)
+    window[n_work] = SEEN_CONTROL_IDS
+    skip, scored = _dedupe(kind, group, key_ids, window)
+
+    n_circ = len(ids)
+    circuit_rank = np.array(ranks, np.int64)
+    # Due moments that tie are ordered by id string, across circuits and workers alike.
+    order_of = {name: r for r, name in enumerate(sorted(set(ids)))}
+    circuit_order = np.array([order_of[name] for name in ids], np.int64)
+    circuit_worker = np.full(n_circ, -1, np.int64)
+    worker_circuit = np.arange(n_work, dtype=np.int64)
+    circuit_worker[:n_work] = worker_circuit
+    names = [(KINDS[r], name) for r, name in zip(ranks, ids, strict=True)]
+    cpu = (CircuitKind.HARDWARE_CLASS, "cpu")
+    class_offsets = np.zeros(n_circ + 1, np.int64)
+    if extras is None:
+        blank = _NONE
+        inputs = Inputs(
+            kind,
+            ts,
+            skip,
+            scored,
+            worker,
+            hw,
+            tt,
+            ftype,
+            pair,
+            blank,
+            blank,
+            blank,
+            np.zeros(0, np.int8),
+        )
+        by_task = np.arange(n_pairs)
+        pair_task_key, configs = _NONE, []
+    else:
+        inputs = Inputs(
+            kind,
+            ts,
+            skip,
+            scored,
+            worker,
+            hw,
+            tt,
+            ftype,
+            pair,
+            extras.attempt,
+            extras.task_key,
+            extras.checkpoint_seq,
+            extras.rungs,
+        )
+        has_pair = np.flatnonzero(pair >= 0)
+        pair_task_key = np.zeros(n_pairs, np.int64)
+        pair_task_key[pair[has_pair]] = extras.task_key[has_pair]
+        by_task = extras.key_rank[pair_task_key]
+        # Member slots: one per worker that ever reports the class.
+        slots = np.unique(worker[widx].astype(np.int64) * n_circ + hw[widx])
+        np.cumsum(np.bincount(slots % n_circ, minlength=n_circ), out=class_offsets[1:])
+        configs = extras.configs
+    counts = np.bincount(pair_worker, minlength=n_work) if n_pairs else np.zeros(n_work, int)
+    worker_pairs_offsets = np.zeros(n_work + 1, np.int64)
+    np.cumsum(counts, out=worker_pairs_offsets[1:])
+    fleet = Fleet(
+        circuit_rank,
+        circuit_order,
+        circuit_worker,
+        worker_circuit,
+        circuit_order[worker_circuit],
+        worker_pairs_offsets,
+        np.lexsort((by_task, pair_worker)).astype(np.int64),
+        pair_task_key,
+        class_offsets,
+        _ladders(),
+        names.index(cpu) if cpu in names else -1,
+    )
+    versions = settings_versions(settings or CoreSettings(), configs, skip)
+    end_ts = int(ts.max()) if n else 0
+    return Encoded(
+        inputs, fleet, names, configs, record_fields, versions, end_ts, extras is not None
+    )
 
 
 def _ladders() -> np.ndarray:
@@ -255,77 +457,104 @@ def _ladders() -> np.ndarray:
     return table
 
 
-def _versions(
-    n: int, configs: list[tuple[int, dict[str, Any]]], skip: np.ndarray, initial: CoreSettings
-) -> tuple[Versions, np.ndarray]:
-    """The settings after each CONFIG_CHANGED the core applies (a repeat is skipped, an
-    invalid one is ignored as FleetCore ignores it)."""
-    settings = [initial]
-    config_version = np.full(n, -1, np.int64)
-    for i, config in configs:
-        if skip[i]:
-            continue
-        try:
-            settings.append(settings[-1].merged(config))
-        except ConfigError:
-            continue
-        config_version[i] = len(settings) - 1
-    return _tables(settings), config_version
+def _factorize(values: list) -> tuple[np.ndarray, list]:
+    """Codes in order of first appearance, and the distinct values."""
+    distinct = list(dict.fromkeys(values))
+    index = {value: code for code, value in enumerate(distinct)}
+    return np.fromiter(map(index.__getitem__, values), np.int64, len(values)), distinct
 
 
-def _tables(settings: list[CoreSettings]) -> Versions:
-    n = len(settings)
-    kinds = tuple(CircuitKind)
-    params = [[CircuitParams.of(s.circuits.for_kind(k)) for k in kinds] for s in settings]
-    backoffs = [[_backoff(p) for p in row] for row in params]
-    width = max(len(table) for row in backoffs for table, _ in row)
-    backoff_s = np.zeros((n, 3, width))
-    backoff_len = np.zeros((n, 3), np.int64)
-    backoff_done = np.zeros((n, 3), np.int64)
-    for v, row in enumerate(backoffs):
-        for rank, (table, done) in enumerate(row):
-            backoff_s[v, rank, : len(table)] = table
-            backoff_len[v, rank] = len(table)
-            backoff_done[v, rank] = done
-    return Versions(
-        settings,
-        np.array([[p.failure_threshold for p in row] for row in params], np.int64),
-        np.array([[p.success_threshold for p in row] for row in params], np.int64),
-        np.array([[p.recovery_timeout_s for p in row] for row in params], np.float64),
-        backoff_s,
-        backoff_len,
-        backoff_done,
-        np.array([attribution_ranks(s.circuits.attribution) for s in settings], np.int64),
-        np.array([s.recovery.max_retries for s in settings], np.int64),
-        np.array([s.recovery.heartbeat_timeout_s for s in settings], np.float64),
-        np.array([s.recovery.heartbeat_timeout_s * 1000.0 for s in settings], np.float64),
-        np.array([s.circuits.worker.max_open_fraction for s in settings], np.float64),
-        np.array([s.circuits.worker.guard_min_workers for s in settings], np.int64),
-    )
+def _same_ids(event_ids: list[str] | pa.ChunkedArray, rows: np.ndarray, firsts: np.ndarray) -> bool:
+    """Whether each of `rows` holds the same event id string as its `firsts` row."""
+    if isinstance(event_ids, list):
+        return all(
+            event_ids[i] == event_ids[j]
+            for i, j in zip(rows.tolist(), firsts.tolist(), strict=True)
+        )
+    same = pc.equal(event_ids.take(pa.array(rows)), event_ids.take(pa.array(firsts)))
+    return bool(pc.all(same).as_py())
 
 
-def _backoff(params: CircuitParams) -> tuple[list[float], bool]:
-    """`reset_timeout_s` for trips 1, 2, … by the core's own `backoff_s`; complete once it
-    stays at the cap (every later trip waits the same)."""
-    table: list[float] = []
-    cap = params.max_reset_timeout_s
-    for trips in range(1, BACKOFF_STEPS + 1):
-        table.append(params.backoff_s(trips))
-        if params.reset_timeout_factor == 1.0 or table[-1] == cap:
-            return table, True
-    return table, False
+def _exact_key_ids(event_ids: list[str] | pa.ChunkedArray, group: np.ndarray) -> np.ndarray:
+    """`_key_ids` keyed on the strings themselves (after a hash collision)."""
+    if isinstance(event_ids, list):
+        keys_of: dict[tuple[int, str], int] = {}
+        pairs = zip(group.tolist(), event_ids, strict=True)
+        return np.fromiter(
+            (keys_of.setdefault(p, len(keys_of)) for p in pairs), np.int64, len(group)
+        )
+    codes, _ = dictionary_codes(event_ids, values=False)
+    return _key_ids(codes, group)[0]
 
 
-__all__ = [
-    "CONFIG",
-    "STRATEGIES",
-    "Encoded",
-    "Extras",
-    "ModelFields",
-    "RecordFields",
-    "UnsupportedHistory",
-    "Versions",
-    "assemble",
-    "encode_history",
-    "rung_bits",
-]
+def dictionary_codes(
+    column: pa.ChunkedArray | pa.Array, values: bool = True
+) -> tuple[np.ndarray, list]:
+    """Codes in order of first appearance (None is a value too), and the distinct values
+    (not turned into Python strings unless `values`)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    encoded = pc.dictionary_encode(column, null_encoding="encode")
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, encoded.dictionary.to_pylist() if values else []
+
+
+@njit(cache=True, nogil=True)
+def _key_ids(values, groups):
+    """Compact ids of the (value, group) pairs in order of first appearance (open
+    addressing), and the first record of each id."""
+    n = values.shape[0]
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = np.uint64(size - 1)
+    slots = np.full(size, -1, np.int32)  # a key's index; its first record holds the key
+    first = np.empty(n, np.int64)
+    ids = np.empty(n, np.int64)
+    n_keys = 0
+    for i in range(n):
+        value = values[i]
+        g = groups[i]
+        mixed = (np.uint64(value) ^ (np.uint64(g) * np.uint64(0x9E3779B97F4A7C15))) * np.uint64(
+            0xBF58476D1CE4E5B9
+        )
+        s = np.int64((mixed ^ (mixed >> np.uint64(31))) & mask)
+        while True:
+            k = slots[s]
+            if k < 0:
+                slots[s] = n_keys
+                first[n_keys] = i
+                ids[i] = n_keys
+                n_keys += 1
+                break
+            j = first[k]
+            if values[j] == value and groups[j] == g:
+                ids[i] = k
+                break
+            s = (s + 1) & (size - 1)
+    return ids, first[:n_keys].copy()
+
+
+@njit(cache=True, nogil=True)
+def _dedupe(kind, group, key_ids, window):
+    """skip: the core ignores the record (its key is among the group's newest `window`
+    remembered ids); scored: the first outcome of its key (the score's unbounded set)."""
+    n = kind.shape[0]
+    skip = np.zeros(n, np.int8)
+    scored = np.zeros(n, np.int8)
+    n_keys = key_ids.max() + 1 if n else 0
+    added_at = np.zeros(n_keys, np.int64)  # the key's newest remembering, 1-based
+    outcome_seen = np.zeros(n_keys, np.int8)
+    remembered = np.zeros(window.shape[0], np.int64)
+    for i in range(n):
+        key = key_ids[i]
+        g = group[i]
+        if added_at[key] > 0 and added_at[key] > remembered[g] - window[g]:
+            skip[i] = 1
+        else:
+            remembered[g] += 1
+            added_at[key] = remembered[g]
+        if (kind[i] == SUCCESS or kind[i] == FAILURE) and outcome_seen[key] == 0:
+            outcome_seen[key] = 1
+            scored[i] = 1
+    return skip, scored

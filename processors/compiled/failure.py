@@ -1,143 +1,151 @@
-"""A FAILURE in the compiled core (fleet.py `_on_failure`, recovery.py `plan_failure`):
-counted on the circuit its type names (or on the class by the fleet guard), then one
-command, logged with what `materialize.py` needs to rebuild the plan. Called from
-`kernel.py`'s loop; the state and log layouts are `state.py`'s."""
+"""A FAILURE in the compiled twin (fleet.py `_on_failure`, recovery.py `plan_failure`):
+counted on the circuit its type names (or on the class, by the fleet guard), then one
+command, logged with what `materialize.py` needs to rebuild the plan."""
 
 from __future__ import annotations
 
-from numba import njit
+import numpy as np
 
-from .encode import RUNG_BATCH, RUNG_PRECISION, STRATEGY_CODE
+from .circuits import count_failure, fleet_guard_holds
+from .codes import HARDWARE_CLASS, RUNG_BATCH, RUNG_PRECISION, STRATEGY_CODE, WORKER, openish
+from .figures import mark_created
+from .jit import step
+from .log import log_row
+from .score import observe_failure
 from .state import (
-    B_GUARD,
-    B_TYPE,
-    C_CF,
-    C_DUE_MS,
-    C_STATE,
-    CLOSED,
-    HALF_OPEN,
-    L_A,
-    L_B,
-    L_C,
-    L_D,
-    L_E,
-    L_F,
-    L_G,
-    L_H,
-    L_I,
-    L_J,
-    T_COMMAND,
-    W_STARTED,
-    _count_failure,
-    _openish,
-    _pick_target,
-    _row,
-)  # fmt: skip
+    BLAME_GUARD,
+    BLAME_TYPE,
+    CHECKPOINT_SEQ,
+    CLASS_DUE_MS,
+    CLASS_RESET_TIMEOUT,
+    CLASS_STATE,
+    COMMAND,
+    DUE_MS,
+    GUARDED,
+    HAS_CHECKPOINT,
+    HAS_TARGET_CHECKPOINT,
+    RUNNING,
+    STARTED,
+    STATE,
+    STRATEGY,
+    TARGET,
+    TARGET_CHECKPOINT,
+    TASK_TYPE_DUE_MS,
+    TASK_TYPE_RESET_TIMEOUT,
+    TASK_TYPE_STATE,
+    VERSION,
+    WORKER_STATE,
+)
+from .workers import pick_target
 
-S_DELAYED = STRATEGY_CODE["DELAYED_RETRY"]
-S_DIFFERENT_WORKER = STRATEGY_CODE["DIFFERENT_WORKER"]
-S_DIFFERENT_CLASS = STRATEGY_CODE["DIFFERENT_HARDWARE_CLASS"]
-S_BATCH = STRATEGY_CODE["REDUCED_BATCH_SIZE"]
-S_PRECISION = STRATEGY_CODE["REDUCED_PRECISION"]
-S_FALLBACK_CPU = STRATEGY_CODE["FALLBACK_CPU"]
-S_ESCALATION = STRATEGY_CODE["ESCALATION"]
+DELAYED = STRATEGY_CODE["DELAYED_RETRY"]
+DIFFERENT_WORKER = STRATEGY_CODE["DIFFERENT_WORKER"]
+DIFFERENT_CLASS = STRATEGY_CODE["DIFFERENT_HARDWARE_CLASS"]
+REDUCED_BATCH = STRATEGY_CODE["REDUCED_BATCH_SIZE"]
+REDUCED_PRECISION = STRATEGY_CODE["REDUCED_PRECISION"]
+FALLBACK_CPU = STRATEGY_CODE["FALLBACK_CPU"]
+ESCALATION = STRATEGY_CODE["ESCALATION"]
 
 
-@njit(cache=True, nogil=True)
+@step
 def _moves_task(strategy: int) -> bool:
     """recovery.py's MOVES_TASK: it names a target worker and carries the checkpoint."""
-    if strategy == S_DIFFERENT_WORKER or strategy == S_DIFFERENT_CLASS:  # noqa: SIM109 (numba)
+    if strategy == DIFFERENT_WORKER or strategy == DIFFERENT_CLASS:  # noqa: SIM109 (numba)
         return True
-    return strategy == S_FALLBACK_CPU
+    return strategy == FALLBACK_CPU
 
 
-@njit(cache=True, nogil=True)
-def _on_failure(
-    i, w, here, cw, c_task, now, ver, ft, attempt, rungs, p, key, circ, rto, work, cls,
-    hdue, hk, log, logf, acc, started, has_checkpoint, checkpoint, members, n_members,
-    class_offsets, circuit_rank, circuit_order, circuit_worker, worker_circuit,
-    cpu_circuit, ladders, failure_threshold, backoff_s, backoff_len, backoff_done, ranks,
-    max_retries, guard_fraction, guard_min,
-):  # fmt: skip
-    """fleet.py `_on_failure`: counted on one circuit (or on the class by the fleet guard),
-    then one command planned by rules 1-5 of recovery.py `plan_failure`."""
-    if started[p] == 1:
-        started[p] = 0
-        work[w, W_STARTED] -= 1
-    rank = ranks[ver, ft]
-    c = cw if rank == 0 else (here if rank == 1 else c_task)
-    guarded = 0
-    if rank == 0:
-        state = circ[cw, C_STATE]
-        would_open = state == HALF_OPEN or (
-            state == CLOSED and circ[cw, C_CF] + 1 >= failure_threshold[ver, 0]
-        )
-        live = cls[here, 0]
-        if (
-            would_open
-            and live >= guard_min[ver]
-            and (cls[here, 1] + 1) / live > guard_fraction[ver]
-        ):
-            guarded = 1
-            c = here
-    _count_failure(
-        c, now, i, ver, ft, B_GUARD if guarded else B_TYPE, circ, rto, work, cls, hdue,
-        hk, log, logf, acc, circuit_rank, circuit_order, circuit_worker,
-        failure_threshold, backoff_s, backoff_len, backoff_done,
-    )  # fmt: skip
-    state_w = circ[cw, C_STATE]
-    state_hw = circ[here, C_STATE]
-    state_tt = circ[c_task, C_STATE]
-    target_class = here
-    if attempt >= max_retries[ver]:
-        strategy = S_ESCALATION
-    elif _openish(state_w):
-        strategy = S_DIFFERENT_WORKER
-    elif _openish(state_hw):
-        if here == cpu_circuit:
-            strategy = S_DELAYED
+@step
+def on_failure(run, state, i, w, class_circuit, now) -> None:
+    """FAILURE record `i` from worker `w` of class `class_circuit`, at `now`."""
+    inputs, fleet = run.inputs, run.fleet
+    worker_circuit = fleet.worker_circuit[w]
+    task_type = np.int64(inputs.task_type[i])
+    if state.derive:
+        p = inputs.pair[i]
+        if state.started[p, RUNNING] == 1:
+            state.started[p, RUNNING] = 0
+            state.workers[w, STARTED] -= 1
+    if state.figures:
+        mark_created(state, task_type)
+    if state.scoring:
+        observe_failure(run, state, i)
+    failure_type = inputs.failure_type[i]
+    rank = run.rules.ranks[state.counters[VERSION], failure_type]
+    c = task_type
+    if rank == WORKER:
+        c = worker_circuit
+    elif rank == HARDWARE_CLASS:
+        c = class_circuit
+    guarded = rank == WORKER and fleet_guard_holds(run, state, worker_circuit, class_circuit)
+    if guarded:  # most of the class fails together: the class is blamed, not the worker
+        c = class_circuit
+    count_failure(run, state, c, now, failure_type, BLAME_GUARD if guarded else BLAME_TYPE)
+    if state.derive:
+        _command(run, state, i, w, class_circuit, task_type, now, guarded)
+
+
+@step
+def _command(run, state, i, w, class_circuit, task_type, now, guarded) -> None:
+    """The command rules 1-5 of recovery.py `plan_failure` choose, with its target worker."""
+    inputs, fleet, circuits = run.inputs, run.fleet, state.circuits
+    worker_circuit = fleet.worker_circuit[w]
+    worker_state = circuits[worker_circuit, STATE]
+    class_state = circuits[class_circuit, STATE]
+    task_type_state = circuits[task_type, STATE]
+    attempt = inputs.attempt[i]
+    cpu = fleet.cpu_circuit
+    target_class = class_circuit
+    if attempt >= run.rules.max_retries[state.counters[VERSION]]:
+        strategy = ESCALATION
+    elif openish(worker_state):
+        strategy = DIFFERENT_WORKER
+    elif openish(class_state):
+        if class_circuit == cpu:
+            strategy = DELAYED
         else:
-            strategy = S_DIFFERENT_CLASS
-            target_class = cpu_circuit
-    elif _openish(state_tt):
-        strategy = S_DELAYED
+            strategy = DIFFERENT_CLASS
+            target_class = cpu
+    elif openish(task_type_state):
+        strategy = DELAYED
     else:  # the ladder: rung `attempt`, rungs that cannot apply skipped
-        strategy = S_ESCALATION
-        for rung in range(attempt, ladders.shape[1]):
-            s = ladders[ft, rung]
+        strategy = ESCALATION
+        failure_type = inputs.failure_type[i]
+        rungs = inputs.rungs[i]
+        for rung in range(attempt, fleet.ladders.shape[1]):
+            s = fleet.ladders[failure_type, rung]
             if s < 0:
                 break
-            if s == S_BATCH and rungs & RUNG_BATCH == 0:
+            if s == REDUCED_BATCH and rungs & RUNG_BATCH == 0:
                 continue
-            if s == S_PRECISION and rungs & RUNG_PRECISION == 0:
+            if s == REDUCED_PRECISION and rungs & RUNG_PRECISION == 0:
                 continue
-            if s == S_FALLBACK_CPU:
-                if here == cpu_circuit:
-                    s = S_DIFFERENT_WORKER
+            if s == FALLBACK_CPU:
+                if class_circuit == cpu:
+                    s = DIFFERENT_WORKER
                 else:
-                    target_class = cpu_circuit
+                    target_class = cpu
             strategy = s
             break
-    row = _row(log, acc, T_COMMAND, i, now, ver)
+    row = log_row(state, COMMAND, now)
     if row < 0:
         return
-    log[row, L_A] = strategy
-    log[row, L_B] = -1
-    log[row, L_C] = 0
+    log, key = state.log, inputs.task_key[i]
+    log[row, STRATEGY] = strategy
+    log[row, TARGET] = -1
+    log[row, HAS_TARGET_CHECKPOINT] = 0
     if _moves_task(strategy):
-        log[row, L_C] = has_checkpoint[key]
-        log[row, L_D] = checkpoint[key]
-        log[row, L_B] = _pick_target(
-            target_class, w, members, n_members, class_offsets, work, circ, worker_circuit
-        )
-    elif strategy == S_ESCALATION:
-        has_checkpoint[key] = 0  # the task is given up: forget it
-    log[row, L_E] = guarded
-    log[row, L_F] = state_w
-    log[row, L_G] = state_hw
-    log[row, L_H] = state_tt
-    log[row, L_I] = circ[here, C_DUE_MS]
-    log[row, L_J] = circ[c_task, C_DUE_MS]
-    logf[row, 0] = rto[here]
-    logf[row, 1] = rto[c_task]
-    return
+        log[row, HAS_TARGET_CHECKPOINT] = state.checkpoints[key, HAS_CHECKPOINT]
+        log[row, TARGET_CHECKPOINT] = state.checkpoints[key, CHECKPOINT_SEQ]
+        target = pick_target(run, state, target_class, w)
+        log[row, TARGET] = fleet.worker_circuit[target] if target >= 0 else -1
+    elif strategy == ESCALATION:
+        state.checkpoints[key, HAS_CHECKPOINT] = 0  # the task is given up: forget it
+    log[row, GUARDED] = guarded
+    log[row, WORKER_STATE] = worker_state
+    log[row, CLASS_STATE] = class_state
+    log[row, TASK_TYPE_STATE] = task_type_state
+    log[row, CLASS_DUE_MS] = circuits[class_circuit, DUE_MS]
+    log[row, TASK_TYPE_DUE_MS] = circuits[task_type, DUE_MS]
+    state.log_floats[row, CLASS_RESET_TIMEOUT] = state.reset_timeout_s[class_circuit]
+    state.log_floats[row, TASK_TYPE_RESET_TIMEOUT] = state.reset_timeout_s[task_type]

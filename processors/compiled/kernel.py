@@ -1,277 +1,191 @@
-"""The compiled core: `FleetCore.process` over every input of an encoded history
-(`encode.py`), as one numba loop that writes a compact log of the derived records
-(`materialize.py` turns it into the records themselves). Read beside
-`processors/core/fleet.py` and `recovery.py`: the specification; the sections match.
+"""The compiled twin: `FleetCore.process` over the inputs of an encoded history, as one
+numba loop. Read beside `processors/core/fleet.py`: the specification; the sections match.
 
-No strings here: circuits, workers, tasks and settings versions are indices; a reason is
-a code with its arguments. The steps on circuits and workers are in `state.py`, a
-FAILURE's count and command in `failure.py`, a lost worker in `lost.py`, the due-moment
-heap (ordered as the core's: due moment, id, rank, push order) in `heap.py`.
+No strings here: circuits, workers, tasks and settings versions are indices, a reason is
+a code with its arguments. A `Run` is what the loop reads: the history (`encode.py`), the
+settings versions (`versions.py`), the inputs to visit with the workers they reveal lost
+(`liveness.py`), and what the scorer compares with (`score.py`). The `State` it evolves
+says what it keeps besides the circuits: the log of derived records, the score, the
+figures. One circuit's rules are in `circuits.py`, a worker's in `workers.py`, a FAILURE's
+count and command in `failure.py`, the half-open due moments in `heap.py`.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit
+from typing import NamedTuple
 
-from faultstream.processors.offline.tune.encode import (
+import numpy as np
+
+from .circuits import become, count_success, operate
+from .codes import (
     CHECKPOINT,
+    CONFIG,
     FAILURE,
-    FORCE_OPEN,
+    HALF_OPEN,
+    OK,
+    OPEN,
     OPERATOR,
     SUCCESS,
     TASK_STARTED,
 )
-from faultstream.processors.offline.tune.kernel import A_HEAP, A_STATUS, round6
-
-from .encode import CONFIG
-from .failure import _on_failure
-from .heap import K_GEN, K_KEY, K_TARGET, _pop, _push, _replace_first, _sort_key
-from .lost import _lose_worker, _rearm_lost_timers
+from .encode import Fleet, Inputs
+from .failure import on_failure
+from .figures import mark_created, publish_figures
+from .heap import KEY, LOST_RANK, pop_due, sort_key
+from .jit import inlined_step, step
+from .liveness import Visits
+from .score import Scoring, finish_score, observe_success
 from .state import (
-    B_NONE,
-    C_CF,
-    C_DUE_MS,
-    C_GEN,
-    C_HOS,
-    C_STATE,
-    C_TRIPS,
-    CLOSED,
-    FORCED_OPEN,
-    HALF_OPEN,
-    LOST,
-    OPEN,
-    R_FORCE_OPEN,
-    R_HALF_OPEN,
-    R_RESET,
-    R_SUCCESS,
-    W_CLASS,
-    W_EXISTS,
-    W_LAST_TS,
-    W_LOST,
-    W_STARTED,
-    W_TIMER_GEN,
-    _become,
-    _close,
-    _join,
-    _leave,
-    _openish,
-)  # fmt: skip
-
-# --- the loop ------------------------------------------------------------------------------
+    ATTEMPT,
+    CHECKPOINT_SEQ,
+    DUE_MS,
+    GENERATION,
+    HALF_OPEN_SUCCESSES,
+    HAS_CHECKPOINT,
+    HEAP_SIZE,
+    NO_BLAME,
+    RECORD,
+    RUNNING,
+    STARTED,
+    STARTED_BY,
+    STATE,
+    STATUS,
+    TIMEOUT_ELAPSED,
+    VERSION,
+)
+from .versions import Rules
+from .workers import arrive, lose_worker
 
 
-@njit(cache=True, nogil=True)
-def replay(
-    kind, ts, skip, worker, hw, tt, ftype, pair, attempt, task_key, checkpoint_seq, rungs,
-    config_version, circuit_rank, circuit_order, circuit_worker, worker_circuit,
-    worker_order, pair_task_key, worker_pairs_offsets, worker_pairs, n_task_keys,
-    class_offsets, cpu_circuit, ladders, failure_threshold, success_threshold,
-    recovery_s, backoff_s, backoff_len, backoff_done, ranks, max_retries, heartbeat_s,
-    heartbeat_ms, guard_fraction, guard_min, log, logf, heap_capacity,
-):  # fmt: skip
-    """Every input in order; returns acc (A_STATUS, A_LOG = rows written). On a status
-    other than 0 the log is incomplete: the caller falls back or retries a bigger log."""
-    n = kind.shape[0]
-    n_circ = circuit_rank.shape[0]
-    n_work = worker_circuit.shape[0]
-    n_pairs = pair_task_key.shape[0]
-    circ = np.zeros((n_circ, 7), np.int64)
-    rto = np.zeros(n_circ)
-    work = np.zeros((n_work, 6), np.int64)
-    cls = np.zeros((n_circ, 2), np.int64)  # per class circuit: live workers, open ones
-    members = np.empty(class_offsets[n_circ], np.int64)
-    n_members = np.zeros(n_circ, np.int64)
-    started = np.zeros(n_pairs, np.int8)
-    started_attempt = np.zeros(n_pairs, np.int64)
-    started_tt = np.zeros(n_pairs, np.int64)
-    started_rec = np.zeros(n_pairs, np.int64)
-    has_checkpoint = np.zeros(n_task_keys, np.int8)
-    checkpoint = np.zeros(n_task_keys, np.int64)
-    hdue = np.empty(heap_capacity)
-    hk = np.empty((heap_capacity, 4), np.int64)
-    popped = np.empty(4, np.int64)
-    waiting_due = np.empty(n_work + 1)  # lost timers due exactly now: back after the reveal
-    waiting_key = np.empty((n_work + 1, 4), np.int64)
-    task_types = np.empty(n_circ + 1, np.int64)
-    acc = np.zeros(11, np.int64)
-    ver = 0
-    now = 0
+class Run(NamedTuple):
+    """What one replay reads."""
 
-    for i in range(n):
-        if skip[i] == 1:
+    inputs: Inputs
+    fleet: Fleet
+    rules: Rules
+    visits: Visits
+    scoring: Scoring
+
+
+@step
+def replay(run, state) -> None:
+    """Every visit in order. A status other than OK in `state.counters` leaves the state
+    incomplete: the caller falls back to the core, or runs again with bigger buffers."""
+    visits, counters = run.visits, state.counters
+    loss = 0
+    for v in range(visits.record.shape[0]):
+        i = visits.record[v]
+        counters[RECORD] = i
+        _reveal_due(run, state, visits.now[v], visits.before[v], loss, visits.losses_end[v])
+        loss = visits.losses_end[v]
+        if counters[STATUS] != OK:
+            return
+        _apply(run, state, i, visits.now[v])
+        if counters[STATUS] != OK:
+            return
+    # What inputs after the last visit revealed (none when every input is visited).
+    _reveal_due(run, state, visits.final_now, visits.final_now, loss, loss)
+    if state.scoring and counters[STATUS] == OK:
+        finish_score(run, state)
+
+
+# --- due moments (fleet.py `_reveal_due`), all before the input itself -----------------------
+
+
+@step
+def _half_open_first(run, state) -> None:
+    """The first due moment: its circuit half-opens at its due ms, unless the entry is
+    stale (the circuit changed state since)."""
+    _, c, generation = pop_due(state)
+    circuits = state.circuits
+    if generation == circuits[c, GENERATION] and circuits[c, STATE] == OPEN:
+        circuits[c, HALF_OPEN_SUCCESSES] = 0
+        become(run, state, c, HALF_OPEN, circuits[c, DUE_MS], TIMEOUT_ELAPSED, -1, NO_BLAME)
+
+
+@inlined_step
+def _reveal_due(run, state, now, before, first_loss, end_loss) -> None:
+    """Everything due by `now`, in order of due moment, id, kind rank: the circuits'
+    half-openings and the lost workers `first_loss` to `end_loss` (in that order already).
+    A due moment past `before` (the clock at the input before) was revealed earlier, by
+    an input not visited: it precedes every loss revealed here."""
+    counters, heap_due, entries = state.counters, state.heap_due, state.heap_entries
+    while counters[HEAP_SIZE] > 0 and heap_due[0] <= before:
+        _half_open_first(run, state)
+    visits, worker_order = run.visits, run.fleet.worker_order
+    loss = first_loss
+    while True:
+        from_heap = counters[HEAP_SIZE] > 0 and heap_due[0] <= now
+        if loss < end_loss and from_heap:  # ties of due: id order, circuits before workers
+            due = visits.lost_due[loss]
+            key = sort_key(worker_order[visits.lost_worker[loss]], LOST_RANK)
+            from_heap = heap_due[0] < due or (heap_due[0] == due and entries[0, KEY] < key)
+        if from_heap:
+            _half_open_first(run, state)
             continue
-        k = kind[i]
-        before = now
-        if ts[i] > now:
-            now = ts[i]
+        if loss >= end_loss:
+            return
+        lose_worker(run, state, loss)  # fleet.py `_lose_worker`
+        if counters[STATUS] != OK:
+            return
+        loss += 1
 
-        # --- due moments (fleet.py `_reveal_due`), all before the input itself ----------
-        if acc[A_HEAP] > 0 and hdue[0] <= now:
-            n_waiting = 0
-            while acc[A_HEAP] > 0 and hdue[0] <= now:
-                target = hk[0, K_TARGET]
-                if hk[0, K_KEY] & 3 == LOST and hk[0, K_GEN] == work[target, W_TIMER_GEN]:
-                    current = round6(work[target, W_LAST_TS] + heartbeat_ms[ver], acc)
-                    if work[target, W_LOST] == 0 and current > hdue[0]:
-                        # Seen since the timer was set: wait for the newer due (the
-                        # commonest case, re-armed in place).
-                        work[target, W_TIMER_GEN] += 1
-                        _replace_first(
-                            hdue, hk, acc, current, hk[0, K_KEY], target, work[target, W_TIMER_GEN]
-                        )
-                        continue
-                due = _pop(hdue, hk, acc, popped)
-                if popped[K_KEY] & 3 != LOST:
-                    if popped[K_GEN] == circ[target, C_GEN] and circ[target, C_STATE] == OPEN:
-                        circ[target, C_HOS] = 0
-                        at = max(circ[target, C_DUE_MS], before)
-                        _become(
-                            target, HALF_OPEN, at, i, ver, R_HALF_OPEN, -1, B_NONE, circ, rto,
-                            work, cls, circuit_worker, log, logf, acc,
-                        )  # fmt: skip
-                    continue
-                w = target
-                if popped[K_GEN] != work[w, W_TIMER_GEN] or work[w, W_LOST] == 1:
-                    continue
-                current = round6(work[w, W_LAST_TS] + heartbeat_ms[ver], acc)
-                if current > due:  # seen since the timer was set: wait for the newer due
-                    work[w, W_TIMER_GEN] += 1
-                    _push(
-                        hdue, hk, acc, current, _sort_key(worker_order[w], LOST), w,
-                        work[w, W_TIMER_GEN],
-                    )  # fmt: skip
-                elif due >= now:
-                    waiting_due[n_waiting] = due
-                    waiting_key[n_waiting] = popped
-                    n_waiting += 1
-                else:  # a lost worker (fleet.py `_lose_worker`)
-                    _lose_worker(
-                        w, due, before, i, ver, circ, rto, work, cls, hdue, hk, log, logf,
-                        acc, started, started_attempt, started_tt, started_rec,
-                        has_checkpoint, checkpoint, members, n_members, task_types,
-                        circuit_rank, circuit_order, circuit_worker, worker_circuit,
-                        worker_pairs_offsets, worker_pairs, pair_task_key, class_offsets,
-                        ranks, max_retries, failure_threshold, backoff_s, backoff_len,
-                        backoff_done,
-                    )  # fmt: skip
-                if acc[A_STATUS] != 0:
-                    return acc
-            for j in range(n_waiting):
-                _push(
-                    hdue, hk, acc, waiting_due[j], waiting_key[j, K_KEY], waiting_key[j, K_TARGET],
-                    waiting_key[j, K_GEN],
-                )  # fmt: skip
-            if acc[A_STATUS] != 0:
-                return acc
 
-        if k > FAILURE:
-            # --- control records -------------------------------------------------------
-            if k == OPERATOR:
-                c = hw[i]
-                state = circ[c, C_STATE]
-                if ftype[i] == FORCE_OPEN:
-                    if state == CLOSED:
-                        rto[c] = recovery_s[ver, circuit_rank[c]]
-                    if state != FORCED_OPEN:
-                        _become(
-                            c, FORCED_OPEN, now, i, ver, R_FORCE_OPEN, -1, B_NONE, circ, rto, work,
-                            cls, circuit_worker, log, logf, acc,
-                        )  # fmt: skip
-                elif state == CLOSED:
-                    circ[c, C_CF] = 0
-                    circ[c, C_HOS] = 0
-                    circ[c, C_TRIPS] = 0
-                    rto[c] = recovery_s[ver, circuit_rank[c]]
-                else:
-                    _close(
-                        c, now, i, ver, R_RESET, circ, rto, work, cls, circuit_worker,
-                        circuit_rank, recovery_s, log, logf, acc,
-                    )  # fmt: skip
-            elif k == CONFIG and config_version[i] >= 0:
-                old_heartbeat = heartbeat_s[ver]
-                ver = config_version[i]
-                if heartbeat_s[ver] != old_heartbeat:
-                    _rearm_lost_timers(hdue, hk, acc, work, worker_order, heartbeat_ms[ver])
-            if acc[A_STATUS] != 0:
-                return acc
-            continue  # a TICK yields only what it revealed
+# --- one input (fleet.py `process`) ---------------------------------------------------------
 
-        # --- worker events: the worker is alive (fleet.py `process`) -----------------------
-        w = worker[i]
-        here = np.int64(hw[i])
-        cw = worker_circuit[w]
-        if work[w, W_EXISTS] == 0:
-            work[w, W_EXISTS] = 1
-            work[w, W_CLASS] = here
-            work[w, W_LAST_TS] = ts[i]
-            _join(members, n_members, class_offsets, worker_order, here, w)
-            cls[here, 0] += 1
-            cls[here, 1] += _openish(circ[cw, C_STATE])
-            due = round6(ts[i] + heartbeat_ms[ver], acc)
-            work[w, W_TIMER_GEN] += 1
-            _push(hdue, hk, acc, due, _sort_key(worker_order[w], LOST), w, work[w, W_TIMER_GEN])
-        else:
-            if here != work[w, W_CLASS]:
-                old = work[w, W_CLASS]
-                _leave(members, n_members, class_offsets, old, w)
-                _join(members, n_members, class_offsets, worker_order, here, w)
-                if work[w, W_LOST] == 0:
-                    opened = _openish(circ[cw, C_STATE])
-                    cls[old, 0] -= 1
-                    cls[old, 1] -= opened
-                    cls[here, 0] += 1
-                    cls[here, 1] += opened
-                work[w, W_CLASS] = here
-            if ts[i] > work[w, W_LAST_TS]:
-                work[w, W_LAST_TS] = ts[i]
-            if work[w, W_LOST] == 1:
-                work[w, W_LOST] = 0
-                cls[here, 0] += 1
-                cls[here, 1] += _openish(circ[cw, C_STATE])
-                due = round6(work[w, W_LAST_TS] + heartbeat_ms[ver], acc)
-                work[w, W_TIMER_GEN] += 1
-                _push(hdue, hk, acc, due, _sort_key(worker_order[w], LOST), w, work[w, W_TIMER_GEN])
 
-        if k == TASK_STARTED:
-            p = pair[i]
-            if started[p] == 0:
-                started[p] = 1
-                work[w, W_STARTED] += 1
-            started_attempt[p] = attempt[i]
-            started_tt[p] = tt[i]
-            started_rec[p] = i
-        elif k == CHECKPOINT:
-            key = task_key[i]
-            if has_checkpoint[key] == 0 or checkpoint_seq[i] > checkpoint[key]:
-                has_checkpoint[key] = 1
-                checkpoint[key] = checkpoint_seq[i]
-        elif k == SUCCESS:
-            p = pair[i]
-            if started[p] == 1:
-                started[p] = 0
-                work[w, W_STARTED] -= 1
-            has_checkpoint[task_key[i]] = 0
-            for c in (cw, here, np.int64(tt[i])):
-                state = circ[c, C_STATE]
-                if state == CLOSED:
-                    circ[c, C_CF] = 0
-                elif state == HALF_OPEN:
-                    circ[c, C_HOS] += 1
-                    if circ[c, C_HOS] >= success_threshold[ver, circuit_rank[c]]:
-                        _close(
-                            c, now, i, ver, R_SUCCESS, circ, rto, work, cls, circuit_worker,
-                            circuit_rank, recovery_s, log, logf, acc,
-                        )  # fmt: skip
-        elif k == FAILURE:
-            _on_failure(
-                i, w, here, cw, np.int64(tt[i]), now, ver, ftype[i], attempt[i], rungs[i],
-                pair[i], task_key[i], circ, rto, work, cls, hdue, hk, log, logf, acc,
-                started, has_checkpoint, checkpoint, members, n_members, class_offsets,
-                circuit_rank, circuit_order, circuit_worker, worker_circuit, cpu_circuit,
-                ladders, failure_threshold, backoff_s, backoff_len, backoff_done, ranks,
-                max_retries, guard_fraction, guard_min,
-            )  # fmt: skip
-        if acc[A_STATUS] != 0:
-            return acc
-    return acc
+@inlined_step
+def _apply(run, state, i, now) -> None:
+    inputs = run.inputs
+    kind = inputs.kind[i]
+    if kind > FAILURE:  # control records
+        if kind == OPERATOR:
+            operate(run, state, inputs.hardware_class[i], inputs.failure_type[i], now)
+        elif kind == CONFIG:
+            version = run.rules.config_version[i]
+            if version >= 0:
+                state.counters[VERSION] = version
+        elif state.figures:  # a TICK: the figures that changed since the last
+            publish_figures(run, state, now)
+        return
+    w = inputs.worker[i]
+    class_circuit = np.int64(inputs.hardware_class[i])
+    arrive(run, state, w, class_circuit)  # the worker is alive
+    if kind == SUCCESS:
+        _on_success(run, state, i, w, class_circuit, now)
+    elif kind == FAILURE:
+        on_failure(run, state, i, w, class_circuit, now)
+    elif kind == TASK_STARTED:
+        if state.figures:
+            mark_created(state, inputs.task_type[i])
+        if state.derive:
+            started, p = state.started, inputs.pair[i]
+            if started[p, RUNNING] == 0:
+                started[p, RUNNING] = 1
+                state.workers[w, STARTED] += 1
+            started[p, ATTEMPT] = inputs.attempt[i]
+            started[p, STARTED_BY] = i
+    elif kind == CHECKPOINT and state.derive:
+        checkpoints, key = state.checkpoints, inputs.task_key[i]
+        if (
+            checkpoints[key, HAS_CHECKPOINT] == 0
+            or inputs.checkpoint_seq[i] > checkpoints[key, CHECKPOINT_SEQ]
+        ):
+            checkpoints[key, HAS_CHECKPOINT] = 1
+            checkpoints[key, CHECKPOINT_SEQ] = inputs.checkpoint_seq[i]
+
+
+@inlined_step
+def _on_success(run, state, i, w, class_circuit, now) -> None:
+    """SUCCESS record `i`: the task is done, counted on its three circuits."""
+    inputs = run.inputs
+    if state.derive:
+        p = inputs.pair[i]
+        if state.started[p, RUNNING] == 1:
+            state.started[p, RUNNING] = 0
+            state.workers[w, STARTED] -= 1
+        state.checkpoints[inputs.task_key[i], HAS_CHECKPOINT] = 0
+    if state.scoring:
+        observe_success(run, state, i)
+    for c in (run.fleet.worker_circuit[w], class_circuit, np.int64(inputs.task_type[i])):
+        count_success(run, state, c, now)

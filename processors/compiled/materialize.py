@@ -10,6 +10,7 @@ tests/unit/test_compiled_core.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, TypeVar
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from faultstream.events.gcpause import gc_paused
 from faultstream.events.health import circuit_health
 from faultstream.events.models import (
+    CircuitFigures,
     CircuitKind,
     CircuitState,
     CircuitStateChanged,
@@ -25,32 +27,68 @@ from faultstream.events.models import (
     RecoveryCommand,
     RecoveryStrategy,
 )
-from faultstream.processors.core.ids import command_id, migration_command_id, transition_id
+from faultstream.processors.core.ids import (
+    command_id,
+    figures_id,
+    migration_command_id,
+    transition_id,
+)
 from faultstream.processors.core.recovery import Plan, plan_failure
-from faultstream.processors.offline.tune.encode import FAILURE_TYPES
 
-from .encode import STRATEGIES, Encoded
+from .codes import FAILURE_TYPES, FORCED_OPEN, OPEN, STRATEGIES
+from .encode import Encoded
 from .state import (
-    B_GUARD,
-    B_LOST,
-    FORCED_OPEN,
-    L_E,
-    L_H,
-    L_REC,
-    L_TYPE,
-    OPEN,
-    R_FAILED_HALF_OPEN,
-    R_FORCE_OPEN,
-    R_HALF_OPEN,
-    R_RESET,
-    R_SUCCESS,
-    R_THRESHOLD,
-    T_COMMAND,
-    T_MIGRATION,
-    T_TRANSITION,
+    BLAME_GUARD,
+    BLAME_LOST,
+    BY_FORCE_OPEN,
+    BY_RESET,
+    CLASS_DUE_MS,
+    CLASS_STATE,
+    COMMAND,
+    FAILED_HALF_OPEN,
+    FIGURES,
+    FIGURES_AVAILABLE,
+    FIGURES_CIRCUIT,
+    FIGURES_CLASS,
+    FIGURES_FAILURES,
+    FIGURES_LIVE,
+    FIGURES_PROBES,
+    FIGURES_STATE,
+    FIGURES_SUCCESSES,
+    FIGURES_TOTAL_FAILURES,
+    FIGURES_TOTAL_TRIPS,
+    FIGURES_TRIPS,
+    FROM_STATE,
+    GUARDED,
+    HAS_TARGET_CHECKPOINT,
+    LOSS_DUE_MS,
+    MIGRATED_START,
+    MIGRATED_WORKER,
+    MIGRATION,
+    REASON,
+    REASON_BLAME,
+    REASON_FAILURE_TYPE,
+    ROW_RECORD,
+    ROW_TYPE,
+    STRATEGY,
+    SUCCESSES,
+    TARGET,
+    TARGET_CHECKPOINT,
+    TASK_TYPE_DUE_MS,
+    TASK_TYPE_STATE,
+    THRESHOLD,
+    TIMEOUT_ELAPSED,
+    TO_STATE,
+    TRANSITION,
+    TRANSITION_CIRCUIT,
+    TRANSITION_FAILURES,
+    TRANSITION_PROBES,
+    TRANSITION_TOTAL_TRIPS,
+    TRANSITION_TRIPS,
+    WORKER_STATE,
 )
 
-_Record = TypeVar("_Record", CircuitStateChanged, RecoveryCommand)
+_Record = TypeVar("_Record", CircuitStateChanged, RecoveryCommand, CircuitFigures)
 _set = object.__setattr__
 STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.FORCED_OPEN)
 _ESCALATION = RecoveryStrategy.ESCALATION
@@ -59,6 +97,48 @@ _OPENISH = (OPEN, FORCED_OPEN)
 _FAILURE_FIELDS = ("worker_id", "hardware_class", "task_id", "task_type", "attempt")
 _START_FIELDS = ("task_id", "task_type", "attempt")
 _DIFFERENT_WORKER = RecoveryStrategy.DIFFERENT_WORKER
+_WORKER_KIND, _CLASS_KIND = CircuitKind.WORKER, CircuitKind.HARDWARE_CLASS
+# A log row's payload by its type, as a tuple (state.py names the columns).
+_TRANSITION_FIELDS = itemgetter(
+    TRANSITION_CIRCUIT,
+    FROM_STATE,
+    TO_STATE,
+    TRANSITION_FAILURES,
+    TRANSITION_TRIPS,
+    TRANSITION_TOTAL_TRIPS,
+    TRANSITION_PROBES,
+    REASON,
+    REASON_FAILURE_TYPE,
+    REASON_BLAME,
+)
+_COMMAND_FIELDS = itemgetter(
+    STRATEGY,
+    TARGET,
+    HAS_TARGET_CHECKPOINT,
+    TARGET_CHECKPOINT,
+    GUARDED,
+    WORKER_STATE,
+    CLASS_STATE,
+    TASK_TYPE_STATE,
+    CLASS_DUE_MS,
+    TASK_TYPE_DUE_MS,
+)
+_MIGRATION_FIELDS = itemgetter(
+    STRATEGY, TARGET, HAS_TARGET_CHECKPOINT, TARGET_CHECKPOINT, MIGRATED_WORKER, LOSS_DUE_MS
+)
+_FIGURES_FIELDS = itemgetter(
+    FIGURES_CIRCUIT,
+    FIGURES_STATE,
+    FIGURES_FAILURES,
+    FIGURES_PROBES,
+    FIGURES_TRIPS,
+    FIGURES_TOTAL_TRIPS,
+    FIGURES_SUCCESSES,
+    FIGURES_TOTAL_FAILURES,
+    FIGURES_CLASS,
+    FIGURES_LIVE,
+    FIGURES_AVAILABLE,
+)
 
 
 @dataclass(frozen=True)
@@ -99,50 +179,69 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
     probe_calls = [
         [s.circuits.for_kind(kind).half_open_max_calls for kind in CircuitKind] for s in settings
     ]
-    ranks = encoded.base.circuit_rank.tolist()
-    ftypes = encoded.base.ftype
+    ranks = encoded.fleet.circuit_rank.tolist()
+    failure_types = encoded.inputs.failure_type
     # The input fields the records need, fetched in bulk for the rows that need them.
     rows = log.rows
-    causes = fields.column("event_id", rows[:, L_REC])
-    is_transition = rows[:, L_TYPE] == T_TRANSITION
-    by_operator = is_transition & np.isin(rows[:, L_H], (R_FORCE_OPEN, R_RESET))
-    actors = iter(fields.column("actor", rows[by_operator, L_REC]))
-    failures = rows[rows[:, L_TYPE] == T_COMMAND, L_REC]
+    causes = fields.column("event_id", rows[:, ROW_RECORD])
+    is_transition = rows[:, ROW_TYPE] == TRANSITION
+    by_operator = is_transition & np.isin(rows[:, REASON], (BY_FORCE_OPEN, BY_RESET))
+    actors = iter(fields.column("actor", rows[by_operator, ROW_RECORD]))
+    failures = rows[rows[:, ROW_TYPE] == COMMAND, ROW_RECORD]
     failed = zip(
         *(fields.column(name, failures) for name in _FAILURE_FIELDS),
         fields.attributes(failures),
         strict=True,
     )
-    starts = rows[rows[:, L_TYPE] == T_MIGRATION, L_E]
+    starts = rows[rows[:, ROW_TYPE] == MIGRATION, MIGRATED_START]
     started = zip(*(fields.column(name, starts) for name in _START_FIELDS), strict=True)
     plans: dict[tuple, Plan] = {}
     out: list[DerivedRecord] = []
     append = out.append
     for row, floats, caused_by in zip(rows.tolist(), log.floats.tolist(), causes, strict=True):
-        kind, rec, ts, ver, a, b, c, d, e, f, g, h, i, j = row
-        if kind == T_TRANSITION:
-            circuit_kind, circuit_id = names[a]
-            from_state, to_state = STATES[b], STATES[c]
-            if h in (R_THRESHOLD, R_FAILED_HALF_OPEN):
-                if j == B_LOST:
-                    base = lost_reasons[ver]
-                elif j == B_GUARD:
-                    base = f"fleet_guard: {FAILURE_TYPES[i]} counted on hardware_class {circuit_id}"
+        row_type, record, ts, version = row[0], row[1], row[2], row[3]
+        if row_type == TRANSITION:
+            (
+                circuit,
+                from_code,
+                to_code,
+                failures_now,
+                trips,
+                total_trips,
+                probes,
+                reason_code,
+                failure_type,
+                blame,
+            ) = _TRANSITION_FIELDS(row)
+            circuit_kind, circuit_id = names[circuit]
+            from_state, to_state = STATES[from_code], STATES[to_code]
+            if reason_code in (THRESHOLD, FAILED_HALF_OPEN):
+                if blame == BLAME_LOST:
+                    base = lost_reasons[version]
+                elif blame == BLAME_GUARD:
+                    base = (
+                        f"fleet_guard: {FAILURE_TYPES[failure_type]} counted on hardware_class "
+                        f"{circuit_id}"
+                    )
                 else:
-                    base = str(FAILURE_TYPES[i])
-                tail = "failure_threshold reached" if h == R_THRESHOLD else "failed while half-open"
+                    base = str(FAILURE_TYPES[failure_type])
+                tail = (
+                    "failure_threshold reached"
+                    if reason_code == THRESHOLD
+                    else "failed while half-open"
+                )
                 reason = f"{base}; {tail}"
-            elif h == R_SUCCESS:
+            elif reason_code == SUCCESSES:
                 reason = "success_threshold reached"
-            elif h == R_HALF_OPEN:
-                calls = probe_calls[ver][ranks[a]]
+            elif reason_code == TIMEOUT_ELAPSED:
+                calls = probe_calls[version][ranks[circuit]]
                 reason = f"reset_timeout elapsed; {calls} probe calls allowed"
-            elif h == R_FORCE_OPEN:
+            elif reason_code == BY_FORCE_OPEN:
                 reason = f"operator FORCE_OPEN by {next(actors)}"
-            elif h == R_RESET:
+            elif reason_code == BY_RESET:
                 reason = f"operator RESET by {next(actors)}"
             else:
-                raise AssertionError(f"log row with reason code {h}")
+                raise AssertionError(f"log row with reason code {reason_code}")
             append(
                 _trusted(
                     CircuitStateChanged,
@@ -156,32 +255,64 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
                         "from_state": from_state,
                         "to_state": to_state,
                         "reason": reason,
-                        "consecutive_failures": d,
-                        "trips": e,
+                        "consecutive_failures": failures_now,
+                        "trips": trips,
                         "reset_timeout_s": floats[0],
-                        "health": circuit_health(to_state, d, g, f),
+                        "health": circuit_health(to_state, failures_now, probes, total_trips),
                         "caused_by": caused_by,
                     },
                 )
             )
             continue
-        strategy = STRATEGIES[a]
-        target = None if b < 0 else names[b][1]
-        checkpoint = d if c else None
-        if kind == T_COMMAND:
+        if row_type == FIGURES:
+            append(_figures(row, ts, caused_by, names))
+            continue
+        if row_type == COMMAND:
+            (
+                strategy_code,
+                target_circuit,
+                has_checkpoint,
+                checkpoint_seq,
+                guarded,
+                worker_state,
+                class_state,
+                task_type_state,
+                class_due_ms,
+                task_type_due_ms,
+            ) = _COMMAND_FIELDS(row)
+        else:
+            (
+                strategy_code,
+                target_circuit,
+                has_checkpoint,
+                checkpoint_seq,
+                worker_circuit,
+                due_ms,
+            ) = _MIGRATION_FIELDS(row)
+        strategy = STRATEGIES[strategy_code]
+        target = None if target_circuit < 0 else names[target_circuit][1]
+        checkpoint = checkpoint_seq if has_checkpoint else None
+        if row_type == COMMAND:
             worker_id, hardware_class, task_id, task_type, attempt, attributes = next(failed)
-            failure_type = FAILURE_TYPES[ftypes[rec]]
-            max_retries = settings[ver].recovery.max_retries
+            failure_type = FAILURE_TYPES[failure_types[record]]
+            max_retries = settings[version].recovery.max_retries
             # `plan_failure` is pure; a plan other than DELAYED_RETRY reads neither the
             # event id, the time nor a due moment, and names the worker circuit only when
             # it is open (the class circuit's id is the hardware_class): keyed on the rest.
             key = None
             if strategy is not _DELAYED:
                 key = (
-                    failure_type, attempt, max_retries, hardware_class, f, g, h,
-                    attributes.get("batch_size"), attributes.get("precision"),
-                    worker_id if f in _OPENISH else None,
-                )  # fmt: skip
+                    failure_type,
+                    attempt,
+                    max_retries,
+                    hardware_class,
+                    worker_state,
+                    class_state,
+                    task_type_state,
+                    attributes.get("batch_size"),
+                    attributes.get("precision"),
+                    worker_id if worker_state in _OPENISH else None,
+                )
                 plan = plans.get(key)
             if key is None or plan is None:
                 plan = plan_failure(
@@ -191,16 +322,18 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
                     event_id=caused_by,
                     hardware_class=hardware_class,
                     attributes=attributes,
-                    worker=_CircuitView(worker_id, f, 0.0, 0),
-                    hardware=_CircuitView(hardware_class, g, floats[0], i),
-                    task_type=_CircuitView(task_type, h, floats[1], j),
+                    worker=_CircuitView(worker_id, worker_state, 0.0, 0),
+                    hardware=_CircuitView(hardware_class, class_state, floats[0], class_due_ms),
+                    task_type=_CircuitView(task_type, task_type_state, floats[1], task_type_due_ms),
                     now=ts,
                 )
                 if key is not None:
                     plans[key] = plan
             if plan.strategy is not strategy:
-                raise AssertionError(f"record {rec}: kernel chose {strategy}, plan {plan.strategy}")
-            reason = f"fleet_guard; {plan.reason}" if e else plan.reason
+                raise AssertionError(
+                    f"record {record}: kernel chose {strategy}, plan {plan.strategy}"
+                )
+            reason = f"fleet_guard; {plan.reason}" if guarded else plan.reason
             append(
                 _trusted(
                     RecoveryCommand,
@@ -225,10 +358,10 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
             continue
         # A task migrated off a lost worker (fleet.py `_lose_worker`).
         task_id, task_type, attempt = next(started)
-        worker_id = names[f][1]
-        reason = lost_reasons[ver]
+        worker_id = names[worker_circuit][1]
+        reason = lost_reasons[version]
         if strategy is _ESCALATION:
-            max_retries = settings[ver].recovery.max_retries
+            max_retries = settings[version].recovery.max_retries
             plan = Plan(
                 _ESCALATION, f"{reason}; attempt {attempt} reached max_retries {max_retries}"
             )
@@ -238,7 +371,7 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
             _trusted(
                 RecoveryCommand,
                 {
-                    "command_id": migration_command_id(worker_id, g, task_id),
+                    "command_id": migration_command_id(worker_id, due_ms, task_id),
                     "ts": ts,
                     "task_id": task_id,
                     "task_type": task_type,
@@ -256,6 +389,59 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
             )
         )
     return out
+
+
+def _figures(
+    row: list[int], ts: int, caused_by: str, names: list[tuple[CircuitKind, str]]
+) -> CircuitFigures:
+    """A FIGURES row as view.py `figures` builds the record."""
+    (
+        circuit,
+        state_code,
+        failures,
+        probes,
+        trips,
+        total_trips,
+        successes,
+        total_failures,
+        by_kind,
+        live_figure,
+        available_figure,
+    ) = _FIGURES_FIELDS(row)
+    circuit_kind, circuit_id = names[circuit]
+    state = STATES[state_code]
+    hardware_class = live = available = None
+    workers = live_workers = available_workers = None
+    if circuit_kind is _WORKER_KIND:
+        if by_kind >= 0:  # its worker's class circuit
+            hardware_class = names[by_kind][1]
+            live, available = bool(live_figure), bool(available_figure)
+    elif circuit_kind is _CLASS_KIND:
+        workers, live_workers, available_workers = by_kind, live_figure, available_figure
+    return _trusted(
+        CircuitFigures,
+        {
+            "event_id": figures_id(caused_by, circuit_kind.value, circuit_id),
+            "ts": ts,
+            "circuit_kind": circuit_kind,
+            "circuit_id": circuit_id,
+            "state": state,
+            "consecutive_failures": failures,
+            "half_open_successes": probes,
+            "trips": trips,
+            "total_trips": total_trips,
+            "total_successes": successes,
+            "total_failures": total_failures,
+            "health": circuit_health(state, failures, probes, total_trips),
+            "caused_by": caused_by,
+            "hardware_class": hardware_class,
+            "live": live,
+            "available": available,
+            "workers": workers,
+            "live_workers": live_workers,
+            "available_workers": available_workers,
+        },
+    )
 
 
 def _trusted(cls: type[_Record], values: dict[str, Any]) -> _Record:

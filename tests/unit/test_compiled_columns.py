@@ -9,14 +9,14 @@ here; `COLUMNS_EXAMPLES=500 pytest tests/unit/test_compiled_columns.py` runs man
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from histories import History, commands, moves
+from histories import History, commands, moves, transitions
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_compiled_core import build, core_lines, step
@@ -25,6 +25,7 @@ from test_tune_fast import core_settings as random_settings
 from faultstream.events.config import CoreSettings
 from faultstream.events.models import InputRecord, Operator, derived_to_json
 from faultstream.processors.compiled import (
+    Encoded,
     UnsupportedHistory,
     encode_history,
     encode_table,
@@ -75,18 +76,15 @@ def a_window(records: list[InputRecord], since: int, until: int) -> Window:
     return Window(pick(since), pick(until)) if pick else Window()
 
 
-def assert_same_encoding(from_columns, from_records) -> None:
-    for field in dataclasses.fields(from_records):
-        a, b = getattr(from_records, field.name), getattr(from_columns, field.name)
-        if field.name in ("fields", "versions"):
-            continue
-        if field.name == "base":
-            for inner in dataclasses.fields(a):
-                x, y = getattr(a, inner.name), getattr(b, inner.name)
-                same = np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y
-                assert same, f"base.{inner.name}"
-            continue
-        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, field.name
+def assert_same_encoding(from_columns: Encoded, from_records: Encoded) -> None:
+    for part in ("inputs", "fleet", "versions.rules"):
+        a, b = attrgetter(part)(from_records), attrgetter(part)(from_columns)
+        for name in a._fields:
+            x, y = getattr(a, name), getattr(b, name)
+            same = np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y
+            assert same, f"{part}.{name}"
+    for name in ("names", "configs", "end_ts", "commands"):
+        assert getattr(from_records, name) == getattr(from_columns, name), name
     assert from_columns.versions.settings == from_records.versions.settings
 
 
@@ -184,7 +182,7 @@ def test_ladder_attributes_settings_changes_and_operators_replay_from_duckdb(tmp
         {"precision": "fp16"},
     ]
     assert ("task_type", "bert", "CLOSED", "OPEN") in moves(outputs)
-    reasons = [t.reason for t in outputs if getattr(t, "circuit_id", None) == "w2"]
+    reasons = [t.reason for t in transitions(outputs) if t.circuit_id == "w2"]
     assert reasons == ["operator FORCE_OPEN by bob", "operator RESET by alice"]
     migrated = commands(outputs)[-1]
     assert (migrated.task_id, migrated.target_worker_id, migrated.checkpoint_seq) == (

@@ -9,7 +9,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from histories import History, commands, core_settings, moves
+from histories import History, commands, core_settings, figures, moves, transitions
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -262,6 +262,49 @@ def test_config_changed_mid_history_applies_from_that_record_on() -> None:
     assert ("task_type", "bert", "CLOSED", "OPEN") in moves(outputs)
     assert commands(outputs)[-1].reason.endswith("silent over 5s")
     assert compiled_lines(h.records) == core_lines(h.records)
+
+
+def test_figures_at_a_tick_name_every_circuit_a_class_transition_touched() -> None:
+    h = History(hardware_class="cuda")
+    for worker in ("w2", "w1", "w3"):
+        h.started(worker, 1_000, task_id=f"t-{worker}")
+    h.tick(1_500)  # every circuit is new: all published, workers first, each kind by id
+    h.operator("FORCE_OPEN", "hardware_class", "cuda", 2_000)
+    h.tick(2_500)  # the class and each member (no longer available)
+    h.tick(3_000)  # nothing changed: nothing published
+    outputs = replay_compiled(h.records)
+    published = [(f.caused_by, f.circuit_kind.value, f.circuit_id) for f in figures(outputs)]
+    first, second = h.records[3].event_id, h.records[5].event_id
+    assert published == [
+        (first, "worker", "w1"),
+        (first, "worker", "w2"),
+        (first, "worker", "w3"),
+        (first, "hardware_class", "cuda"),
+        (first, "task_type", "bert"),
+        (second, "worker", "w1"),
+        (second, "worker", "w2"),
+        (second, "worker", "w3"),
+        (second, "hardware_class", "cuda"),
+    ]
+    members = [f for f in figures(outputs) if f.caused_by == second]
+    assert [f.available for f in members[:3]] == [False, False, False]
+    assert (members[3].workers, members[3].live_workers, members[3].available_workers) == (3, 3, 0)
+    assert compiled_lines(h.records) == core_lines(h.records)
+
+
+def test_a_longer_heartbeat_timeout_mid_history_spares_a_worker_the_old_one_lost() -> None:
+    h = History()
+    h.heartbeat("w1", 1_000)
+    h.heartbeat("w2", 1_000)
+    h.config(5_000, {"recovery": {"heartbeat_timeout_s": 60}})
+    h.heartbeat("w2", 45_000)  # past w1's old due moment (31 s), short of its new one
+    h.config(50_000, {"recovery": {"heartbeat_timeout_s": 10}})
+    h.heartbeat("w2", 55_000)  # past w1's due moment again (11 s): lost at this input
+    one_failure = core_settings(circuits={"worker": {"failure_threshold": 1}})
+    lost = transitions(replay_compiled(h.records, one_failure))
+    assert [(t.circuit_id, t.ts) for t in lost] == [("w1", 50_000)]
+    assert lost[0].reason.endswith("silent over 10s; failure_threshold reached")
+    assert compiled_lines(h.records, one_failure) == core_lines(h.records, one_failure)
 
 
 def test_bench_history_replays_identically() -> None:

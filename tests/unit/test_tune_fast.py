@@ -1,10 +1,9 @@
-"""The compiled tuner (`processors/offline/tune/fast.py`) against the specification: for random
-histories and random valid settings, its score equals a plain `FleetCore` run scored by
-`score_history`, exactly."""
+"""Scoring by the compiled twin (`processors/compiled`, the scorer watching its kernel)
+against the specification: for random histories and random valid settings, its score
+equals a plain `FleetCore` run scored by `score_history`, exactly."""
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import tempfile
 
@@ -17,31 +16,30 @@ from hypothesis import strategies as st
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.models import MAX_MILLIS, InputRecord, WorkerEvent
+from faultstream.processors import compiled as compiled_twin
+from faultstream.processors.compiled import (
+    CIRCUIT_COLUMNS,
+    EVENT_HASH,
+    Encoded,
+    UnsupportedHistory,
+    encode_history,
+    encode_table,
+    score_grid,
+)
+from faultstream.processors.compiled import encode as encode_module
+from faultstream.processors.compiled.liveness import liveness
+from faultstream.processors.compiled.moments import STATUS, round6
+from faultstream.processors.compiled.runs import score_run, scoring_run
 from faultstream.processors.core.fleet import SEEN_IDS_PER_WORKER
 from faultstream.processors.offline.sources import DuckDBSource
 from faultstream.processors.offline.tune import (
     ColumnarHistory,
+    Score,
     TunePolicy,
     expand_grid,
-    fast,
     parse_grid,
     run_grid,
     tune_round,
-)
-from faultstream.processors.offline.tune import encode as encode_module
-from faultstream.processors.offline.tune.encode import (
-    COLUMNS,
-    EVENT_HASH,
-    UnsupportedHistory,
-    encode,
-    encode_columns,
-)
-from faultstream.processors.offline.tune.fast import (
-    A_STATUS,
-    Config,
-    round6,
-    score_config,
-    score_grid,
 )
 from faultstream.processors.offline.tune.runner import evaluate
 from faultstream.projections.tables import HistoryWriter
@@ -195,13 +193,40 @@ def core_settings(draw: st.DrawFn) -> CoreSettings:
 checks = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def encode(records: list[InputRecord]) -> Encoded:
+    """What the tuner scores: the circuits' encoding, without commands."""
+    return encode_history(records, commands=False)
+
+
+def encode_columns(table: pa.Table) -> Encoded:
+    return encode_table(table, commands=False)
+
+
+def compiled_score(history: Encoded, core: CoreSettings) -> Score:
+    return Score.of(score_grid(history, [core], threads=1)[0])
+
+
 @checks
 @given(st.lists(step, min_size=10, max_size=120).map(build), core_settings())
 def test_compiled_score_equals_core_run_and_score_history(
     records: list[InputRecord], core: CoreSettings
 ) -> None:
     history = encode(records)
-    assert score_config(history, Config(core, history)) == evaluate(records, core)
+    assert compiled_score(history, core) == evaluate(records, core)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(step, min_size=10, max_size=120).map(build), core_settings())
+def test_scoring_every_input_equals_scoring_only_the_inputs_that_matter(
+    records: list[InputRecord], core: CoreSettings
+) -> None:
+    """Scoring visits only the inputs that can change a circuit (liveness.py); visiting
+    every one, as a replay that derives records does, scores the same."""
+    history = encode(records)
+    plan = scoring_run(history, core)
+    status, every = liveness(history.inputs, history.fleet, plan.rules, True, True)
+    assert status == 0 and len(every.record) >= len(plan.visits.record)
+    assert score_run(history, plan._replace(visits=every)) == score_run(history, plan)
 
 
 def test_grid_through_threads_equals_core_per_configuration() -> None:
@@ -219,19 +244,19 @@ def test_grid_through_threads_equals_core_per_configuration() -> None:
     )
     history = encode(records)
     scores = score_grid(history, [c.settings for c in candidates], threads=2)
-    assert scores == [evaluate(records, c.settings) for c in candidates]
+    assert [Score.of(s) for s in scores] == [evaluate(records, c.settings) for c in candidates]
 
 
 def test_round6_matches_python_round_to_the_microsecond() -> None:
     rng = random.Random(11)
-    acc = np.zeros(11, np.int64)
+    counters = np.zeros(1, np.int64)
     waits = [0.0, 1.2, 0.1, 1.5e3, 746.496, 4.5, 33.3]
     values = [rng.randrange(10**9) + rng.choice(waits) * 1000.0 for _ in range(20_000)]
     values += [rng.randrange(2**33, 2**41) + rng.choice(waits) * 1000.0 for _ in range(5_000)]
     values += [1000 + 1.2 * 1000, 2**33 + 0.3, 1.764e12 + 90000.00000001]
     for x in values:
-        assert round6(x, acc) == round(x, 6), x
-    assert acc[A_STATUS] == 0  # no near-tie needed the core
+        assert round6(x, counters) == round(x, 6), x
+    assert counters[STATUS] == 0  # no near-tie needed the core
 
 
 def test_history_with_config_changed_is_unsupported() -> None:
@@ -266,7 +291,7 @@ def test_exact_flag_skips_the_compiled_path(monkeypatch, capsys) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the compiled path ran despite exact=True")
 
-    monkeypatch.setattr(fast, "score_grid", refuse)
+    monkeypatch.setattr(compiled_twin, "score_grid", refuse)
     exact = run_grid(h.records, candidates, processes=1, exact=True)
     assert [r.score for r in compiled] == [r.score for r in exact]
     assert capsys.readouterr().err == ""
@@ -281,8 +306,8 @@ def test_repeated_id_is_ignored_inside_the_window_and_processed_again_after_it()
     h.records.append(first)  # forgotten by now: the core counts it, the circuit opens
     core = CoreSettings().merged({"circuits": {"worker": {"failure_threshold": 2}}})
     history = encode(h.records)
-    assert history.skip[1] == 1 and history.skip[-1] == 0
-    score = score_config(history, Config(core, history))
+    assert history.inputs.skip[1] == 1 and history.inputs.skip[-1] == 0
+    score = compiled_score(history, core)
     assert score == evaluate(h.records, core)
     assert score.openings == 1
 
@@ -299,25 +324,30 @@ def test_event_ids_sharing_a_hash_are_told_apart_by_their_strings(monkeypatch) -
     honest = encode(records)
     monkeypatch.setattr(encode_module, "_id_hash", lambda event_id: 7)  # all collide
     colliding = encode(records)
-    assert (colliding.skip == honest.skip).all() and (colliding.scored == honest.scored).all()
-    assert honest.skip.any() and not honest.scored.all()  # the history has repeats
+    assert (colliding.inputs.skip == honest.inputs.skip).all()
+    assert (colliding.inputs.scored == honest.inputs.scored).all()
+    assert honest.inputs.skip.any() and not honest.inputs.scored.all()  # it has repeats
     core = CoreSettings()
-    assert score_config(colliding, Config(core, colliding)) == evaluate(records, core)
+    assert compiled_score(colliding, core) == evaluate(records, core)
 
 
 def as_columns(records: list[InputRecord], event_hash: list[int] | None = None) -> pa.Table:
     """The records as an `input_columns` table (repeats kept), with `event_hash` if given."""
     rows = [r.model_dump(mode="json") for r in records]
-    table = pa.table({c: pa.array([row.get(c) for row in rows]) for c in COLUMNS})
+    table = pa.table({c: pa.array([row.get(c) for row in rows]) for c in CIRCUIT_COLUMNS})
     if event_hash is not None:
         table = table.append_column(EVENT_HASH, pa.array(event_hash, pa.uint64()))
     return table
 
 
-def assert_same_encoding(a: object, b: object) -> None:
-    for name in (f.name for f in dataclasses.fields(a)):  # type: ignore[arg-type]
-        x, y = getattr(a, name), getattr(b, name)
-        assert np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y, name
+def assert_same_encoding(a: Encoded, b: Encoded) -> None:
+    """Equal arrays and values, wherever they were read from."""
+    for part in ("inputs", "fleet"):
+        x, y = getattr(a, part), getattr(b, part)
+        for name in x._fields:
+            u, v = getattr(x, name), getattr(y, name)
+            assert np.array_equal(u, v) if isinstance(u, np.ndarray) else u == v, name
+    assert (a.names, a.configs, a.end_ts) == (b.names, b.configs, b.end_ts)
 
 
 def test_column_event_hashes_that_collide_are_told_apart_by_their_strings() -> None:
@@ -330,7 +360,7 @@ def test_column_event_hashes_that_collide_are_told_apart_by_their_strings() -> N
     ]  # fmt: skip
     records = build(steps)
     honest = encode(records)
-    assert honest.skip.any() and not honest.scored.all()  # the history has repeats
+    assert honest.inputs.skip.any() and not honest.inputs.scored.all()  # it has repeats
     distinct = [hash(r.event_id) % 2**64 for r in records]
     for hashes in (None, distinct, [7] * len(records)):  # codes, real hashes, all collide
         assert_same_encoding(honest, encode_columns(as_columns(records, hashes)))
@@ -341,7 +371,7 @@ def test_column_event_hashes_without_repeats_keep_every_record() -> None:
     for i in range(50):
         h.failure(WORKERS[i % 3], 1_000 + i, "WORKER_CRASH", task_id=f"t{i}")
     history = encode_columns(as_columns(h.records, [hash(r.event_id) % 2**64 for r in h.records]))
-    assert not history.skip.any() and history.scored.all()
+    assert not history.inputs.skip.any() and history.inputs.scored.all()
     assert_same_encoding(encode(h.records), history)
 
 
@@ -353,7 +383,7 @@ def test_half_opening_revealed_only_by_trailing_heartbeats_counts_as_the_core_do
         {"circuits": {"worker": {"failure_threshold": 1, "recovery_timeout_s": 0.5}}}
     )
     history = encode(h.records)
-    score = score_config(history, Config(core, history))
+    score = compiled_score(history, core)
     assert score == evaluate(h.records, core)
     assert score.open_time_s == 0.5
 
@@ -380,11 +410,9 @@ def test_scores_from_duckdb_columns_equal_scores_from_its_records_and_the_core(
         stored = list(source.inputs())
         from_columns = encode_columns(source.input_columns())
     from_models = encode(stored)
-    for name in (f.name for f in dataclasses.fields(from_models)):
-        a, b = getattr(from_models, name), getattr(from_columns, name)
-        assert np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b, name
-    score = score_config(from_columns, Config(core, from_columns))
-    assert score == score_config(from_models, Config(core, from_models))
+    assert_same_encoding(from_models, from_columns)
+    score = compiled_score(from_columns, core)
+    assert score == compiled_score(from_models, core)
     assert score == evaluate(stored, core)
 
 

@@ -1,6 +1,6 @@
 """A history held as Arrow columns (a source's `input_columns`), for the tuner.
 
-The compiled path encodes straight from the columns (`encode.encode_columns`); the records
+The compiled twin encodes straight from the columns (`compiled.encode_table`); the records
 themselves are built only if something needs them (the exact path, when the compiled one
 refuses the history), from the source's validating reader.
 """

@@ -1,9 +1,9 @@
 """Replay one history under many configurations, in parallel, and rank them.
 
-The compiled path (`fast.py`, numba) runs first when it can model the history exactly;
-otherwise (or with `exact=True`) each configuration is one plain run of the core
-(`FleetCore`, the specification) and the scoring function (its fast path, `prepared.py`,
-with the input side prepared once), spread over processes (fork: the history is shared
+The compiled twin (processors/compiled, numba) scores every configuration first when it
+can replay the history exactly; otherwise (or with `exact=True`) each configuration is one
+plain run of the core (`FleetCore`, the specification) scored by `score.py` (the input
+side prepared once per attribution), spread over processes (fork: the history is shared
 copy-on-write, not pickled per task).
 """
 
@@ -22,15 +22,14 @@ from faultstream.processors.core import FleetCore
 
 from .columns import ColumnarInputs
 from .grid import Candidate
-from .prepared import PreparedHistory, prepare, score_prepared
-from .score import Score, Weights, score_history
+from .score import Outcomes, Score, Weights, outcomes, score_history, score_outcomes
 
 Progress = Callable[[int, int], None]
 
 # The history being tuned and its prepared input side (per attribution): set before the
 # worker processes fork, so they share it copy-on-write instead of receiving pickles.
 _HISTORY: Sequence[InputRecord] = ()
-_PREPARED: dict[AttributionSettings, PreparedHistory] = {}
+_PREPARED: dict[AttributionSettings, Outcomes] = {}
 
 
 def evaluate(inputs: Sequence[InputRecord], settings: CoreSettings) -> Score:
@@ -43,17 +42,17 @@ def _derive(inputs: Sequence[InputRecord], settings: CoreSettings) -> list[Deriv
     return [out for record in inputs for out in process(record)]
 
 
-def _prepared_for(settings: CoreSettings) -> PreparedHistory:
+def _prepared_for(settings: CoreSettings) -> Outcomes:
     attribution = settings.circuits.attribution
     prepared = _PREPARED.get(attribution)
     if prepared is None:
-        prepared = _PREPARED[attribution] = prepare(_HISTORY, attribution)
+        prepared = _PREPARED[attribution] = outcomes(_HISTORY, attribution)
     return prepared
 
 
 def _evaluate_in_worker(job: tuple[int, CoreSettings]) -> tuple[int, Score]:
     index, settings = job
-    return index, score_prepared(_prepared_for(settings), _derive(_HISTORY, settings))
+    return index, score_outcomes(_prepared_for(settings), _derive(_HISTORY, settings))
 
 
 @dataclass(frozen=True)
@@ -101,23 +100,23 @@ def _compiled_scores(
 ) -> list[Score] | None:
     """The numba path's scores, or None (with a one-line note) when it cannot be exact."""
     try:
-        from .encode import UnsupportedHistory, encode, encode_columns
-        from .fast import score_grid
+        import faultstream.processors.compiled as compiled
     except ImportError as exc:  # numba missing or broken: the core is always there
         print(f"tune: exact path: compiled path unavailable ({exc})", file=sys.stderr)
         return None
     try:
         if isinstance(inputs, ColumnarInputs):
-            history = encode_columns(inputs.table)
+            history = compiled.encode_table(inputs.table, commands=False)
         else:
-            history = encode(inputs)
-        return score_grid(
+            history = compiled.encode_history(inputs, commands=False)
+        totals = compiled.score_grid(
             history,
             [c.settings for c in candidates],
             threads=threads,
             progress=(lambda done: progress(done, len(candidates))) if progress else None,
         )
-    except UnsupportedHistory as exc:
+        return [Score.of(t) for t in totals]
+    except compiled.UnsupportedHistory as exc:
         print(f"tune: exact path: {exc}", file=sys.stderr)
         return None
 

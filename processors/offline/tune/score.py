@@ -19,11 +19,21 @@ from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from faultstream.events.classify import classify_message
-from faultstream.events.config import CoreSettings
+from faultstream.events.config import AttributionSettings, CoreSettings
 from faultstream.events.exceptions import ConfigError
-from faultstream.events.models import CircuitStateChanged, DerivedRecord, InputRecord, received_at
+from faultstream.events.models import (
+    CircuitStateChanged,
+    DerivedRecord,
+    FailureType,
+    InputRecord,
+    received_at,
+)
+
+if TYPE_CHECKING:  # the compiled twin needs numba; the exact path does not
+    from faultstream.processors.compiled import ScoreTotals
 
 OPEN_STATES = frozenset({"OPEN", "FORCED_OPEN"})
 _ID_FIELD = {"worker": "worker_id", "hardware_class": "hardware_class", "task_type": "task_type"}
@@ -70,6 +80,20 @@ class Score:
     open_time_s: float
     flapping: int
 
+    @classmethod
+    def of(cls, totals: ScoreTotals) -> Score:
+        """The score of the compiled twin's sums."""
+        delays = totals.delays
+        mean_delay_s = totals.delay_sum_ms / delays / 1000.0 if delays else 0.0
+        return cls(
+            totals.protected,
+            totals.withheld,
+            totals.openings,
+            mean_delay_s,
+            totals.open_ms / 1000.0,
+            totals.flapping,
+        )
+
     def total(self, weights: Weights | None = None) -> float:
         weights = weights or Weights()
         return (
@@ -84,33 +108,34 @@ class Score:
 def score_history(
     inputs: Sequence[InputRecord], derived: Sequence[DerivedRecord], settings: CoreSettings
 ) -> Score:
-    # Per circuit "kind:id": transition times, to-states and from-states, in order.
-    times: dict[str, list[int]] = defaultdict(list)
-    to_states: dict[str, list[str]] = defaultdict(list)
-    from_states: dict[str, list[str]] = defaultdict(list)
-    for record in derived:
-        if isinstance(record, CircuitStateChanged):
-            key = f"{record.circuit_kind}:{record.circuit_id}"
-            times[key].append(record.ts)
-            to_states[key].append(str(record.to_state))
-            from_states[key].append(str(record.from_state))
+    return score_outcomes(outcomes(inputs, settings.circuits.attribution), derived)
 
-    def open_at(key: str, ts: int) -> bool:
-        at = times.get(key)
-        if not at:
-            return False
-        i = bisect_left(at, ts) - 1
-        return i >= 0 and to_states[key][i] in OPEN_STATES
 
-    attribution = settings.circuits.attribution
-    failures: dict[str, list[int]] = defaultdict(list)
-    successes: dict[str, list[int]] = defaultdict(list)
+@dataclass(frozen=True)
+class Outcomes:
+    """The input side of the score: which outcomes count, on which circuits ("kind:id"),
+    when. It depends only on the history and the attribution, so many configurations'
+    derived records can be scored against one."""
+
+    end_ts: int  # the newest input's decision time
+    failures: list[tuple[int, str]]  # (ts, circuit), first occurrences in input order
+    successes: list[tuple[int, tuple[str, str, str]]]  # (ts, its three circuits)
+    fails_by_key: dict[str, list[int]]  # sorted
+    oks_by_key: dict[str, list[int]]  # sorted
+
+
+def outcomes(inputs: Sequence[InputRecord], attribution: AttributionSettings) -> Outcomes:
+    circuit_of = {ft: attribution.circuit_for(ft).value for ft in FailureType}
+    failures: list[tuple[int, str]] = []
+    successes: list[tuple[int, tuple[str, str, str]]] = []
+    fails_by_key: dict[str, list[int]] = defaultdict(list)
+    oks_by_key: dict[str, list[int]] = defaultdict(list)
     seen: set[tuple[str, str]] = set()
-    protected = withheld = 0
     end_ts = 0
     for record in inputs:
         ts = received_at(record)
-        end_ts = max(end_ts, ts)
+        if ts > end_ts:
+            end_ts = ts
         kind = record.kind
         if kind != "FAILURE" and kind != "SUCCESS":
             continue
@@ -120,30 +145,54 @@ def score_history(
         seen.add(identity)
         if kind == "FAILURE":
             failure_type = record.failure_type or classify_message(record.message)  # type: ignore[union-attr]
-            circuit_kind = attribution.circuit_for(failure_type).value
+            circuit_kind = circuit_of[failure_type]
             key = f"{circuit_kind}:{getattr(record, _ID_FIELD[circuit_kind])}"
-            failures[key].append(ts)
-            protected += open_at(key, ts)
+            failures.append((ts, key))
+            fails_by_key[key].append(ts)
         else:
             keys = (
                 f"worker:{record.worker_id}",  # type: ignore[union-attr]
                 f"hardware_class:{record.hardware_class}",  # type: ignore[union-attr]
                 f"task_type:{record.task_type}",  # type: ignore[union-attr]
             )
+            successes.append((ts, keys))
             for key in keys:
-                successes[key].append(ts)
-            withheld += any(open_at(key, ts) for key in keys)
+                oks_by_key[key].append(ts)
+    for values in (*fails_by_key.values(), *oks_by_key.values()):
+        values.sort()
+    return Outcomes(end_ts, failures, successes, dict(fails_by_key), dict(oks_by_key))
 
-    openings = flapping = 0
+
+def score_outcomes(history: Outcomes, derived: Sequence[DerivedRecord]) -> Score:
+    """The score of one configuration's derived records against the history's outcomes."""
+    # Per circuit "kind:id": transition times, to-states and from-states, in order.
+    times: dict[str, list[int]] = defaultdict(list)
+    to_states: dict[str, list[str]] = defaultdict(list)
+    from_states: dict[str, list[str]] = defaultdict(list)
+    for record in derived:
+        if isinstance(record, CircuitStateChanged):
+            key = f"{record.circuit_kind}:{record.circuit_id}"
+            times[key].append(record.ts)
+            to_states[key].append(record.to_state.value)
+            from_states[key].append(record.from_state.value)
+
+    def open_at(key: str, ts: int) -> bool:
+        at = times.get(key)
+        if not at:  # only circuits that ever changed state can be open
+            return False
+        i = bisect_left(at, ts) - 1
+        return i >= 0 and to_states[key][i] in OPEN_STATES
+
+    protected = sum(open_at(key, ts) for ts, key in history.failures)
+    withheld = sum(any(open_at(key, ts) for key in keys) for ts, keys in history.successes)
+    openings = flapping = open_ms = 0
     delays: list[int] = []
-    open_ms = 0
+    empty: list[int] = []
     for key, at in times.items():
         to, frm = to_states[key], from_states[key]
-        fails = sorted(failures.get(key, ()))
-        oks = sorted(successes.get(key, ()))
         for i, ts in enumerate(at):
             if to[i] in OPEN_STATES:
-                end = at[i + 1] if i + 1 < len(at) else max(end_ts, ts)
+                end = at[i + 1] if i + 1 < len(at) else max(history.end_ts, ts)
                 open_ms += max(0, end - ts)
             if to[i] != "OPEN":
                 continue
@@ -151,6 +200,8 @@ def score_history(
             if frm[i] == "HALF_OPEN":
                 flapping += 1
             elif frm[i] == "CLOSED":
+                fails = history.fails_by_key.get(key, empty)
+                oks = history.oks_by_key.get(key, empty)
                 delays.append(_detection_delay(ts, at[i - 1] if i else None, fails, oks))
     mean_delay_s = sum(delays) / len(delays) / 1000.0 if delays else 0.0
     return Score(protected, withheld, openings, mean_delay_s, open_ms / 1000.0, flapping)

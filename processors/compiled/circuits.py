@@ -1,0 +1,211 @@
+"""One circuit's rules in the compiled twin (circuit.py): outcomes counted, transitions,
+backoff and the half-open due moment, the operator's actions, and the fleet guard's
+"would this failure open the worker's circuit" check (fleet.py `_on_failure`).
+
+A transition is where the observers meet: the fleet guard's count of open workers per
+class follows it, the scorer scores it (`score.py`), the figures marks note it
+(`figures.py`), and the log records it (`materialize.py`), as the state's flags ask.
+"""
+
+from __future__ import annotations
+
+from .codes import (
+    BACKOFF_EXHAUSTED,
+    CLOSED,
+    FORCE_OPEN,
+    FORCED_OPEN,
+    HALF_OPEN,
+    OPEN,
+    WORKER,
+    openish,
+)
+from .figures import mark, mark_transition
+from .heap import push_due, sort_key
+from .jit import inlined_step, step
+from .log import log_row
+from .moments import ceil_ms, round6
+from .score import observe_transition
+from .state import (
+    BY_FORCE_OPEN,
+    BY_RESET,
+    CLASS,
+    CONSECUTIVE_FAILURES,
+    DUE_MS,
+    EXISTS,
+    FAILED_HALF_OPEN,
+    FROM_STATE,
+    GENERATION,
+    HALF_OPEN_SUCCESSES,
+    LIVE,
+    LOST,
+    NO_BLAME,
+    OPENED,
+    REASON,
+    REASON_BLAME,
+    REASON_FAILURE_TYPE,
+    RESET_TIMEOUT,
+    STATE,
+    STATUS,
+    SUCCESSES,
+    THRESHOLD,
+    TO_STATE,
+    TOTAL_FAILURES,
+    TOTAL_SUCCESSES,
+    TOTAL_TRIPS,
+    TRANSITION,
+    TRANSITION_CIRCUIT,
+    TRANSITION_FAILURES,
+    TRANSITION_PROBES,
+    TRANSITION_TOTAL_TRIPS,
+    TRANSITION_TRIPS,
+    TRIPS,
+    VERSION,
+)
+
+
+@step
+def become(run, state, c, to_state, ts, reason, failure_type, blame) -> None:
+    """Circuit `c` changes state at `ts`, with its counters as they are now."""
+    circuits = state.circuits
+    from_state = circuits[c, STATE]
+    if state.scoring:
+        observe_transition(state, run.scoring, c, from_state, to_state, ts)
+    circuits[c, STATE] = to_state
+    circuits[c, GENERATION] += 1
+    w = run.fleet.circuit_worker[c]
+    workers = state.workers
+    if w >= 0 and workers[w, EXISTS] == 1 and workers[w, LOST] == 0:
+        state.classes[workers[w, CLASS], OPENED] += openish(to_state) - openish(from_state)
+    if state.figures:
+        mark_transition(run, state, c)
+    if not state.derive:
+        return
+    row = log_row(state, TRANSITION, ts)
+    if row < 0:
+        return
+    log = state.log
+    log[row, TRANSITION_CIRCUIT] = c
+    log[row, FROM_STATE] = from_state
+    log[row, TO_STATE] = to_state
+    log[row, TRANSITION_FAILURES] = circuits[c, CONSECUTIVE_FAILURES]
+    log[row, TRANSITION_TRIPS] = circuits[c, TRIPS]
+    log[row, TRANSITION_TOTAL_TRIPS] = circuits[c, TOTAL_TRIPS]
+    log[row, TRANSITION_PROBES] = circuits[c, HALF_OPEN_SUCCESSES]
+    log[row, REASON] = reason
+    log[row, REASON_FAILURE_TYPE] = failure_type
+    log[row, REASON_BLAME] = blame
+    state.log_floats[row, RESET_TIMEOUT] = state.reset_timeout_s[c]
+
+
+@step
+def _reset_counters(run, state, c) -> None:
+    """Every counter but the totals back to 0, the timeout back to the configured one."""
+    circuits = state.circuits
+    circuits[c, CONSECUTIVE_FAILURES] = 0
+    circuits[c, HALF_OPEN_SUCCESSES] = 0
+    circuits[c, TRIPS] = 0
+    version = state.counters[VERSION]
+    state.reset_timeout_s[c] = run.rules.recovery_timeout_s[version, run.fleet.circuit_rank[c]]
+
+
+@step
+def close(run, state, c, ts, reason) -> None:
+    _reset_counters(run, state, c)
+    become(run, state, c, CLOSED, ts, reason, -1, NO_BLAME)
+
+
+@step
+def count_failure(run, state, c, ts, failure_type, blame) -> None:
+    """`Circuit.on_failure` on `c` at `ts` and, when it opens, its half-open due moment."""
+    if state.figures:
+        mark(state, c)
+    circuits = state.circuits
+    circuits[c, TOTAL_FAILURES] += 1
+    circuit_state = circuits[c, STATE]
+    rank = run.fleet.circuit_rank[c]
+    version = state.counters[VERSION]
+    rules = run.rules
+    if circuit_state == CLOSED:
+        circuits[c, CONSECUTIVE_FAILURES] += 1
+        if circuits[c, CONSECUTIVE_FAILURES] < rules.failure_threshold[version, rank]:
+            return
+        reason = THRESHOLD
+    elif circuit_state == HALF_OPEN:
+        reason = FAILED_HALF_OPEN
+    else:
+        return
+    trips = circuits[c, TRIPS] + 1
+    circuits[c, TRIPS] = trips
+    circuits[c, TOTAL_TRIPS] += 1
+    circuits[c, HALF_OPEN_SUCCESSES] = 0
+    step = trips - 1
+    if step >= rules.backoff_len[version, rank]:
+        if rules.backoff_done[version, rank] == 0:
+            state.counters[STATUS] = BACKOFF_EXHAUSTED
+            return
+        step = rules.backoff_len[version, rank] - 1
+    reset_timeout_s = rules.backoff_s[version, rank, step]
+    state.reset_timeout_s[c] = reset_timeout_s
+    due = round6(ts + reset_timeout_s * 1000.0, state.counters)
+    circuits[c, DUE_MS] = ceil_ms(due)
+    become(run, state, c, OPEN, ts, reason, failure_type, blame)
+    push_due(state, due, sort_key(run.fleet.circuit_order[c], rank), c, circuits[c, GENERATION])
+
+
+@inlined_step
+def count_success(run, state, c, ts) -> None:
+    """`Circuit.on_success` on `c` at `ts`."""
+    if state.figures:
+        mark(state, c)
+    circuits = state.circuits
+    circuits[c, TOTAL_SUCCESSES] += 1
+    circuit_state = circuits[c, STATE]
+    if circuit_state == CLOSED:
+        circuits[c, CONSECUTIVE_FAILURES] = 0
+    elif circuit_state == HALF_OPEN:
+        circuits[c, HALF_OPEN_SUCCESSES] += 1
+        version = state.counters[VERSION]
+        threshold = run.rules.success_threshold[version, run.fleet.circuit_rank[c]]
+        if circuits[c, HALF_OPEN_SUCCESSES] >= threshold:
+            close(run, state, c, ts, SUCCESSES)
+
+
+@step
+def operate(run, state, c, action, ts) -> None:
+    """An operator's FORCE_OPEN or RESET of circuit `c` at `ts`."""
+    if state.figures:
+        mark(state, c)  # a RESET of a CLOSED circuit zeroes counters, silently
+    circuit_state = state.circuits[c, STATE]
+    if action == FORCE_OPEN:
+        if circuit_state == CLOSED:
+            version = state.counters[VERSION]
+            state.reset_timeout_s[c] = run.rules.recovery_timeout_s[
+                version, run.fleet.circuit_rank[c]
+            ]
+        if circuit_state != FORCED_OPEN:
+            become(run, state, c, FORCED_OPEN, ts, BY_FORCE_OPEN, -1, NO_BLAME)
+    elif circuit_state == CLOSED:
+        _reset_counters(run, state, c)
+    else:
+        close(run, state, c, ts, BY_RESET)
+
+
+@step
+def fleet_guard_holds(run, state, worker_circuit, hardware_class) -> bool:
+    """Would one more failure open this worker's circuit, and would that leave more than
+    max_open_fraction of its class's live workers open, in a class of at least
+    guard_min_workers live workers? (Then the class is blamed, not the worker.)"""
+    circuits = state.circuits
+    version = state.counters[VERSION]
+    rules = run.rules
+    circuit_state = circuits[worker_circuit, STATE]
+    would_open = circuit_state == HALF_OPEN or (
+        circuit_state == CLOSED
+        and circuits[worker_circuit, CONSECUTIVE_FAILURES] + 1
+        >= rules.failure_threshold[version, WORKER]
+    )
+    if not would_open:
+        return False
+    live = state.classes[hardware_class, LIVE]
+    opened = state.classes[hardware_class, OPENED]
+    return live >= rules.guard_min[version] and (opened + 1) / live > rules.guard_fraction[version]

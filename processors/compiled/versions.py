@@ -1,0 +1,108 @@
+"""The settings a replay runs under, as tables the kernel indexes by settings version.
+
+Version 0 is the initial settings; each CONFIG_CHANGED the core applies makes the next
+one. `CoreSettings.merged` depends only on the settings in force, never on the core's
+state, so every version is resolved here, before the replay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from faultstream.events.config import CoreSettings
+from faultstream.events.exceptions import ConfigError
+from faultstream.events.models import CircuitKind
+from faultstream.processors.core.circuit import CircuitParams
+
+from .codes import BACKOFF_STEPS, attribution_ranks
+
+
+class Rules(NamedTuple):
+    """Every settings version's numbers, and where the history switches between them."""
+
+    # int64 per input: the version a CONFIG_CHANGED switches to, else -1 (empty when the
+    # history holds no CONFIG_CHANGED: the kernel reads it at those records only)
+    config_version: np.ndarray
+    failure_threshold: np.ndarray  # int64 [version, rank]
+    success_threshold: np.ndarray  # int64 [version, rank]
+    recovery_timeout_s: np.ndarray  # float64 [version, rank]
+    backoff_s: np.ndarray  # float64 [version, rank, step]: reset_timeout_s after trip step+1
+    backoff_len: np.ndarray  # int64 [version, rank]
+    backoff_done: np.ndarray  # int64 [version, rank]: 1 = the last step repeats forever
+    ranks: np.ndarray  # int64 [version, failure type]: the rank of the circuit it counts on
+    max_retries: np.ndarray  # int64 [version]
+    heartbeat_ms: np.ndarray  # float64 [version]: heartbeat_timeout_s x 1000
+    guard_fraction: np.ndarray  # float64 [version]: the fleet guard's max_open_fraction
+    guard_min: np.ndarray  # int64 [version]: the fleet guard's guard_min_workers
+
+
+@dataclass(frozen=True)
+class Versions:
+    settings: list[CoreSettings]  # by version
+    rules: Rules
+
+
+_NO_SWITCHES = np.zeros(0, np.int64)
+
+
+def settings_versions(
+    initial: CoreSettings, configs: list[tuple[int, dict[str, Any]]], skip: np.ndarray
+) -> Versions:
+    """The settings after each CONFIG_CHANGED (`configs`: record index, config) the core
+    applies: a repeat (`skip`) is not applied, an invalid one is ignored as FleetCore
+    ignores it."""
+    settings = [initial]
+    config_version = np.full(len(skip), -1, np.int64) if configs else _NO_SWITCHES
+    for i, config in configs:
+        if skip[i]:
+            continue
+        try:
+            settings.append(settings[-1].merged(config))
+        except ConfigError:
+            continue
+        config_version[i] = len(settings) - 1
+    return Versions(settings, _rules(settings, config_version))
+
+
+def _rules(settings: list[CoreSettings], config_version: np.ndarray) -> Rules:
+    n = len(settings)
+    params = [[CircuitParams.of(s.circuits.for_kind(k)) for k in CircuitKind] for s in settings]
+    backoffs = [[_backoff(p) for p in row] for row in params]
+    width = max(len(table) for row in backoffs for table, _ in row)
+    backoff_s = np.zeros((n, 3, width))
+    backoff_len = np.zeros((n, 3), np.int64)
+    backoff_done = np.zeros((n, 3), np.int64)
+    for v, row in enumerate(backoffs):
+        for rank, (table, done) in enumerate(row):
+            backoff_s[v, rank, : len(table)] = table
+            backoff_len[v, rank] = len(table)
+            backoff_done[v, rank] = done
+    return Rules(
+        config_version,
+        np.array([[p.failure_threshold for p in row] for row in params], np.int64),
+        np.array([[p.success_threshold for p in row] for row in params], np.int64),
+        np.array([[p.recovery_timeout_s for p in row] for row in params], np.float64),
+        backoff_s,
+        backoff_len,
+        backoff_done,
+        np.array([attribution_ranks(s.circuits.attribution) for s in settings], np.int64),
+        np.array([s.recovery.max_retries for s in settings], np.int64),
+        np.array([s.recovery.heartbeat_timeout_s * 1000.0 for s in settings], np.float64),
+        np.array([s.circuits.worker.max_open_fraction for s in settings], np.float64),
+        np.array([s.circuits.worker.guard_min_workers for s in settings], np.int64),
+    )
+
+
+def _backoff(params: CircuitParams) -> tuple[list[float], bool]:
+    """`reset_timeout_s` for trips 1, 2, … by the core's own `backoff_s`; complete once it
+    stays at the cap (every later trip waits the same)."""
+    table: list[float] = []
+    cap = params.max_reset_timeout_s
+    for trips in range(1, BACKOFF_STEPS + 1):
+        table.append(params.backoff_s(trips))
+        if params.reset_timeout_factor == 1.0 or table[-1] == cap:
+            return table, True
+    return table, False

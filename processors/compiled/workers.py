@@ -1,0 +1,204 @@
+"""Workers in the compiled twin (fleet.py `process`, `_new_worker`, `_move_class`,
+`_lose_worker`; workers.py): a worker event keeps its worker alive in its class, a lost
+worker counts one WORKER_DISCONNECTION and its started tasks migrate, and the members of
+each class (kept in id order) give a moved task its target worker."""
+
+from __future__ import annotations
+
+from .circuits import count_failure
+from .codes import (
+    CLOSED,
+    STRATEGY_CODE,
+    TASK_TYPE,
+    WORKER,
+    WORKER_DISCONNECTION,
+    openish,
+)
+from .figures import mark
+from .jit import inlined_step, step
+from .log import log_row
+from .moments import ceil_ms
+from .state import (
+    ATTEMPT,
+    BLAME_LOST,
+    CHECKPOINT_SEQ,
+    CLASS,
+    CONSECUTIVE_FAILURES,
+    EXISTS,
+    HAS_CHECKPOINT,
+    HAS_TARGET_CHECKPOINT,
+    LIVE,
+    LOSS_DUE_MS,
+    LOST,
+    MIGRATED_START,
+    MIGRATED_WORKER,
+    MIGRATION,
+    OPENED,
+    RUNNING,
+    STARTED,
+    STARTED_BY,
+    STATE,
+    STRATEGY,
+    TARGET,
+    TARGET_CHECKPOINT,
+    VERSION,
+)
+
+DIFFERENT_WORKER = STRATEGY_CODE["DIFFERENT_WORKER"]
+ESCALATION = STRATEGY_CODE["ESCALATION"]
+
+
+@step
+def _join(run, state, c, w) -> None:
+    """Insert worker `w` into class `c`'s members, kept in id order."""
+    members, order = state.members, run.fleet.worker_order
+    start = run.fleet.class_offsets[c]
+    at = start + state.member_counts[c]
+    while at > start and order[members[at - 1]] > order[w]:
+        members[at] = members[at - 1]
+        at -= 1
+    members[at] = w
+    state.member_counts[c] += 1
+
+
+@step
+def _leave(run, state, c, w) -> None:
+    members = state.members
+    start = run.fleet.class_offsets[c]
+    end = start + state.member_counts[c]
+    at = start
+    while members[at] != w:
+        at += 1
+    for j in range(at, end - 1):
+        members[j] = members[j + 1]
+    state.member_counts[c] -= 1
+
+
+@inlined_step
+def arrive(run, state, w, class_circuit) -> None:
+    """A worker event from `w`, reporting class `class_circuit`: it is known, in that class, and
+    alive; the fleet guard's counts of the classes follow."""
+    workers, classes = state.workers, state.classes
+    worker_circuit = run.fleet.worker_circuit[w]
+    opened = openish(state.circuits[worker_circuit, STATE])
+    if workers[w, EXISTS] == 0:
+        workers[w, EXISTS] = 1
+        workers[w, CLASS] = class_circuit
+        if state.derive:
+            _join(run, state, class_circuit, w)
+        classes[class_circuit, LIVE] += 1
+        classes[class_circuit, OPENED] += opened
+        if state.figures:
+            mark(state, worker_circuit)
+            mark(state, class_circuit)
+        return
+    if class_circuit != workers[w, CLASS]:
+        old = workers[w, CLASS]
+        if state.derive:
+            _leave(run, state, old, w)
+            _join(run, state, class_circuit, w)
+        if workers[w, LOST] == 0:
+            classes[old, LIVE] -= 1
+            classes[old, OPENED] -= opened
+            classes[class_circuit, LIVE] += 1
+            classes[class_circuit, OPENED] += opened
+        workers[w, CLASS] = class_circuit
+        if state.figures:
+            mark(state, old)
+            mark(state, class_circuit)
+            mark(state, worker_circuit)
+    if workers[w, LOST] == 1:  # back from lost
+        workers[w, LOST] = 0
+        classes[class_circuit, LIVE] += 1
+        classes[class_circuit, OPENED] += opened
+        if state.figures:
+            mark(state, worker_circuit)
+            mark(state, class_circuit)
+
+
+@step
+def pick_target(run, state, c, failed) -> int:
+    """workers.py `pick_target`: the healthiest live CLOSED worker of class `c` but
+    `failed`, ties by id (the first of the id-ordered members with the fewest consecutive
+    failures, capped at 3 as health is); -1 for none."""
+    if c < 0:
+        return -1
+    best = -1
+    best_failures = 3
+    start = run.fleet.class_offsets[c]
+    for j in range(start, start + state.member_counts[c]):
+        m = state.members[j]
+        cm = run.fleet.worker_circuit[m]
+        if state.workers[m, LOST] == 1 or state.circuits[cm, STATE] != CLOSED or m == failed:
+            continue
+        failures = state.circuits[cm, CONSECUTIVE_FAILURES]
+        if failures == 0:
+            return m
+        failures = min(failures, 3)
+        if best < 0 or failures < best_failures:
+            best = m
+            best_failures = failures
+    return best
+
+
+@step
+def lose_worker(run, state, loss) -> None:
+    """The loss `loss` (of `Visits`): its worker leaves its class's live count, one
+    WORKER_DISCONNECTION is counted (on the circuit the attribution names: for task_type,
+    each task type it had started), and each started task migrates."""
+    visits, fleet = run.visits, run.fleet
+    w = visits.lost_worker[loss]
+    at = visits.lost_at[loss]
+    workers, classes = state.workers, state.classes
+    workers[w, LOST] = 1
+    home = workers[w, CLASS]
+    worker_circuit = fleet.worker_circuit[w]
+    classes[home, LIVE] -= 1
+    classes[home, OPENED] -= openish(state.circuits[worker_circuit, STATE])
+    if state.figures:
+        mark(state, worker_circuit)
+        mark(state, home)
+    rank = run.rules.ranks[state.counters[VERSION], WORKER_DISCONNECTION]
+    first, end = 0, 1  # one circuit, or (for task_type) each task type it had started
+    if rank == TASK_TYPE:
+        first = visits.lost_types_end[loss - 1] if loss > 0 else 0
+        end = visits.lost_types_end[loss]
+    for q in range(first, end):
+        c = worker_circuit if rank == WORKER else home
+        if rank == TASK_TYPE:
+            c = visits.lost_types[q]
+        count_failure(run, state, c, at, WORKER_DISCONNECTION, BLAME_LOST)
+    if state.derive and workers[w, STARTED] > 0:
+        _migrate(run, state, w, home, ceil_ms(visits.lost_due[loss]), at)
+
+
+@step
+def _migrate(run, state, w, home, due_ms, at) -> None:
+    """Lost worker `w`'s started tasks, in task_id order: each moved to another worker of
+    its class with its checkpoint, or escalated at max_retries."""
+    fleet, started, checkpoints, log = run.fleet, state.started, state.checkpoints, state.log
+    max_retries = run.rules.max_retries[state.counters[VERSION]]
+    for q in range(fleet.worker_pairs_offsets[w], fleet.worker_pairs_offsets[w + 1]):
+        p = fleet.worker_pairs[q]
+        if started[p, RUNNING] == 0:
+            continue
+        started[p, RUNNING] = 0
+        key = fleet.pair_task_key[p]
+        row = log_row(state, MIGRATION, at)
+        if row < 0:
+            return
+        log[row, MIGRATED_START] = started[p, STARTED_BY]
+        log[row, MIGRATED_WORKER] = fleet.worker_circuit[w]
+        log[row, LOSS_DUE_MS] = due_ms
+        log[row, HAS_TARGET_CHECKPOINT] = 0
+        log[row, TARGET] = -1
+        if started[p, ATTEMPT] >= max_retries:
+            log[row, STRATEGY] = ESCALATION
+            checkpoints[key, HAS_CHECKPOINT] = 0
+        else:
+            log[row, STRATEGY] = DIFFERENT_WORKER
+            log[row, HAS_TARGET_CHECKPOINT] = checkpoints[key, HAS_CHECKPOINT]
+            log[row, TARGET_CHECKPOINT] = checkpoints[key, CHECKPOINT_SEQ]
+            target = pick_target(run, state, home, w)
+            log[row, TARGET] = fleet.worker_circuit[target] if target >= 0 else -1
+    state.workers[w, STARTED] = 0
