@@ -32,6 +32,7 @@ EXPECTED = {
     "commands": (6, "delete"),
     "dlq": (6, "delete"),
     "ordered": (1, "delete"),
+    "figures": (6, "compact,delete"),
 }
 
 
