@@ -108,7 +108,7 @@ def test_record_the_fleet_did_not_send_stops_the_lockstep_with_an_error_naming_i
                 )
             )
             # Wherever the intruder lands among the fleet's records, the wait names it.
-            with pytest.raises(LockstepError, match="decisions holds wall-clock-tick where"):
+            with pytest.raises(LockstepError, match="ordered holds wall-clock-tick where"):
                 bridge.send_control(Tick(event_id="fleet-tick-1", ts=20))
                 bridge.finish()
         finally:
