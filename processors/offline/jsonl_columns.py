@@ -196,7 +196,7 @@ def _configs(buf: np.ndarray, lines: np.ndarray, rows: np.ndarray, n: int) -> pa
 
 def event_hashes(event_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A 64-bit hash of each event id (equal ids, equal hashes): the encoders' cheap repeat
-    finder, every repeat re-checked on the strings (processors/offline/tune/encode.py)."""
+    finder, every repeat re-checked on the strings (processors/compiled/encode.py)."""
     if isinstance(event_ids, pa.ChunkedArray):
         event_ids = event_ids.combine_chunks()
     _, offsets, data = event_ids.buffers()
