@@ -46,6 +46,7 @@ from faultstream.events.models import (
     Tick,
     WorkerEvent,
 )
+from faultstream.processors.offline.jsonl_columns import records_to_columns as scanner_rows
 from faultstream.processors.offline.sources import REPLAY_COLUMNS
 
 _TYPES = {
@@ -463,27 +464,6 @@ def event_hashes(event_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def records_to_columns(
     records: Iterable[InputRecord], columns: Sequence[str] = REPLAY_COLUMNS
 ) -> pa.Table:
-    """The same table built from validated records, one Python row at a time (as
-    jsonl_columns.records_to_columns, with this module's event hash): the rows of the
-    lines pydantic parses."""
-    rows = [_row(record) for record in records]
-    built = {
-        name: pa.array([row.get(name) for row in rows], _TYPES[name])
-        for name in columns
-        if name != "event_hash"
-    }
-    if "event_hash" in columns:
-        ids = pa.array([row["event_id"] for row in rows], pa.string())
-        built["event_hash"] = pa.array(event_hashes(ids), pa.uint64())
-    return pa.table([built[c] for c in columns], schema=_schema(columns))
-
-
-def _row(record: InputRecord) -> dict:
-    row = record.model_dump(exclude={"attributes", "checkpoint_state"})
-    row["kind"] = str(record.kind)
-    if isinstance(record, WorkerEvent):
-        row["batch_size"] = record.attributes.get("batch_size")
-        row["precision"] = record.attributes.get("precision")
-    if isinstance(record, ConfigChanged):
-        row["config"] = json.dumps(record.config, sort_keys=True)
-    return {key: str(v) if hasattr(v, "value") else v for key, v in row.items()}
+    """The same table built from validated records (the scanner's specification, with
+    this module's event hash): the rows of the lines pydantic parses."""
+    return scanner_rows(records, columns, hashes=event_hashes).cast(_schema(columns))
