@@ -19,7 +19,7 @@ from faultstream.events.kafka_clients import (
     ssl_context,
 )
 
-log = logging.getLogger("faultstream.events.kafka_clients")
+log = logging.getLogger(__name__)
 
 
 def faust_app_kwargs(kafka: KafkaSettings) -> dict[str, Any]:

@@ -227,7 +227,7 @@ def test_processor_names_client_properties_that_do_not_reach_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     kafka = secured(client={"socket.keepalive.enable": True, "linger.ms": 5})
-    with caplog.at_level(logging.WARNING, logger="faultstream.events.kafka_clients"):
+    with caplog.at_level(logging.WARNING, logger="faultstream.processors.stream.connection"):
         faust_app_kwargs(kafka)
     assert caplog.messages == [
         "kafka.client: linger.ms, socket.keepalive.enable reach only the librdkafka clients "
