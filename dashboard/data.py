@@ -20,6 +20,7 @@ from faultstream.events.classify import classify_message
 from faultstream.events.config import CoreSettings, Settings, load_settings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.models import FailureType
+from faultstream.projections.alerts import FIRING_SQL, has_alerts_table
 from faultstream.projections.queries import History
 
 from . import DB_ENV, READ_MODELS_ENV
@@ -181,6 +182,22 @@ def events_per_minute(_history: History, key: str, stamp: int, now: int) -> pd.D
         f"SELECT epoch_ms(ts // {MINUTE_MS} * {MINUTE_MS}) AS minute, kind, count(*) AS events "
         "FROM events WHERE ts >= ? GROUP BY ALL ORDER BY ALL",
         [now - HOUR_MS],
+    )
+
+
+_FIRING_COLUMNS = ["since", "since_ms", "severity", "rule", "subject", "message", "alert_id"]
+
+
+@_cached
+def firing_alerts(_history: History, key: str, stamp: int) -> pd.DataFrame:
+    """The alerts firing now, newest first; none in a history older than alerts."""
+    if not has_alerts_table(_history):
+        return pd.DataFrame(columns=_FIRING_COLUMNS)
+    return query(
+        _history,
+        "SELECT epoch_ms(ts) AS since, ts AS since_ms, severity, rule, "
+        "subject_kind || ':' || subject_id AS subject, message, alert_id "
+        f"FROM ({FIRING_SQL}) ORDER BY ts DESC, alert_id",
     )
 
 

@@ -35,7 +35,9 @@ DLQ = "dlq"
 ORDERED = "ordered"
 # What the core counts on each circuit, published at each TICK for the circuits it changed.
 FIGURES = "figures"
-LOGICAL_TOPICS = (EVENTS, CONTROL, CIRCUITS, COMMANDS, DLQ, ORDERED, FIGURES)
+# What an operator should know now: the core's alerts, FIRING and RESOLVED, keyed by alert_id.
+ALERTS = "alerts"
+LOGICAL_TOPICS = (EVENTS, CONTROL, CIRCUITS, COMMANDS, DLQ, ORDERED, FIGURES, ALERTS)
 
 # Kafka's defaults (a producer request of 1,000,000 bytes, a topic batch of about 1 MiB)
 # are below the contract's largest record: a CHECKPOINT with 1 MiB of state, plus its other
@@ -151,6 +153,9 @@ def topic_specs(kafka: KafkaSettings, brokers: int = 1) -> list[TopicSpec]:
         DLQ: large,
         ORDERED: large,
         FIGURES: _figures_config(retention),
+        # Not compacted: a RESOLVED record would supersede the FIRING one it ends, and a
+        # webhook consumer behind by then would never deliver the FIRING.
+        ALERTS: retention,
     }
     return [
         TopicSpec(

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from .exceptions import DecodeError, InvalidEventError
 from .models import (
+    Alert,
     CircuitFigures,
     CircuitStateChanged,
     ConfigChanged,
@@ -41,6 +42,7 @@ DEFAULT_SCHEMA_IDS: dict[str, int] = {
     "recovery_command": 4,
     "dead_letter": 6,
     "circuit_figures": 7,
+    "alert": 8,
 }
 # Fixed ids that earlier releases wrote before fields were added to a schema: such a record
 # is read with that earlier writer schema (ours minus the fields added since), and Avro
@@ -56,6 +58,7 @@ SCHEMA_TOPICS: dict[str, str] = {
     "recovery_command": "commands",
     "dead_letter": "dlq",
     "circuit_figures": "figures",
+    "alert": "alerts",
 }
 _SCHEMA_OF_MODEL: dict[type[BaseModel], str] = {
     WorkerEvent: "worker_event",
@@ -66,6 +69,7 @@ _SCHEMA_OF_MODEL: dict[type[BaseModel], str] = {
     RecoveryCommand: "recovery_command",
     DeadLetter: "dead_letter",
     CircuitFigures: "circuit_figures",
+    Alert: "alert",
 }
 _CONTROL_MODELS: dict[str, type[BaseModel]] = {
     "TICK": Tick,
@@ -241,6 +245,7 @@ _MODEL_OF_SCHEMA: dict[str, type[BaseModel]] = {
     "recovery_command": RecoveryCommand,
     "dead_letter": DeadLetter,
     "circuit_figures": CircuitFigures,
+    "alert": Alert,
 }
 
 

@@ -57,6 +57,13 @@ class CircuitSettings(BaseModel):
     max_reset_timeout_s: float = Field(600, gt=0, le=MAX_TIMEOUT_S)
     success_threshold: int = Field(3, gt=0)
     half_open_max_calls: int = Field(3, gt=0)
+    # A sliding window of outcomes (resilience4j): off while both thresholds are 0.
+    failure_rate_threshold: float = Field(0, ge=0, le=100)  # percent; 0 = off
+    sliding_window_type: Literal["count", "time"] = "count"
+    sliding_window_size: float = Field(100, gt=0, le=MAX_TIMEOUT_S)  # outcomes or seconds
+    minimum_number_of_calls: int = Field(20, gt=0)
+    slow_call_duration_s: float = Field(0, ge=0, le=MAX_TIMEOUT_S)  # 0 = off
+    slow_call_rate_threshold: float = Field(100, gt=0, le=100)  # percent
 
     @model_validator(mode="after")
     def _half_open_can_close(self) -> CircuitSettings:
@@ -68,12 +75,36 @@ class CircuitSettings(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _window_can_fill(self) -> CircuitSettings:
+        if self.sliding_window_type == "count":
+            size = self.sliding_window_size
+            if size != int(size):
+                raise ValueError(f"sliding_window_size ({size:g}) must be a whole count")
+            if self.window_on and size < self.minimum_number_of_calls:
+                raise ValueError(
+                    f"sliding_window_size ({size:g}) is below minimum_number_of_calls "
+                    f"({self.minimum_number_of_calls}): the failure-rate and slow-call "
+                    "rules could never judge"
+                )
+        return self
+
+    @property
+    def window_on(self) -> bool:
+        """Whether the failure-rate or slow-call rule needs the sliding window."""
+        return self.failure_rate_threshold > 0 or self.slow_call_duration_s > 0
+
 
 class WorkerCircuitSettings(CircuitSettings):
     """Worker circuits add the fleet guard (CIRCUITS.md, after Envoy's max ejection %)."""
 
     max_open_fraction: float = Field(0.5, gt=0, le=1)
     guard_min_workers: int = Field(4, ge=1)
+    # Outlier ejection (Envoy's success-rate outlier detection); 0 = off, Envoy uses 1.9.
+    outlier_stdev_factor: float = Field(0, ge=0, le=100)
+    outlier_interval_s: float = Field(60, gt=0, le=MAX_TIMEOUT_S)
+    outlier_minimum_hosts: int = Field(5, gt=0)
+    outlier_request_volume: int = Field(10, gt=0)
 
 
 def _hardware_class_defaults() -> CircuitSettings:
@@ -162,6 +193,37 @@ class RecoverySettings(BaseModel):
 
     max_retries: int = Field(3, ge=0)
     heartbeat_timeout_s: float = Field(30, gt=0, le=MAX_TIMEOUT_S)
+    # Choose the ladder's rung from measured success (CIRCUITS.md "Adaptive ladders").
+    adaptive: bool = False
+    adaptive_min_samples: int = Field(20, gt=0)
+
+
+class AlertRules(BaseModel):
+    """The alert rules the core judges; a number of 0 turns its rule off."""
+
+    model_config = _STRICT
+
+    class_capacity_below: float = Field(50, ge=0, le=100)  # percent of live workers
+    open_longer_than_s: float = Field(900, ge=0, le=MAX_TIMEOUT_S)
+    escalations: bool = True
+    fleet_health_below: float = Field(70, ge=0, le=100)
+    clock_skew: bool = True
+
+
+class AlertSettings(AlertRules):
+    """`[alerts]`: the rules, and where `faultstream alerts` posts them."""
+
+    webhook_url: str = ""
+
+    def rules(self) -> AlertRules:
+        return AlertRules(**self.model_dump(exclude={"webhook_url"}))
+
+
+class ClockSettings(BaseModel):
+    model_config = _STRICT
+
+    # A worker whose clock is further than this from the broker's is reported.
+    max_skew_s: float = Field(120, gt=0, le=MAX_TIMEOUT_S)
 
 
 class CoreSettings(BaseModel):
@@ -171,6 +233,8 @@ class CoreSettings(BaseModel):
 
     circuits: CircuitsSettings = Field(default_factory=CircuitsSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
+    alerts: AlertRules = Field(default_factory=AlertRules)
+    clock: ClockSettings = Field(default_factory=ClockSettings)
 
     def merged(self, changes: dict[str, Any]) -> CoreSettings:
         """These settings with `changes` (a nested, possibly partial mapping) applied."""
@@ -374,6 +438,8 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     circuits: CircuitsSettings = Field(default_factory=CircuitsSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    clock: ClockSettings = Field(default_factory=ClockSettings)
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
     emitter: EmitterSettings = Field(default_factory=EmitterSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
@@ -383,7 +449,12 @@ class Settings(BaseSettings):
 
     @property
     def core(self) -> CoreSettings:
-        return CoreSettings(circuits=self.circuits, recovery=self.recovery)
+        return CoreSettings(
+            circuits=self.circuits,
+            recovery=self.recovery,
+            alerts=self.alerts.rules(),
+            clock=self.clock,
+        )
 
     @classmethod
     def settings_customise_sources(

@@ -73,5 +73,12 @@ def fleet_aggregate(circuits: Iterable[tuple[CircuitState | str, float]]) -> Fle
         half_open_circuits=half_open,
         closed_circuits=closed,
         average_health=round(health_sum / total, 6),
-        overall_health=round(100 - (opened + 0.4 * half_open) / total * 100, 6),
+        overall_health=overall_health(total, opened, half_open),
     )
+
+
+def overall_health(total: int, opened: int, half_open: int) -> float:
+    """`100 - (open + 0.4 x half_open) / total x 100`; 100 for an empty fleet."""
+    if total == 0:
+        return 100.0
+    return round(100 - (opened + 0.4 * half_open) / total * 100, 6)

@@ -293,7 +293,34 @@ class CircuitFigures(BaseModel):
         return f"{self.circuit_kind}:{self.circuit_id}"
 
 
-DerivedRecord = CircuitStateChanged | RecoveryCommand | CircuitFigures
+class AlertState(StrEnum):
+    FIRING = "FIRING"
+    RESOLVED = "RESOLVED"
+
+
+class Alert(BaseModel):
+    """Something an operator should know now (CIRCUITS.md "Alerts"): topic
+    `faultstream.alerts`, key `alert_id`. A RESOLVED record repeats the `alert_id` of the
+    FIRING one it ends."""
+
+    model_config = _RECORD_CONFIG
+
+    alert_id: str
+    ts: int
+    rule: str  # the [alerts] setting: class_capacity_below, open_longer_than_s, ...
+    subject_kind: str  # hardware_class, worker, task_type, task or fleet
+    subject_id: str
+    severity: str  # warning | critical
+    state: AlertState
+    message: str
+    caused_by: str
+
+    @property
+    def key(self) -> str:
+        return self.alert_id
+
+
+DerivedRecord = CircuitStateChanged | RecoveryCommand | CircuitFigures | Alert
 
 
 class DeadLetter(BaseModel):
@@ -386,6 +413,7 @@ DERIVED_TYPES: dict[type[BaseModel], str] = {
     CircuitStateChanged: "circuit_state_changed",
     RecoveryCommand: "recovery_command",
     CircuitFigures: "circuit_figures",
+    Alert: "alert",
 }
 
 

@@ -42,7 +42,7 @@ _STOP_GRACE_S = 20.0
 _PROJECTION_TIMEOUT_S = 60.0
 _LOG_TAIL_LINES = 15
 _INPUT_TABLES = ("events", "control")
-_DERIVED_TABLES = ("circuit_transitions", "commands", "circuit_figures")
+_DERIVED_TABLES = ("circuit_transitions", "commands", "circuit_figures", "alerts")
 
 
 @dataclass

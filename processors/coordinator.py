@@ -118,7 +118,8 @@ class Coordinator:
                 self._on_circuit(record)
             elif isinstance(record, RecoveryCommand):
                 self._on_command(record)
-            # circuit_figures: what the core counts; nothing for a coordinator to act on
+            # circuit_figures (what the core counts) and alerts (for people): nothing for a
+            # coordinator to act on
 
     def _on_circuit(self, change: CircuitStateChanged) -> None:
         key = (CircuitKind(change.circuit_kind), change.circuit_id)

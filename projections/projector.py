@@ -2,8 +2,8 @@
 
 It reads `<prefix>.ordered` (frames of inputs, events/frames.py, in the order the
 processor's core saw them; the `seq` column is `frames.seq(offset, index in frame)`),
-`.circuits`, `.commands`, `.figures` and `.dlq` with a plain confluent-kafka consumer, and
-lands them through `HistoryWriter` in batches.
+`.circuits`, `.commands`, `.figures`, `.alerts` and `.dlq` with a plain confluent-kafka
+consumer, and lands them through `HistoryWriter` in batches.
 
 Exactly once into DuckDB: the next offset of every partition is stored in the table
 `projector_offsets` in the same transaction as the rows it covers. On start the projector
@@ -36,6 +36,7 @@ import pyarrow as pa
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
 from faultstream.events.admin import (
+    ALERTS,
     CIRCUITS,
     COMMANDS,
     DLQ,
@@ -68,6 +69,7 @@ _SCHEMAS_ON = {
     CIRCUITS: ("circuit_state_changed",),
     COMMANDS: ("recovery_command",),
     FIGURES: ("circuit_figures",),
+    ALERTS: ("alert",),
     DLQ: ("dead_letter",),
 }
 
@@ -97,6 +99,7 @@ class Projector:
             names[CIRCUITS]: CIRCUITS,
             names[COMMANDS]: COMMANDS,
             names[FIGURES]: FIGURES,
+            names[ALERTS]: ALERTS,
             names[DLQ]: DLQ,
         }
         self.codec = Codec(

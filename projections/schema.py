@@ -1,9 +1,8 @@
 """The history's table layout in DuckDB (CONTRACT.md) and its DDL.
 
 The append-only tables (events, control, circuit_transitions, commands, dead_letters,
-circuit_figures) have
-no PRIMARY KEY: keeping an ART index on a VARCHAR id costs about four times the insert
-itself. The writer drops repeats with an anti-join on (id, ts) instead (see `DEDUPE_KEYS`).
+circuit_figures, alerts) have no PRIMARY KEY: keeping an ART index on a VARCHAR id costs
+about four times the insert itself. The writer drops repeats with an anti-join on (id, ts) instead (see `DEDUPE_KEYS`).
 The upserted tables (circuit_states, checkpoints, recovery_outcomes, health_snapshots)
 keep their keys: they are small or change in place.
 """
@@ -156,6 +155,20 @@ CIRCUIT_FIGURES: Columns = {
     "live_workers": ("INTEGER", pa.int32()),
     "available_workers": ("INTEGER", pa.int32()),
 }
+# What an operator should know now: every `alert` record the core published, one row each,
+# with the record's fields as columns. An alert is firing while its alert_id has a FIRING
+# row and no RESOLVED one.
+ALERTS: Columns = {
+    "alert_id": ("VARCHAR", _STR),
+    "ts": ("BIGINT", pa.int64()),
+    "rule": ("VARCHAR", _STR),
+    "subject_kind": ("VARCHAR", _STR),
+    "subject_id": ("VARCHAR", _STR),
+    "severity": ("VARCHAR", _STR),
+    "state": ("VARCHAR", _STR),
+    "message": ("VARCHAR", _STR),
+    "caused_by": ("VARCHAR", _STR),
+}
 
 TABLES: dict[str, Columns] = {
     "events": EVENTS,
@@ -168,17 +181,20 @@ TABLES: dict[str, Columns] = {
     "recovery_outcomes": RECOVERY_OUTCOMES,
     "health_snapshots": HEALTH_SNAPSHOTS,
     "circuit_figures": CIRCUIT_FIGURES,
+    "alerts": ALERTS,
 }
 # A record delivered again is the same record: same id and same ts. Matching on ts too lets
 # DuckDB skip every row group outside the batch's time range (zone maps), so the anti-join
-# reads a few row groups instead of the whole id column.
-DEDUPE_KEYS: dict[str, tuple[str, str]] = {
+# reads a few row groups instead of the whole id column. The key is the columns listed, ts
+# last: an alert's FIRING and RESOLVED records share its alert_id, so its state is key too.
+DEDUPE_KEYS: dict[str, tuple[str, ...]] = {
     "events": ("event_id", "ts"),
     "control": ("event_id", "ts"),
     "circuit_transitions": ("event_id", "ts"),
     "commands": ("command_id", "ts"),
     "dead_letters": ("event_id", "ts"),
     "circuit_figures": ("event_id", "ts"),
+    "alerts": ("alert_id", "state", "ts"),
 }
 _EXTRA_DDL = [
     # circuit_states is one row per circuit: the newest transition.

@@ -22,9 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from faultstream.events.gcpause import gc_paused
-from faultstream.events.models import CircuitFigures, CircuitStateChanged, WorkerEvent
+from faultstream.events.models import Alert, CircuitFigures, CircuitStateChanged, WorkerEvent
 
 from .schema import (
+    ALERTS,
     CHECKPOINTS,
     CIRCUIT_FIGURES,
     CIRCUIT_TRANSITIONS,
@@ -112,6 +113,7 @@ class Batch:
     transitions: list[Row] = field(default_factory=list)
     commands: list[Row] = field(default_factory=list)
     figures: list[Row] = field(default_factory=list)
+    alerts: list[Row] = field(default_factory=list)
     dead_letters: list[Row] = field(default_factory=list)
     health: list[dict[str, Any]] = field(default_factory=list)
     size: int = 0
@@ -178,8 +180,8 @@ class HistoryWriter:
         self._maybe_flush()
 
     def append_derived(self, records: Iterable[Row]) -> None:
-        """Circuit transitions, recovery commands and circuit figures, as models or as the
-        dicts of the trusted decode, in any mix."""
+        """Circuit transitions, recovery commands, circuit figures and alerts, as models or
+        as the dicts of the trusted decode, in any mix."""
         batch = self._batch
         for record in records:
             kind = type(record)
@@ -188,12 +190,16 @@ class HistoryWriter:
                     batch.transitions.append(record)
                 elif "total_trips" in record:
                     batch.figures.append(record)
+                elif "alert_id" in record:
+                    batch.alerts.append(record)
                 else:
                     batch.commands.append(record)
             elif kind is CircuitStateChanged:
                 batch.transitions.append(record)
             elif kind is CircuitFigures:
                 batch.figures.append(record)
+            elif kind is Alert:
+                batch.alerts.append(record)
             else:
                 batch.commands.append(record)
             batch.size += 1
@@ -297,6 +303,8 @@ class HistoryWriter:
             commands = self._append("commands", _arrow(COMMANDS, b.commands), registered)
         if b.figures:
             self._append("circuit_figures", _arrow(CIRCUIT_FIGURES, b.figures), registered)
+        if b.alerts:
+            self._append("alerts", _arrow(ALERTS, b.alerts), registered)
         if events is not None and events.num_rows:
             self._upsert_checkpoints()
             self._join_outcomes("new_events", "events")
@@ -313,28 +321,35 @@ class HistoryWriter:
 
     def _append(self, table: str, batch: pa.Table, registered: list[str]) -> pa.Table:
         """Insert the rows of `batch` not stored yet; registers them as `new_<table>`."""
-        id_col, ts_col = DEDUPE_KEYS[table]
+        key = DEDUPE_KEYS[table]
+        id_col, ts_col = key[0], key[-1]
         ids = batch.column(id_col)
         if pc.count_distinct(ids).as_py() != batch.num_rows:
             # Repeats inside the batch itself: keep the first of each.
             first = {}
-            for i, key in enumerate(
-                zip(ids.to_pylist(), batch.column(ts_col).to_pylist(), strict=True)
-            ):
-                first.setdefault(key, i)
+            columns = [batch.column(col).to_pylist() for col in key]
+            for i, row_key in enumerate(zip(*columns, strict=True)):
+                first.setdefault(row_key, i)
             batch = batch.take(sorted(first.values()))
         bounds = pc.min_max(batch.column(ts_col)).as_py()
+        listed = ", ".join(key)
         self.con.register("incoming", batch)
         stored = self.con.execute(
-            f"SELECT b.{id_col} FROM incoming b SEMI JOIN "
-            f"(SELECT {id_col}, {ts_col} FROM {table} WHERE {ts_col} BETWEEN ? AND ?) t "
-            f"USING ({id_col}, {ts_col})",
+            f"SELECT {', '.join(f'b.{col}' for col in key)} FROM incoming b SEMI JOIN "
+            f"(SELECT {listed} FROM {table} WHERE {ts_col} BETWEEN ? AND ?) t "
+            f"USING ({listed})",
             [bounds["min"], bounds["max"]],
         ).fetchall()
         self.con.unregister("incoming")
-        if stored:
+        if stored and len(key) == 2:
             repeated = pa.array([row[0] for row in stored], pa.string())
             batch = batch.filter(pc.invert(pc.is_in(batch.column(id_col), repeated)))
+        elif stored:
+            # A key of several columns (an alert's): the id alone names several records.
+            seen = set(stored)
+            columns = [batch.column(col).to_pylist() for col in key]
+            fresh = [row_key not in seen for row_key in zip(*columns, strict=True)]
+            batch = batch.filter(pa.array(fresh, pa.bool_()))
         name = f"new_{table}"
         self.con.register(name, batch)
         registered.append(name)

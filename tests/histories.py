@@ -13,6 +13,7 @@ from typing import Any
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.models import (
+    Alert,
     CircuitFigures,
     CircuitStateChanged,
     ConfigChanged,
@@ -107,6 +108,15 @@ def commands(outputs: list[DerivedRecord]) -> list[RecoveryCommand]:
 
 def figures(outputs: list[DerivedRecord]) -> list[CircuitFigures]:
     return [o for o in outputs if isinstance(o, CircuitFigures)]
+
+
+def alerts(outputs: list[DerivedRecord]) -> list[Alert]:
+    return [o for o in outputs if isinstance(o, Alert)]
+
+
+def without_alerts(outputs: list[DerivedRecord]) -> list[DerivedRecord]:
+    """The circuits' and commands' records: for the tests of other rules than alerts."""
+    return [o for o in outputs if not isinstance(o, Alert)]
 
 
 def moves(outputs: list[DerivedRecord]) -> list[tuple[str, str, str, str]]:

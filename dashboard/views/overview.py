@@ -1,7 +1,9 @@
-"""Overview: who can take work, what is broken and since when, and what is being done."""
+"""Overview: the alerts firing now, who can take work, what is broken and since when, and
+what is being done."""
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from .. import charts, data
@@ -41,6 +43,7 @@ def _body(ctx: Context) -> None:
     escalations = data.active_escalations(h, key, stamp)
     st.caption(f"History: {ctx.source.describe()} · as of {clock(doc['timestamp'])}")
 
+    _firing_alerts(data.firing_alerts(h, key, stamp), doc["timestamp"])
     capacity_headline(data.capacity(h, key, stamp))
 
     st.subheader("Circuit health")
@@ -117,3 +120,18 @@ def _body(ctx: Context) -> None:
 
     per_minute = data.events_per_minute(h, key, stamp, doc["timestamp"])
     charts.show(charts.events_per_minute(per_minute))
+
+
+def _firing_alerts(alerts: pd.DataFrame, now_ms: int) -> None:
+    """First on the page, and only when there are any: what someone should look at now."""
+    if alerts.empty:
+        return
+    st.subheader("Firing alerts")
+    alerts = alerts.copy()
+    alerts["for"] = [duration((now_ms - since) / 1000) for since in alerts["since_ms"]]
+    show_table(
+        alerts[["severity", "rule", "subject", "message", "since", "for"]],
+        times=["since"],
+        key="firing_alerts",
+        config={"severity": st.column_config.TextColumn(help="critical or warning")},
+    )

@@ -31,6 +31,7 @@ SUBCOMMANDS = [
     "topics",
     "emit",
     "commands",
+    "alerts",
     "circuits",
     "processor",
     "replay",

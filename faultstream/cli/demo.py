@@ -2,7 +2,8 @@
 
 Runs the built-in scenario (or `--scenario`) closed-loop through the same core the Faust
 app runs, leaves the history in the DuckDB file, and reports each incident: when it began,
-when and how it was detected, what was done, and how many tasks recovered.
+when and how it was detected, which rule caught it, what was done, and how many tasks
+recovered (`demo_report.py`).
 """
 
 from __future__ import annotations
@@ -12,35 +13,17 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from faultstream.dashboard.stamps import utc
 from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.extras import require_extra
-from faultstream.processors.simulator import EPOCH_MS, IncidentState
 
 from .arguments import topic_prefix
+from .demo_report import REPORT_HEADER, IncidentReport, format_report, incident_reports
 from .simulate import SimulationRun, add_fleet_arguments, duration_arg, run_embedded_simulation
 
-if TYPE_CHECKING:  # DuckDB (the [history] extra) is imported where it runs
-    import duckdb
-
-
-@dataclass
-class IncidentReport:
-    name: str
-    kind: str
-    began_ms: int | None  # event time
-    target: str
-    opened: list[tuple[str, int]] = field(default_factory=list)  # (circuit key, ts)
-    first_command_ms: int | None = None
-    strategies: dict[str, int] = field(default_factory=dict)
-    tasks: int = 0
-    recovered: int = 0
-    escalated: int = 0
+__all__ = ["REPORT_HEADER", "IncidentReport", "format_report", "incident_reports", "run_demo"]
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -208,96 +191,3 @@ def _progress_bar(width: int = 40) -> Callable[[float], None]:
         sys.stderr.flush()
 
     return show
-
-
-# --- the report ---------------------------------------------------------------------------
-
-
-def incident_reports(db_path: Path, incidents: list[IncidentState]) -> list[IncidentReport]:
-    """What the history in `db_path` says about each scripted incident."""
-    import duckdb
-
-    con = duckdb.connect(str(db_path), read_only=True)
-    try:
-        reports = [_report(con, state) for state in incidents if state.started_at is not None]
-    finally:
-        con.close()
-    return sorted(reports, key=lambda report: (report.began_ms or 0, report.name))
-
-
-def _report(con: duckdb.DuckDBPyConnection, state: IncidentState) -> IncidentReport:
-    spec = state.spec
-    circuits = _circuits_of(state)
-    target = ", ".join(f"{kind}:{cid}" for kind, cid in circuits) or "-"
-    report = IncidentReport(spec.name, spec.kind, state.started_at, target, tasks=len(state.tasks))
-    for kind, cid in circuits:
-        row = con.execute(
-            "SELECT min(ts) FROM circuit_transitions WHERE circuit_kind = ? AND circuit_id = ? "
-            "AND to_state = 'OPEN' AND ts >= ?",
-            [kind, cid, state.started_at],
-        ).fetchone()
-        if row and row[0] is not None:
-            report.opened.append((f"{kind}:{cid}", row[0]))
-    if not state.tasks:
-        return report
-    tasks = sorted(state.tasks)
-    rows = con.execute(
-        "SELECT strategy, count(*), min(ts) FROM commands "
-        "WHERE list_contains(?, task_id) AND ts >= ? GROUP BY strategy "
-        "ORDER BY count(*) DESC, strategy",
-        [tasks, state.started_at],
-    ).fetchall()
-    report.strategies = {strategy: count for strategy, count, _ in rows}
-    report.first_command_ms = min((first for _, _, first in rows), default=None)
-    report.recovered = con.execute(
-        "SELECT count(DISTINCT task_id) FROM events WHERE kind = 'SUCCESS' "
-        "AND list_contains(?, task_id)",
-        [tasks],
-    ).fetchone()[0]
-    report.escalated = con.execute(
-        "SELECT count(DISTINCT task_id) FROM commands WHERE strategy = 'ESCALATION' "
-        "AND list_contains(?, task_id)",
-        [tasks],
-    ).fetchone()[0]
-    return report
-
-
-def _circuits_of(state: IncidentState) -> list[tuple[str, str]]:
-    spec = state.spec
-    if spec.kind in ("flaky_worker", "silent_worker"):
-        return [("worker", w) for w in state.workers]
-    if spec.kind in ("hardware_fault", "browser_crash"):
-        return [("hardware_class", spec.hardware_class or "")]
-    return [("task_type", spec.task_type or "")]
-
-
-# The dashboard shows moments as UTC; the report as simulated time since the start, labelled.
-REPORT_HEADER = f"Incidents, in the order they began (t+MM:SS = time since {utc(EPOCH_MS)}):"
-
-
-def _clock(ts: int | None) -> str:
-    if ts is None:
-        return "t+--:--"
-    seconds = (ts - EPOCH_MS) // 1000
-    return f"t+{seconds // 60:02d}:{seconds % 60:02d}"
-
-
-def format_report(report: IncidentReport) -> str:
-    lines = [
-        f"* {report.name} ({report.kind}) began at {_clock(report.began_ms)} on {report.target}"
-    ]
-    if report.opened:
-        opened = ", ".join(f"{key} OPEN at {_clock(ts)}" for key, ts in report.opened)
-        lines.append(f"    detected: circuit {opened}")
-    elif report.first_command_ms is not None:
-        lines.append(f"    detected: first recovery command at {_clock(report.first_command_ms)}")
-    else:
-        lines.append("    detected: not yet")
-    if report.strategies:
-        done = ", ".join(f"{s} x{n}" for s, n in report.strategies.items())
-        lines.append(f"    done: {done}")
-    lines.append(
-        f"    tasks hit: {report.tasks}, recovered: {report.recovered}, "
-        f"escalated: {report.escalated}"
-    )
-    return "\n".join(lines)

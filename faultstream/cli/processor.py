@@ -151,7 +151,8 @@ def _serve(args: argparse.Namespace, settings: Settings, host: str, web_port: in
     started = (
         f"faultstream processor {args.instance_id}: Kafka {kafka.bootstrap_servers}, "
         f"reading {topics.events} and {topics.control}, writing {topics.circuits}, "
-        f"{topics.commands}, {topics.figures} and {topics.dlq} via {topics.ordered}, "
+        f"{topics.commands}, {topics.figures}, {topics.alerts} and {topics.dlq} via "
+        f"{topics.ordered}, "
         f"web server on {host}:{web_port} (/metrics)"
     )
     if json_logs:

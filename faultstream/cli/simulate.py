@@ -44,6 +44,30 @@ def run_embedded_simulation(
     progress: Callable[[float], None] | None = None,
 ) -> SimulationRun:
     """Run a scenario through the embedded pipeline, closed-loop; closes the pipeline."""
+    run = build_embedded_simulation(
+        core_settings=core_settings,
+        scenario_path=scenario_path,
+        seed=seed,
+        workers=workers,
+        duration_ms=duration_ms,
+        writer=writer,
+        tap=tap,
+    )
+    return finish_embedded_simulation(run, progress)
+
+
+def build_embedded_simulation(
+    *,
+    core_settings: CoreSettings,
+    scenario_path: str | Path | None = None,
+    seed: int = 7,
+    workers: int | None = None,
+    duration_ms: int | None = None,
+    writer: HistoryWriter | None = None,
+    tap: IO[str] | None = None,
+) -> SimulationRun:
+    """The fleet wired closed-loop to an embedded pipeline, not run yet: subscribe to its
+    `pipeline` to see the derived records as the core makes them (with its state then)."""
     from faultstream.projections.embedded import EmbeddedPipeline, EmbeddedTransport
 
     scenario = load_scenario(scenario_path)
@@ -57,26 +81,42 @@ def run_embedded_simulation(
         return taken
 
     coordinator = Coordinator(core_settings, source=drain)
-    simulator = FleetSimulator(
-        scenario,
-        transport=EmbeddedTransport(pipeline),
-        send_control=pipeline.ingest,
-        coordinator=coordinator,
-        seed=seed,
-        workers=workers,
-        duration_ms=duration_ms,
-    )
     try:
-        simulator.run(progress)
-        coordinator.pump()
-    finally:
+        simulator = FleetSimulator(
+            scenario,
+            transport=EmbeddedTransport(pipeline),
+            send_control=pipeline.ingest,
+            coordinator=coordinator,
+            seed=seed,
+            workers=workers,
+            duration_ms=duration_ms,
+        )
+    except BaseException:  # a scenario that does not fit this fleet: no history is left
         pipeline.close()
+        raise
     return SimulationRun(simulator, pipeline, coordinator)
+
+
+def finish_embedded_simulation(
+    run: SimulationRun, progress: Callable[[float], None] | None = None
+) -> SimulationRun:
+    """Run a built simulation to its end; closes the pipeline."""
+    try:
+        run.simulator.run(progress)
+        run.coordinator.pump()
+    finally:
+        run.pipeline.close()
+    return run
 
 
 def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--scenario", metavar="FILE.toml", help="scenario file (default: the built-in one)"
+        "--scenario",
+        metavar="FILE.toml",
+        help="scenario file, or a built-in one by name: 'default' (the default) or 'rules' "
+        "(a flaky worker, a throttled GPU and a ladder rung that never works: what the "
+        "failure-rate, slow-call, outlier and adaptive rules catch; the settings that turn "
+        "them on are in processors/simulator/rules.toml)",
     )
     parser.add_argument("--workers", type=_positive_int, help="fleet size (default: scenario's)")
     parser.add_argument(

@@ -4,11 +4,13 @@ backoff and the half-open due moment, the operator's actions, and the fleet guar
 
 A transition is where the observers meet: the fleet guard's count of open workers per
 class follows it, the scorer scores it (`score.py`), the figures marks note it
-(`figures.py`), and the log records it (`materialize.py`), as the state's flags ask.
+(`figures.py`), the alerts judge it (`alerts.py`), and the log records it
+(`materialize.py`), as the state's flags ask.
 """
 
 from __future__ import annotations
 
+from .alerts import closed, create, transitioned
 from .codes import (
     BACKOFF_EXHAUSTED,
     CLOSED,
@@ -29,6 +31,7 @@ from .state import (
     BY_FORCE_OPEN,
     BY_RESET,
     CLASS,
+    CLOSED_LIVE,
     CONSECUTIVE_FAILURES,
     DUE_MS,
     EXISTS,
@@ -75,11 +78,14 @@ def become(run, state, c, to_state, ts, reason, failure_type, blame) -> None:
     w = run.fleet.circuit_worker[c]
     workers = state.workers
     if w >= 0 and workers[w, EXISTS] == 1 and workers[w, LOST] == 0:
-        state.classes[workers[w, CLASS], OPENED] += openish(to_state) - openish(from_state)
+        home = workers[w, CLASS]
+        state.classes[home, OPENED] += openish(to_state) - openish(from_state)
+        state.classes[home, CLOSED_LIVE] += closed(to_state) - closed(from_state)
     if state.figures:
         mark_transition(run, state, c)
     if not state.derive:
         return
+    transitioned(run, state, c, from_state, to_state, ts)
     row = log_row(state, TRANSITION, ts)
     if row < 0:
         return
@@ -172,7 +178,10 @@ def count_success(run, state, c, ts) -> None:
 
 @step
 def operate(run, state, c, action, ts) -> None:
-    """An operator's FORCE_OPEN or RESET of circuit `c` at `ts`."""
+    """An operator's FORCE_OPEN or RESET of circuit `c` at `ts` (an unknown circuit is
+    created: forcing a class open before it is ever seen works)."""
+    if state.derive:
+        create(run, state, c)
     if state.figures:
         mark(state, c)  # a RESET of a CLOSED circuit zeroes counters, silently
     circuit_state = state.circuits[c, STATE]

@@ -114,6 +114,7 @@ def _column_fields(table: pa.Table) -> _Fields:
     kind_codes, kinds = dictionary_codes(table["kind"])
     kind = _kind_codes(kinds)[kind_codes] if kinds else np.zeros(0, np.int8)
     ts = _decision_times(table)
+    own_ts = table["ts"].combine_chunks().to_numpy(zero_copy_only=False).astype(np.int64)
     event_ids = table["event_id"]
     if EVENT_HASH in table.column_names and table[EVENT_HASH].null_count == 0:
         # The source hashed the ids (in parallel, as it read them): far cheaper than
@@ -156,6 +157,7 @@ def _column_fields(table: pa.Table) -> _Fields:
     return _Fields(
         kind,
         ts,
+        own_ts,
         ids,
         exact_ids,
         w_codes,

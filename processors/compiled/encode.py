@@ -70,6 +70,7 @@ class Inputs(NamedTuple):
     task_type: np.ndarray  # int32: the task type's circuit, -1 when none
     failure_type: np.ndarray  # int8 failure type code; OPERATOR: its action; else -1
     pair: np.ndarray  # int32 (worker, task_id) pair, -1 when none
+    skew: np.ndarray  # int64: a worker event's ts - its decision time (clock_skew), else 0
     # Only with commands (empty without):
     attempt: np.ndarray  # int64
     task_key: np.ndarray  # int64: the task_id's code (checkpoints), -1 when none
@@ -148,6 +149,7 @@ class _Fields:
 
     kind: np.ndarray
     ts: np.ndarray
+    own_ts: np.ndarray  # the records' own `ts` (ts is the decision time)
     ids: np.ndarray
     event_ids: list[str] | pa.ChunkedArray | None
     w_codes: np.ndarray
@@ -211,6 +213,7 @@ def _kind_codes(kinds: Iterable) -> np.ndarray:
 _get_kind, _get_event_id = itemgetter("kind"), itemgetter("event_id")
 _get_worker_id, _get_hardware_class = itemgetter("worker_id"), itemgetter("hardware_class")
 _get_task_type, _get_task_id = itemgetter("task_type"), itemgetter("task_id")
+_get_ts = itemgetter("ts")
 _id_hash = hash  # str caches it; a test swaps in a colliding one
 
 
@@ -228,6 +231,7 @@ def _model_fields(inputs: Sequence[InputRecord]) -> _Fields:
     fields = list(map(vars, inputs))  # a model's field values live in its __dict__
     kind = _kind_codes(map(_get_kind, fields))
     ts = np.fromiter(map(_received_at, fields), np.int64, n)
+    own_ts = np.fromiter(map(_get_ts, fields), np.int64, n)
     event_ids = list(map(_get_event_id, fields))
     is_worker = (kind <= FAILURE).tolist()
     wrecs = list(compress(fields, is_worker))
@@ -256,6 +260,7 @@ def _model_fields(inputs: Sequence[InputRecord]) -> _Fields:
     return _Fields(
         kind,
         ts,
+        own_ts,
         np.fromiter(map(_id_hash, event_ids), np.int64, n),
         event_ids,
         w_codes,
@@ -351,6 +356,7 @@ def assemble(
     is_outcome = (kind == TASK_STARTED) | (kind == SUCCESS) | (kind == FAILURE)
     if (tt[is_outcome] < 0).any():
         raise UnsupportedHistory("an outcome without a task_type")
+    skew = np.where(is_worker, f.own_ts - ts, 0)
 
     # Task pairs (worker, task_id).
     pair_ids, pair_first = _key_ids(f.task_codes, w_codes[has_task])
@@ -395,6 +401,7 @@ def assemble(
             tt,
             ftype,
             pair,
+            skew,
             blank,
             blank,
             blank,
@@ -413,6 +420,7 @@ def assemble(
             tt,
             ftype,
             pair,
+            skew,
             extras.attempt,
             extras.task_key,
             extras.checkpoint_seq,

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from .alerts import create
 from .circuits import count_failure, fleet_guard_holds
 from .codes import HARDWARE_CLASS, RUNG_BATCH, RUNG_PRECISION, STRATEGY_CODE, WORKER, openish
-from .figures import mark_created
 from .jit import step
 from .log import log_row
 from .score import observe_failure
@@ -36,7 +36,7 @@ from .state import (
     VERSION,
     WORKER_STATE,
 )
-from .workers import pick_target
+from .workers import arrived, escalated, moving, pick_target
 
 DELAYED = STRATEGY_CODE["DELAYED_RETRY"]
 DIFFERENT_WORKER = STRATEGY_CODE["DIFFERENT_WORKER"]
@@ -66,8 +66,8 @@ def on_failure(run, state, i, w, class_circuit, now) -> None:
         if state.started[p, RUNNING] == 1:
             state.started[p, RUNNING] = 0
             state.workers[w, STARTED] -= 1
-    if state.figures:
-        mark_created(state, task_type)
+        arrived(state, inputs.task_key[i])  # before its command may move it again
+        create(run, state, task_type)
     if state.scoring:
         observe_failure(run, state, i)
     failure_type = inputs.failure_type[i]
@@ -139,8 +139,11 @@ def _command(run, state, i, w, class_circuit, task_type, now, guarded) -> None:
         log[row, TARGET_CHECKPOINT] = state.checkpoints[key, CHECKPOINT_SEQ]
         target = pick_target(run, state, target_class, w)
         log[row, TARGET] = fleet.worker_circuit[target] if target >= 0 else -1
+        if target >= 0:
+            moving(state, key, target)
     elif strategy == ESCALATION:
         state.checkpoints[key, HAS_CHECKPOINT] = 0  # the task is given up: forget it
+        escalated(run, state, key, now, row)
     log[row, GUARDED] = guarded
     log[row, WORKER_STATE] = worker_state
     log[row, CLASS_STATE] = class_state

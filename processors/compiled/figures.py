@@ -11,7 +11,6 @@ from .log import log_row
 from .state import (
     CLASS,
     CONSECUTIVE_FAILURES,
-    CREATED,
     EXISTS,
     FIGURES,
     FIGURES_AVAILABLE,
@@ -46,17 +45,9 @@ def mark(state, c) -> None:
     if circuits[c, MARKED] == 1:
         return
     circuits[c, MARKED] = 1
-    circuits[c, CREATED] = 1
     n = state.counters[MARKED_SIZE]
     state.marked[n] = c
     state.counters[MARKED_SIZE] = n + 1
-
-
-@inlined_step
-def mark_created(state, c) -> None:
-    """The core creates a circuit where it first names it: marked then, not after."""
-    if state.circuits[c, CREATED] == 0:
-        mark(state, c)
 
 
 @step
@@ -90,7 +81,7 @@ def _sift(values, start, end) -> None:
 
 
 @step
-def _heapsort(values, n) -> None:
+def heapsort(values, n) -> None:
     """values[:n] in increasing order, in place (the kernel allocates nothing)."""
     for start in range(n // 2 - 1, -1, -1):
         _sift(values, start, n)
@@ -123,7 +114,7 @@ def publish_figures(run, state, ts) -> None:
     for j in range(n):  # (kind rank, id order, circuit): sorted, the circuit recovered
         c = marked[j]
         marked[j] = (fleet.circuit_rank[c] * n_circ + fleet.circuit_order[c]) * n_circ + c
-    _heapsort(marked, n)
+    heapsort(marked, n)
     for j in range(n):
         c = marked[j] % n_circ
         circuits[c, MARKED] = 0

@@ -1,8 +1,8 @@
-"""The due moments of half-openings, in the core's order (fleet.py's heap of (due, id,
-rank, seq, circuit, gen)), over flat arrays: `State.heap_due` holds the due moments,
-`State.heap_entries` the rest, with id and rank packed into one sort key. A hole is
-sifted and each entry written once. Lost workers are not timers here: `liveness.py`
-finds them, and `kernel.py` merges them into this order."""
+"""The due moments of half-openings and of circuits open too long, in the core's order
+(fleet.py's heap of (due, id, rank, seq, circuit, gen)), over flat arrays: `State.heap_due`
+holds the due moments, `State.heap_entries` the rest, with id and rank packed into one sort
+key. A hole is sifted and each entry written once. Lost workers are not timers here:
+`liveness.py` finds them, and `kernel.py` merges them into this order."""
 
 from __future__ import annotations
 
@@ -12,13 +12,16 @@ from .state import HEAP_PUSHES, HEAP_SIZE, STATUS
 
 # Entry columns beside the due moment.
 KEY, PUSH, CIRCUIT, GENERATION = range(4)
-LOST_RANK = 3  # a lost worker's rank when due moments and ids tie: after every circuit
+# Ranks when due moments and ids tie (fleet.py): circuits half-opening (their kind rank),
+# then a lost worker, then circuits open too long (OUTAGE_RANK + kind rank).
+LOST_RANK = 3
+OUTAGE_RANK = 4
 
 
 @step
 def sort_key(order, rank) -> int:
-    """Id order first, then kind rank."""
-    return order * 4 + rank
+    """Id order first, then rank."""
+    return order * 8 + rank
 
 
 @inlined_step

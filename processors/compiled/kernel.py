@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .alerts import create, judge_alerts, judge_skew, on_config, outage_due, queue_alert
 from .circuits import become, count_success, operate
 from .codes import (
     CHECKPOINT,
@@ -30,21 +31,25 @@ from .codes import (
 )
 from .encode import Fleet, Inputs
 from .failure import on_failure
-from .figures import mark_created, publish_figures
+from .figures import publish_figures
 from .heap import KEY, LOST_RANK, pop_due, sort_key
 from .jit import inlined_step, step
 from .liveness import Visits
 from .score import Scoring, finish_score, observe_success
 from .state import (
+    ALERT_WORK,
     ATTEMPT,
     CHECKPOINT_SEQ,
     DUE_MS,
+    ESCALATED,
+    ESCALATIONS_RULE,
     GENERATION,
     HALF_OPEN_SUCCESSES,
     HAS_CHECKPOINT,
     HEAP_SIZE,
     NO_BLAME,
     RECORD,
+    RESOLVED,
     RUNNING,
     STARTED,
     STARTED_BY,
@@ -54,7 +59,7 @@ from .state import (
     VERSION,
 )
 from .versions import Rules
-from .workers import arrive, lose_worker
+from .workers import arrive, arrived, lose_worker
 
 
 class Run(NamedTuple):
@@ -81,9 +86,13 @@ def replay(run, state) -> None:
         if counters[STATUS] != OK:
             return
         _apply(run, state, i, visits.now[v])
+        if counters[ALERT_WORK] == 1:  # the step's alerts, after its other records
+            judge_alerts(run, state, visits.now[v])
         if counters[STATUS] != OK:
             return
-    # What inputs after the last visit revealed (none when every input is visited).
+    if state.derive:  # every input visited: the core reveals nothing after the last
+        return
+    # What inputs after the last visit revealed.
     _reveal_due(run, state, visits.final_now, visits.final_now, loss, loss)
     if state.scoring and counters[STATUS] == OK:
         finish_score(run, state)
@@ -93,39 +102,53 @@ def replay(run, state) -> None:
 
 
 @step
-def _half_open_first(run, state) -> None:
-    """The first due moment: its circuit half-opens at its due ms, unless the entry is
-    stale (the circuit changed state since)."""
+def _pop_first(run, state, floor_ts) -> None:
+    """The first due moment: a circuit half-opens at its due ms, unless the entry is stale
+    (the circuit changed state since); or a circuit not CLOSED for open_longer_than_s
+    (alerts.py `outage_due`). The alerts are judged after it."""
+    if state.heap_entries[0, KEY] % 8 > LOST_RANK:
+        due, c, since = pop_due(state)
+        outage_due(run, state, due, c, since, floor_ts)
+        return
     _, c, generation = pop_due(state)
     circuits = state.circuits
     if generation == circuits[c, GENERATION] and circuits[c, STATE] == OPEN:
         circuits[c, HALF_OPEN_SUCCESSES] = 0
         become(run, state, c, HALF_OPEN, circuits[c, DUE_MS], TIMEOUT_ELAPSED, -1, NO_BLAME)
+        if state.counters[ALERT_WORK] == 1:
+            judge_alerts(run, state, circuits[c, DUE_MS])
 
 
 @inlined_step
 def _reveal_due(run, state, now, before, first_loss, end_loss) -> None:
-    """Everything due by `now`, in order of due moment, id, kind rank: the circuits'
-    half-openings and the lost workers `first_loss` to `end_loss` (in that order already).
-    A due moment past `before` (the clock at the input before) was revealed earlier, by
-    an input not visited: it precedes every loss revealed here."""
+    """Everything due by `now`, in order of due moment, id, rank: the heap's entries and
+    the lost workers `first_loss` to `end_loss` (in that order already). When scoring, a
+    due moment past `before` (the clock at the input before) was revealed earlier, by an
+    input not visited: it precedes every loss revealed here. (A replay that derives
+    records visits every input: an entry due by `before` was pushed by the input before,
+    a CONFIG_CHANGED, and merges with the losses by its due moment as the core's does.)"""
     counters, heap_due, entries = state.counters, state.heap_due, state.heap_entries
-    while counters[HEAP_SIZE] > 0 and heap_due[0] <= before:
-        _half_open_first(run, state)
+    if not state.derive:
+        while counters[HEAP_SIZE] > 0 and heap_due[0] <= before:
+            _pop_first(run, state, before)
     visits, worker_order = run.visits, run.fleet.worker_order
     loss = first_loss
     while True:
         from_heap = counters[HEAP_SIZE] > 0 and heap_due[0] <= now
-        if loss < end_loss and from_heap:  # ties of due: id order, circuits before workers
+        if loss < end_loss and from_heap:  # ties of due: id order, then rank
             due = visits.lost_due[loss]
             key = sort_key(worker_order[visits.lost_worker[loss]], LOST_RANK)
             from_heap = heap_due[0] < due or (heap_due[0] == due and entries[0, KEY] < key)
         if from_heap:
-            _half_open_first(run, state)
+            _pop_first(run, state, before)
+            if counters[STATUS] != OK:
+                return
             continue
         if loss >= end_loss:
             return
         lose_worker(run, state, loss)  # fleet.py `_lose_worker`
+        if counters[ALERT_WORK] == 1:
+            judge_alerts(run, state, visits.lost_at[loss])
         if counters[STATUS] != OK:
             return
         loss += 1
@@ -145,6 +168,8 @@ def _apply(run, state, i, now) -> None:
             version = run.rules.config_version[i]
             if version >= 0:
                 state.counters[VERSION] = version
+                if state.derive:
+                    on_config(run, state, version)
         elif state.figures:  # a TICK: the figures that changed since the last
             publish_figures(run, state, now)
         return
@@ -156,15 +181,15 @@ def _apply(run, state, i, now) -> None:
     elif kind == FAILURE:
         on_failure(run, state, i, w, class_circuit, now)
     elif kind == TASK_STARTED:
-        if state.figures:
-            mark_created(state, inputs.task_type[i])
         if state.derive:
+            create(run, state, np.int64(inputs.task_type[i]))
             started, p = state.started, inputs.pair[i]
             if started[p, RUNNING] == 0:
                 started[p, RUNNING] = 1
                 state.workers[w, STARTED] += 1
             started[p, ATTEMPT] = inputs.attempt[i]
-            started[p, STARTED_BY] = i
+            started[p, STARTED_BY] = i  # a restart is its newest start: last in start order
+            arrived(state, inputs.task_key[i])
     elif kind == CHECKPOINT and state.derive:
         checkpoints, key = state.checkpoints, inputs.task_key[i]
         if (
@@ -173,19 +198,29 @@ def _apply(run, state, i, now) -> None:
         ):
             checkpoints[key, HAS_CHECKPOINT] = 1
             checkpoints[key, CHECKPOINT_SEQ] = inputs.checkpoint_seq[i]
+    if state.derive:
+        judge_skew(run, state, i, w, now)
 
 
 @inlined_step
 def _on_success(run, state, i, w, class_circuit, now) -> None:
-    """SUCCESS record `i`: the task is done, counted on its three circuits."""
+    """SUCCESS record `i`: the task is done, counted on its three circuits; its escalation
+    alert, if one fires, resolved."""
     inputs = run.inputs
+    task_type = np.int64(inputs.task_type[i])
     if state.derive:
         p = inputs.pair[i]
         if state.started[p, RUNNING] == 1:
             state.started[p, RUNNING] = 0
             state.workers[w, STARTED] -= 1
-        state.checkpoints[inputs.task_key[i], HAS_CHECKPOINT] = 0
+        key = inputs.task_key[i]
+        state.checkpoints[key, HAS_CHECKPOINT] = 0
+        arrived(state, key)
+        create(run, state, task_type)
     if state.scoring:
         observe_success(run, state, i)
-    for c in (run.fleet.worker_circuit[w], class_circuit, np.int64(inputs.task_type[i])):
+    for c in (run.fleet.worker_circuit[w], class_circuit, task_type):
         count_success(run, state, c, now)
+    if state.derive and state.checkpoints[inputs.task_key[i], ESCALATED] == 1:
+        state.checkpoints[inputs.task_key[i], ESCALATED] = 0
+        queue_alert(state, ESCALATIONS_RULE, RESOLVED, inputs.task_key[i], now, 0)

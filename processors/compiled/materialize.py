@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from faultstream.events.gcpause import gc_paused
-from faultstream.events.health import circuit_health
+from faultstream.events.health import circuit_health, overall_health
 from faultstream.events.models import (
+    Alert,
+    AlertState,
     CircuitFigures,
     CircuitKind,
     CircuitState,
@@ -27,7 +29,16 @@ from faultstream.events.models import (
     RecoveryCommand,
     RecoveryStrategy,
 )
+from faultstream.processors.core.alerts import (
+    CAPACITY,
+    CLOCK_SKEW,
+    ESCALATIONS,
+    FLEET_HEALTH,
+    OPEN_LONGER,
+    SEVERITY,
+)
 from faultstream.processors.core.ids import (
+    alert_id,
     command_id,
     figures_id,
     migration_command_id,
@@ -38,6 +49,13 @@ from faultstream.processors.core.recovery import Plan, plan_failure
 from .codes import FAILURE_TYPES, FORCED_OPEN, OPEN, STRATEGIES
 from .encode import Encoded
 from .state import (
+    ALERT,
+    ALERT_A,
+    ALERT_B,
+    ALERT_C,
+    ALERT_RULE,
+    ALERT_STATE,
+    ALERT_SUBJECT,
     BLAME_GUARD,
     BLAME_LOST,
     BY_FORCE_OPEN,
@@ -58,6 +76,7 @@ from .state import (
     FIGURES_TOTAL_FAILURES,
     FIGURES_TOTAL_TRIPS,
     FIGURES_TRIPS,
+    FIRING,
     FROM_STATE,
     GUARDED,
     HAS_TARGET_CHECKPOINT,
@@ -68,6 +87,7 @@ from .state import (
     REASON,
     REASON_BLAME,
     REASON_FAILURE_TYPE,
+    RESOLVED,
     ROW_RECORD,
     ROW_TYPE,
     STRATEGY,
@@ -87,8 +107,9 @@ from .state import (
     TRANSITION_TRIPS,
     WORKER_STATE,
 )
+from .versions import skew_ms
 
-_Record = TypeVar("_Record", CircuitStateChanged, RecoveryCommand, CircuitFigures)
+_Record = TypeVar("_Record", CircuitStateChanged, RecoveryCommand, CircuitFigures, Alert)
 _set = object.__setattr__
 STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.FORCED_OPEN)
 _ESCALATION = RecoveryStrategy.ESCALATION
@@ -126,6 +147,9 @@ _COMMAND_FIELDS = itemgetter(
 _MIGRATION_FIELDS = itemgetter(
     STRATEGY, TARGET, HAS_TARGET_CHECKPOINT, TARGET_CHECKPOINT, MIGRATED_WORKER, LOSS_DUE_MS
 )
+_ALERT_FIELDS = itemgetter(ALERT_RULE, ALERT_STATE, ALERT_SUBJECT, ALERT_A, ALERT_B, ALERT_C)
+# state.py's rule codes, as the core's rule names.
+_RULES = (CAPACITY, OPEN_LONGER, ESCALATIONS, FLEET_HEALTH, CLOCK_SKEW)
 _FIGURES_FIELDS = itemgetter(
     FIGURES_CIRCUIT,
     FIGURES_STATE,
@@ -196,10 +220,14 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
     starts = rows[rows[:, ROW_TYPE] == MIGRATION, MIGRATED_START]
     started = zip(*(fields.column(name, starts) for name in _START_FIELDS), strict=True)
     plans: dict[tuple, Plan] = {}
-    out: list[DerivedRecord] = []
+    out: list[DerivedRecord] = []  # one record per log row: out[row] is row's record
     append = out.append
+    alerts = _Alerts(encoded, log, out)
     for row, floats, caused_by in zip(rows.tolist(), log.floats.tolist(), causes, strict=True):
         row_type, record, ts, version = row[0], row[1], row[2], row[3]
+        if row_type == ALERT:
+            append(alerts.record(row, ts, caused_by))
+            continue
         if row_type == TRANSITION:
             (
                 circuit,
@@ -389,6 +417,85 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
             )
         )
     return out
+
+
+class _Alerts:
+    """ALERT rows as the core's `Alert` records: messages from the numbers the kernel
+    logged (alerts.py, fleet.py f-strings mirrored), each FIRING's alert_id kept for the
+    RESOLVED that ends it (alerts.py `AlertBook`)."""
+
+    def __init__(self, encoded: Encoded, log: Log, out: list[DerivedRecord]) -> None:
+        self.names = encoded.names
+        self.worker_circuit = encoded.fleet.worker_circuit.tolist()
+        self.settings = encoded.versions.settings
+        self.out = out
+        self.firing: dict[tuple[str, str, str | None], str] = {}
+        rows = log.rows
+        # The task ids of the SUCCESS records that resolve escalations, fetched in bulk.
+        resolving = (
+            (rows[:, ROW_TYPE] == ALERT)
+            & (rows[:, ALERT_RULE] == _RULES.index(ESCALATIONS))
+            & (rows[:, ALERT_STATE] == RESOLVED)
+        )
+        self.succeeded = iter(encoded.fields.column("task_id", rows[resolving, ROW_RECORD]))
+
+    def record(self, row: list[int], ts: int, caused_by: str) -> Alert:
+        rule_code, state_code, subject, a, b, c = _ALERT_FIELDS(row)
+        rule, firing = _RULES[rule_code], state_code == FIRING
+        settings = self.settings[row[3]]
+        if rule == CAPACITY:
+            kind, subject_id = "hardware_class", self.names[subject][1]
+            message = f"{a} of {b} live {subject_id} workers available"
+            if firing:
+                message = f"{message}, below {settings.alerts.class_capacity_below:g}%"
+        elif rule == OPEN_LONGER:
+            circuit_kind, subject_id = self.names[subject]
+            kind = circuit_kind.value
+            if firing:
+                seconds = settings.alerts.open_longer_than_s * 1000.0 / 1000.0
+                message = f"{kind} circuit {subject_id} not CLOSED for {seconds:g}s"
+            else:
+                message = f"{kind} circuit {subject_id} is CLOSED again"
+        elif rule == ESCALATIONS:
+            kind = "task"
+            if firing:
+                command = self.out[a]
+                subject_id = command.task_id  # type: ignore[union-attr]
+                message = f"task {subject_id} escalated: {command.reason}"  # type: ignore[union-attr]
+            else:
+                subject_id = next(self.succeeded)
+                message = f"task {subject_id} succeeded"
+        elif rule == FLEET_HEALTH:
+            kind = subject_id = "fleet"
+            message = f"overall health {overall_health(a, b, c):g}"
+            if firing:
+                message = f"{message}, below {settings.alerts.fleet_health_below:g}"
+        else:
+            kind, subject_id = "worker", self.names[self.worker_circuit[subject]][1]
+            if firing:
+                message = f"worker {subject_id}'s clock is {a / 1000.0:+g}s off the broker's"
+            else:
+                limit = skew_ms(settings) / 1000.0
+                message = f"worker {subject_id}'s clock is within {limit:g}s again"
+        key = (rule, kind, subject_id)
+        if firing:
+            aid = self.firing[key] = alert_id(rule, kind, subject_id, ts, caused_by)  # type: ignore[arg-type]
+        else:
+            aid = self.firing.pop(key)
+        return _trusted(
+            Alert,
+            {
+                "alert_id": aid,
+                "ts": ts,
+                "rule": rule,
+                "subject_kind": kind,
+                "subject_id": subject_id,
+                "severity": SEVERITY[rule],
+                "state": AlertState.FIRING if firing else AlertState.RESOLVED,
+                "message": message,
+                "caused_by": caused_by,
+            },
+        )
 
 
 def _figures(

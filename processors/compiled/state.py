@@ -26,26 +26,41 @@ from .moments import STATUS as STATUS  # the status slot of `counters`
     DUE_MS,  # the half-open moment rounded up: the transition's ts
     LAST_CHANGE,  # the scorer's newest transition of the circuit (State.changes), or -1
     MARKED,  # 1 = its figures changed since the last TICK
-    CREATED,  # 1 = the core would know it (it has been marked once)
-) = range(12)
-CIRCUIT_COLUMNS = 12
-# Worker columns.
-EXISTS, LOST, CLASS, STARTED = range(4)  # STARTED: how many tasks it has started
-WORKER_COLUMNS = 4
-# Class columns (per circuit; used for hardware_class circuits).
-LIVE, OPENED = range(2)  # live workers, and those whose own circuit is OPEN or FORCED_OPEN
+    CREATED,  # 1 = the core knows it (fleet.py `_circuit` made it)
+    OUTAGE_SINCE,  # ms it left CLOSED, -1 while CLOSED (open_longer_than_s)
+    OPEN_FIRING,  # 1 = its open_longer_than_s alert fires
+    CAPACITY_FIRING,  # 1 = its class_capacity_below alert fires (a class circuit)
+    DIRTY,  # 1 = its class's capacity is to be judged again (a class circuit)
+) = range(16)
+CIRCUIT_COLUMNS = 16
+# Worker columns. STARTED: how many tasks it has started and not finished; INCOMING: how
+# many a move command sent it that have not started anywhere or finished; SKEWED: its
+# clock_skew alert fires.
+EXISTS, LOST, CLASS, STARTED, INCOMING, SKEWED = range(6)
+WORKER_COLUMNS = 6
+# Class columns (per circuit; used for hardware_class circuits): live workers, those whose
+# own circuit is OPEN or FORCED_OPEN, and those whose own circuit is CLOSED.
+LIVE, OPENED, CLOSED_LIVE = range(3)
 # Started task columns (per (worker, task) pair).
 RUNNING, ATTEMPT, STARTED_BY = range(3)  # 1 = started; its attempt; its TASK_STARTED record
-# Checkpoint columns (per task key).
-HAS_CHECKPOINT, CHECKPOINT_SEQ = range(2)
+# Task columns (per task key, `State.checkpoints`): its newest checkpoint; the worker a move
+# command sent it to, plus one (0: none); 1 = its escalations alert fires.
+HAS_CHECKPOINT, CHECKPOINT_SEQ, MOVED_TO, ESCALATED = range(4)
+TASK_COLUMNS = 4
 # Counters: the status (moments.STATUS), sizes of the heap, log, changes and marks, the
 # heap's push count (its tie-breaker), and the input being applied with its settings version.
 HEAP_SIZE, HEAP_PUSHES, LOG_SIZE, CHANGES_SIZE, MARKED_SIZE, RECORD, VERSION = range(1, 8)
+# The alerts' (fleet.py `_judge_alerts`): circuits known, OPEN or FORCED_OPEN, HALF_OPEN
+# (the fleet's health); 1 = health to judge again, 1 = its alert fires; pending alerts and
+# dirty classes held; 1 = any of those to write or judge (checked after each step).
+KNOWN, OPEN_COUNT, HALF_OPEN_COUNT, HEALTH_DIRTY, HEALTH_FIRING = range(8, 13)
+PENDING_SIZE, DIRTY_SIZE, ALERT_WORK = range(13, 16)
+COUNTERS = 16
 
 # Log rows: what every row has, then a payload that depends on its type.
 ROW_TYPE, ROW_RECORD, ROW_TS, ROW_VERSION = range(4)
 LOG_COLUMNS = 15
-TRANSITION, COMMAND, MIGRATION, FIGURES = range(4)  # row types
+TRANSITION, COMMAND, MIGRATION, FIGURES, ALERT = range(5)  # row types
 # A transition's payload, and its float: the circuit's reset_timeout_s.
 (
     TRANSITION_CIRCUIT,
@@ -77,6 +92,12 @@ FIGURES_CIRCUIT, FIGURES_STATE, FIGURES_FAILURES, FIGURES_PROBES = range(4, 8)
 FIGURES_TRIPS, FIGURES_TOTAL_TRIPS, FIGURES_SUCCESSES, FIGURES_TOTAL_FAILURES = range(8, 12)
 FIGURES_CLASS, FIGURES_LIVE, FIGURES_AVAILABLE = range(12, 15)
 FIGURES_WORKERS = FIGURES_CLASS
+# An alert: its rule, FIRING or RESOLVED, subject (class or other circuit, task key, worker,
+# -1 for the fleet), and the numbers its message needs: capacity (free, live); health
+# (circuits, open, half-open); clock skew (skew ms); an escalation's FIRING (its command's row).
+ALERT_RULE, ALERT_STATE, ALERT_SUBJECT, ALERT_A, ALERT_B, ALERT_C = range(4, 10)
+CAPACITY_RULE, OPEN_LONGER_RULE, ESCALATIONS_RULE, HEALTH_RULE, SKEW_RULE = range(5)
+FIRING, RESOLVED = range(2)
 
 
 class State(NamedTuple):
@@ -85,11 +106,11 @@ class State(NamedTuple):
     circuits: np.ndarray  # int64 [circuit, CIRCUIT_COLUMNS]
     reset_timeout_s: np.ndarray  # float64 [circuit]
     workers: np.ndarray  # int64 [worker, WORKER_COLUMNS]
-    classes: np.ndarray  # int64 [circuit, 2]
+    classes: np.ndarray  # int64 [circuit, 3]
     members: np.ndarray  # int64: class members in id order, at Fleet.class_offsets (derive)
     member_counts: np.ndarray  # int64 [circuit] (derive)
     started: np.ndarray  # int64 [pair, 3] (derive)
-    checkpoints: np.ndarray  # int64 [task key, 2] (derive)
+    checkpoints: np.ndarray  # int64 [task key, TASK_COLUMNS] (derive)
     heap_due: np.ndarray  # float64: due moments of half-openings (heap.py)
     heap_entries: np.ndarray  # int64 [capacity, 4]
     log: np.ndarray  # int64 [capacity, LOG_COLUMNS] (derive)
@@ -97,7 +118,10 @@ class State(NamedTuple):
     changes: np.ndarray  # int64 [capacity, 3]: the scorer's transitions (scoring)
     scores: np.ndarray  # int64: the scorer's totals (score.py) (scoring)
     marked: np.ndarray  # int64 [circuit]: the circuits marked since the last TICK (figures)
-    counters: np.ndarray  # int64
+    counters: np.ndarray  # int64 [COUNTERS]
+    pending: np.ndarray  # int64 [capacity, LOG_COLUMNS]: alerts held to their step's end (derive)
+    dirty: np.ndarray  # int64 [circuit]: classes whose capacity is to be judged (derive)
+    scratch: np.ndarray  # int64: a lost worker's started tasks, sorted (derive)
     derive: bool  # write the derived records (transitions, commands, migrations)
     scoring: bool  # score the transitions and outcomes
     figures: bool  # mark circuits and write their figures at each TICK (with derive)
@@ -123,15 +147,17 @@ def new_state(
 
     circuits = np.zeros((n_circ, CIRCUIT_COLUMNS), np.int64)
     circuits[:, LAST_CHANGE] = -1
+    circuits[:, OUTAGE_SINCE] = -1
+    pairs_per_worker = int(np.diff(fleet.worker_pairs_offsets).max(initial=0))
     return State(
         circuits,
         np.zeros(n_circ),
         np.zeros((n_work, WORKER_COLUMNS), np.int64),
-        np.zeros((n_circ, 2), np.int64),
+        np.zeros((n_circ, 3), np.int64),
         sized(int(fleet.class_offsets[-1]), keep=derive),
         sized(n_circ, keep=derive),
         sized(len(fleet.pair_task_key), 3, keep=derive),
-        sized(int(encoded.inputs.task_key.max(initial=-1)) + 1, 2, keep=derive),
+        sized(int(encoded.inputs.task_key.max(initial=-1)) + 1, TASK_COLUMNS, keep=derive),
         np.empty(heap_capacity),
         np.empty((heap_capacity, 4), np.int64),
         np.empty((log_capacity if derive else 0, LOG_COLUMNS), np.int64),
@@ -139,7 +165,10 @@ def new_state(
         np.empty((changes_capacity if scoring else 0, 3), np.int64),
         np.zeros(7, np.int64),
         sized(n_circ, keep=figures),
-        np.zeros(8, np.int64),
+        np.zeros(COUNTERS, np.int64),
+        sized(log_capacity // 16 + 256, LOG_COLUMNS, keep=derive),
+        sized(n_circ, keep=derive),
+        sized(pairs_per_worker, keep=derive),
         derive,
         scoring,
         figures,

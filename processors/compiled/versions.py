@@ -8,6 +8,7 @@ state, so every version is resolved here, before the replay.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -17,7 +18,7 @@ from faultstream.events.exceptions import ConfigError
 from faultstream.events.models import CircuitKind
 from faultstream.processors.core.circuit import CircuitParams
 
-from .codes import BACKOFF_STEPS, attribution_ranks
+from .codes import BACKOFF_STEPS, UnsupportedHistory, attribution_ranks
 
 
 class Rules(NamedTuple):
@@ -37,6 +38,14 @@ class Rules(NamedTuple):
     heartbeat_ms: np.ndarray  # float64 [version]: heartbeat_timeout_s x 1000
     guard_fraction: np.ndarray  # float64 [version]: the fleet guard's max_open_fraction
     guard_min: np.ndarray  # int64 [version]: the fleet guard's guard_min_workers
+    # The alert rules (0 = off) and what a CONFIG_CHANGED switching to a version changed:
+    capacity_below: np.ndarray  # float64 [version]: class_capacity_below, percent
+    open_longer_ms: np.ndarray  # float64 [version]: open_longer_than_s x 1000
+    escalations: np.ndarray  # int64 [version]: 1 = escalations alert
+    health_below: np.ndarray  # float64 [version]: fleet_health_below
+    skew_ms: np.ndarray  # float64 [version]: max_skew_s x 1000 while clock_skew, else 0
+    alerts_changed: np.ndarray  # int64 [version]: its [alerts] differ from the version before
+    open_longer_changed: np.ndarray  # int64 [version]: its open_longer_than_s differs
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,7 @@ def settings_versions(
     """The settings after each CONFIG_CHANGED (`configs`: record index, config) the core
     applies: a repeat (`skip`) is not applied, an invalid one is ignored as FleetCore
     ignores it."""
+    _refuse_unsupported(initial)
     settings = [initial]
     config_version = np.full(len(skip), -1, np.int64) if configs else _NO_SWITCHES
     for i, config in configs:
@@ -63,8 +73,24 @@ def settings_versions(
             settings.append(settings[-1].merged(config))
         except ConfigError:
             continue
+        _refuse_unsupported(settings[-1])
         config_version[i] = len(settings) - 1
     return Versions(settings, _rules(settings, config_version))
+
+
+def _refuse_unsupported(settings: CoreSettings) -> None:
+    """The rules the twin does not replay yet: the caller falls back to the core."""
+    circuits = settings.circuits
+    for kind in CircuitKind:
+        kind_settings = circuits.for_kind(kind)
+        if kind_settings.failure_rate_threshold > 0:
+            raise UnsupportedHistory(f"the failure-rate rule ({kind.value} circuits)")
+        if kind_settings.slow_call_duration_s > 0:
+            raise UnsupportedHistory(f"the slow-call rule ({kind.value} circuits)")
+    if circuits.worker.outlier_stdev_factor > 0:
+        raise UnsupportedHistory("outlier ejection (worker outlier_stdev_factor)")
+    if settings.recovery.adaptive:
+        raise UnsupportedHistory("adaptive ladders (recovery.adaptive)")
 
 
 def _rules(settings: list[CoreSettings], config_version: np.ndarray) -> Rules:
@@ -93,7 +119,26 @@ def _rules(settings: list[CoreSettings], config_version: np.ndarray) -> Rules:
         np.array([s.recovery.heartbeat_timeout_s * 1000.0 for s in settings], np.float64),
         np.array([s.circuits.worker.max_open_fraction for s in settings], np.float64),
         np.array([s.circuits.worker.guard_min_workers for s in settings], np.int64),
+        np.array([s.alerts.class_capacity_below for s in settings], np.float64),
+        np.array([s.alerts.open_longer_than_s * 1000.0 for s in settings], np.float64),
+        np.array([int(s.alerts.escalations) for s in settings], np.int64),
+        np.array([s.alerts.fleet_health_below for s in settings], np.float64),
+        np.array([skew_ms(s) for s in settings], np.float64),
+        np.array([0] + [int(a.alerts != b.alerts) for a, b in pairwise(settings)], np.int64),
+        np.array(
+            [0]
+            + [
+                int(a.alerts.open_longer_than_s != b.alerts.open_longer_than_s)
+                for a, b in pairwise(settings)
+            ],
+            np.int64,
+        ),
     )
+
+
+def skew_ms(settings: CoreSettings) -> float:
+    """The clock skew a worker may have (ms) as fleet.py reads it: 0 while the rule is off."""
+    return settings.clock.max_skew_s * 1000.0 if settings.alerts.clock_skew else 0.0
 
 
 def _backoff(params: CircuitParams) -> tuple[list[float], bool]:

@@ -1,10 +1,12 @@
 """Workers in the compiled twin (fleet.py `process`, `_new_worker`, `_move_class`,
-`_lose_worker`; workers.py): a worker event keeps its worker alive in its class, a lost
-worker counts one WORKER_DISCONNECTION and its started tasks migrate, and the members of
-each class (kept in id order) give a moved task its target worker."""
+`_lose_worker`, `_moving`, `_arrived`; workers.py): a worker event keeps its worker alive in
+its class, a lost worker counts one WORKER_DISCONNECTION and its started tasks migrate in
+start order, and the members of each class (kept in id order) give a moved task its target
+worker: the least loaded, then the healthiest."""
 
 from __future__ import annotations
 
+from .alerts import closed, create, dirty_class, queue_alert
 from .circuits import count_failure
 from .codes import (
     CLOSED,
@@ -14,7 +16,7 @@ from .codes import (
     WORKER_DISCONNECTION,
     openish,
 )
-from .figures import mark
+from .figures import heapsort, mark
 from .jit import inlined_step, step
 from .log import log_row
 from .moments import ceil_ms
@@ -23,16 +25,22 @@ from .state import (
     BLAME_LOST,
     CHECKPOINT_SEQ,
     CLASS,
+    CLOSED_LIVE,
     CONSECUTIVE_FAILURES,
+    ESCALATED,
+    ESCALATIONS_RULE,
     EXISTS,
+    FIRING,
     HAS_CHECKPOINT,
     HAS_TARGET_CHECKPOINT,
+    INCOMING,
     LIVE,
     LOSS_DUE_MS,
     LOST,
     MIGRATED_START,
     MIGRATED_WORKER,
     MIGRATION,
+    MOVED_TO,
     OPENED,
     RUNNING,
     STARTED,
@@ -77,17 +85,22 @@ def _leave(run, state, c, w) -> None:
 @inlined_step
 def arrive(run, state, w, class_circuit) -> None:
     """A worker event from `w`, reporting class `class_circuit`: it is known, in that class, and
-    alive; the fleet guard's counts of the classes follow."""
+    alive; the fleet guard's counts of the classes follow, and the capacity alerts'."""
     workers, classes = state.workers, state.classes
     worker_circuit = run.fleet.worker_circuit[w]
-    opened = openish(state.circuits[worker_circuit, STATE])
+    circuit_state = state.circuits[worker_circuit, STATE]
+    opened = openish(circuit_state)
     if workers[w, EXISTS] == 0:
         workers[w, EXISTS] = 1
         workers[w, CLASS] = class_circuit
         if state.derive:
+            create(run, state, class_circuit)
+            create(run, state, worker_circuit)
             _join(run, state, class_circuit, w)
+            dirty_class(state, class_circuit)
         classes[class_circuit, LIVE] += 1
         classes[class_circuit, OPENED] += opened
+        classes[class_circuit, CLOSED_LIVE] += closed(circuit_state)
         if state.figures:
             mark(state, worker_circuit)
             mark(state, class_circuit)
@@ -96,12 +109,17 @@ def arrive(run, state, w, class_circuit) -> None:
         old = workers[w, CLASS]
         if state.derive:
             _leave(run, state, old, w)
+            create(run, state, class_circuit)
             _join(run, state, class_circuit, w)
+            dirty_class(state, old)
+            dirty_class(state, class_circuit)
         if workers[w, LOST] == 0:
             classes[old, LIVE] -= 1
             classes[old, OPENED] -= opened
+            classes[old, CLOSED_LIVE] -= closed(circuit_state)
             classes[class_circuit, LIVE] += 1
             classes[class_circuit, OPENED] += opened
+            classes[class_circuit, CLOSED_LIVE] += closed(circuit_state)
         workers[w, CLASS] = class_circuit
         if state.figures:
             mark(state, old)
@@ -111,32 +129,64 @@ def arrive(run, state, w, class_circuit) -> None:
         workers[w, LOST] = 0
         classes[class_circuit, LIVE] += 1
         classes[class_circuit, OPENED] += opened
+        classes[class_circuit, CLOSED_LIVE] += closed(circuit_state)
+        if state.derive:
+            dirty_class(state, class_circuit)
         if state.figures:
             mark(state, worker_circuit)
             mark(state, class_circuit)
 
 
+@inlined_step
+def arrived(state, key) -> None:
+    """fleet.py `_arrived`: task `key` started somewhere or finished, so it is no longer in
+    flight to the worker a move command sent it to."""
+    tasks = state.checkpoints
+    target = tasks[key, MOVED_TO]
+    if target > 0:
+        state.workers[target - 1, INCOMING] -= 1
+        tasks[key, MOVED_TO] = 0
+
+
+@step
+def moving(state, key, target) -> None:
+    """fleet.py `_moving`: a move command sent task `key` to worker `target`."""
+    arrived(state, key)
+    state.checkpoints[key, MOVED_TO] = target + 1
+    state.workers[target, INCOMING] += 1
+
+
+@step
+def escalated(run, state, key, ts, row) -> None:
+    """An ESCALATION command (log row `row`) for task `key`: its alert fires, once."""
+    tasks = state.checkpoints
+    if run.rules.escalations[state.counters[VERSION]] == 0 or tasks[key, ESCALATED] == 1:
+        return
+    tasks[key, ESCALATED] = 1
+    queue_alert(state, ESCALATIONS_RULE, FIRING, key, ts, row)
+
+
 @step
 def pick_target(run, state, c, failed) -> int:
-    """workers.py `pick_target`: the healthiest live CLOSED worker of class `c` but
-    `failed`, ties by id (the first of the id-ordered members with the fewest consecutive
-    failures, capped at 3 as health is); -1 for none."""
+    """workers.py `pick_target`: among the live CLOSED workers of class `c` but `failed`,
+    the fewest tasks in flight, then the fewest consecutive failures (capped at 3 as
+    health is), then by id (the members are in id order); -1 for none."""
     if c < 0:
         return -1
     best = -1
-    best_failures = 3
+    best_load = best_failures = 0
+    workers = state.workers
     start = run.fleet.class_offsets[c]
     for j in range(start, start + state.member_counts[c]):
         m = state.members[j]
         cm = run.fleet.worker_circuit[m]
-        if state.workers[m, LOST] == 1 or state.circuits[cm, STATE] != CLOSED or m == failed:
+        if workers[m, LOST] == 1 or state.circuits[cm, STATE] != CLOSED or m == failed:
             continue
-        failures = state.circuits[cm, CONSECUTIVE_FAILURES]
-        if failures == 0:
-            return m
-        failures = min(failures, 3)
-        if best < 0 or failures < best_failures:
+        load = workers[m, STARTED] + workers[m, INCOMING]
+        failures = min(state.circuits[cm, CONSECUTIVE_FAILURES], 3)
+        if best < 0 or load < best_load or (load == best_load and failures < best_failures):
             best = m
+            best_load = load
             best_failures = failures
     return best
 
@@ -155,6 +205,9 @@ def lose_worker(run, state, loss) -> None:
     worker_circuit = fleet.worker_circuit[w]
     classes[home, LIVE] -= 1
     classes[home, OPENED] -= openish(state.circuits[worker_circuit, STATE])
+    classes[home, CLOSED_LIVE] -= closed(state.circuits[worker_circuit, STATE])
+    if state.derive:
+        dirty_class(state, home)
     if state.figures:
         mark(state, worker_circuit)
         mark(state, home)
@@ -174,14 +227,21 @@ def lose_worker(run, state, loss) -> None:
 
 @step
 def _migrate(run, state, w, home, due_ms, at) -> None:
-    """Lost worker `w`'s started tasks, in task_id order: each moved to another worker of
-    its class with its checkpoint, or escalated at max_retries."""
+    """Lost worker `w`'s started tasks, in start order: each moved to another worker of its
+    class with its checkpoint (in flight there for the next pick), or escalated at
+    max_retries."""
     fleet, started, checkpoints, log = run.fleet, state.started, state.checkpoints, state.log
     max_retries = run.rules.max_retries[state.counters[VERSION]]
+    # Start order is the order of each task's newest TASK_STARTED: sorted by it.
+    order, n, n_pairs = state.scratch, 0, started.shape[0]
     for q in range(fleet.worker_pairs_offsets[w], fleet.worker_pairs_offsets[w + 1]):
         p = fleet.worker_pairs[q]
-        if started[p, RUNNING] == 0:
-            continue
+        if started[p, RUNNING] == 1:
+            order[n] = started[p, STARTED_BY] * n_pairs + p
+            n += 1
+    heapsort(order, n)
+    for j in range(n):
+        p = order[j] % n_pairs
         started[p, RUNNING] = 0
         key = fleet.pair_task_key[p]
         row = log_row(state, MIGRATION, at)
@@ -195,10 +255,13 @@ def _migrate(run, state, w, home, due_ms, at) -> None:
         if started[p, ATTEMPT] >= max_retries:
             log[row, STRATEGY] = ESCALATION
             checkpoints[key, HAS_CHECKPOINT] = 0
+            escalated(run, state, key, at, row)
         else:
             log[row, STRATEGY] = DIFFERENT_WORKER
             log[row, HAS_TARGET_CHECKPOINT] = checkpoints[key, HAS_CHECKPOINT]
             log[row, TARGET_CHECKPOINT] = checkpoints[key, CHECKPOINT_SEQ]
             target = pick_target(run, state, home, w)
             log[row, TARGET] = fleet.worker_circuit[target] if target >= 0 else -1
+            if target >= 0:
+                moving(state, key, target)
     state.workers[w, STARTED] = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from faultstream.events.config import CircuitSettings
@@ -10,6 +11,7 @@ from faultstream.events.health import circuit_health
 from faultstream.events.models import CircuitKind, CircuitState, CircuitStateChanged
 
 from .ids import transition_id
+from .window import FAILURE, SLOW, SUCCESS, OutcomeWindow
 
 CLOSED = CircuitState.CLOSED
 OPEN = CircuitState.OPEN
@@ -32,9 +34,18 @@ class CircuitParams:
     max_reset_timeout_s: float
     success_threshold: int
     half_open_max_calls: int
+    # The sliding window (window.py): on when either rule is.
+    window_on: bool = False
+    window_count: int = 0  # a count window's size; 0 for a time window
+    window_ms: float = 0.0  # a time window's span
+    minimum_calls: int = 20
+    failure_rate_threshold: float = 0.0  # percent; 0 = off
+    slow_ms: float = 0.0  # a success at least this long is slow; 0 = off
+    slow_rate_threshold: float = 100.0  # percent
 
     @classmethod
     def of(cls, settings: CircuitSettings) -> CircuitParams:
+        count = settings.sliding_window_type == "count"
         return cls(
             settings.failure_threshold,
             float(settings.recovery_timeout_s),
@@ -42,6 +53,13 @@ class CircuitParams:
             float(settings.max_reset_timeout_s),
             settings.success_threshold,
             settings.half_open_max_calls,
+            settings.window_on,
+            int(settings.sliding_window_size) if count else 0,
+            0.0 if count else float(settings.sliding_window_size) * 1000.0,
+            settings.minimum_number_of_calls,
+            float(settings.failure_rate_threshold),
+            float(settings.slow_call_duration_s) * 1000.0,
+            float(settings.slow_call_rate_threshold),
         )
 
     def backoff_s(self, trips: int) -> float:
@@ -66,6 +84,7 @@ class Circuit:
         "half_open_successes",
         "id",
         "kind",
+        "outage_since",
         "rank",
         "reset_timeout_s",
         "state",
@@ -73,6 +92,7 @@ class Circuit:
         "total_successes",
         "total_trips",
         "trips",
+        "window",
     )
 
     def __init__(self, rank: int, circuit_id: str, params: CircuitParams) -> None:
@@ -90,6 +110,8 @@ class Circuit:
         self.due_exact = 0.0  # ms, unrounded: orders due moments
         self.due_ms = 0  # ms, rounded up: the half-open transition's ts
         self.gen = 0  # bumped on every transition; stale heap entries compare unequal
+        self.outage_since = -1  # ms it left CLOSED (open_longer_than_s); -1 while CLOSED
+        self.window: OutcomeWindow | None = None  # made when a window rule first needs it
 
     @property
     def health(self) -> float:
@@ -97,21 +119,34 @@ class Circuit:
             self.state, self.consecutive_failures, self.half_open_successes, self.total_trips
         )
 
-    def would_open_on_failure(self, params: CircuitParams) -> bool:
+    def would_open_on_failure(self, params: CircuitParams, ts: int) -> bool:
         state = self.state
         if state is CLOSED:
-            return self.consecutive_failures + 1 >= params.failure_threshold
+            if self.consecutive_failures + 1 >= params.failure_threshold:
+                return True
+            return params.window_on and self._window().failure_would_meet(params, ts)
         return state is HALF_OPEN
 
     # --- outcomes ------------------------------------------------------------------
 
     def on_success(
-        self, params: CircuitParams, ts: int, caused_by: str
+        self,
+        params: CircuitParams,
+        ts: int,
+        caused_by: str,
+        slow: bool = False,
+        held: Callable[[], bool] | None = None,
     ) -> CircuitStateChanged | None:
+        """`slow`: the success took at least `slow_call_duration_s`; `held`: asked before a
+        window rule opens the circuit (the fleet guard), True holds the opening back."""
         self.total_successes += 1
         state = self.state
         if state is CLOSED:
             self.consecutive_failures = 0
+            if params.window_on:
+                met = self._window().enter(params, ts, SLOW if slow else SUCCESS)
+                if met and (held is None or not held()):
+                    return self._open(params, ts, caused_by, met)
         elif state is HALF_OPEN:
             self.half_open_successes += 1
             if self.half_open_successes >= params.success_threshold:
@@ -125,11 +160,30 @@ class Circuit:
         state = self.state
         if state is CLOSED:
             self.consecutive_failures += 1
+            met = []
             if self.consecutive_failures >= params.failure_threshold:
-                return self._open(params, ts, caused_by, f"{reason}; failure_threshold reached")
+                met.append("failure_threshold reached")
+            if params.window_on:
+                rates = self._window().enter(params, ts, FAILURE)
+                if rates:
+                    met.append(rates)
+            if met:
+                return self._open(params, ts, caused_by, "; ".join([reason, *met]))
         elif state is HALF_OPEN:
             return self._open(params, ts, caused_by, f"{reason}; failed while half-open")
         return None
+
+    def open_outlier(
+        self, params: CircuitParams, ts: int, caused_by: str, reason: str
+    ) -> CircuitStateChanged:
+        """An outlier worker ejected (the fleet decided, not this circuit's outcomes)."""
+        return self._open(params, ts, caused_by, reason)
+
+    def _window(self) -> OutcomeWindow:
+        window = self.window
+        if window is None:
+            window = self.window = OutcomeWindow()
+        return window
 
     # --- transitions ---------------------------------------------------------------
 
@@ -139,6 +193,8 @@ class Circuit:
         return self._become(HALF_OPEN, ts, caused_by, reason)
 
     def force_open(self, ts: int, caused_by: str, actor: str) -> CircuitStateChanged | None:
+        if self.window is not None:
+            self.window.clear()
         if self.state is FORCED_OPEN:
             return None
         return self._become(FORCED_OPEN, ts, caused_by, f"operator FORCE_OPEN by {actor}")
@@ -147,6 +203,8 @@ class Circuit:
         self, params: CircuitParams, ts: int, caused_by: str, actor: str
     ) -> CircuitStateChanged | None:
         """Every counter but the totals back to 0; a record only if the state changes."""
+        if self.window is not None:
+            self.window.clear()
         if self.state is CLOSED:
             self.consecutive_failures = self.half_open_successes = self.trips = 0
             self.reset_timeout_s = params.recovery_timeout_s
@@ -178,6 +236,11 @@ class Circuit:
         from_state = self.state
         self.state = to_state
         self.gen += 1
+        if from_state is CLOSED or to_state is CLOSED:
+            # The window holds the outcomes of one closed spell; an outage starts or ends.
+            if self.window is not None:
+                self.window.clear()
+            self.outage_since = ts if from_state is CLOSED else -1
         return CircuitStateChanged.model_construct(
             event_id=transition_id(caused_by, self.kind.value, self.id, from_state, to_state, ts),
             ts=ts,

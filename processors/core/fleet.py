@@ -22,8 +22,11 @@ from typing import Any
 from faultstream.events.classify import classify_message
 from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import ConfigError
+from faultstream.events.health import overall_health
 from faultstream.events.models import (
+    Alert,
     CircuitKind,
+    CircuitStateChanged,
     ConfigChanged,
     DerivedRecord,
     EventKind,
@@ -34,18 +37,34 @@ from faultstream.events.models import (
     RecoveryCommand,
     RecoveryStrategy,
     WorkerEvent,
+    received_at,
 )
 
-from .circuit import CLOSED, HARDWARE_CLASS, OPEN, TASK_TYPE, WORKER, Circuit, CircuitParams
+from .alerts import CAPACITY, CLOCK_SKEW, ESCALATIONS, FLEET_HEALTH, OPEN_LONGER, AlertBook
+from .circuit import (
+    CLOSED,
+    HALF_OPEN,
+    HARDWARE_CLASS,
+    OPEN,
+    OPENISH,
+    TASK_TYPE,
+    WORKER,
+    Circuit,
+    CircuitParams,
+)
 from .ids import command_id, migration_command_id
-from .recovery import MOVES_TASK, Plan, plan_failure
+from .recovery import MOVES_TASK, Learned, Plan, plan_failure
 from .view import capacity_view, circuits_view, figures, workers_view
 from .workers import ClassMembers, Worker, fleet_guard_holds, pick_target, remember
 
 SEEN_IDS_PER_WORKER = 10_000
 SEEN_CONTROL_IDS = 100_000
-LOST = 3  # rank of a lost-worker timer when due moments and ids tie (after circuits)
-_SNAPSHOT_VERSION = 3  # 2: a worker's recent ids as one joined string; 3: figure marks
+# Ranks of due moments that tie on moment and id: an outlier boundary (id "") first, then
+# circuits half-opening (their kind rank), lost workers, circuits open too long (4 + rank).
+BOUNDARY = -1
+LOST = 3
+OUTAGE = 4
+_SNAPSHOT_VERSION = 4  # 3: figure marks; 4: windows, outliers, moves, trials, alerts
 _KIND_RANK = {
     CircuitKind.WORKER: WORKER,
     CircuitKind.HARDWARE_CLASS: HARDWARE_CLASS,
@@ -70,7 +89,26 @@ class FleetCore:
         self._control_order: deque[str] = deque()
         # Circuits whose figures changed since the last TICK published them.
         self._marked: set[Circuit] = set()
+        # Slow calls: (task_id, attempt) -> received_at of its newest TASK_STARTED.
+        self._starts: dict[tuple[str, int], int] = {}
+        # Load-balanced moves: task_id -> the worker a move command sent it to, until it
+        # starts anywhere or finishes.
+        self._moves: dict[str, Worker] = {}
+        # Adaptive ladders: (task_id, attempt) -> (failure type, class, strategy) of the
+        # command that attempt carries out; its outcome becomes a trial in `_learned`.
+        self._awaiting: dict[tuple[str, int], tuple[FailureType, str, RecoveryStrategy]] = {}
+        self._learned: Learned = {}
+        # Alerts: the firing ones; those decided but not yet written (they follow the
+        # records of their decision); what the threshold rules must judge again.
+        self._alerts = AlertBook()
+        self._pending_alerts: list[Alert] = []
+        self._dirty_classes: set[str] = set()
+        self._health_dirty = False
+        self._circuit_count = self._open_count = self._half_open_count = 0
+        self._boundary_gen = 0
         self._apply_settings(settings or CoreSettings())
+        if self._outlier_factor:
+            self._push_boundary()
 
     def _apply_settings(self, settings: CoreSettings) -> None:
         self.settings = settings
@@ -84,6 +122,19 @@ class FleetCore:
         self._heartbeat_ms = settings.recovery.heartbeat_timeout_s * 1000.0
         self._guard_fraction = circuits.worker.max_open_fraction
         self._guard_min = circuits.worker.guard_min_workers
+        worker = circuits.worker
+        self._outlier_factor = worker.outlier_stdev_factor
+        self._outlier_ms = worker.outlier_interval_s * 1000.0
+        self._outlier_hosts = worker.outlier_minimum_hosts
+        self._outlier_volume = worker.outlier_request_volume
+        recovery = settings.recovery
+        self._min_samples = recovery.adaptive_min_samples if recovery.adaptive else 0
+        alerts = settings.alerts
+        self._capacity_below = alerts.class_capacity_below
+        self._open_longer_ms = alerts.open_longer_than_s * 1000.0
+        self._escalation_alerts = alerts.escalations
+        self._health_below = alerts.fleet_health_below
+        self._skew_ms = settings.clock.max_skew_s * 1000.0 if alerts.clock_skew else 0.0
 
     # --- the one entry point -------------------------------------------------------
 
@@ -127,22 +178,24 @@ class FleetCore:
             if ts > worker.last_ts:
                 worker.last_ts = ts  # the heap timer catches up lazily when it pops
             if worker.lost:
-                worker.lost = False
-                self._push_lost_timer(worker, self._lost_due(worker))
-                self._marked.add(worker.circuit)  # live again: its figures and its class's
-                self._marked.add(worker.hw_circuit)
+                self._revive(worker)
         elif handler is not None:  # created after the due moments: they precede this input
             worker = self._new_worker(record, ts)  # type: ignore[arg-type]
             remember(worker.seen, worker.seen_order, event_id, SEEN_IDS_PER_WORKER)
         if handler is not None:
             if handler is not _on_heartbeat:  # a heartbeat only marks the worker alive
                 handler(self, worker, record, out)
+            skew = record.ts - ts
+            if worker.skewed or (self._skew_ms and abs(skew) > self._skew_ms):  # type: ignore[union-attr]
+                self._judge_skew(worker, skew, event_id)  # type: ignore[arg-type]
         elif record.kind == "OPERATOR":
             self._on_operator(record, out)  # type: ignore[arg-type]
         elif record.kind == "CONFIG_CHANGED":
             self._on_config(record)  # type: ignore[arg-type]
         elif self._marked:  # a TICK: what it revealed, then the figures that changed
             self._publish_figures(event_id, out)
+        if self._pending_alerts or self._dirty_classes or self._health_dirty:
+            self._judge_alerts(self.now, event_id, out)
         return out
 
     # --- due moments ---------------------------------------------------------------
@@ -152,7 +205,8 @@ class FleetCore:
 
         Circuits half-open when now >= due; a worker is lost only when now > due ("more
         than heartbeat_timeout_s"). Output ts never goes below the clock before this
-        input (`floor_ts`), so the derived stream's clock never goes back.
+        input (`floor_ts`), so the derived stream's clock never goes back. The alert rules
+        are judged after each due moment that changed something.
         """
         heap = self._heap
         now = self.now
@@ -160,21 +214,35 @@ class FleetCore:
         while heap and heap[0][0] <= now:
             entry = heappop(heap)
             due, _, rank, _, target, gen = entry
-            if rank != LOST:
-                if gen == target.gen and target.state is OPEN:
-                    ts = max(target.due_ms, floor_ts)
-                    out.append(target.half_open(self._params[rank], ts, caused_by))
-                    self._mark_transition(target)
-                continue
-            if gen != target.timer_gen or target.lost:
-                continue
-            current = self._lost_due(target)
-            if current > due:  # seen since the timer was set: wait for the newer due
-                self._push_lost_timer(target, current)
-            elif due >= now:
-                not_yet.append(entry)
-            else:
+            ts = max(math.ceil(due), floor_ts)
+            if rank == BOUNDARY:
+                if gen != self._boundary_gen:
+                    continue
+                self._judge_outliers(ts, caused_by, out)
+                self._push_boundary()
+            elif rank < LOST:
+                if gen != target.gen or target.state is not OPEN:
+                    continue
+                ts = max(target.due_ms, floor_ts)
+                change = target.half_open(self._params[rank], ts, caused_by)
+                out.append(change)
+                self._transitioned(target, change)
+            elif rank == LOST:
+                if gen != target.timer_gen or target.lost:
+                    continue
+                current = self._lost_due(target)
+                if current > due:  # seen since the timer was set: wait for the newer due
+                    self._push_lost_timer(target, current)
+                    continue
+                if due >= now:
+                    not_yet.append(entry)
+                    continue
                 self._lose_worker(target, due, caused_by, floor_ts, out)
+            else:
+                if not self._open_too_long(target, gen, due, ts, caused_by):
+                    continue
+            if self._pending_alerts or self._dirty_classes or self._health_dirty:
+                self._judge_alerts(ts, caused_by, out)
         for entry in not_yet:
             heappush(heap, entry)
 
@@ -202,6 +270,7 @@ class FleetCore:
         self._push_lost_timer(worker, self._lost_due(worker))
         self._marked.add(worker.circuit)
         self._marked.add(hardware)
+        self._dirty_classes.add(worker.hardware_class)
         return worker
 
     def _members(self, hardware_class: str) -> ClassMembers:
@@ -213,20 +282,35 @@ class FleetCore:
     def _move_class(self, worker: Worker, event: WorkerEvent) -> None:
         self._by_class[worker.hardware_class].remove(worker)
         self._marked.add(worker.hw_circuit)
+        self._dirty_classes.add(worker.hardware_class)
         worker.hardware_class = event.hardware_class
         worker.hw_circuit = self._circuit(HARDWARE_CLASS, event.hardware_class)
         self._members(worker.hardware_class).add(worker)
         self._marked.add(worker.hw_circuit)
         self._marked.add(worker.circuit)
+        self._dirty_classes.add(worker.hardware_class)
+
+    def _set_lost(self, worker: Worker, lost: bool) -> None:
+        """Lost or live again: its figures, its class's and the class's capacity change."""
+        members = self._by_class[worker.hardware_class]
+        members.count(worker, -1)
+        worker.lost = lost
+        members.count(worker, 1)
+        self._marked.add(worker.circuit)
+        self._marked.add(worker.hw_circuit)
+        self._dirty_classes.add(worker.hardware_class)
+
+    def _revive(self, worker: Worker) -> None:
+        self._set_lost(worker, False)
+        self._push_lost_timer(worker, self._lost_due(worker))
 
     def _lose_worker(
         self, worker: Worker, due: float, caused_by: str, floor_ts: int, out: list[DerivedRecord]
     ) -> None:
-        """A lost worker: one WORKER_DISCONNECTION counted, each started task migrated."""
-        worker.lost = True
+        """A lost worker: one WORKER_DISCONNECTION counted, each started task migrated, in
+        start order (each move counts as in flight on its target for the next pick)."""
+        self._set_lost(worker, True)
         worker.timer_gen += 1
-        self._marked.add(worker.circuit)
-        self._marked.add(worker.hw_circuit)
         due_ms = math.ceil(due)
         ts = max(due_ms, floor_ts)
         silence = self._heartbeat_ms / 1000.0
@@ -241,22 +325,30 @@ class FleetCore:
             counted_on = [self._circuit(TASK_TYPE, t) for t in task_types]
         for circuit in counted_on:
             self._count_failure(circuit, ts, caused_by, reason, out)
-        for task_id in sorted(worker.tasks):
-            attempt, task_type = worker.tasks[task_id]
+        for task_id, (attempt, task_type) in list(worker.tasks.items()):
             if attempt >= self._max_retries:
                 why = f"{reason}; attempt {attempt} reached max_retries {self._max_retries}"
                 plan = Plan(RecoveryStrategy.ESCALATION, why)
             else:
                 plan = Plan(RecoveryStrategy.DIFFERENT_WORKER, reason)
             cid = migration_command_id(worker.id, due_ms, task_id)
-            command = self._command(plan, cid, ts, task_id, task_type, worker, attempt, caused_by)
+            failure = (FailureType.WORKER_DISCONNECTION, worker.hardware_class)
+            command = self._command(
+                plan, cid, ts, task_id, task_type, worker, attempt, caused_by, failure
+            )
             out.append(command)
         worker.tasks.clear()
 
     # --- worker events -------------------------------------------------------------
 
     def _on_started(self, worker: Worker, event: WorkerEvent, out: list) -> None:
-        worker.tasks[event.task_id] = (event.attempt, event.task_type)  # type: ignore[index]
+        task_id = event.task_id
+        tasks = worker.tasks
+        tasks.pop(task_id, None)  # type: ignore[arg-type]  # a restart is its newest start
+        tasks[task_id] = (event.attempt, event.task_type)  # type: ignore[index]
+        self._starts[task_id, event.attempt] = received_at(event)  # type: ignore[index]
+        if self._moves:
+            self._arrived(task_id)  # type: ignore[arg-type]
         self._circuit(TASK_TYPE, event.task_type)  # type: ignore[arg-type]
 
     def _on_checkpoint(self, worker: Worker, event: WorkerEvent, out: list) -> None:
@@ -268,19 +360,38 @@ class FleetCore:
         task_id = event.task_id
         worker.tasks.pop(task_id, None)  # type: ignore[arg-type]
         self._checkpoints.pop(task_id, None)  # type: ignore[arg-type]
+        self._finished(worker, task_id, event.attempt, success=True)  # type: ignore[arg-type]
+        started = self._starts.pop((task_id, event.attempt), None)  # type: ignore[arg-type]
         task_type = self._circuit(TASK_TYPE, event.task_type)  # type: ignore[arg-type]
         now = self.now
         params = self._params
         mark = self._marked.add
+        duration = -1 if started is None else received_at(event) - started
         for circuit in (worker.circuit, worker.hw_circuit, task_type):
             mark(circuit)
-            changed = circuit.on_success(params[circuit.rank], now, event.event_id)
+            kind = params[circuit.rank]
+            if kind.window_on:
+                slow = kind.slow_ms > 0 and duration >= kind.slow_ms
+                held = self._guard(worker) if circuit.rank == WORKER else None
+                changed = circuit.on_success(kind, now, event.event_id, slow, held)
+            else:
+                changed = circuit.on_success(kind, now, event.event_id)
             if changed is not None:
                 out.append(changed)
-                self._mark_transition(circuit)
+                self._transitioned(circuit, changed)
+                if circuit.state is OPEN:  # a window rule opened it
+                    self._push_half_open(circuit)
+        if self._alerts.fires(ESCALATIONS, "task", task_id):  # type: ignore[arg-type]
+            self._queue_alert(
+                self._alerts.resolve(
+                    ESCALATIONS, "task", task_id, f"task {task_id} succeeded", now, event.event_id
+                )
+            )
 
     def _on_failure(self, worker: Worker, event: WorkerEvent, out: list) -> None:
         worker.tasks.pop(event.task_id, None)  # type: ignore[arg-type]
+        self._finished(worker, event.task_id, event.attempt, success=False)  # type: ignore[arg-type]
+        self._starts.pop((event.task_id, event.attempt), None)  # type: ignore[arg-type]
         failure_type = event.failure_type or classify_message(event.message)
         task_type = self._circuit(TASK_TYPE, event.task_type)  # type: ignore[arg-type]
         rank = self._attribution[failure_type]
@@ -289,13 +400,8 @@ class FleetCore:
         # Fleet guard: when most of a class fails together, blame the class, not each machine.
         guarded = (
             rank == WORKER
-            and circuit.would_open_on_failure(self._params[WORKER])
-            and fleet_guard_holds(
-                worker,
-                self._by_class[worker.hardware_class].workers,
-                self._guard_min,
-                self._guard_fraction,
-            )
+            and circuit.would_open_on_failure(self._params[WORKER], self.now)
+            and self._guard(worker)()
         )
         if guarded:
             circuit = worker.hw_circuit
@@ -313,6 +419,8 @@ class FleetCore:
             hardware=worker.hw_circuit,
             task_type=task_type,
             now=self.now,
+            learned=self._learned if self._min_samples else None,
+            min_samples=self._min_samples,
         )
         if guarded:
             plan = Plan(
@@ -332,8 +440,35 @@ class FleetCore:
                 worker,
                 event.attempt,
                 event.event_id,
+                (failure_type, worker.hardware_class),
             )
         )
+
+    def _guard(self, worker: Worker) -> Callable[[], bool]:
+        """Asks whether the fleet guard holds back opening `worker`'s circuit now."""
+        members = self._by_class[worker.hardware_class].workers
+        return lambda: fleet_guard_holds(worker, members, self._guard_min, self._guard_fraction)
+
+    def _finished(self, worker: Worker, task_id: str, attempt: int, *, success: bool) -> None:
+        """A task's outcome: no longer moving, a trial of the command it carried out, and a
+        share of its worker's success rate in this outlier interval."""
+        if self._moves:
+            self._arrived(task_id)
+        trial = self._awaiting.pop((task_id, attempt), None)
+        if trial is not None:
+            counts = self._learned.setdefault(trial, [0, 0])
+            counts[0] += 1
+            counts[1] += success
+        if self._outlier_factor:
+            if success:
+                worker.interval_successes += 1
+            else:
+                worker.interval_failures += 1
+
+    def _arrived(self, task_id: str) -> None:
+        target = self._moves.pop(task_id, None)
+        if target is not None:
+            target.incoming -= 1
 
     # --- circuits and commands -----------------------------------------------------
 
@@ -343,6 +478,10 @@ class FleetCore:
         if circuit is None:
             circuit = circuits[circuit_id] = Circuit(rank, circuit_id, self._params[rank])
             self._marked.add(circuit)
+            self._circuit_count += 1
+            self._health_dirty = True
+            if rank == HARDWARE_CLASS:
+                self._dirty_classes.add(circuit_id)
         return circuit
 
     def _count_failure(
@@ -352,23 +491,45 @@ class FleetCore:
         changed = circuit.on_failure(self._params[circuit.rank], ts, caused_by, reason)
         if changed is not None:
             out.append(changed)
-            self._mark_transition(circuit)
+            self._transitioned(circuit, changed)
             if circuit.state is OPEN:
                 self._push_half_open(circuit)
 
-    def _mark_transition(self, circuit: Circuit) -> None:
+    def _transitioned(self, circuit: Circuit, change: CircuitStateChanged) -> None:
         """A circuit changed state: its figures, and the availability it decides (a worker's
-        counts in its class's capacity; a class's, in each member's `available`)."""
+        counts in its class's capacity; a class's, in each member's `available`); the
+        fleet's state counts; the open-too-long clock."""
         marked = self._marked
         marked.add(circuit)
+        was, now_in = change.from_state, change.to_state
         if circuit.rank == WORKER:
             worker = self._workers.get(circuit.id)
             if worker is not None:
                 marked.add(worker.hw_circuit)
+                if not worker.lost and (was is CLOSED or now_in is CLOSED):
+                    self._by_class[worker.hardware_class].closed_live += (
+                        1 if now_in is CLOSED else -1
+                    )
+                    self._dirty_classes.add(worker.hardware_class)
         elif circuit.rank == HARDWARE_CLASS:
             members = self._by_class.get(circuit.id)
             if members is not None:
                 marked.update(member.circuit for member in members.workers)
+            self._dirty_classes.add(circuit.id)
+        self._open_count += (now_in in OPENISH) - (was in OPENISH)
+        self._half_open_count += (now_in is HALF_OPEN) - (was is HALF_OPEN)
+        self._health_dirty = True
+        if was is CLOSED:
+            if self._open_longer_ms:
+                self._push_outage_timer(circuit)
+        elif now_in is CLOSED and self._alerts.fires(OPEN_LONGER, circuit.kind.value, circuit.id):
+            message = f"{circuit.kind.value} circuit {circuit.id} is CLOSED again"
+            self._queue_alert(
+                self._alerts.resolve(
+                    OPEN_LONGER, circuit.kind.value, circuit.id, message, change.ts,
+                    change.caused_by,
+                )
+            )  # fmt: skip
 
     def _publish_figures(self, caused_by: str, out: list[DerivedRecord]) -> None:
         """One circuit_figures per marked circuit, in (kind rank, id) order; marks cleared."""
@@ -396,15 +557,26 @@ class FleetCore:
         worker: Worker,
         attempt: int,
         caused_by: str,
+        failure: tuple[FailureType, str],
     ) -> RecoveryCommand:
+        """The command for `plan`; `failure` is the (failure type, hardware class) of the
+        failure it answers: its strategy's trial is counted under them."""
         strategy = plan.strategy
         target = checkpoint = None
         if strategy in MOVES_TASK:
             checkpoint = self._checkpoints.get(task_id)
             members = self._by_class.get(plan.target_hardware_class or worker.hardware_class)
             target = pick_target(members, worker.id) if members else None
+            if target is not None:
+                self._moving(task_id, self._workers[target])
         elif strategy is RecoveryStrategy.ESCALATION:
             self._checkpoints.pop(task_id, None)  # the task is given up: forget it
+            if self._escalation_alerts:
+                message = f"task {task_id} escalated: {plan.reason}"
+                self._queue_alert(
+                    self._alerts.fire(ESCALATIONS, "task", task_id, message, ts, caused_by)
+                )
+        self._awaiting[task_id, attempt + 1] = (*failure, strategy)
         return RecoveryCommand.model_construct(
             command_id=cid,
             ts=ts,
@@ -437,7 +609,7 @@ class FleetCore:
             changed = circuit.reset(self._params[rank], self.now, record.event_id, record.actor)
         if changed is not None:
             out.append(changed)
-            self._mark_transition(circuit)
+            self._transitioned(circuit, changed)
 
     def _on_config(self, record: ConfigChanged) -> None:
         # An invalid configuration in the history is not fatal here: it is ignored and the
@@ -447,15 +619,178 @@ class FleetCore:
             settings = self.settings.merged(record.config)
         except ConfigError:
             return
-        old_heartbeat = self.settings.recovery.heartbeat_timeout_s
+        old = self.settings
         self._apply_settings(settings)
-        if settings.recovery.heartbeat_timeout_s != old_heartbeat:
+        if settings.recovery.heartbeat_timeout_s != old.recovery.heartbeat_timeout_s:
             # Lost-worker timers only move later lazily; a shorter timeout needs them anew.
             self._heap = [entry for entry in self._heap if entry[2] != LOST]
             heapify(self._heap)
             for worker in self._workers.values():
                 if not worker.lost:
                     self._push_lost_timer(worker, self._lost_due(worker))
+        self._outliers_changed(old.circuits.worker)
+        if settings.alerts.open_longer_than_s != old.alerts.open_longer_than_s:
+            for circuits in self._circuits:  # each outage's clock, at the new length
+                for circuit in circuits.values():
+                    if circuit.outage_since >= 0 and self._open_longer_ms:
+                        self._push_outage_timer(circuit)
+        if settings.alerts != old.alerts:  # the threshold rules judge again, or resolve
+            self._dirty_classes.update(self._circuits[HARDWARE_CLASS])
+            self._health_dirty = True
+
+    def _moving(self, task_id: str, target: Worker) -> None:
+        """A move command sent the task to `target`: in flight there until it starts."""
+        self._arrived(task_id)
+        self._moves[task_id] = target
+        target.incoming += 1
+
+    # --- outlier workers -----------------------------------------------------------
+
+    def _outliers_changed(self, old: Any) -> None:
+        """After new settings: counts carry over; the next boundary is the next multiple
+        of the (new) interval, or none when the rule is off."""
+        worker = self.settings.circuits.worker
+        on, was_on = worker.outlier_stdev_factor > 0, old.outlier_stdev_factor > 0
+        if on and (not was_on or worker.outlier_interval_s != old.outlier_interval_s):
+            self._push_boundary()
+        elif was_on and not on:
+            self._boundary_gen += 1
+            for member in self._workers.values():
+                member.interval_successes = member.interval_failures = 0
+
+    def _push_boundary(self) -> None:
+        """The next interval boundary after now (boundaries are multiples of the interval
+        in epoch time); the ones now has already passed judged an empty interval."""
+        self._boundary_gen += 1
+        self._seq += 1
+        boundary = (math.floor(self.now / self._outlier_ms) + 1) * self._outlier_ms
+        heappush(self._heap, (boundary, "", BOUNDARY, self._seq, None, self._boundary_gen))
+
+    def _judge_outliers(self, ts: int, caused_by: str, out: list[DerivedRecord]) -> None:
+        """Per hardware class, the live workers with the request volume are the sample; with
+        enough of them, each CLOSED worker whose success rate is below mean - factor x
+        stdev opens, worst first, each subject to the fleet guard. Counts restart.
+
+        Sums run in worker-id order, so both engines round alike."""
+        params = self._params[WORKER]
+        factor, volume = self._outlier_factor, self._outlier_volume
+        for class_id in sorted(self._by_class):
+            sample = []
+            for member in self._by_class[class_id].workers:
+                outcomes = member.interval_successes + member.interval_failures
+                if not member.lost and outcomes >= volume:
+                    sample.append((member.interval_successes / outcomes, member.id, member))
+                member.interval_successes = member.interval_failures = 0
+            if len(sample) < self._outlier_hosts:
+                continue
+            mean = 0.0
+            for rate, _, _ in sample:
+                mean += rate
+            mean /= len(sample)
+            spread = 0.0
+            for rate, _, _ in sample:
+                spread += (rate - mean) * (rate - mean)
+            limit = mean - factor * math.sqrt(spread / len(sample))
+            for rate, _, member in sorted(sample, key=_rate_and_id):
+                if rate >= limit:
+                    break
+                circuit = member.circuit
+                if circuit.state is not CLOSED or self._guard(member)():
+                    continue
+                reason = (
+                    f"outlier: success rate {rate:.1%} below {limit:.1%} "
+                    f"(mean {mean:.1%} of {len(sample)} {class_id} workers)"
+                )
+                change = circuit.open_outlier(params, ts, caused_by, reason)
+                out.append(change)
+                self._transitioned(circuit, change)
+                self._push_half_open(circuit)
+
+    # --- alerts --------------------------------------------------------------------
+
+    def _queue_alert(self, alert: Alert | None) -> None:
+        """An alert follows the records of the decision that caused it."""
+        if alert is not None:
+            self._pending_alerts.append(alert)
+
+    def _judge_alerts(self, ts: int, caused_by: str, out: list[DerivedRecord]) -> None:
+        """After a due moment or an input: the alerts it decided, then the threshold rules
+        (each class's capacity, in id order; the fleet's health) where anything changed."""
+        out.extend(self._pending_alerts)
+        self._pending_alerts.clear()
+        book = self._alerts
+        if self._dirty_classes:
+            threshold = self._capacity_below
+            for class_id in sorted(self._dirty_classes):
+                if not threshold and not book.fires(CAPACITY, "hardware_class", class_id):
+                    continue
+                members = self._by_class.get(class_id)
+                live = members.live if members else 0
+                free = members.closed_live if members else 0
+                if self._circuits[HARDWARE_CLASS][class_id].state in OPENISH:
+                    free = 0
+                share = f"{free} of {live} live {class_id} workers available"
+                # The share below the threshold, without dividing: both engines agree.
+                if threshold and (free * 100.0 < threshold * live or live == 0):
+                    message = f"{share}, below {threshold:g}%"
+                    alert = book.fire(CAPACITY, "hardware_class", class_id, message, ts, caused_by)
+                else:
+                    alert = book.resolve(CAPACITY, "hardware_class", class_id, share, ts, caused_by)
+                if alert is not None:
+                    out.append(alert)
+            self._dirty_classes.clear()
+        if self._health_dirty:
+            self._health_dirty = False
+            threshold = self._health_below
+            health = overall_health(self._circuit_count, self._open_count, self._half_open_count)
+            text = f"overall health {health:g}"
+            if threshold and health < threshold:
+                alert = book.fire(
+                    FLEET_HEALTH, "fleet", "fleet", f"{text}, below {threshold:g}", ts, caused_by
+                )
+            else:
+                alert = book.resolve(FLEET_HEALTH, "fleet", "fleet", text, ts, caused_by)
+            if alert is not None:
+                out.append(alert)
+
+    def _push_outage_timer(self, circuit: Circuit) -> None:
+        self._seq += 1
+        due = round(circuit.outage_since + self._open_longer_ms, 6)
+        entry = (due, circuit.id, OUTAGE + circuit.rank, self._seq, circuit, circuit.outage_since)
+        heappush(self._heap, entry)
+
+    def _open_too_long(
+        self, circuit: Circuit, since: int, due: float, ts: int, caused_by: str
+    ) -> bool:
+        """An outage timer is due: FIRING if the circuit has not been CLOSED since."""
+        if circuit.outage_since != since or not self._open_longer_ms:
+            return False
+        if round(since + self._open_longer_ms, 6) > due:  # the setting grew meanwhile
+            return False
+        seconds = self._open_longer_ms / 1000.0
+        message = f"{circuit.kind.value} circuit {circuit.id} not CLOSED for {seconds:g}s"
+        kind = circuit.kind.value
+        alert = self._alerts.fire(OPEN_LONGER, kind, circuit.id, message, ts, caused_by)
+        self._queue_alert(alert)
+        return alert is not None
+
+    def _judge_skew(self, worker: Worker, skew_ms: int, caused_by: str) -> None:
+        """A worker whose clock is off by more than max_skew_s fires; its next event within
+        it resolves."""
+        now = self.now
+        if self._skew_ms and abs(skew_ms) > self._skew_ms:
+            if not worker.skewed:
+                worker.skewed = True
+                message = f"worker {worker.id}'s clock is {skew_ms / 1000.0:+g}s off the broker's"
+                self._queue_alert(
+                    self._alerts.fire(CLOCK_SKEW, "worker", worker.id, message, now, caused_by)
+                )
+        elif worker.skewed:
+            worker.skewed = False
+            message = f"worker {worker.id}'s clock is within {self._skew_ms / 1000.0:g}s again"
+            self._queue_alert(
+                self._alerts.resolve(CLOCK_SKEW, "worker", worker.id, message, now, caused_by)
+            )
 
     # --- views and snapshots -------------------------------------------------------
 
@@ -483,17 +818,19 @@ class FleetCore:
             version, state = pickle.loads(data)
         except Exception as exc:  # whatever an old layout raises as it unpickles
             raise ValueError(f"snapshot: unreadable by this version ({exc!r})") from None
-        if version not in (2, _SNAPSHOT_VERSION):
+        if version != _SNAPSHOT_VERSION:
             raise ValueError(f"snapshot: version {version}, expected {_SNAPSHOT_VERSION}")
         core = cls.__new__(cls)
         core.__dict__.update(state)
-        if version == 2:  # from before figures: the next TICK publishes every circuit's
-            core._marked = {c for circuits in core._circuits for c in circuits.values()}
         return core
 
 
 def _rank_and_id(circuit: Circuit) -> tuple[int, str]:
     return circuit.rank, circuit.id
+
+
+def _rate_and_id(sample: tuple[float, str, Worker]) -> tuple[float, str]:
+    return sample[0], sample[1]
 
 
 def _on_heartbeat(core: FleetCore, worker: Worker, event: WorkerEvent, out: list) -> None:

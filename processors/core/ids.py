@@ -42,3 +42,9 @@ def jitter(event_id: str) -> float:
     """A fraction in [-0.2, 0.2], fixed for a given event id."""
     unit = int.from_bytes(_digest("jitter", event_id), "big") / float(1 << 64)
     return round((2 * unit - 1) * JITTER, 6)
+
+
+def alert_id(rule: str, subject_kind: str, subject_id: str, ts: int, caused_by: str) -> str:
+    """The alert_id of one firing: its rule, subject and moment (and the input that fired
+    it, so two firings within one millisecond stay apart)."""
+    return "alr-" + _digest(rule, subject_kind, subject_id, ts, caused_by).hex()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from faultstream.events.models import FailureType, RecoveryStrategy
@@ -64,6 +64,10 @@ def wait_until_half_open_s(circuit: Circuit, now: int) -> float:
     return max(0.0, (circuit.due_ms - now) / 1000.0)
 
 
+# Per (failure type, hardware class, strategy): [trials, successes] of its commands.
+Learned = dict[tuple[FailureType, str, RecoveryStrategy], list[int]]
+
+
 def plan_failure(
     *,
     failure_type: FailureType,
@@ -76,8 +80,11 @@ def plan_failure(
     hardware: Circuit,
     task_type: Circuit,
     now: int,
+    learned: Learned | None = None,
+    min_samples: int = 0,
 ) -> Plan:
-    """Rules 1-5, first that applies wins; the circuits have already taken the failure."""
+    """Rules 1-5, first that applies wins; the circuits have already taken the failure.
+    With `learned` (adaptive ladders), rule 5 picks its rung from measured success."""
     if attempt >= max_retries:
         return Plan(S.ESCALATION, f"attempt {attempt} reached max_retries {max_retries}")
     if worker.state in OPENISH:
@@ -90,7 +97,12 @@ def plan_failure(
     if task_type.state in OPENISH:
         why = f"task_type circuit {task_type.id} is {task_type.state}"
         return Plan(S.DELAYED_RETRY, why, delay_s=wait_until_half_open_s(task_type, now))
-    return ladder_plan(failure_type, attempt, event_id, hardware_class, attributes)
+    rungs = _rungs(failure_type, attempt, event_id, hardware_class, attributes)
+    if learned is None:
+        return next(rungs, None) or _exhausted(failure_type, attempt)
+    return adaptive_plan(list(rungs), learned, failure_type, hardware_class, min_samples) or (
+        _exhausted(failure_type, attempt)
+    )
 
 
 def ladder_plan(
@@ -101,6 +113,55 @@ def ladder_plan(
     attributes: Mapping[str, str],
 ) -> Plan:
     """Rung `attempt` of the failure type's ladder; rungs that cannot apply are skipped."""
+    rungs = _rungs(failure_type, attempt, event_id, hardware_class, attributes)
+    return next(rungs, None) or _exhausted(failure_type, attempt)
+
+
+def adaptive_plan(
+    candidates: list[Plan],
+    learned: Learned,
+    failure_type: FailureType,
+    hardware_class: str,
+    min_samples: int,
+) -> Plan | None:
+    """The static rung while it has fewer than `min_samples` trials (exploration); then the
+    candidate with the best `(successes + 1) / (trials + 2)` among those with the minimum,
+    ties by ladder order. None when no rung applies."""
+    if not candidates:
+        return None
+    static = candidates[0]
+    trials, _ = learned.get((failure_type, hardware_class, static.strategy), _NONE)
+    if trials < min_samples:
+        return static
+    best, best_trials, best_successes = static, 0, 0
+    for plan in candidates:
+        trials, successes = learned.get((failure_type, hardware_class, plan.strategy), _NONE)
+        if trials < min_samples:
+            continue
+        # (s + 1) / (t + 2) compared without division, so both engines agree exactly.
+        if best_trials == 0 or (successes + 1) * (best_trials + 2) > (best_successes + 1) * (
+            trials + 2
+        ):
+            best, best_trials, best_successes = plan, trials, successes
+    why = f"adaptive: {best_successes}/{best_trials} of {best.strategy} succeeded; {best.reason}"
+    return Plan(best.strategy, why, best.delay_s, best.target_hardware_class, best.parameters)
+
+
+_NONE = (0, 0)
+
+
+def _exhausted(failure_type: FailureType, attempt: int) -> Plan:
+    return Plan(S.ESCALATION, f"{failure_type} ladder exhausted at attempt {attempt}")
+
+
+def _rungs(
+    failure_type: FailureType,
+    attempt: int,
+    event_id: str,
+    hardware_class: str,
+    attributes: Mapping[str, str],
+) -> Iterator[Plan]:
+    """The plans of the ladder's rungs from `attempt` on that can apply, in ladder order."""
     ladder = LADDERS[failure_type]
     for rung in range(attempt, len(ladder)):
         strategy = ladder[rung]
@@ -109,20 +170,21 @@ def ladder_plan(
             batch = _positive_int(attributes.get("batch_size"))
             if batch is None or batch <= 1:
                 continue
-            return Plan(strategy, reason, parameters={"batch_size": str(batch // 2)})
-        if strategy is S.REDUCED_PRECISION:
+            yield Plan(strategy, reason, parameters={"batch_size": str(batch // 2)})
+        elif strategy is S.REDUCED_PRECISION:
             lower = _LOWER_PRECISION.get(attributes.get("precision", ""))
             if lower is None:
                 continue
-            return Plan(strategy, reason, parameters={"precision": lower})
-        if strategy is S.FALLBACK_CPU:
+            yield Plan(strategy, reason, parameters={"precision": lower})
+        elif strategy is S.FALLBACK_CPU:
             if hardware_class == CPU:
-                return Plan(S.DIFFERENT_WORKER, f"{reason} (already on cpu)")
-            return Plan(strategy, reason, target_hardware_class=CPU)
-        if strategy is S.DELAYED_RETRY:
-            return Plan(strategy, reason, delay_s=retry_delay_s(attempt, event_id))
-        return Plan(strategy, reason)
-    return Plan(S.ESCALATION, f"{failure_type} ladder exhausted at attempt {attempt}")
+                yield Plan(S.DIFFERENT_WORKER, f"{reason} (already on cpu)")
+            else:
+                yield Plan(strategy, reason, target_hardware_class=CPU)
+        elif strategy is S.DELAYED_RETRY:
+            yield Plan(strategy, reason, delay_s=retry_delay_s(attempt, event_id))
+        else:
+            yield Plan(strategy, reason)
 
 
 def _positive_int(text: str | None) -> int | None:

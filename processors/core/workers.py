@@ -19,10 +19,14 @@ class Worker:
         "hardware_class",
         "hw_circuit",
         "id",
+        "incoming",
+        "interval_failures",
+        "interval_successes",
         "last_ts",
         "lost",
         "seen",
         "seen_order",
+        "skewed",
         "tasks",
         "timer_gen",
     )
@@ -35,7 +39,12 @@ class Worker:
         self.last_ts = ts  # newest event's ts
         self.lost = False
         self.timer_gen = 0  # the heap entry with this gen is the live lost-worker timer
-        self.tasks: dict[str, tuple[int, str | None]] = {}  # started: task_id -> (attempt, type)
+        # Started and not finished, in start order: task_id -> (attempt, task_type).
+        self.tasks: dict[str, tuple[int, str | None]] = {}
+        self.incoming = 0  # tasks moved here that have not started anywhere or finished
+        self.interval_successes = 0  # outcomes of its tasks since the last outlier boundary
+        self.interval_failures = 0
+        self.skewed = False  # its clock was off by more than max_skew_s at its newest event
         self.seen: set[str] = set()
         self.seen_order: deque[str] = deque()
 
@@ -43,7 +52,8 @@ class Worker:
     # ~0.5 µs each (the decider's snapshot pauses grew with history); as one joined string
     # and their lengths they are two buffers, and `seen` is rebuilt from them.
     _PLAIN = ("id", "circuit", "hardware_class", "hw_circuit", "last_ts", "lost", "timer_gen",
-              "tasks")  # fmt: skip
+              "tasks", "incoming", "interval_successes", "interval_failures",
+              "skewed")  # fmt: skip
 
     def __getstate__(self) -> tuple:
         order = self.seen_order
@@ -89,38 +99,63 @@ def fleet_guard_holds(
 
 class ClassMembers:
     """The workers of one hardware class, kept in id order so that the first eligible
-    worker found is also the one that wins ties."""
+    worker found is also the one that wins ties; and how many are live, and live with a
+    CLOSED circuit (the class's capacity, kept as its members change)."""
 
-    __slots__ = ("ids", "workers")
+    __slots__ = ("closed_live", "ids", "live", "workers")
 
     def __init__(self) -> None:
         self.ids: list[str] = []
         self.workers: list[Worker] = []
+        self.live = 0
+        self.closed_live = 0
 
     def add(self, worker: Worker) -> None:
         at = bisect_left(self.ids, worker.id)
         self.ids.insert(at, worker.id)
         self.workers.insert(at, worker)
+        self.count(worker, 1)
 
     def remove(self, worker: Worker) -> None:
         at = bisect_left(self.ids, worker.id)
         del self.ids[at]
         del self.workers[at]
+        self.count(worker, -1)
+
+    def count(self, worker: Worker, sign: int) -> None:
+        """Add (1) or take away (-1) a member's share of the live and closed counts."""
+        if not worker.lost:
+            self.live += sign
+            if worker.circuit.state is CLOSED:
+                self.closed_live += sign
+
+
+def in_flight(worker: Worker) -> int:
+    """Tasks started on the worker and not finished, plus tasks moved to it that have not
+    started anywhere or finished."""
+    return len(worker.tasks) + worker.incoming
 
 
 def pick_target(members: ClassMembers, failed_worker: str) -> str | None:
-    """The healthiest live worker with a CLOSED circuit other than the failed one; ties by
-    id. A CLOSED circuit's health only falls with consecutive failures (to 70 at 3), so
-    the first fully healthy worker in id order wins and the scan usually stops early."""
+    """Among the live workers with a CLOSED circuit other than the failed one: the fewest
+    tasks in flight (`in_flight`), then the healthiest, then by id (members are in id
+    order, so a later worker must be strictly better). A CLOSED circuit's health only
+    falls with consecutive failures, to 70 at 3; an idle, fully healthy worker wins at
+    once."""
     best: Worker | None = None
-    best_failures = 3
+    best_load = best_failures = 0
     for member in members.workers:
         circuit = member.circuit
         if member.lost or circuit.state is not CLOSED or member.id == failed_worker:
             continue
+        load = len(member.tasks) + member.incoming
+        if best is not None and load > best_load:
+            continue
         failures = circuit.consecutive_failures
-        if failures == 0:
-            return member.id
-        if best is None or min(failures, 3) < best_failures:
-            best, best_failures = member, min(failures, 3)
+        if failures > 3:
+            failures = 3
+        if best is None or load < best_load or failures < best_failures:
+            if load == 0 and failures == 0:
+                return member.id
+            best, best_load, best_failures = member, load, failures
     return None if best is None else best.id

@@ -1,12 +1,15 @@
 """What other settings would have done differently from what really happened.
 
-Derived records are matched by key — `(circuit_state_changed, kind:id, to_state)` or
-`(recovery_command, task_id, strategy)` — and, within a key, by their order of
+Derived records are matched by key — `(circuit_state_changed, kind:id, to_state)`,
+`(recovery_command, task_id, strategy)` or `(alert, subject_kind:subject_id, rule state)`
+— and, within a key, by their order of
 occurrence: the n-th OPEN of `worker:w1` really happened against the n-th OPEN of
 `worker:w1` under the other settings. A pair at different times has moved; what is left
 over was added (only under the other settings) or removed (only in reality).
 Decisions only: `circuit_figures` records (what the core counts, not what it decided) are
-left out on both sides.
+left out on both sides. Alerts are decisions (which rule judged what, and when) and are
+compared; a history written before alerts existed holds none, so there every alert the
+other settings raise shows as added.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from faultstream.events.models import CircuitFigures, CircuitStateChanged, DerivedRecord
+from faultstream.events.models import Alert, CircuitFigures, CircuitStateChanged, DerivedRecord
 
 Key = tuple[str, str, str]
 
@@ -24,7 +27,13 @@ Key = tuple[str, str, str]
 def derived_key(record: DerivedRecord) -> Key:
     if isinstance(record, CircuitStateChanged):
         return ("circuit_state_changed", record.key, str(record.to_state))
+    if isinstance(record, Alert):
+        subject = f"{record.subject_kind}:{record.subject_id}"
+        return ("alert", subject, f"{record.rule} {record.state}")
     return ("recovery_command", record.task_id, str(record.strategy))
+
+
+_LABELS = {"circuit_state_changed": "circuit", "recovery_command": "task", "alert": "alert"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class Change:
 
     def describe(self) -> str:
         record_type, subject, what = self.key
-        label = "circuit" if record_type == "circuit_state_changed" else "task"
+        label = _LABELS[record_type]
         if self.kind == "moved":
             shift = (self.other_ts - self.actual_ts) / 1000  # type: ignore[operator]
             when = f"{_iso(self.actual_ts)} -> {_iso(self.other_ts)} ({shift:+.3f}s)"

@@ -34,6 +34,7 @@ from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.jsonl import InvalidLineError, read_input_records
 from faultstream.events.kafka_clients import librdkafka_config
 from faultstream.events.models import (
+    Alert,
     CircuitStateChanged,
     DerivedRecord,
     InputRecord,
@@ -211,6 +212,9 @@ class _ProjectedHistory:
                 data = _row_dict(commands, row)
                 data["parameters"] = data.get("parameters") or {}
                 records.append(RecoveryCommand.model_validate(data))
+            if "alerts" in _tables(con):  # none in a history older than alerts
+                alerts = con.execute(f"SELECT * FROM alerts{where} ORDER BY ts, alert_id", params)
+                records += [Alert.model_validate(_row_dict(alerts, row)) for row in alerts.fetchall()]
         except duckdb.Error as exc:
             raise HistoryError(f"{self.name}: cannot read derived records ({exc})") from None
         finally:
@@ -243,6 +247,12 @@ class ReadModelsSource(_ProjectedHistory):
 
     def _open(self) -> History:
         return History.from_read_models(self.directory)
+
+
+def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """The tables and views of a history (a view per table over read models)."""
+    rows = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    return {name for (name,) in rows}
 
 
 def _row_dict(cursor: duckdb.DuckDBPyConnection, row: tuple) -> dict[str, Any]:
@@ -291,15 +301,16 @@ class KafkaSource:
 
         codec = Codec(self.kafka.schema_registry_url, topic_prefix=self.kafka.topic_prefix)
         records: list[Any] = []
-        for topic in ("circuits", "commands"):
-            for value in self._read_topic(topic):
+        for topic in ("circuits", "commands", "alerts"):
+            # A cluster set up before alerts existed has no alerts topic: none happened.
+            for value in self._read_topic(topic, missing_ok=topic == "alerts"):
                 record = codec.decode(value)
                 if window.holds(record.ts):  # type: ignore[attr-defined]
                     records.append(record)
         records.sort(key=lambda r: r.ts)
         return iter(records)
 
-    def _read_topic(self, logical: str) -> Iterator[bytes]:
+    def _read_topic(self, logical: str, *, missing_ok: bool = False) -> Iterator[bytes]:
         from confluent_kafka import Consumer, KafkaException, TopicPartition
 
         from faultstream.events.kafka_connection import cluster_metadata
@@ -329,6 +340,8 @@ class KafkaSource:
                 raise HistoryError(f"{self.name}: broker unreachable ({exc})") from None
             info = metadata.topics.get(topic)
             if info is None or info.error is not None or not info.partitions:
+                if missing_ok:
+                    return
                 raise HistoryError(f"--from-kafka: topic {topic} does not exist")
             # The end offsets at start: a history that keeps growing still ends.
             watermarks = end_offsets(consumer, topic, list(info.partitions))

@@ -16,11 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from faultstream.events.emitter import Emitter, Transport
-from faultstream.events.models import InputRecord, Tick
+from faultstream.events.exceptions import ConfigError
+from faultstream.events.models import InputRecord, RecoveryStrategy, Tick
 from faultstream.processors.coordinator import Assignment, Coordinator, Dispatch
 
-from .incidents import IncidentState, Outcome, SimTask, SimWorker, decide_outcome
-from .scenario import Scenario
+from .incidents import IncidentState, Outcome, SimTask, SimWorker, decide_outcome, slowdown
+from .scenario import ONE_WORKER_KINDS, Scenario
 
 EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 _RETRY_IDLE_MS = 10_000  # a worker with nothing it may run looks again after this
@@ -71,6 +72,7 @@ class FleetSimulator:
         for w in self.workers:
             coordinator.register_worker(w.worker_id, w.hardware_class)
         self.incidents = [IncidentState(spec) for spec in scenario.incidents]
+        _check_named_workers(scenario, self.workers)
         self.runs: dict[str, Run] = {}
         self.tasks: dict[str, SimTask] = {}
         self._queue: list[tuple[int, int, Callable[[], None]]] = []
@@ -135,7 +137,9 @@ class FleetSimulator:
         members = sorted(
             w.worker_id for w in self.workers if w.hardware_class == spec.hardware_class
         )
-        if spec.kind == "flaky_worker" and members:
+        if spec.worker is not None:
+            state.workers = [spec.worker]  # named: no draw, so other incidents keep theirs
+        elif spec.kind in ONE_WORKER_KINDS and members:
             state.workers = [self.rng.choice(members)]
         elif spec.kind == "hardware_fault" and members:
             count = max(1, round(len(members) * spec.fraction))
@@ -214,6 +218,7 @@ class FleetSimulator:
             command_id=assignment.recovery_command_id,
             parameters=parameters,
             first_seq=first_seq,
+            strategy=assignment.strategy,
         )
 
     def _start(
@@ -225,6 +230,7 @@ class FleetSimulator:
         command_id: str | None,
         parameters: dict[str, str],
         first_seq: int = 0,
+        strategy: RecoveryStrategy | None = None,
     ) -> None:
         emitter = self.emitters[worker.worker_id]
         emitter.task_started(
@@ -248,6 +254,7 @@ class FleetSimulator:
             task,
             parameters,
             self.scenario.background_failure_rate,
+            strategy,
         )
         interval = self.scenario.checkpoint_interval_ms
         duration = task.duration_ms
@@ -256,6 +263,7 @@ class FleetSimulator:
             and "cpu" not in self.scenario.task_types[task.task_type].hardware
         ):
             duration = round(duration * self.scenario.cpu_slowdown)
+        duration = round(duration * slowdown(self.incidents, self._offset(), worker, task))
         # Resuming from a checkpoint skips the work it already holds.
         remaining = max(duration - first_seq * interval, interval)
         run_ms = max(1_000, round(remaining * outcome.at_fraction))
@@ -328,6 +336,16 @@ class FleetSimulator:
         self.coordinator.completed(run.dispatch)
         gap = round(self.rng.uniform(*self.scenario.idle_gap_s) * 1000)
         self._at(self.now + gap, lambda: self._idle(worker))
+
+
+def _check_named_workers(scenario: Scenario, workers: list[SimWorker]) -> None:
+    known = {w.worker_id for w in workers}
+    for index, spec in enumerate(scenario.incidents):
+        if spec.worker is not None and spec.worker not in known:
+            raise ConfigError(
+                f"{scenario.source}: incidents[{index}].worker: {spec.worker!r} is not in "
+                f"this fleet of {len(workers)} workers"
+            )
 
 
 def _build_fleet(scenario: Scenario, count: int) -> list[SimWorker]:

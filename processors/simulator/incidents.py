@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from faultstream.events.models import FailureType
+from faultstream.events.models import FailureType, RecoveryStrategy
 
 from .scenario import IncidentSpec
 
@@ -62,13 +62,15 @@ def decide_outcome(
     task: SimTask,
     parameters: dict[str, str],
     background_failure_rate: float,
+    strategy: RecoveryStrategy | None = None,
 ) -> Outcome:
-    """The outcome of running `task` with `parameters` on `worker`, started at `offset_ms`."""
+    """The outcome of running `task` with `parameters` on `worker`, started at `offset_ms`;
+    `strategy` is the recovery strategy the run carries out (None for a first attempt)."""
     for state in incidents:
         spec = state.spec
         if not spec.active(offset_ms):
             continue
-        outcome = _incident_outcome(rng, state, worker, task, parameters)
+        outcome = _incident_outcome(rng, state, worker, task, parameters, strategy)
         if outcome is not None:
             return outcome
     if not worker.browser_ok:
@@ -86,12 +88,14 @@ def _incident_outcome(
     worker: SimWorker,
     task: SimTask,
     parameters: dict[str, str],
+    strategy: RecoveryStrategy | None,
 ) -> Outcome | None:
     spec = state.spec
     kind = spec.kind
     if kind == "flaky_worker" and worker.worker_id in state.workers:
         if rng.random() < spec.probability:
-            return Outcome(rng.uniform(0.1, 0.4), FailureType.WORKER_CRASH, spec.message, spec.name)
+            failure = spec.failure_type or FailureType.WORKER_CRASH
+            return Outcome(rng.uniform(0.1, 0.4), failure, spec.message, spec.name)
     elif kind == "hardware_fault" and worker.worker_id in state.workers:
         if rng.random() < spec.probability:
             return Outcome(
@@ -116,7 +120,29 @@ def _incident_outcome(
         and rng.random() < spec.probability
     ):
         return Outcome(rng.uniform(0.2, 0.5), FailureType.SOFTWARE_ERROR, spec.message, spec.name)
+    elif kind == "first_rung_fails" and _first_rung_fails(rng, state, worker, task, strategy):
+        failure = spec.failure_type or FailureType.RESOURCE_EXHAUSTION
+        return Outcome(rng.uniform(0.3, 0.6), failure, spec.message, spec.name)
     return None
+
+
+def _first_rung_fails(
+    rng: random.Random,
+    state: IncidentState,
+    worker: SimWorker,
+    task: SimTask,
+    strategy: RecoveryStrategy | None,
+) -> bool:
+    """A first attempt on the class fails at `probability`; a retry of a task it hit that
+    carries out `fails_on` fails every time; other strategies fare as any run does."""
+    spec = state.spec
+    if worker.hardware_class != spec.hardware_class:
+        return False
+    if spec.task_type is not None and task.task_type != spec.task_type:
+        return False
+    if strategy is None:
+        return rng.random() < spec.probability
+    return strategy == spec.fails_on and task.task_id in state.tasks
 
 
 def _memory_needed(parameters: dict[str, str]) -> float:
@@ -125,3 +151,17 @@ def _memory_needed(parameters: dict[str, str]) -> float:
     except ValueError:
         batch = 1
     return batch * PRECISION_BYTES.get(parameters.get("precision", "fp32"), 4)
+
+
+def slowdown(
+    incidents: list[IncidentState], offset_ms: int, worker: SimWorker, task: SimTask
+) -> float:
+    """How many times longer `task` runs when started now on `worker` (a throttled one)."""
+    factor = 1.0
+    for state in incidents:
+        spec = state.spec
+        hit = spec.kind == "throttled_worker" and worker.worker_id in state.workers
+        if hit and spec.active(offset_ms):
+            factor *= spec.slowdown
+            state.tasks.add(task.task_id)  # the tasks it slowed
+    return factor

@@ -11,8 +11,8 @@ embedded pipeline gives it. `LockstepBridge` provides that over Kafka:
 * Completeness. The bridge runs a shadow `FleetCore` on the records it sends, so it knows
   exactly which derived records the processor must produce (the core is deterministic).
   When the coordinator pumps, the bridge waits until those very records have arrived from
-  `<prefix>.circuits` / `.commands` / `.figures` and hands over the Kafka copies, in the
-  core's order.
+  `<prefix>.circuits` / `.commands` / `.figures` / `.alerts` and hands over the Kafka
+  copies, in the core's order.
   No quiet-period guessing: it waits for named records, and only when some are due.
 
 Anything else is a divergence and raises: a record in `<prefix>.ordered` the fleet did
@@ -35,13 +35,19 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from faultstream.events.admin import CIRCUITS, COMMANDS, CONTROL, FIGURES, ORDERED
+from faultstream.events.admin import ALERTS, CIRCUITS, COMMANDS, CONTROL, FIGURES, ORDERED
 from faultstream.events.codec import Codec
 from faultstream.events.config import Settings
 from faultstream.events.exceptions import FaultstreamError
 from faultstream.events.frames import unpack as unpack_frame
 from faultstream.events.kafka_clients import librdkafka_config
-from faultstream.events.models import DerivedRecord, InputRecord, RecoveryCommand, WorkerEvent
+from faultstream.events.models import (
+    Alert,
+    DerivedRecord,
+    InputRecord,
+    RecoveryCommand,
+    WorkerEvent,
+)
 from faultstream.events.spool import Spool
 from faultstream.events.transport import PRODUCER_DEFAULTS, KafkaTransport
 from faultstream.processors.core import FleetCore
@@ -58,7 +64,11 @@ class LockstepError(FaultstreamError):
 
 
 def derived_id(record: DerivedRecord) -> str:
-    return record.command_id if isinstance(record, RecoveryCommand) else record.event_id
+    if isinstance(record, RecoveryCommand):
+        return record.command_id
+    if isinstance(record, Alert):  # its FIRING and RESOLVED records share the alert_id
+        return f"{record.alert_id}/{record.state}"
+    return record.event_id
 
 
 class LockstepBridge:
@@ -95,7 +105,9 @@ class LockstepBridge:
         self.control = Producer(
             librdkafka_config(kafka, {**PRODUCER_DEFAULTS, **_LOCKSTEP_PRODUCER})
         )
-        self.topics = {kafka.topic(name): name for name in (ORDERED, CIRCUITS, COMMANDS, FIGURES)}
+        self.topics = {
+            kafka.topic(name): name for name in (ORDERED, CIRCUITS, COMMANDS, FIGURES, ALERTS)
+        }
         self.consumer = Consumer(
             librdkafka_config(
                 kafka,

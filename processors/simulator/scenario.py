@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from faultstream.events.exceptions import ConfigError
+from faultstream.events.models import FailureType, RecoveryStrategy
 
 INCIDENT_KINDS = (
     "hardware_fault",
@@ -22,7 +23,12 @@ INCIDENT_KINDS = (
     "browser_crash",
     "silent_worker",
     "bad_release",
+    "throttled_worker",
+    "first_rung_fails",
 )
+# Kinds that hit one worker: `worker` names it, else one of `hardware_class` at random.
+ONE_WORKER_KINDS = ("flaky_worker", "throttled_worker")
+BUILT_IN = {"default": "default.toml", "rules": "rules.toml"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, None: 1000, "m": 60_000, "min": 60_000, "h": 3_600_000}
 
@@ -65,6 +71,10 @@ class IncidentSpec:
     fraction: float = 1.0
     memory: tuple[float, float] = (0.0, 0.0)
     message: str | None = None
+    worker: str | None = None  # a named worker (one-worker kinds)
+    failure_type: FailureType | None = None  # flaky_worker, first_rung_fails
+    slowdown: float = 1.0  # throttled_worker: how many times longer its tasks run
+    fails_on: RecoveryStrategy | None = None  # first_rung_fails: the rung that never works
 
     def active(self, offset_ms: int) -> bool:
         return self.start_ms <= offset_ms < self.end_ms
@@ -87,11 +97,14 @@ class Scenario:
 
 
 def load_scenario(path: str | Path | None = None) -> Scenario:
-    """The scenario in `path`, or the built-in one shipped with the package."""
-    if path is None:
-        text = resources.files(__package__).joinpath("default.toml").read_text()
-        return parse_scenario(tomllib.loads(text), source="built-in scenario")
-    path = Path(path)
+    """The scenario in `path`, or a built-in one by name (`default` when None): `rules`
+    scripts the incidents the failure-rate, slow-call, outlier and adaptive rules catch."""
+    name = "default" if path is None else str(path)
+    if name in BUILT_IN and not Path(name).exists():
+        text = resources.files(__package__).joinpath(BUILT_IN[name]).read_text()
+        label = "built-in scenario" if name == "default" else f"built-in scenario {name!r}"
+        return parse_scenario(tomllib.loads(text), source=label)
+    path = Path(name)
     try:
         data = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -177,12 +190,23 @@ def _incident(
         raise ConfigError(f"{where}.end_min: must be after start_min")
     hardware_class = raw.get("hardware_class")
     task_type = raw.get("task_type")
-    needs_class = kind in ("hardware_fault", "flaky_worker", "browser_crash", "silent_worker")
+    worker = raw.get("worker")
+    if worker is not None and kind not in ONE_WORKER_KINDS:
+        raise ConfigError(f"{where}.worker: only for {' and '.join(ONE_WORKER_KINDS)}")
+    if worker is not None:
+        hardware_class = _class_of(worker, f"{where}.worker", fleet)
+    needs_class = kind in (
+        "hardware_fault", "browser_crash", "silent_worker", "first_rung_fails", *ONE_WORKER_KINDS
+    )  # fmt: skip
     if needs_class and hardware_class not in fleet:
         raise ConfigError(f"{where}.hardware_class: {hardware_class!r} is not in [fleet]")
     if kind in ("oom", "bad_release") and task_type not in task_types:
         raise ConfigError(f"{where}.task_type: {task_type!r} is not in [task_types]")
+    if kind == "first_rung_fails" and task_type is not None and task_type not in task_types:
+        raise ConfigError(f"{where}.task_type: {task_type!r} is not in [task_types]")
     memory = raw.get("memory", [0, 0])
+    slowdown = raw.get("slowdown", 10) if kind == "throttled_worker" else 1.0
+    fails_on = raw.get("fails_on", "REDUCED_BATCH_SIZE") if kind == "first_rung_fails" else None
     return IncidentSpec(
         name=str(raw.get("name", kind)),
         kind=kind,
@@ -194,7 +218,36 @@ def _incident(
         fraction=_fraction(raw.get("fraction", 1.0), f"{where}.fraction"),
         memory=_range(memory, f"{where}.memory") if kind == "oom" else (0.0, 0.0),
         message=raw.get("message"),
+        worker=worker,
+        failure_type=_failure_type(kind, raw.get("failure_type"), f"{where}.failure_type"),
+        slowdown=_number(slowdown, f"{where}.slowdown", positive=True),
+        fails_on=None if fails_on is None else _strategy(fails_on, f"{where}.fails_on"),
     )
+
+
+def _class_of(worker: Any, name: str, fleet: dict[str, float]) -> str:
+    """A named worker's class: its id is `<class>-<NN>`, as the fleet names them."""
+    cls, _, number = str(worker).rpartition("-")
+    if cls not in fleet or not number.isdecimal():
+        raise ConfigError(f"{name}: {worker!r} is not a worker id like cpu-03 of a [fleet] class")
+    return cls
+
+
+def _failure_type(kind: str, value: Any, name: str) -> FailureType | None:
+    default = {"flaky_worker": "WORKER_CRASH", "first_rung_fails": "RESOURCE_EXHAUSTION"}
+    if kind not in default:
+        return None
+    try:
+        return FailureType(value or default[kind])
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not a failure type") from None
+
+
+def _strategy(value: Any, name: str) -> RecoveryStrategy:
+    try:
+        return RecoveryStrategy(value)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not a recovery strategy") from None
 
 
 def _table(data: dict[str, Any], name: str) -> dict[str, Any]:

@@ -14,8 +14,9 @@ class and task type circuits; the fleet guard and target choice look across work
    each frame, decodes its records without re-validating them (events/decode.py),
    and runs one FleetCore over them in (`.ordered` offset, index in frame) order, sending
    its outputs to `<prefix>.circuits` / `.commands` / `.figures` (at each TICK, the
-   figures of the circuits that changed). Frames of this instance's own ingest are handed
-   over as soon as the broker acknowledges them, not after a round trip.
+   figures of the circuits that changed) / `.alerts` (FIRING and RESOLVED, keyed by
+   alert_id). Frames of this instance's own ingest are handed over as soon as the broker
+   acknowledges them, not after a round trip.
 
 That order of `<prefix>.ordered` *is* the history: replaying it through FleetCore gives
 the processor's outputs exactly. Restarts restore a snapshot (processors/stream/snapshots.py: the
@@ -62,6 +63,7 @@ class Topics:
     commands: str
     dlq: str
     figures: str
+    alerts: str
 
     @classmethod
     def of(cls, settings: Settings) -> Topics:

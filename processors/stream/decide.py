@@ -31,6 +31,7 @@ from faultstream.events.decode import InputDecoder
 from faultstream.events.exceptions import DecodeError
 from faultstream.events.kafka_clients import aiokafka_kwargs
 from faultstream.events.models import (
+    Alert,
     CircuitFigures,
     CircuitStateChanged,
     DeadLetter,
@@ -207,14 +208,10 @@ class DecideStage:
         self._since_snapshot += len(records)
         send, encode, topics = self.app.producer.send, self.codec.encode, self.topics
         for output in outputs:
-            if isinstance(output, CircuitStateChanged):
-                topic, key = topics.circuits, output.key
-            elif isinstance(output, RecoveryCommand):
-                topic, key = topics.commands, output.task_id
-            elif isinstance(output, CircuitFigures):
-                topic, key = topics.figures, output.key
-            else:
+            routed = destination(output, topics)
+            if routed is None:
                 continue
+            topic, key = routed
             await send(topic, key.encode(), encode(output), None, None, None)
         metrics.count_outputs(outputs)
         if records:  # in merge order: the first is the oldest input of the frame
@@ -275,3 +272,17 @@ def snapshot_due(since_s: float, since_records: int, every_s: float, last_pause_
     if not since_records or since_s * SNAPSHOT_MAX_SHARE < last_pause_s:
         return False
     return since_s >= every_s or since_records >= SNAPSHOT_EVERY_RECORDS
+
+
+def destination(output: Any, topics: Any) -> tuple[str, str] | None:
+    """The topic and key of a derived record (`topics`: app.Topics); None for an output
+    that is not published."""
+    if isinstance(output, CircuitStateChanged):
+        return topics.circuits, output.key
+    if isinstance(output, RecoveryCommand):
+        return topics.commands, output.task_id
+    if isinstance(output, CircuitFigures):
+        return topics.figures, output.key
+    if isinstance(output, Alert):
+        return topics.alerts, output.alert_id
+    return None

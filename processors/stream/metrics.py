@@ -22,7 +22,8 @@ RECORDS_IN = Counter(
 )
 RECORDS_OUT = Counter(
     "faultstream_processor_records_out",
-    "Derived records sent, per type (circuit_state_changed, recovery_command, circuit_figures)",
+    "Derived records sent, per type (circuit_state_changed, recovery_command, circuit_figures, "
+    "alert)",
     ["type"],
 )
 DEAD_LETTERS = Counter(

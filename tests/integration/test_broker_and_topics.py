@@ -33,6 +33,7 @@ EXPECTED = {
     "dlq": (6, "delete"),
     "ordered": (1, "delete"),
     "figures": (6, "compact,delete"),
+    "alerts": (6, "delete"),
 }
 
 

@@ -25,6 +25,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from test_queries_and_api import fleet_history
 
+from faultstream.events.models import Alert
 from faultstream.projections.api import ApiServer, create_app
 from faultstream.projections.embedded import EmbeddedPipeline
 from faultstream.projections.queries import History
@@ -100,6 +101,15 @@ def test_one_circuit_carries_the_cores_newest_figures_of_it(client: TestClient) 
     assert (cuda["workers"], cuda["live_workers"], cuda["available_workers"]) == (2, 2, 1)
 
 
+def test_a_history_older_than_alerts_has_none_to_serve(db: Path) -> None:
+    con = duckdb.connect(str(db))
+    con.execute("DROP TABLE alerts")  # as written before alerts existed
+    con.close()
+    with History.from_db(db) as history:
+        response = TestClient(create_app(history)).get("/api/alerts")
+    assert (response.status_code, response.json()) == (404, {"error": "no alerts in this history"})
+
+
 @pytest.mark.parametrize(
     ("path", "error"),
     [
@@ -107,7 +117,6 @@ def test_one_circuit_carries_the_cores_newest_figures_of_it(client: TestClient) 
          "task_type)"),
         ("/api/circuits/worker/nobody", "no worker circuit 'nobody'"),
         ("/api/checkpoints/nothing", "no checkpoint for task 'nothing'"),
-        ("/api/alerts", "no alerts in this history"),
         ("/api/nothing", "no such resource: /api/nothing"),
         ("/api/circuit-breakers/", "no such resource: /api/circuit-breakers/"),
     ],
@@ -118,14 +127,23 @@ def test_not_found_is_json_with_the_reason(client: TestClient, path: str, error:
     assert response.headers["content-type"] == "application/json"
 
 
-def test_alerts_come_newest_first_when_the_history_has_them(db: Path) -> None:
-    con = duckdb.connect(str(db))
-    con.execute("CREATE TABLE alerts (event_id VARCHAR, ts BIGINT, kind VARCHAR)")
-    con.execute("INSERT INTO alerts VALUES ('a1', 10, 'OPEN_TOO_LONG'), ('a2', 20, 'ESCALATION')")
-    con.close()
+def test_alerts_come_newest_first_with_the_fields_of_their_records(db: Path) -> None:
+    later = 10**13  # after whatever the core itself raised over the fleet's history
+    landed = [
+        Alert(alert_id="a1", ts=later, rule="fleet_health_below", subject_kind="fleet",
+              subject_id="fleet", severity="warning", state="FIRING", message="health 61",
+              caused_by="tick9"),
+        Alert(alert_id="a1", ts=later + 10, rule="fleet_health_below", subject_kind="fleet",
+              subject_id="fleet", severity="warning", state="RESOLVED", message="health 90",
+              caused_by="tick10"),
+    ]  # fmt: skip
+    with HistoryWriter(db) as writer:  # as the projector and the embedded pipeline land them
+        writer.append_derived(landed)
     with History.from_db(db) as history:
         client = TestClient(create_app(history))
-        assert [a["event_id"] for a in client.get("/api/alerts").json()["alerts"]] == ["a2", "a1"]
+        served = client.get("/api/alerts").json()["alerts"]
+        assert served[:2] == [a.model_dump(mode="json") for a in reversed(landed)]
+        assert [a["ts"] for a in served] == sorted((a["ts"] for a in served), reverse=True)
         assert len(client.get("/api/alerts?limit=1").json()["alerts"]) == 1
         for bad in ("0", "x", "10001"):
             response = client.get(f"/api/alerts?limit={bad}")

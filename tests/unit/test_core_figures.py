@@ -5,8 +5,6 @@ every TICK of random histories the published figures are the core's views."""
 
 from __future__ import annotations
 
-import pickle
-
 from histories import History, figures, run
 
 from faultstream.events.models import CircuitFigures, Operator, WorkerEvent
@@ -235,26 +233,6 @@ def test_snapshot_and_restore_keep_the_marks() -> None:
     tick = h.tick(2_000)
     assert restored.process(tick) == core.process(tick)
     assert published(restored.process(h.tick(3_000))) == []
-
-
-def test_a_snapshot_from_before_figures_restores_with_every_circuit_marked() -> None:
-    h = History()
-    h.success("w1", ts=1_000)
-    h.heartbeat("w2", ts=1_000, hardware_class="cpu")
-    h.tick(2_000)
-    core = FleetCore()
-    run(h.records, core=core)
-    state = dict(core.__dict__)
-    del state["_marked"]
-    old = pickle.dumps((2, state), protocol=pickle.HIGHEST_PROTOCOL)
-    outputs = FleetCore.restore(old).process(h.tick(3_000))
-    assert published(outputs) == [
-        ("worker", "w1"),
-        ("worker", "w2"),
-        ("hardware_class", "cpu"),
-        ("hardware_class", "cuda"),
-        ("task_type", "bert"),
-    ]
 
 
 def test_the_issue_13_fleet_publishes_what_the_core_counts() -> None:

@@ -10,7 +10,7 @@ rule each test catches was checked by mutating the core (docs/TESTING.md).
 from __future__ import annotations
 
 import pytest
-from histories import History, commands, core_settings, moves, run, transitions
+from histories import History, commands, core_settings, moves, run, transitions, without_alerts
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.models import FailureType, Tick, WorkerEvent
@@ -485,7 +485,7 @@ def test_a_lost_workers_disconnection_counts_on_its_class_when_attributed_there(
     h.heartbeat("w1", ts=1_000)
     tick = h.tick(40_000)
     core = FleetCore(settings)
-    opened, *published = run(h.records, core=core)
+    opened, *published = without_alerts(run(h.records, core=core))
     # Then the TICK's figures: the lost worker, and its class with the failure it took.
     assert [(f.circuit_id, f.total_failures, f.live, f.live_workers) for f in published] == [
         ("w1", 0, False, None),
@@ -772,7 +772,7 @@ def test_the_target_is_the_healthiest_closed_worker_then_the_first_by_id() -> No
     h = History()
     for worker, failures in (("a", 2), ("b", 1), ("c", 1), ("d", 2)):
         h.heartbeat(worker, ts=100)
-        crash(h, worker, failures, ts=200)
+        crash(h, worker, failures, ts=200, attempt=3)  # escalated: nothing moves anywhere
     h.failure("w1", ts=1_000, failure_type="WORKER_CRASH")
     assert last_command(h, settings).target_worker_id == "b"  # 90: b and c; b by id
 
@@ -782,9 +782,64 @@ def test_workers_at_the_health_floor_tie_and_the_first_by_id_wins() -> None:
     h = History()
     for worker, failures in (("a", 4), ("b", 3)):  # both at health 70
         h.heartbeat(worker, ts=100)
-        crash(h, worker, failures, ts=200)
+        crash(h, worker, failures, ts=200, attempt=3)
     h.failure("w1", ts=1_000, failure_type="WORKER_CRASH")
     assert last_command(h, settings).target_worker_id == "a"
+
+
+# --- load-balanced targets ------------------------------------------------------------------
+
+
+def test_the_target_has_the_fewest_tasks_in_flight_before_health() -> None:
+    settings = core_settings(circuits={"worker": {"failure_threshold": 10}})
+    h = History()
+    h.started("a", ts=100, task_id="a1")  # a: fully healthy, one task running
+    h.heartbeat("b", ts=100)
+    crash(h, "b", 2, ts=200, attempt=3)  # b: health 80, idle
+    h.failure("w1", ts=1_000, failure_type="WORKER_CRASH", task_id="t1")
+    assert last_command(h, settings).target_worker_id == "b"
+
+
+def test_moves_pile_on_no_worker_each_counts_until_it_starts() -> None:
+    h = History()
+    for worker in ("a", "b", "c"):
+        h.heartbeat(worker, ts=100)
+    for i in range(3):
+        h.failure("w1", ts=1_000 + i, failure_type="WORKER_CRASH", task_id=f"t{i}")
+    assert [c.target_worker_id for c in commands(h.run())] == ["a", "b", "c"]
+    # t0 starts on c, not on a where it was sent: a is free again, c carries it.
+    h.started("c", ts=2_000, task_id="t0", attempt=1)
+    h.failure("w1", ts=3_000, failure_type="WORKER_CRASH", task_id="t3")
+    assert last_command(h).target_worker_id == "a"
+
+
+def test_a_finished_task_no_longer_counts_on_the_worker_it_was_sent_to() -> None:
+    h = History()
+    for worker in ("a", "b"):
+        h.heartbeat(worker, ts=100)
+    h.failure("w1", ts=1_000, failure_type="WORKER_CRASH", task_id="t0")  # -> a
+    h.success("w1", ts=1_500, task_id="t0", attempt=1)  # finished after all, on w1
+    h.failure("w1", ts=2_000, failure_type="WORKER_CRASH", task_id="t1")
+    assert [c.target_worker_id for c in commands(h.run())] == ["a", "a"]
+
+
+def test_a_lost_workers_tasks_spread_over_targets_in_start_order() -> None:
+    settings = core_settings(recovery={"heartbeat_timeout_s": 30})
+    h = History()
+    for worker in ("a", "b"):
+        h.heartbeat(worker, ts=1_000)
+    for task_id in ("t9", "t1", "t5"):  # start order, not id order
+        h.started("w1", ts=1_000, task_id=task_id)
+    h.started("w1", ts=1_001, task_id="t9", attempt=0)  # started again: now the newest
+    for ts in (20_000, 40_000):  # a and b stay live; w1 is lost at 31 s
+        for worker in ("a", "b"):
+            h.heartbeat(worker, ts=ts)
+    moved = commands(h.run(settings))
+    assert [(c.task_id, c.target_worker_id) for c in moved] == [
+        ("t1", "a"),
+        ("t5", "b"),
+        ("t9", "a"),
+    ]
 
 
 def test_a_move_after_a_retry_in_place_still_carries_the_checkpoint() -> None:

@@ -94,9 +94,9 @@ def test_open_worker_circuit_sends_task_to_the_healthiest_other_worker() -> None
     h = History()
     h.heartbeat("w3", ts=100)
     h.heartbeat("w2", ts=100)
-    h.failure("w2", ts=200, failure_type="WORKER_CRASH")  # w2 is less healthy: 90
-    for i in range(5):
-        h.failure("w1", ts=1_000 + i, failure_type="WORKER_CRASH")
+    h.failure("w2", ts=200, failure_type="WORKER_CRASH", attempt=3)  # w2 is less healthy: 90
+    for i in range(5):  # escalated, then moved: only the last one names a target
+        h.failure("w1", ts=1_000 + i, failure_type="WORKER_CRASH", attempt=3 if i < 4 else 0)
     command = last_command(h)
     assert (command.strategy, command.target_worker_id) == ("DIFFERENT_WORKER", "w3")
     assert "worker circuit w1 is OPEN" in command.reason

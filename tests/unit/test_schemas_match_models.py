@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from faultstream.events.codec import SCHEMAS, Codec
 from faultstream.events.models import (
     BROKER_FIELDS,
+    Alert,
     CircuitFigures,
     CircuitStateChanged,
     ConfigChanged,
@@ -32,6 +33,7 @@ MODEL_OF_SCHEMA: dict[str, type[BaseModel]] = {
     "recovery_command": RecoveryCommand,
     "dead_letter": DeadLetter,
     "circuit_figures": CircuitFigures,
+    "alert": Alert,
 }
 AVRO_OF_PYTHON = {str: "string", int: "long", float: "double", bytes: "bytes", bool: "boolean"}
 
@@ -180,6 +182,16 @@ def _examples() -> list[BaseModel]:
             consecutive_failures=10, half_open_successes=0, trips=1, total_trips=1,
             total_successes=0, total_failures=10, health=18.0, caused_by="tick",
         ),
+        Alert(
+            alert_id="alr-1", ts=12, rule="class_capacity_below", subject_kind="hardware_class",
+            subject_id="cuda", severity="critical", state="FIRING",
+            message="1 of 3 live cuda workers available, below 50%", caused_by="f1",
+        ),
+        Alert(
+            alert_id="alr-1", ts=13, rule="class_capacity_below", subject_kind="hardware_class",
+            subject_id="cuda", severity="critical", state="RESOLVED", message="3 of 3 — ünï",
+            caused_by="ok",
+        ),
     ]  # fmt: skip
 
 
@@ -188,6 +200,8 @@ def _examples() -> list[BaseModel]:
     _examples(),
     ids=lambda r: (
         f"{type(r).__name__}-{r.model_dump().get('event_id') or r.model_dump().get('command_id')}"
+        if not isinstance(r, Alert)
+        else f"Alert-{r.alert_id}-{r.state}"
     ),
 )
 def test_every_model_round_trips_through_avro(record: BaseModel) -> None:

@@ -1,0 +1,219 @@
+"""The alert rules (docs/circuits.md "Alerts"): one scenario per rule, each written to fail
+when that rule alone is broken; FIRING once until RESOLVED, with the same alert_id."""
+
+from __future__ import annotations
+
+from histories import History, alerts, commands, core_settings, run, without_alerts
+
+from faultstream.events.models import Alert, CircuitStateChanged, RecoveryCommand
+from faultstream.processors.core import FleetCore
+
+START = 1_764_355_200_000
+
+
+def summary(outputs: list) -> list[tuple[str, str, str, str]]:
+    """(rule, subject, state, severity) of each alert."""
+    return [(a.rule, a.subject_id, a.state, a.severity) for a in alerts(outputs)]
+
+
+def only(rule: str, **changes) -> dict:
+    """Every alert rule off but `rule` (given its setting in `changes`)."""
+    rules = {
+        "class_capacity_below": 0,
+        "open_longer_than_s": 0,
+        "escalations": False,
+        "fleet_health_below": 0,
+        "clock_skew": False,
+    }
+    return {"alerts": {**rules, **changes}}
+
+
+# --- class capacity -------------------------------------------------------------------------
+
+
+def test_capacity_below_the_threshold_fires_critical_and_resolves_with_the_same_id() -> None:
+    settings = core_settings(**only("class_capacity_below", class_capacity_below=50))
+    h = History()
+    for worker in ("w1", "w2", "w3"):
+        h.heartbeat(worker, START)
+    h.operator("FORCE_OPEN", "worker", "w1", START + 1)  # 2 of 3: 67 %
+    assert summary(h.run(settings)) == []
+    h.operator("FORCE_OPEN", "worker", "w2", START + 2)  # 1 of 3: 33 %
+    h.operator("FORCE_OPEN", "worker", "w3", START + 3)  # 0 of 3: already firing
+    h.operator("RESET", "worker", "w1", START + 4)  # 1 of 3
+    h.operator("RESET", "worker", "w2", START + 5)  # 2 of 3: resolved
+    outputs = h.run(settings)
+    assert summary(outputs) == [
+        ("class_capacity_below", "cuda", "FIRING", "critical"),
+        ("class_capacity_below", "cuda", "RESOLVED", "critical"),
+    ]
+    fired, resolved = alerts(outputs)
+    assert (fired.ts, resolved.ts) == (START + 2, START + 5)
+    assert fired.alert_id == resolved.alert_id and fired.subject_kind == "hardware_class"
+    assert fired.message == "1 of 3 live cuda workers available, below 50%"
+
+
+def test_an_open_class_circuit_leaves_it_no_capacity() -> None:
+    settings = core_settings(**only("class_capacity_below", class_capacity_below=50))
+    h = History()
+    h.heartbeat("w1", START)
+    h.operator("FORCE_OPEN", "hardware_class", "cuda", START + 1)
+    assert summary(h.run(settings)) == [("class_capacity_below", "cuda", "FIRING", "critical")]
+
+
+def test_a_class_whose_workers_are_all_lost_has_no_capacity() -> None:
+    settings = core_settings(**only("class_capacity_below", class_capacity_below=50))
+    h = History()
+    h.heartbeat("w1", START)
+    h.heartbeat("c1", START + 20_000, hardware_class="cpu")
+    h.tick(START + 31_000)  # w1 lost at +30 s
+    outputs = h.run(settings)
+    [fired] = alerts(outputs)
+    assert (fired.subject_id, fired.ts, fired.message) == (
+        "cuda",
+        START + 30_000,
+        "0 of 0 live cuda workers available, below 50%",
+    )
+
+
+def test_the_alert_follows_the_records_of_its_decision() -> None:
+    settings = core_settings(**only("class_capacity_below", class_capacity_below=50))
+    h = History()
+    h.heartbeat("w1", START)
+    for i in range(5):
+        h.failure("w1", START + i, "WORKER_CRASH", task_id=f"t{i}")
+    last = run(h.records, settings)[-3:]  # the opening, its command, then the alert
+    assert [type(o) for o in last] == [CircuitStateChanged, RecoveryCommand, Alert]
+
+
+# --- circuits open too long -----------------------------------------------------------------
+
+
+def test_a_circuit_not_closed_for_the_setting_fires_at_that_moment() -> None:
+    settings = core_settings(
+        **only("open_longer_than_s", open_longer_than_s=900),
+        circuits={"task_type": {"failure_threshold": 1, "success_threshold": 1,
+                                "half_open_max_calls": 1}},
+    )  # fmt: skip
+    h = History()
+    h.failure("w1", START, "TIMEOUT", task_id="t1")  # task_type bert opens; half-opens +300 s
+    h.failure("w1", START + 400_000, "TIMEOUT", task_id="t2")  # reopens (+360 s)
+    h.tick(START + 899_999)
+    assert summary(h.run(settings)) == []
+    h.tick(START + 900_000)  # HALF_OPEN did not stop the clock
+    h.success("w1", START + 1_000_000, task_id="t3")  # half-open at 760 s, closes now
+    outputs = h.run(settings)
+    assert summary(outputs) == [
+        ("open_longer_than_s", "bert", "FIRING", "warning"),
+        ("open_longer_than_s", "bert", "RESOLVED", "warning"),
+    ]
+    fired, resolved = alerts(outputs)
+    assert (fired.ts, resolved.ts, fired.subject_kind) == (
+        START + 900_000,
+        START + 1_000_000,
+        "task_type",
+    )
+
+
+# --- escalations ----------------------------------------------------------------------------
+
+
+def test_an_escalation_fires_once_and_resolves_at_the_tasks_next_success() -> None:
+    settings = core_settings(**only("escalations", escalations=True))
+    h = History()
+    h.failure("w1", START, "PERSISTENT_ERROR", task_id="t1")  # ladder: ESCALATION
+    h.failure("w1", START + 1, "PERSISTENT_ERROR", task_id="t1", attempt=1)  # again
+    h.success("w2", START + 2, task_id="t1", attempt=7)  # any attempt resolves
+    outputs = h.run(settings)
+    assert [c.strategy for c in commands(outputs)] == ["ESCALATION", "ESCALATION"]
+    assert summary(outputs) == [
+        ("escalations", "t1", "FIRING", "critical"),
+        ("escalations", "t1", "RESOLVED", "critical"),
+    ]
+    assert alerts(outputs)[0].subject_kind == "task"
+
+
+# --- fleet health ---------------------------------------------------------------------------
+
+
+def test_fleet_health_below_the_threshold_fires_and_recovers() -> None:
+    settings = core_settings(**only("fleet_health_below", fleet_health_below=70))
+    h = History()
+    h.heartbeat("w1", START)  # circuits: w1, cuda
+    h.heartbeat("w2", START)  # w2: 3 circuits, health 100
+    h.operator("FORCE_OPEN", "worker", "w1", START + 1)  # 100 - 1/3 x 100 = 66.7
+    h.operator("RESET", "worker", "w1", START + 2)
+    outputs = h.run(settings)
+    assert summary(outputs) == [
+        ("fleet_health_below", "fleet", "FIRING", "warning"),
+        ("fleet_health_below", "fleet", "RESOLVED", "warning"),
+    ]
+    assert alerts(outputs)[0].message == "overall health 66.6667, below 70"
+
+
+# --- clock skew -----------------------------------------------------------------------------
+
+
+def test_a_skewed_clock_fires_and_its_next_event_within_the_limit_resolves() -> None:
+    settings = core_settings(**only("clock_skew", clock_skew=True))
+    h = History()
+    h.heartbeat("w1", START + 120_000, received_at=START)  # exactly 120 s: within
+    h.heartbeat("w1", START + 130_000, received_at=START + 9_999)  # 120.001 s: over
+    h.heartbeat("w1", START + 141_000, received_at=START + 20_000)  # again: nothing new
+    h.heartbeat("w1", START + 30_000, received_at=START + 30_000)
+    outputs = h.run(settings)
+    assert summary(outputs) == [
+        ("clock_skew", "w1", "FIRING", "warning"),
+        ("clock_skew", "w1", "RESOLVED", "warning"),
+    ]
+    assert [a.ts for a in alerts(outputs)] == [START + 9_999, START + 30_000]
+
+
+# --- switched on and off --------------------------------------------------------------------
+
+
+def test_every_rule_at_zero_or_false_fires_nothing() -> None:
+    settings = core_settings(**only("none"))
+    h = History()
+    h.heartbeat("w1", START + 500_000, received_at=START)
+    h.failure("w1", START, "PERSISTENT_ERROR", task_id="t1")
+    h.operator("FORCE_OPEN", "hardware_class", "cuda", START + 1)
+    h.tick(START + 3_600_000)
+    assert alerts(h.run(settings)) == []
+
+
+def test_a_threshold_rule_switched_off_while_firing_resolves_at_once() -> None:
+    settings = core_settings(**only("class_capacity_below", class_capacity_below=50))
+    h = History()
+    h.heartbeat("w1", START)
+    h.operator("FORCE_OPEN", "worker", "w1", START + 1)
+    h.config(START + 2, {"alerts": {"class_capacity_below": 0}})
+    h.operator("FORCE_OPEN", "hardware_class", "cuda", START + 3)  # fires nothing new
+    outputs = h.run(settings)
+    assert summary(outputs) == [
+        ("class_capacity_below", "cuda", "FIRING", "critical"),
+        ("class_capacity_below", "cuda", "RESOLVED", "critical"),
+    ]
+    assert alerts(outputs)[1].ts == START + 2
+
+
+def test_alerts_change_no_other_record() -> None:
+    h = History()
+    h.heartbeat("w1", START + 500_000, received_at=START)
+    for i in range(6):
+        h.failure("w1", START + i, "WORKER_CRASH", task_id=f"t{i}", attempt=i % 4)
+    h.tick(START + 3_600_000)
+    with_alerts = h.run()
+    assert alerts(with_alerts)  # the defaults fire some
+    assert without_alerts(with_alerts) == h.run(core_settings(**only("none")))
+
+
+def test_a_snapshot_keeps_what_fires() -> None:
+    settings = core_settings(**only("escalations", escalations=True))
+    h = History()
+    h.failure("w1", START, "PERSISTENT_ERROR", task_id="t1")
+    core = FleetCore(settings)
+    run(h.records, core=core)
+    restored = FleetCore.restore(core.snapshot())
+    resolved = restored.process(h.success("w1", START + 1, task_id="t1"))
+    assert summary(resolved) == [("escalations", "t1", "RESOLVED", "critical")]

@@ -1,0 +1,370 @@
+"""Decisions beyond consecutive failures (docs/circuits.md): one scenario per rule, each run
+through `faultstream replay --config`, the way a user tunes them, and written to fail when
+that rule alone is broken.
+
+Failure-rate and slow-call windows, outlier workers, adaptive ladders; the alerts and the
+load-balanced targets have theirs in test_alert_rules.py and test_core_rules.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from histories import History
+
+from faultstream.cli import main
+
+START = 1_764_355_200_000
+
+
+def replay(tmp_path: Path, h: History, config: str, capsys) -> list[dict[str, Any]]:
+    """The derived records of `h` replayed under the TOML `config`, as JSON objects."""
+    history, settings = tmp_path / "history.jsonl", tmp_path / "faultstream.toml"
+    history.write_text("".join(record.model_dump_json() + "\n" for record in h.records))
+    settings.write_text(config)
+    capsys.readouterr()
+    assert main(["replay", "--input", str(history), "--config", str(settings)]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def opened(derived: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(circuit id, reason, caused_by) of each opening."""
+    return [
+        (d["circuit_id"], d["reason"], d["caused_by"])
+        for d in derived
+        if d["type"] == "circuit_state_changed" and d["to_state"] == "OPEN"
+    ]
+
+
+def outcomes(h: History, worker: str, pattern: str, ts: int, **fields: Any) -> list[str]:
+    """One outcome a second from `ts`: S success, F a WORKER_CRASH; their event ids."""
+    ids = []
+    for i, outcome in enumerate(pattern):
+        at = ts + i * 1_000
+        if outcome == "S":
+            ids.append(h.success(worker, at, task_id=f"{worker}-{i}", **fields).event_id)
+        else:
+            record = h.failure(worker, at, "WORKER_CRASH", task_id=f"{worker}-{i}", **fields)
+            ids.append(record.event_id)
+    return ids
+
+
+RATE = """
+[circuits.worker]
+failure_rate_threshold = 50
+sliding_window_size = 4
+minimum_number_of_calls = 4
+"""
+
+
+# --- failure rate ---------------------------------------------------------------------------
+
+
+def test_one_failure_in_two_opens_a_worker_that_never_fails_five_in_a_row(tmp_path, capsys) -> None:
+    h = History()
+    ids = outcomes(h, "w1", "SFSF", START)
+    assert opened(replay(tmp_path, h, RATE, capsys)) == [
+        ("w1", "WORKER_CRASH; failure_rate 2/4 ≥ 50%", ids[3])
+    ]
+    assert opened(replay(tmp_path, h, "", capsys)) == []  # the seed's rule alone: never
+
+
+def test_the_rate_waits_for_the_minimum_number_of_calls(tmp_path, capsys) -> None:
+    h = History()
+    outcomes(h, "w1", "FSF", START)  # 2 of 3 failed, but 3 < minimum_number_of_calls
+    assert opened(replay(tmp_path, h, RATE, capsys)) == []
+
+
+def test_a_success_that_fills_the_window_can_open_it(tmp_path, capsys) -> None:
+    h = History()
+    ids = outcomes(h, "w1", "FFS", START)
+    config = RATE.replace("= 4", "= 3").replace("= 50", "= 60")
+    assert opened(replay(tmp_path, h, config, capsys)) == [("w1", "failure_rate 2/3 ≥ 60%", ids[2])]
+
+
+def test_a_count_window_keeps_only_the_last_n_outcomes(tmp_path, capsys) -> None:
+    h = History()
+    outcomes(h, "w1", "FSSSSF", START)  # the first F has left a window of 4 by the last
+    assert opened(replay(tmp_path, h, RATE, capsys)) == []
+
+
+def test_a_time_window_keeps_only_the_last_n_seconds(tmp_path, capsys) -> None:
+    config = RATE.replace("sliding_window_size = 4", 'sliding_window_type = "time"\n'
+                          "sliding_window_size = 3")  # fmt: skip
+    h = History()
+    outcomes(h, "w1", "FFSSS", START)  # at the last, the window holds 3 s: S S S
+    assert opened(replay(tmp_path, h, config, capsys)) == []
+    h = History()
+    ids = outcomes(h, "w1", "SFSF", START)  # at the last, the 3-s window holds F S F
+    assert opened(replay(tmp_path, h, config.replace("= 4", "= 3"), capsys)) == [
+        ("w1", "WORKER_CRASH; failure_rate 2/3 ≥ 50%", ids[3])
+    ]
+
+
+def test_both_rules_met_are_named_in_order(tmp_path, capsys) -> None:
+    config = RATE + "failure_threshold = 2\n"
+    h = History()
+    ids = outcomes(h, "w1", "SSFF", START)
+    assert opened(replay(tmp_path, h, config, capsys)) == [
+        ("w1", "WORKER_CRASH; failure_threshold reached; failure_rate 2/4 ≥ 50%", ids[3])
+    ]
+
+
+def test_the_window_empties_when_the_circuit_closes(tmp_path, capsys) -> None:
+    config = RATE + "recovery_timeout_s = 1\nsuccess_threshold = 1\nhalf_open_max_calls = 1\n"
+    h = History()
+    outcomes(h, "w1", "SFSF", START)  # opens; half-open at +4 s
+    outcomes(h, "w1", "S", START + 10_000)  # closes: the window starts empty
+    outcomes(h, "w1", "SSF", START + 20_000)  # 1 of 3 calls, below the minimum anyway
+    ids = outcomes(h, "w1", "F", START + 30_000)  # S S F F: 2 of 4
+    assert [reason for _, reason, _ in opened(replay(tmp_path, h, config, capsys))] == [
+        "WORKER_CRASH; failure_rate 2/4 ≥ 50%",
+        "WORKER_CRASH; failure_rate 2/4 ≥ 50%",
+    ]
+    assert opened(replay(tmp_path, h, config, capsys))[-1][2] == ids[0]
+
+
+def test_an_operator_reset_empties_the_window(tmp_path, capsys) -> None:
+    h = History()
+    outcomes(h, "w1", "SFS", START)
+    h.operator("RESET", "worker", "w1", START + 3_500)
+    outcomes(h, "w1", "F", START + 4_000)  # would be 2 of 4 without the reset
+    assert opened(replay(tmp_path, h, RATE, capsys)) == []
+
+
+def test_the_fleet_guard_holds_back_a_rate_opening(tmp_path, capsys) -> None:
+    config = RATE + "guard_min_workers = 2\nmax_open_fraction = 0.5\n"
+    h = History()
+    h.heartbeat("w2", START)
+    h.operator("FORCE_OPEN", "worker", "w2", START)  # half of the 2 cuda workers open
+    outcomes(h, "w1", "SFSF", START + 1_000)
+    derived = replay(tmp_path, h, config, capsys)
+    assert [c for c, _, _ in opened(derived)] == []
+    failures = [d for d in derived if d["type"] == "recovery_command"]
+    assert "fleet_guard" in failures[-1]["reason"]
+
+
+def test_a_rate_rule_on_the_task_type_circuit(tmp_path, capsys) -> None:
+    config = RATE.replace("[circuits.worker]", "[circuits.task_type]")
+    h = History()
+    for i, outcome in enumerate("SFSF"):
+        worker = f"w{i}"  # four workers: no worker fails twice
+        if outcome == "S":
+            h.success(worker, START + i * 1_000, task_id=f"t{i}")
+        else:
+            h.failure(worker, START + i * 1_000, "TIMEOUT", task_id=f"t{i}")
+    assert [(c, r) for c, r, _ in opened(replay(tmp_path, h, config, capsys))] == [
+        ("bert", "TIMEOUT; failure_rate 2/4 ≥ 50%")
+    ]
+
+
+# --- slow calls -----------------------------------------------------------------------------
+
+SLOW = """
+[circuits.worker]
+slow_call_duration_s = 10
+slow_call_rate_threshold = 50
+minimum_number_of_calls = 2
+sliding_window_size = 10
+"""
+
+
+def timed_success(h: History, worker: str, task_id: str, start: int, seconds: float) -> str:
+    h.started(worker, start, task_id=task_id)
+    return h.success(worker, start + int(seconds * 1000), task_id=task_id).event_id
+
+
+def test_a_throttled_worker_succeeding_slowly_opens_on_the_slow_call_rate(tmp_path, capsys) -> None:
+    h = History()
+    timed_success(h, "gpu1", "t1", START, 2)
+    last = timed_success(h, "gpu1", "t2", START + 5_000, 12)  # 1 of 2 slow: 50 %
+    assert opened(replay(tmp_path, h, SLOW, capsys)) == [("gpu1", "slow_call_rate 1/2 ≥ 50%", last)]
+
+
+def test_a_success_just_under_the_duration_is_not_slow(tmp_path, capsys) -> None:
+    h = History()
+    timed_success(h, "gpu1", "t1", START, 2)
+    timed_success(h, "gpu1", "t2", START + 5_000, 9.999)
+    assert opened(replay(tmp_path, h, SLOW, capsys)) == []
+
+
+def test_a_success_without_its_start_is_not_slow(tmp_path, capsys) -> None:
+    h = History()
+    timed_success(h, "gpu1", "t1", START, 2)
+    h.started("gpu1", START + 3_000, task_id="t2", attempt=1)  # another attempt's start
+    h.success("gpu1", START + 30_000, task_id="t2", attempt=0)
+    assert opened(replay(tmp_path, h, SLOW, capsys)) == []
+
+
+def test_slowness_is_measured_on_the_brokers_clock(tmp_path, capsys) -> None:
+    h = History()
+    timed_success(h, "gpu1", "t1", START, 2)
+    h.started("gpu1", START + 5_000, task_id="t2", received_at=START + 5_000)
+    # Its own clock says 1 s; the broker saw 20 s pass.
+    h.success("gpu1", START + 6_000, task_id="t2", received_at=START + 25_000)
+    assert [c for c, _, _ in opened(replay(tmp_path, h, SLOW, capsys))] == ["gpu1"]
+
+
+# --- outlier workers ------------------------------------------------------------------------
+
+OUTLIER = """
+[circuits.worker]
+outlier_stdev_factor = 1.9
+outlier_interval_s = 60
+outlier_minimum_hosts = 5
+outlier_request_volume = 10
+"""
+MINUTE = 60_000
+BOUNDARY = (START // MINUTE + 1) * MINUTE  # the first interval boundary after START
+
+
+def fleet_minute(h: History, flaky_failures: int, hosts: int = 6, others: int = 0) -> None:
+    """`hosts` workers with 10 outcomes each, 5 s apart, in the minute before BOUNDARY; w0
+    fails `flaky_failures` of its tasks, every other odd worker `others` (task failures:
+    the worker circuits count none)."""
+    at = BOUNDARY - MINUTE
+    for n in range(10):
+        for w in range(hosts):
+            worker = f"w{w}"
+            failures = flaky_failures if w == 0 else others * (w % 2)
+            if n < failures:
+                h.failure(worker, at + n * 5_000, "TIMEOUT", task_id=f"{worker}-{n}")
+            else:
+                h.success(worker, at + n * 5_000, task_id=f"{worker}-{n}")
+
+
+def test_a_worker_failing_one_task_in_three_is_ejected_at_the_boundary(tmp_path, capsys) -> None:
+    h = History()
+    fleet_minute(h, flaky_failures=3)
+    tick = h.tick(BOUNDARY)
+    derived = replay(tmp_path, h, OUTLIER, capsys)
+    [(worker, reason, caused_by)] = opened(derived)
+    assert (worker, caused_by) == ("w0", tick.event_id)
+    assert reason.startswith("outlier: success rate 70.0% below")
+    [opening] = [d for d in derived if d["type"] == "circuit_state_changed"]
+    assert opening["ts"] == BOUNDARY
+    assert opened(replay(tmp_path, h, "", capsys)) == []  # the seed's rule alone: never
+
+
+def test_an_outlier_needs_the_minimum_hosts_and_volume(tmp_path, capsys) -> None:
+    h = History()
+    fleet_minute(h, flaky_failures=3, hosts=5)
+    h.tick(BOUNDARY)
+    assert [c for c, _, _ in opened(replay(tmp_path, h, OUTLIER, capsys))] == ["w0"]
+    config = OUTLIER.replace("outlier_minimum_hosts = 5", "outlier_minimum_hosts = 6")
+    assert opened(replay(tmp_path, h, config, capsys)) == []
+    config = OUTLIER.replace("outlier_request_volume = 10", "outlier_request_volume = 11")
+    assert opened(replay(tmp_path, h, config, capsys)) == []
+
+
+def test_outlier_counts_restart_at_every_boundary(tmp_path, capsys) -> None:
+    h = History()
+    fleet_minute(h, flaky_failures=3)
+    h.operator("FORCE_OPEN", "worker", "w0", BOUNDARY - 1)  # not CLOSED: not ejected
+    h.operator("RESET", "worker", "w0", BOUNDARY + 1)
+    h.tick(BOUNDARY + MINUTE)  # the next interval had no outcomes
+    assert opened(replay(tmp_path, h, OUTLIER, capsys)) == []
+
+
+def test_a_mild_spread_ejects_no_one(tmp_path, capsys) -> None:
+    h = History()
+    # 80 % among 90 % and 100 %: within 1.9 stdev of the mean. (One worker apart from
+    # identical others is always sqrt(n - 1) stdev below: that one is ejected, however mild.)
+    fleet_minute(h, flaky_failures=2, others=1)
+    h.tick(BOUNDARY)
+    derived = replay(tmp_path, h, OUTLIER, capsys)
+    assert opened(derived) == []
+
+
+# --- adaptive ladders -----------------------------------------------------------------------
+
+ADAPTIVE = """
+[recovery]
+adaptive = true
+adaptive_min_samples = 2
+"""
+OOM = {"batch_size": "8", "precision": "fp32"}
+
+
+def first_rung_never_works(h: History, tasks: int, ts: int) -> None:
+    """RESOURCE_EXHAUSTION on cuda: the smaller batch fails again, the lower precision works."""
+    for t in range(tasks):
+        at, task = ts + t * 10_000, f"train-{t}"
+        h.failure("g1", at, "RESOURCE_EXHAUSTION", task_id=task, attributes=OOM)
+        h.failure("g1", at + 1_000, "RESOURCE_EXHAUSTION", task_id=task, attempt=1,
+                  attributes=OOM)  # fmt: skip
+        h.success("g1", at + 2_000, task_id=task, attempt=2)
+
+
+def last_command(derived: list[dict[str, Any]]) -> dict[str, Any]:
+    return [d for d in derived if d["type"] == "recovery_command"][-1]
+
+
+def test_the_ladder_learns_that_its_first_rung_never_works_here(tmp_path, capsys) -> None:
+    h = History()
+    first_rung_never_works(h, tasks=2, ts=START)
+    h.failure("g1", START + 60_000, "RESOURCE_EXHAUSTION", task_id="next", attributes=OOM)
+    command = last_command(replay(tmp_path, h, ADAPTIVE, capsys))
+    assert command["strategy"] == "REDUCED_PRECISION"
+    assert command["reason"].startswith("adaptive: 2/2 of REDUCED_PRECISION succeeded")
+    static = last_command(replay(tmp_path, h, "", capsys))
+    assert (static["strategy"], static["reason"]) == (
+        "REDUCED_BATCH_SIZE",
+        "RESOURCE_EXHAUSTION ladder rung 0",
+    )
+
+
+def test_the_static_rung_is_explored_until_it_has_the_minimum(tmp_path, capsys) -> None:
+    h = History()
+    first_rung_never_works(h, tasks=2, ts=START)
+    h.failure("g1", START + 60_000, "RESOURCE_EXHAUSTION", task_id="next", attributes=OOM)
+    config = ADAPTIVE.replace("= 2", "= 3")
+    command = last_command(replay(tmp_path, h, config, capsys))
+    assert (command["strategy"], "adaptive" in command["reason"]) == ("REDUCED_BATCH_SIZE", False)
+
+
+def test_learning_is_per_hardware_class(tmp_path, capsys) -> None:
+    h = History()
+    first_rung_never_works(h, tasks=2, ts=START)
+    h.failure("r1", START + 60_000, "RESOURCE_EXHAUSTION", task_id="next", attributes=OOM,
+              hardware_class="rocm")  # fmt: skip
+    command = last_command(replay(tmp_path, h, ADAPTIVE, capsys))
+    assert (command["strategy"], "adaptive" in command["reason"]) == ("REDUCED_BATCH_SIZE", False)
+
+
+def test_a_working_static_rung_is_kept_and_said_so(tmp_path, capsys) -> None:
+    h = History()
+    for t in range(2):  # the smaller batch works
+        h.failure("g1", START + t * 10_000, "RESOURCE_EXHAUSTION", task_id=f"t{t}",
+                  attributes=OOM)  # fmt: skip
+        h.success("g1", START + t * 10_000 + 1_000, task_id=f"t{t}", attempt=1)
+    h.failure("g1", START + 60_000, "RESOURCE_EXHAUSTION", task_id="next", attributes=OOM)
+    command = last_command(replay(tmp_path, h, ADAPTIVE, capsys))
+    assert command["strategy"] == "REDUCED_BATCH_SIZE"
+    assert command["reason"].startswith("adaptive: 2/2 of REDUCED_BATCH_SIZE succeeded")
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "[circuits.worker]\nfailure_rate_threshold = 101",
+        "[circuits.worker]\nslow_call_rate_threshold = 0",
+        "[circuits.worker]\nfailure_rate_threshold = 50\nsliding_window_size = 10",
+        "[circuits.worker]\nsliding_window_size = 2.5",
+        "[circuits.worker]\noutlier_stdev_factor = -1",
+        "[recovery]\nadaptive_min_samples = 0",
+        "[alerts]\nclass_capacity_below = 120",
+    ],
+)
+def test_settings_out_of_range_are_refused_naming_the_setting(tmp_path, capsys, setting) -> None:
+    h = History()
+    h.heartbeat("w1", START)
+    history, settings = tmp_path / "history.jsonl", tmp_path / "faultstream.toml"
+    history.write_text(h.records[0].model_dump_json() + "\n")
+    settings.write_text(setting)
+    assert main(["replay", "--input", str(history), "--config", str(settings)]) != 0
+    name = setting.split("\n")[-1].split(" = ")[0]
+    assert name in capsys.readouterr().err
