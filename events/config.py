@@ -60,10 +60,20 @@ class CircuitSettings(BaseModel):
     # A sliding window of outcomes (resilience4j): off while both thresholds are 0.
     failure_rate_threshold: float = Field(0, ge=0, le=100)  # percent; 0 = off
     sliding_window_type: Literal["count", "time"] = "count"
-    sliding_window_size: float = Field(100, gt=0, le=MAX_TIMEOUT_S)  # outcomes or seconds
+    # Outcomes (a count window, default 100) or seconds (a time window, default 60).
+    sliding_window_size: float = Field(100, gt=0, le=MAX_TIMEOUT_S)
     minimum_number_of_calls: int = Field(20, gt=0)
     slow_call_duration_s: float = Field(0, ge=0, le=MAX_TIMEOUT_S)  # 0 = off
     slow_call_rate_threshold: float = Field(100, gt=0, le=100)  # percent
+
+    @model_validator(mode="before")
+    @classmethod
+    def _window_size_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("sliding_window_size") is None:
+            data = {k: v for k, v in data.items() if k != "sliding_window_size"}
+            if data.get("sliding_window_type") == "time":
+                data["sliding_window_size"] = 60
+        return data
 
     @model_validator(mode="after")
     def _half_open_can_close(self) -> CircuitSettings:
@@ -181,7 +191,9 @@ class CircuitsSettings(BaseModel):
         ):
             given = data.get(name)
             if isinstance(given, dict):
-                data[name] = {**defaults().model_dump(), **given}
+                # (The window's size defaults by its type: not taken from a count window.)
+                kind_defaults = defaults().model_dump(exclude={"sliding_window_size"})
+                data[name] = {**kind_defaults, **given}
         return data
 
     def for_kind(self, kind: CircuitKind) -> CircuitSettings:

@@ -2,7 +2,8 @@
 
 The append-only tables (events, control, circuit_transitions, commands, dead_letters,
 circuit_figures, alerts) have no PRIMARY KEY: keeping an ART index on a VARCHAR id costs
-about four times the insert itself. The writer drops repeats with an anti-join on (id, ts) instead (see `DEDUPE_KEYS`).
+about four times the insert itself. The writer drops repeats with an anti-join on (id, ts)
+instead (see `DEDUPE_KEYS`).
 The upserted tables (circuit_states, checkpoints, recovery_outcomes, health_snapshots)
 keep their keys: they are small or change in place.
 """

@@ -134,7 +134,8 @@ class FleetCore:
         self._open_longer_ms = alerts.open_longer_than_s * 1000.0
         self._escalation_alerts = alerts.escalations
         self._health_below = alerts.fleet_health_below
-        self._skew_ms = settings.clock.max_skew_s * 1000.0 if alerts.clock_skew else 0.0
+        self._skew_ms = settings.clock.max_skew_s * 1000.0
+        self._skew_alerts = alerts.clock_skew
 
     # --- the one entry point -------------------------------------------------------
 
@@ -186,7 +187,7 @@ class FleetCore:
             if handler is not _on_heartbeat:  # a heartbeat only marks the worker alive
                 handler(self, worker, record, out)
             skew = record.ts - ts
-            if worker.skewed or (self._skew_ms and abs(skew) > self._skew_ms):  # type: ignore[union-attr]
+            if worker.skewed or (self._skew_alerts and abs(skew) > self._skew_ms):  # type: ignore[union-attr]
                 self._judge_skew(worker, skew, event_id)  # type: ignore[arg-type]
         elif record.kind == "OPERATOR":
             self._on_operator(record, out)  # type: ignore[arg-type]
@@ -776,10 +777,10 @@ class FleetCore:
 
     def _judge_skew(self, worker: Worker, skew_ms: int, caused_by: str) -> None:
         """A worker whose clock is off by more than max_skew_s fires; its next event within
-        it resolves."""
+        it resolves (also after the rule is switched off)."""
         now = self.now
-        if self._skew_ms and abs(skew_ms) > self._skew_ms:
-            if not worker.skewed:
+        if abs(skew_ms) > self._skew_ms:
+            if not worker.skewed and self._skew_alerts:
                 worker.skewed = True
                 message = f"worker {worker.id}'s clock is {skew_ms / 1000.0:+g}s off the broker's"
                 self._queue_alert(

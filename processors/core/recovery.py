@@ -143,7 +143,13 @@ def adaptive_plan(
             trials + 2
         ):
             best, best_trials, best_successes = plan, trials, successes
-    why = f"adaptive: {best_successes}/{best_trials} of {best.strategy} succeeded; {best.reason}"
+    # The reason carries what was learned of each candidate: the read side shows it as is.
+    learned_of = {}
+    for plan in candidates:
+        trials, successes = learned.get((failure_type, hardware_class, plan.strategy), _NONE)
+        learned_of.setdefault(plan.strategy, f"{plan.strategy} {successes}/{trials}")
+    table = ", ".join(learned_of.values())
+    why = f"adaptive: {table} -> {best.strategy}; {best.reason}"
     return Plan(best.strategy, why, best.delay_s, best.target_hardware_class, best.parameters)
 
 

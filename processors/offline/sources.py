@@ -214,7 +214,8 @@ class _ProjectedHistory:
                 records.append(RecoveryCommand.model_validate(data))
             if "alerts" in _tables(con):  # none in a history older than alerts
                 alerts = con.execute(f"SELECT * FROM alerts{where} ORDER BY ts, alert_id", params)
-                records += [Alert.model_validate(_row_dict(alerts, row)) for row in alerts.fetchall()]
+                rows = alerts.fetchall()
+                records += [Alert.model_validate(_row_dict(alerts, row)) for row in rows]
         except duckdb.Error as exc:
             raise HistoryError(f"{self.name}: cannot read derived records ({exc})") from None
         finally:

@@ -59,7 +59,7 @@ def produce(settings: Settings, alerts: list[Alert]) -> dict[tuple[str, str], tu
     placed: dict[tuple[str, str], tuple[int, int]] = {}
     codec = Codec()
 
-    def placed_at(err, msg) -> None:  # noqa: ANN001  (librdkafka's delivery callback)
+    def placed_at(err, msg) -> None:  # librdkafka's delivery callback
         assert err is None, err
         record = codec.decode(msg.value())
         placed[(record.alert_id, str(record.state))] = (msg.partition(), msg.offset())
@@ -103,13 +103,11 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 key = key_of(body)
                 partition, offset = placed[key]
-                receiver.committed_while_open.append(
-                    (key, offset, watcher.committed(partition))
-                )
+                receiver.committed_while_open.append((key, offset, watcher.committed(partition)))
                 status = receiver.script.pop(0) if receiver.script else 200
                 receiver.attempts.append(body)
                 if status == 200:
@@ -140,7 +138,9 @@ def watcher(kafka_settings: Settings) -> Iterator[CommitWatcher]:
 
 
 @pytest.fixture
-def start_cli(kafka_settings: Settings, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+def start_cli(
+    kafka_settings: Settings, tmp_path: Path
+) -> Iterator[Callable[..., subprocess.Popen]]:
     """Start `faultstream alerts --webhook URL` on this test's topics; whatever is still
     running at the end is killed."""
     started: list[subprocess.Popen] = []
@@ -232,7 +232,7 @@ def test_a_cli_killed_while_retrying_delivers_that_alert_again_when_restarted(
         assert again.returncode == 0, (tmp_path / "alerts.log").read_text()
     finally:
         receiver.close()
-    assert receiver.accepted == [first.model_dump_json().encode(), second.model_dump_json().encode()]
+    assert receiver.accepted == [a.model_dump_json().encode() for a in (first, second)]
     assert [json.loads(line)["state"] for line in out.decode().splitlines()] == ["RESOLVED"]
     assert watcher.committed(partition) == placed[("alert-5", "RESOLVED")][1] + 1
 

@@ -217,3 +217,18 @@ def test_a_snapshot_keeps_what_fires() -> None:
     restored = FleetCore.restore(core.snapshot())
     resolved = restored.process(h.success("w1", START + 1, task_id="t1"))
     assert summary(resolved) == [("escalations", "t1", "RESOLVED", "critical")]
+
+
+def test_a_skew_alert_switched_off_still_resolves_on_an_event_within_the_limit() -> None:
+    settings = core_settings(**only("clock_skew", clock_skew=True))
+    h = History()
+    h.heartbeat("w1", START + 500_000, received_at=START)
+    h.config(START + 1, {"alerts": {"clock_skew": False}})
+    h.heartbeat("w1", START + 600_000, received_at=START + 2)  # still off: nothing
+    h.heartbeat("w2", START + 600_000, received_at=START + 3)  # skewed, rule off: nothing
+    h.heartbeat("w1", START + 4, received_at=START + 4)
+    outputs = h.run(settings)
+    assert [(a.subject_id, a.state, a.ts) for a in alerts(outputs)] == [
+        ("w1", "FIRING", START),
+        ("w1", "RESOLVED", START + 4),
+    ]

@@ -199,3 +199,13 @@ def test_one_setting_of_a_circuit_kind_keeps_that_kinds_other_defaults(monkeypat
     assert task_type.failure_threshold == 3
     # The task_type defaults, not the generic (worker) ones: 300 s, not 60 s.
     assert (task_type.recovery_timeout_s, task_type.success_threshold) == (300, 2)
+
+
+def test_a_time_window_defaults_to_60_seconds_and_a_count_window_to_100_calls(tmp_path) -> None:
+    config = tmp_path / "faultstream.toml"
+    config.write_text('[circuits.worker]\nsliding_window_type = "time"\n'
+                      '[circuits.task_type]\nsliding_window_type = "time"\n')  # fmt: skip
+    circuits = load_settings(config).circuits
+    assert circuits.worker.sliding_window_size == 60
+    assert circuits.task_type.sliding_window_size == 60
+    assert circuits.hardware_class.sliding_window_size == 100

@@ -60,10 +60,11 @@ def test_overview_leads_with_the_firing_alerts_newest_first(
               subject_id="fleet", message="fleet health 61% is below 70%"),
         alert("health", 300, "RESOLVED", rule="fleet_health_below", subject_kind="fleet",
               subject_id="fleet", message="fleet health back at 90%"),
-        alert("skew-w2", 240, rule="clock_skew", subject_id="w2", message="w2's clock is 3 min ahead"),
+        alert("skew-w2", 240, rule="clock_skew", subject_id="w2",
+              message="w2's clock is 3 min ahead"),
     ])  # fmt: skip
     at = overview()
-    assert [s.value for s in at.subheader][0] == "Firing alerts"
+    assert at.subheader[0].value == "Firing alerts"
     (table,) = [d.value for d in at.dataframe if "rule" in d.value.columns]
     assert list(table.columns) == ["severity", "rule", "subject", "message", "since", "for"]
     assert list(table["rule"]) == ["clock_skew", "open_longer_than_s", "class_capacity_below"]

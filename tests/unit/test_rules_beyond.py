@@ -309,7 +309,10 @@ def test_the_ladder_learns_that_its_first_rung_never_works_here(tmp_path, capsys
     h.failure("g1", START + 60_000, "RESOURCE_EXHAUSTION", task_id="next", attributes=OOM)
     command = last_command(replay(tmp_path, h, ADAPTIVE, capsys))
     assert command["strategy"] == "REDUCED_PRECISION"
-    assert command["reason"].startswith("adaptive: 2/2 of REDUCED_PRECISION succeeded")
+    assert command["reason"] == (
+        "adaptive: REDUCED_BATCH_SIZE 0/2, REDUCED_PRECISION 2/2, FALLBACK_CPU 0/0 "
+        "-> REDUCED_PRECISION; RESOURCE_EXHAUSTION ladder rung 1"
+    )
     static = last_command(replay(tmp_path, h, "", capsys))
     assert (static["strategy"], static["reason"]) == (
         "REDUCED_BATCH_SIZE",
@@ -344,7 +347,8 @@ def test_a_working_static_rung_is_kept_and_said_so(tmp_path, capsys) -> None:
     h.failure("g1", START + 60_000, "RESOURCE_EXHAUSTION", task_id="next", attributes=OOM)
     command = last_command(replay(tmp_path, h, ADAPTIVE, capsys))
     assert command["strategy"] == "REDUCED_BATCH_SIZE"
-    assert command["reason"].startswith("adaptive: 2/2 of REDUCED_BATCH_SIZE succeeded")
+    assert command["reason"].startswith("adaptive: REDUCED_BATCH_SIZE 2/2, ")
+    assert "-> REDUCED_BATCH_SIZE; RESOURCE_EXHAUSTION ladder rung 0" in command["reason"]
 
 
 @pytest.mark.parametrize(
