@@ -37,7 +37,6 @@ from faultstream.events.models import (
     RecoveryCommand,
     RecoveryStrategy,
     WorkerEvent,
-    received_at,
 )
 
 from .alerts import CAPACITY, CLOCK_SKEW, ESCALATIONS, FLEET_HEALTH, OPEN_LONGER, AlertBook
@@ -106,6 +105,7 @@ class FleetCore:
         self._health_dirty = False
         self._circuit_count = self._open_count = self._half_open_count = 0
         self._boundary_gen = 0
+        self._received = 0  # the received_at of the worker event being handled
         self._apply_settings(settings or CoreSettings())
         if self._outlier_factor:
             self._push_boundary()
@@ -136,6 +136,7 @@ class FleetCore:
         self._health_below = alerts.fleet_health_below
         self._skew_ms = settings.clock.max_skew_s * 1000.0
         self._skew_alerts = alerts.clock_skew
+        self._skew_limit = self._skew_ms if alerts.clock_skew else math.inf
 
     # --- the one entry point -------------------------------------------------------
 
@@ -185,9 +186,10 @@ class FleetCore:
             remember(worker.seen, worker.seen_order, event_id, SEEN_IDS_PER_WORKER)
         if handler is not None:
             if handler is not _on_heartbeat:  # a heartbeat only marks the worker alive
+                self._received = ts
                 handler(self, worker, record, out)
             skew = record.ts - ts
-            if worker.skewed or (self._skew_alerts and abs(skew) > self._skew_ms):  # type: ignore[union-attr]
+            if worker.skewed or (skew > self._skew_limit or -skew > self._skew_limit):  # type: ignore[union-attr]
                 self._judge_skew(worker, skew, event_id)  # type: ignore[arg-type]
         elif record.kind == "OPERATOR":
             self._on_operator(record, out)  # type: ignore[arg-type]
@@ -347,7 +349,7 @@ class FleetCore:
         tasks = worker.tasks
         tasks.pop(task_id, None)  # type: ignore[arg-type]  # a restart is its newest start
         tasks[task_id] = (event.attempt, event.task_type)  # type: ignore[index]
-        self._starts[task_id, event.attempt] = received_at(event)  # type: ignore[index]
+        self._starts[task_id, event.attempt] = self._received  # type: ignore[index]
         if self._moves:
             self._arrived(task_id)  # type: ignore[arg-type]
         self._circuit(TASK_TYPE, event.task_type)  # type: ignore[arg-type]
@@ -367,7 +369,7 @@ class FleetCore:
         now = self.now
         params = self._params
         mark = self._marked.add
-        duration = -1 if started is None else received_at(event) - started
+        duration = -1 if started is None else self._received - started
         for circuit in (worker.circuit, worker.hw_circuit, task_type):
             mark(circuit)
             kind = params[circuit.rank]

@@ -39,13 +39,16 @@ class OutcomeWindow:
             self.failures += 1
         elif outcome == SLOW:
             self.slow += 1
-        if params.window_count:
-            while len(entries) > params.window_count:
+        count = params.window_count
+        if count:
+            while len(entries) > count:
                 self._drop_oldest()
         else:
             horizon = ts - params.window_ms
             while entries[0][0] <= horizon:
                 self._drop_oldest()
+        if len(entries) < params.minimum_calls:  # the common case while it fills
+            return ""
         return self.judge(params, len(entries), self.failures, self.slow)
 
     def failure_would_meet(self, params: CircuitParams, ts: int) -> bool:
