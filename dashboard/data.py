@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -512,3 +513,48 @@ def worst_moment(_history: History, key: str, stamp: int) -> dict[str, Any] | No
         "open_circuits": int(row["open_circuits"]),
         "half_open_circuits": int(row["half_open_circuits"]),
     }
+
+
+_LEARNED = re.compile(r"([A-Z_]+) (\d+)/(\d+)")
+
+
+@_cached
+def adaptive_choices(_history: History, key: str, stamp: int) -> pd.DataFrame:
+    """What the adaptive ladders learned, per failure type, hardware class and strategy:
+    the trials and successes the core counted, as the newest adaptive command naming that
+    strategy carries them in its reason (`adaptive: A 3/20, B 18/20 -> B; ...`); how many
+    adaptive commands chose it, and when it was chosen last."""
+    rows = query(
+        _history,
+        """
+        SELECT c.ts, c.strategy, c.reason, e.failure_type,
+               CASE WHEN e.failure_type IS NULL THEN e.message END AS message, e.hardware_class
+        FROM commands c JOIN events e ON e.event_id = c.caused_by
+        WHERE c.reason LIKE 'adaptive: %'
+        ORDER BY c.ts, c.command_id
+        """,
+    )
+    if rows.empty:
+        return pd.DataFrame()
+    learned: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for row in _typed(rows).itertuples(index=False):
+        table = row.reason.removeprefix("adaptive: ").split(" -> ")[0]
+        for strategy, successes, trials in _LEARNED.findall(table):
+            entry = learned.setdefault(
+                (row.failure_type, row.hardware_class, strategy),
+                {"chosen": 0, "last_chosen": None},
+            )
+            entry.update(trials=int(trials), successes=int(successes), as_of=row.ts)
+            if strategy == row.strategy:
+                entry["chosen"] += 1
+                entry["last_chosen"] = row.ts
+    frame = pd.DataFrame(
+        [
+            {"failure_type": f, "hardware_class": c, "strategy": s, **v}
+            for (f, c, s), v in learned.items()
+        ]  # fmt: skip
+    )
+    for column in ("as_of", "last_chosen"):
+        frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True)
+    return frame[["failure_type", "hardware_class", "strategy", "trials", "successes",
+                  "chosen", "last_chosen", "as_of"]]  # fmt: skip

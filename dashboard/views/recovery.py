@@ -38,6 +38,7 @@ def _body(ctx: Context) -> None:
     cols[2].metric("Escalations", int(totals.get("ESCALATION", 0)))
     charts.show(charts.commands_by_strategy(commands))
     _commands(ctx)
+    _adaptive(ctx)
     for by in ("failure_type", "hardware_class"):
         rates = data.strategy_success(h, key, stamp, by)
         st.subheader(f"Success rate per {by.replace('_', ' ')}")
@@ -51,6 +52,33 @@ def _body(ctx: Context) -> None:
                 "success_rate": st.column_config.NumberColumn("success rate", format="percent")
             },
         )
+
+
+ADAPTIVE_HELP = (
+    "With [recovery] adaptive = true, the core counts each recovery command's outcome (the "
+    "next SUCCESS or FAILURE of its task with the command's attempt) per failure type, "
+    "hardware class and strategy, and picks the rung with the best (successes + 1) / "
+    "(trials + 2) once the usual rung has adaptive_min_samples trials. These are its "
+    "counts, as its newest adaptive command there carried them."
+)
+
+
+def _adaptive(ctx: Context) -> None:
+    learned = data.adaptive_choices(ctx.history, ctx.key, ctx.stamp)
+    st.subheader("Adaptive ladders", help=ADAPTIVE_HELP)
+    if learned.empty:
+        st.write("No command was chosen by the adaptive ladders (off, or still exploring).")
+        return
+    show_table(
+        learned,
+        times=["last_chosen", "as_of"],
+        key="adaptive",
+        config={
+            "chosen": st.column_config.NumberColumn("chosen", help="adaptive commands"),
+            "last_chosen": time_column("chosen last"),
+            "as_of": time_column("counts as of"),
+        },
+    )
 
 
 def _commands(ctx: Context) -> None:

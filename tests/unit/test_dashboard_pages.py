@@ -20,7 +20,7 @@ import faultstream.dashboard
 from faultstream.cli import main
 from faultstream.cli.demo import run_demo
 from faultstream.dashboard.data import DB_ENV, READ_MODELS_ENV
-from faultstream.events.config import load_settings
+from faultstream.events.config import CoreSettings, load_settings
 from faultstream.events.health import fleet_aggregate
 from faultstream.events.models import Tick, WorkerEvent
 from faultstream.projections.embedded import EmbeddedPipeline
@@ -462,9 +462,10 @@ def test_overview_leads_with_the_capacity_per_hardware_class(outage: Path) -> No
     assert badges == [":orange-badge[:material/warning: 50% of live]",
                       ":red-badge[:material/error: 0% of live]"]  # fmt: skip
     assert any("1 of 4 live workers can take work (1 lost)" in c.value for c in at.caption)
-    # The headline comes first, before the circuit health figures and the gauges.
+    # The headline comes first (after the alerts firing now: rocm's capacity is one),
+    # before the circuit health figures and the gauges.
     headings = [s.value for s in at.subheader]
-    assert headings[:2] == ["Capacity now", "Circuit health"]
+    assert headings[:3] == ["Firing alerts", "Capacity now", "Circuit health"]
     # And its rule is stated where it is shown.
     assert any("its worker circuit is CLOSED" in c.value for c in at.caption)
 
@@ -575,3 +576,30 @@ def test_the_dashboard_never_runs_the_core_itself() -> None:
             elif isinstance(node, ast.Import):
                 imported.update(alias.name for alias in node.names)
         assert not {m for m in imported if m.startswith("faultstream.processors.core")}, path
+
+
+def test_recovery_page_shows_what_the_adaptive_ladders_learned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import histories
+    from test_rules_beyond import START, first_rung_never_works
+
+    h = histories.History()
+    first_rung_never_works(h, tasks=3, ts=START)  # the third task's first failure: adaptive
+    path = tmp_path / "adaptive.duckdb"
+    settings = CoreSettings().merged({"recovery": {"adaptive": True, "adaptive_min_samples": 2}})
+    pipeline = EmbeddedPipeline(settings, writer=HistoryWriter(path))
+    pipeline.ingest_many(h.records)
+    pipeline.close()
+    monkeypatch.setenv(DB_ENV, str(path))
+    monkeypatch.delenv(READ_MODELS_ENV, raising=False)
+    at = open_page("recovery")
+    learned = dataframe(at, "strategy", "trials", "successes", "chosen")
+    # The third task: its smaller batch was never tried again (the lower precision was
+    # chosen, failed once, and chosen again); FALLBACK_CPU never.
+    rows = {r.strategy: (r.trials, r.successes, r.chosen) for r in learned.itertuples()}
+    assert rows == {
+        "REDUCED_BATCH_SIZE": (2, 0, 0),
+        "REDUCED_PRECISION": (3, 2, 2),
+        "FALLBACK_CPU": (0, 0, 0),
+    }
