@@ -548,12 +548,11 @@ def adaptive_choices(_history: History, key: str, stamp: int) -> pd.DataFrame:
             if strategy == row.strategy:
                 entry["chosen"] += 1
                 entry["last_chosen"] = row.ts
-    frame = pd.DataFrame(
-        [
-            {"failure_type": f, "hardware_class": c, "strategy": s, **v}
-            for (f, c, s), v in learned.items()
-        ]  # fmt: skip
-    )
+    rows = [
+        {"failure_type": f, "hardware_class": c, "strategy": s, **v}
+        for (f, c, s), v in learned.items()
+    ]
+    frame = pd.DataFrame(rows)
     for column in ("as_of", "last_chosen"):
         frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True)
     return frame[["failure_type", "hardware_class", "strategy", "trials", "successes",
