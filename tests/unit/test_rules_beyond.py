@@ -372,3 +372,34 @@ def test_settings_out_of_range_are_refused_naming_the_setting(tmp_path, capsys, 
     assert main(["replay", "--input", str(history), "--config", str(settings)]) != 0
     name = setting.split("\n")[-1].split(" = ")[0]
     assert name in capsys.readouterr().err
+
+
+# --- load-balanced targets and alerts, through replay too -------------------------------------
+
+
+def test_moves_spread_over_idle_workers_instead_of_piling_on_the_first(tmp_path, capsys) -> None:
+    h = History()
+    for worker in ("cpu-01", "cpu-02", "cpu-03"):
+        h.heartbeat(worker, START, hardware_class="cpu")
+    for i in range(6):
+        h.failure("w1", START + i, "WORKER_CRASH", task_id=f"t{i}", hardware_class="cpu")
+    targets = [
+        d["target_worker_id"]
+        for d in replay(tmp_path, h, "", capsys)
+        if d["type"] == "recovery_command"
+    ]
+    assert targets == ["cpu-01", "cpu-02", "cpu-03"] * 2
+
+
+def test_an_alert_rule_set_in_the_configuration_file(tmp_path, capsys) -> None:
+    h = History()
+    h.heartbeat("w1", START)
+    h.operator("FORCE_OPEN", "worker", "w1", START + 1)
+    h.tick(START + 61_000)
+    config = "[alerts]\nopen_longer_than_s = 60\nclass_capacity_below = 0\nfleet_health_below = 0\n"
+    alerts = [
+        (d["rule"], d["subject_kind"], d["subject_id"], d["ts"])
+        for d in replay(tmp_path, h, config, capsys)
+        if d["type"] == "alert"
+    ]
+    assert alerts == [("open_longer_than_s", "worker", "w1", START + 60_001)]
