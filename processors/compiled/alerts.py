@@ -256,18 +256,18 @@ def transitioned(run, state, c, from_state, to_state, ts) -> None:
 
 @inlined_step
 def judge_skew(run, state, i, w, now) -> None:
-    """fleet.py `_judge_skew`: worker `w`'s clock off by more than max_skew_s fires; its next
-    event within it resolves (so does any event once the rule is off)."""
-    workers = state.workers
-    limit = run.rules.skew_ms[state.counters[VERSION]]
-    if limit == 0 and workers[w, SKEWED] == 0:
+    """fleet.py `_judge_skew`: worker `w`'s clock off by more than max_skew_s fires (while
+    the rule is on); its next event within it resolves (the rule on or off)."""
+    workers, version = state.workers, state.counters[VERSION]
+    skewed = workers[w, SKEWED] == 1
+    if not skewed and run.rules.skew_alerts[version] == 0:
         return
     skew = run.inputs.skew[i]
-    if limit != 0 and abs(skew) > limit:
-        if workers[w, SKEWED] == 0:
+    if abs(skew) > run.rules.skew_ms[version]:
+        if not skewed and run.rules.skew_alerts[version] == 1:
             workers[w, SKEWED] = 1
             queue_alert(state, SKEW_RULE, FIRING, w, now, skew)
-    elif workers[w, SKEWED] == 1:
+    elif skewed:
         workers[w, SKEWED] = 0
         queue_alert(state, SKEW_RULE, RESOLVED, w, now, 0)
 

@@ -58,12 +58,26 @@ from .state import (
     TRANSITION,
     TRANSITION_CIRCUIT,
     TRANSITION_FAILURES,
+    TRANSITION_MET,
+    TRANSITION_N,
     TRANSITION_PROBES,
     TRANSITION_TOTAL_TRIPS,
     TRANSITION_TRIPS,
+    TRANSITION_WINDOW_FAILURES,
+    TRANSITION_WINDOW_SLOW,
     TRIPS,
     VERSION,
+    WINDOW_FAILURE,
+    WINDOW_FAILURE_COUNT,
+    WINDOW_MET,
+    WINDOW_N,
+    WINDOW_SLOW_COUNT,
+    WINDOW_SUCCESS,
 )
+from .window import FAILURE as WINDOW_ENTRY_FAILURE
+from .window import SLOW as WINDOW_ENTRY_SLOW
+from .window import SUCCESS as WINDOW_ENTRY_SUCCESS
+from .window import clear_window, enter, failure_would_meet
 
 
 @step
@@ -75,6 +89,8 @@ def become(run, state, c, to_state, ts, reason, failure_type, blame) -> None:
         observe_transition(state, run.scoring, c, from_state, to_state, ts)
     circuits[c, STATE] = to_state
     circuits[c, GENERATION] += 1
+    if state.windows and (from_state == CLOSED or to_state == CLOSED):
+        clear_window(state, c)  # the window holds the outcomes of one closed spell
     w = run.fleet.circuit_worker[c]
     workers = state.workers
     if w >= 0 and workers[w, EXISTS] == 1 and workers[w, LOST] == 0:
@@ -100,6 +116,11 @@ def become(run, state, c, to_state, ts, reason, failure_type, blame) -> None:
     log[row, REASON] = reason
     log[row, REASON_FAILURE_TYPE] = failure_type
     log[row, REASON_BLAME] = blame
+    counters = state.counters  # the window's verdict, read when an outcome opened it
+    log[row, TRANSITION_MET] = counters[WINDOW_MET]
+    log[row, TRANSITION_N] = counters[WINDOW_N]
+    log[row, TRANSITION_WINDOW_FAILURES] = counters[WINDOW_FAILURE_COUNT]
+    log[row, TRANSITION_WINDOW_SLOW] = counters[WINDOW_SLOW_COUNT]
     state.log_floats[row, RESET_TIMEOUT] = state.reset_timeout_s[c]
 
 
@@ -130,16 +151,32 @@ def count_failure(run, state, c, ts, failure_type, blame) -> None:
     circuit_state = circuits[c, STATE]
     rank = run.fleet.circuit_rank[c]
     version = state.counters[VERSION]
-    rules = run.rules
     if circuit_state == CLOSED:
         circuits[c, CONSECUTIVE_FAILURES] += 1
-        if circuits[c, CONSECUTIVE_FAILURES] < rules.failure_threshold[version, rank]:
+        state.counters[WINDOW_MET] = 0
+        met = 0
+        if state.windows and run.rules.window_on[version, rank] == 1:
+            met = enter(run, state, c, rank, ts, WINDOW_ENTRY_FAILURE)
+        if circuits[c, CONSECUTIVE_FAILURES] >= run.rules.failure_threshold[version, rank]:
+            reason = THRESHOLD  # (and whatever window rule it met)
+        elif met != 0:
+            reason = WINDOW_FAILURE
+        else:
             return
-        reason = THRESHOLD
     elif circuit_state == HALF_OPEN:
         reason = FAILED_HALF_OPEN
     else:
         return
+    trip(run, state, c, ts, reason, failure_type, blame)
+
+
+@step
+def trip(run, state, c, ts, reason, failure_type, blame) -> None:
+    """circuit.py `_open`: one more trip, the backed-off timeout, the half-open due moment."""
+    circuits = state.circuits
+    rank = run.fleet.circuit_rank[c]
+    version = state.counters[VERSION]
+    rules = run.rules
     trips = circuits[c, TRIPS] + 1
     circuits[c, TRIPS] = trips
     circuits[c, TOTAL_TRIPS] += 1
@@ -159,8 +196,9 @@ def count_failure(run, state, c, ts, failure_type, blame) -> None:
 
 
 @inlined_step
-def count_success(run, state, c, ts) -> None:
-    """`Circuit.on_success` on `c` at `ts`."""
+def count_success(run, state, c, ts, duration) -> None:
+    """`Circuit.on_success` on `c` at `ts`, of a call that took `duration` ms (-1: unknown):
+    a window rule may open a CLOSED circuit (a worker's unless the fleet guard holds)."""
     if state.figures:
         mark(state, c)
     circuits = state.circuits
@@ -168,12 +206,33 @@ def count_success(run, state, c, ts) -> None:
     circuit_state = circuits[c, STATE]
     if circuit_state == CLOSED:
         circuits[c, CONSECUTIVE_FAILURES] = 0
+        if state.windows:
+            _success_in_window(run, state, c, ts, duration)
     elif circuit_state == HALF_OPEN:
         circuits[c, HALF_OPEN_SUCCESSES] += 1
         version = state.counters[VERSION]
         threshold = run.rules.success_threshold[version, run.fleet.circuit_rank[c]]
         if circuits[c, HALF_OPEN_SUCCESSES] >= threshold:
             close(run, state, c, ts, SUCCESSES)
+
+
+@step
+def _success_in_window(run, state, c, ts, duration) -> None:
+    rank = run.fleet.circuit_rank[c]
+    version = state.counters[VERSION]
+    rules = run.rules
+    if rules.window_on[version, rank] == 0:
+        return
+    slow_ms = rules.slow_ms[version, rank]
+    slow = slow_ms > 0 and duration >= slow_ms
+    met = enter(run, state, c, rank, ts, WINDOW_ENTRY_SLOW if slow else WINDOW_ENTRY_SUCCESS)
+    if met == 0:
+        return
+    if rank == WORKER:  # the fleet guard holds back every worker opening
+        w = run.fleet.circuit_worker[c]
+        if _guard_holds(run, state, state.workers[w, CLASS]):
+            return
+    trip(run, state, c, ts, WINDOW_SUCCESS, -1, NO_BLAME)
 
 
 @step
@@ -185,6 +244,8 @@ def operate(run, state, c, action, ts) -> None:
     if state.figures:
         mark(state, c)  # a RESET of a CLOSED circuit zeroes counters, silently
     circuit_state = state.circuits[c, STATE]
+    if state.windows:
+        clear_window(state, c)
     if action == FORCE_OPEN:
         if circuit_state == CLOSED:
             version = state.counters[VERSION]
@@ -200,21 +261,33 @@ def operate(run, state, c, action, ts) -> None:
 
 
 @step
-def fleet_guard_holds(run, state, worker_circuit, hardware_class) -> bool:
-    """Would one more failure open this worker's circuit, and would that leave more than
-    max_open_fraction of its class's live workers open, in a class of at least
+def fleet_guard_holds(run, state, worker_circuit, hardware_class, ts) -> bool:
+    """Would one more failure at `ts` open this worker's circuit, and would that leave more
+    than max_open_fraction of its class's live workers open, in a class of at least
     guard_min_workers live workers? (Then the class is blamed, not the worker.)"""
     circuits = state.circuits
     version = state.counters[VERSION]
     rules = run.rules
     circuit_state = circuits[worker_circuit, STATE]
-    would_open = circuit_state == HALF_OPEN or (
-        circuit_state == CLOSED
-        and circuits[worker_circuit, CONSECUTIVE_FAILURES] + 1
-        >= rules.failure_threshold[version, WORKER]
-    )
+    would_open = circuit_state == HALF_OPEN
+    if circuit_state == CLOSED:
+        would_open = (
+            circuits[worker_circuit, CONSECUTIVE_FAILURES] + 1
+            >= rules.failure_threshold[version, WORKER]
+        )
+        if not would_open and state.windows and rules.window_on[version, WORKER] == 1:
+            would_open = failure_would_meet(run, state, worker_circuit, WORKER, ts)
     if not would_open:
         return False
+    return _guard_holds(run, state, hardware_class)
+
+
+@step
+def _guard_holds(run, state, hardware_class) -> bool:
+    """workers.py `fleet_guard_holds` for a live worker of the class: would opening it leave
+    more than max_open_fraction of the class's live workers open (a class big enough)?"""
+    version = state.counters[VERSION]
     live = state.classes[hardware_class, LIVE]
     opened = state.classes[hardware_class, OPENED]
+    rules = run.rules
     return live >= rules.guard_min[version] and (opened + 1) / live > rules.guard_fraction[version]

@@ -76,6 +76,11 @@ class Inputs(NamedTuple):
     task_key: np.ndarray  # int64: the task_id's code (checkpoints), -1 when none
     checkpoint_seq: np.ndarray  # int64
     rungs: np.ndarray  # int8 RUNG_* bits per FAILURE
+    # Only when a settings version learns (adaptive ladders) or times calls (slow calls),
+    # empty otherwise: the key of (task_id, attempt), and of (task_id, attempt + 1) (the
+    # attempt a command for it asks for)
+    trial_now: np.ndarray  # int64, -1 for records without a task
+    trial_next: np.ndarray  # int64
 
 
 class Fleet(NamedTuple):
@@ -406,6 +411,8 @@ def assemble(
             blank,
             blank,
             np.zeros(0, np.int8),
+            blank,
+            blank,
         )
         by_task = np.arange(n_pairs)
         pair_task_key, configs = _NONE, []
@@ -425,6 +432,8 @@ def assemble(
             extras.task_key,
             extras.checkpoint_seq,
             extras.rungs,
+            _NONE,
+            _NONE,
         )
         has_pair = np.flatnonzero(pair >= 0)
         pair_task_key = np.zeros(n_pairs, np.int64)
@@ -451,10 +460,37 @@ def assemble(
         names.index(cpu) if cpu in names else -1,
     )
     versions = settings_versions(settings or CoreSettings(), configs, skip)
+    if extras is not None and any(_attempts_matter(s) for s in versions.settings):
+        inputs = inputs._replace(**_trial_keys(kind, extras))
     end_ts = int(ts.max()) if n else 0
     return Encoded(
         inputs, fleet, names, configs, record_fields, versions, end_ts, extras is not None
     )
+
+
+def _attempts_matter(settings: CoreSettings) -> bool:
+    """Whether the kernel keys anything on (task_id, attempt): adaptive ladders' trials, or
+    the slow-call rule's starts."""
+    circuits = settings.circuits
+    slow = any(circuits.for_kind(kind).slow_call_duration_s > 0 for kind in CircuitKind)
+    return slow or settings.recovery.adaptive
+
+
+def _trial_keys(kind: np.ndarray, extras: CommandFields) -> dict[str, np.ndarray]:
+    """fleet.py `_awaiting`'s keys as compact ids: (task_id, attempt) of each record with a
+    task, and (task_id, attempt + 1), the attempt a command for it asks for."""
+    n = len(kind)
+    with_task = np.flatnonzero((kind >= TASK_STARTED) & (kind <= FAILURE))
+    attempt = extras.attempt[with_task]
+    if len(attempt) and attempt.max() >= _INT64_MAX:
+        raise UnsupportedHistory("an attempt at the end of int64 (adaptive ladders)")
+    task = extras.task_key[with_task]
+    ids, _ = _key_ids(np.concatenate([attempt, attempt + 1]), np.concatenate([task, task]))
+    trial_now = np.full(n, -1, np.int64)
+    trial_next = np.full(n, -1, np.int64)
+    trial_now[with_task] = ids[: len(with_task)]
+    trial_next[with_task] = ids[len(with_task) :]
+    return {"trial_now": trial_now, "trial_next": trial_next}
 
 
 def _ladders() -> np.ndarray:

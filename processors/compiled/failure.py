@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .adaptive import adaptive_strategy, await_trial, trial_outcome
 from .alerts import create
 from .circuits import count_failure, fleet_guard_holds
 from .codes import HARDWARE_CLASS, RUNG_BATCH, RUNG_PRECISION, STRATEGY_CODE, WORKER, openish
@@ -13,6 +14,7 @@ from .jit import step
 from .log import log_row
 from .score import observe_failure
 from .state import (
+    ADAPTIVE_ROW,
     BLAME_GUARD,
     BLAME_TYPE,
     CHECKPOINT_SEQ,
@@ -68,6 +70,10 @@ def on_failure(run, state, i, w, class_circuit, now) -> None:
             state.workers[w, STARTED] -= 1
         arrived(state, inputs.task_key[i])  # before its command may move it again
         create(run, state, task_type)
+        if state.adaptive:  # the outcome of the command it carried out, before planning
+            trial_outcome(run, state, i, 0)
+        if state.slow:  # the attempt is over: no success of it is timed
+            state.starts[inputs.trial_now[i], 0] = 0
     if state.scoring:
         observe_failure(run, state, i)
     failure_type = inputs.failure_type[i]
@@ -77,7 +83,7 @@ def on_failure(run, state, i, w, class_circuit, now) -> None:
         c = worker_circuit
     elif rank == HARDWARE_CLASS:
         c = class_circuit
-    guarded = rank == WORKER and fleet_guard_holds(run, state, worker_circuit, class_circuit)
+    guarded = rank == WORKER and fleet_guard_holds(run, state, worker_circuit, class_circuit, now)
     if guarded:  # most of the class fails together: the class is blamed, not the worker
         c = class_circuit
     count_failure(run, state, c, now, failure_type, BLAME_GUARD if guarded else BLAME_TYPE)
@@ -96,7 +102,10 @@ def _command(run, state, i, w, class_circuit, task_type, now, guarded) -> None:
     attempt = inputs.attempt[i]
     cpu = fleet.cpu_circuit
     target_class = class_circuit
-    if attempt >= run.rules.max_retries[state.counters[VERSION]]:
+    version = state.counters[VERSION]
+    min_samples = run.rules.min_samples[version]
+    adaptive_row = -1
+    if attempt >= run.rules.max_retries[version]:
         strategy = ESCALATION
     elif openish(worker_state):
         strategy = DIFFERENT_WORKER
@@ -108,6 +117,12 @@ def _command(run, state, i, w, class_circuit, task_type, now, guarded) -> None:
             target_class = cpu
     elif openish(task_type_state):
         strategy = DELAYED
+    elif min_samples > 0:  # the ladder, learning which rung succeeds
+        strategy, adaptive_row = adaptive_strategy(
+            run, state, i, class_circuit, attempt, min_samples
+        )
+        if strategy == FALLBACK_CPU:
+            target_class = cpu
     else:  # the ladder: rung `attempt`, rungs that cannot apply skipped
         strategy = ESCALATION
         failure_type = inputs.failure_type[i]
@@ -144,6 +159,9 @@ def _command(run, state, i, w, class_circuit, task_type, now, guarded) -> None:
     elif strategy == ESCALATION:
         state.checkpoints[key, HAS_CHECKPOINT] = 0  # the task is given up: forget it
         escalated(run, state, key, now, row)
+    if state.adaptive:
+        await_trial(state, inputs.trial_next[i], inputs.failure_type[i], class_circuit, strategy)
+    log[row, ADAPTIVE_ROW] = adaptive_row
     log[row, GUARDED] = guarded
     log[row, WORKER_STATE] = worker_state
     log[row, CLASS_STATE] = class_state

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .adaptive import trial_outcome
 from .alerts import create, judge_alerts, judge_skew, on_config, outage_due, queue_alert
 from .circuits import become, count_success, operate
 from .codes import (
@@ -190,6 +191,9 @@ def _apply(run, state, i, now) -> None:
             started[p, ATTEMPT] = inputs.attempt[i]
             started[p, STARTED_BY] = i  # a restart is its newest start: last in start order
             arrived(state, inputs.task_key[i])
+            if state.slow:  # the newest start of the attempt times its success
+                state.starts[inputs.trial_now[i], 0] = 1
+                state.starts[inputs.trial_now[i], 1] = inputs.ts[i]
     elif kind == CHECKPOINT and state.derive:
         checkpoints, key = state.checkpoints, inputs.task_key[i]
         if (
@@ -217,10 +221,18 @@ def _on_success(run, state, i, w, class_circuit, now) -> None:
         state.checkpoints[key, HAS_CHECKPOINT] = 0
         arrived(state, key)
         create(run, state, task_type)
+        if state.adaptive:
+            trial_outcome(run, state, i, 1)
+    duration = -1  # ms since the attempt's newest start (slow calls); -1: none
+    if state.slow:
+        attempt = inputs.trial_now[i]
+        if state.starts[attempt, 0] == 1:
+            state.starts[attempt, 0] = 0
+            duration = inputs.ts[i] - state.starts[attempt, 1]
     if state.scoring:
         observe_success(run, state, i)
     for c in (run.fleet.worker_circuit[w], class_circuit, task_type):
-        count_success(run, state, c, now)
+        count_success(run, state, c, now, duration)
     if state.derive and state.checkpoints[inputs.task_key[i], ESCALATED] == 1:
         state.checkpoints[inputs.task_key[i], ESCALATED] = 0
         queue_alert(state, ESCALATIONS_RULE, RESOLVED, inputs.task_key[i], now, 0)

@@ -9,12 +9,13 @@ tests/unit/test_compiled_core.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, TypeVar
 
 import numpy as np
 
+from faultstream.events.config import CoreSettings
 from faultstream.events.gcpause import gc_paused
 from faultstream.events.health import circuit_health, overall_health
 from faultstream.events.models import (
@@ -49,6 +50,7 @@ from faultstream.processors.core.recovery import Plan, plan_failure
 from .codes import FAILURE_TYPES, FORCED_OPEN, OPEN, STRATEGIES
 from .encode import Encoded
 from .state import (
+    ADAPTIVE_ROW,
     ALERT,
     ALERT_A,
     ALERT_B,
@@ -102,12 +104,17 @@ from .state import (
     TRANSITION,
     TRANSITION_CIRCUIT,
     TRANSITION_FAILURES,
+    TRANSITION_MET,
+    TRANSITION_N,
     TRANSITION_PROBES,
     TRANSITION_TOTAL_TRIPS,
     TRANSITION_TRIPS,
+    TRANSITION_WINDOW_FAILURES,
+    TRANSITION_WINDOW_SLOW,
+    WINDOW_FAILURE,
+    WINDOW_SUCCESS,
     WORKER_STATE,
 )
-from .versions import skew_ms
 
 _Record = TypeVar("_Record", CircuitStateChanged, RecoveryCommand, CircuitFigures, Alert)
 _set = object.__setattr__
@@ -120,6 +127,9 @@ _START_FIELDS = ("task_id", "task_type", "attempt")
 _DIFFERENT_WORKER = RecoveryStrategy.DIFFERENT_WORKER
 _WORKER_KIND, _CLASS_KIND = CircuitKind.WORKER, CircuitKind.HARDWARE_CLASS
 # A log row's payload by its type, as a tuple (state.py names the columns).
+_WINDOW_FIELDS = itemgetter(
+    TRANSITION_MET, TRANSITION_N, TRANSITION_WINDOW_FAILURES, TRANSITION_WINDOW_SLOW
+)
 _TRANSITION_FIELDS = itemgetter(
     TRANSITION_CIRCUIT,
     FROM_STATE,
@@ -171,6 +181,7 @@ class Log:
 
     rows: np.ndarray
     floats: np.ndarray
+    adaptive: np.ndarray = field(default_factory=lambda: np.zeros((0, 9), np.int64))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -200,6 +211,7 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
     names = encoded.names
     settings = encoded.versions.settings
     lost_reasons = [_lost_reason(s.recovery.heartbeat_timeout_s) for s in settings]
+    min_samples = [s.recovery.adaptive_min_samples if s.recovery.adaptive else 0 for s in settings]
     probe_calls = [
         [s.circuits.for_kind(kind).half_open_max_calls for kind in CircuitKind] for s in settings
     ]
@@ -243,7 +255,9 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
             ) = _TRANSITION_FIELDS(row)
             circuit_kind, circuit_id = names[circuit]
             from_state, to_state = STATES[from_code], STATES[to_code]
-            if reason_code in (THRESHOLD, FAILED_HALF_OPEN):
+            if reason_code == WINDOW_SUCCESS:
+                reason = _rates(_WINDOW_FIELDS(row), settings[version], circuit_kind)
+            elif reason_code in (THRESHOLD, FAILED_HALF_OPEN, WINDOW_FAILURE):
                 if blame == BLAME_LOST:
                     base = lost_reasons[version]
                 elif blame == BLAME_GUARD:
@@ -253,12 +267,14 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
                     )
                 else:
                     base = str(FAILURE_TYPES[failure_type])
-                tail = (
-                    "failure_threshold reached"
-                    if reason_code == THRESHOLD
-                    else "failed while half-open"
-                )
-                reason = f"{base}; {tail}"
+                if reason_code == FAILED_HALF_OPEN:
+                    reason = f"{base}; failed while half-open"
+                else:  # the rules met, in the order failure_threshold; window rules
+                    window = _WINDOW_FIELDS(row)
+                    met = ["failure_threshold reached"] if reason_code == THRESHOLD else []
+                    if window[0]:
+                        met.append(_rates(window, settings[version], circuit_kind))
+                    reason = "; ".join([base, *met])
             elif reason_code == SUCCESSES:
                 reason = "success_threshold reached"
             elif reason_code == TIMEOUT_ELAPSED:
@@ -324,6 +340,10 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
             worker_id, hardware_class, task_id, task_type, attempt, attributes = next(failed)
             failure_type = FAILURE_TYPES[failure_types[record]]
             max_retries = settings[version].recovery.max_retries
+            # Adaptive ladders: what was learned of each candidate rung, as the kernel read it.
+            learning = min_samples[version]
+            adaptive_row = row[ADAPTIVE_ROW]
+            learned_now = tuple(log.adaptive[adaptive_row].tolist()) if adaptive_row >= 0 else ()
             # `plan_failure` is pure; a plan other than DELAYED_RETRY reads neither the
             # event id, the time nor a due moment, and names the worker circuit only when
             # it is open (the class circuit's id is the hardware_class): keyed on the rest.
@@ -340,6 +360,8 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
                     attributes.get("batch_size"),
                     attributes.get("precision"),
                     worker_id if worker_state in _OPENISH else None,
+                    learning,
+                    learned_now,
                 )
                 plan = plans.get(key)
             if key is None or plan is None:
@@ -354,6 +376,10 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
                     hardware=_CircuitView(hardware_class, class_state, floats[0], class_due_ms),
                     task_type=_CircuitView(task_type, task_type_state, floats[1], task_type_due_ms),
                     now=ts,
+                    learned=_learned(learned_now, failure_type, hardware_class)
+                    if learning
+                    else None,
+                    min_samples=learning,
                 )
                 if key is not None:
                     plans[key] = plan
@@ -475,7 +501,7 @@ class _Alerts:
             if firing:
                 message = f"worker {subject_id}'s clock is {a / 1000.0:+g}s off the broker's"
             else:
-                limit = skew_ms(settings) / 1000.0
+                limit = settings.clock.max_skew_s * 1000.0 / 1000.0
                 message = f"worker {subject_id}'s clock is within {limit:g}s again"
         key = (rule, kind, subject_id)
         if firing:
@@ -560,6 +586,33 @@ def _trusted(cls: type[_Record], values: dict[str, Any]) -> _Record:
     _set(record, "__pydantic_extra__", None)
     _set(record, "__pydantic_private__", None)
     return record
+
+
+def _rates(window: tuple, settings: CoreSettings, kind: CircuitKind) -> str:
+    """window.py `judge`'s reason for the rules a window met (bits), over its counts."""
+    met, n, failures, slow = window
+    params = settings.circuits.for_kind(kind)
+    rates = []
+    if met & 1:
+        rates.append(f"failure_rate {failures}/{n} ≥ {float(params.failure_rate_threshold):g}%")
+    if met & 2:
+        rate = float(params.slow_call_rate_threshold)
+        rates.append(f"slow_call_rate {slow}/{n} ≥ {rate:g}%")
+    return "; ".join(rates)
+
+
+def _learned(
+    logged: tuple[int, ...], failure_type: FailureType, hardware_class: str
+) -> dict[tuple[FailureType, str, RecoveryStrategy], list[int]]:
+    """recovery.py `Learned` for the candidates the kernel logged: (strategy, trials,
+    successes) each, -1 past the last."""
+    learned = {}
+    for at in range(0, len(logged), 3):
+        if logged[at] >= 0:
+            learned[failure_type, hardware_class, STRATEGIES[logged[at]]] = list(
+                logged[at + 1 : at + 3]
+            )
+    return learned
 
 
 def _lost_reason(heartbeat_timeout_s: float) -> str:

@@ -32,7 +32,7 @@ from .kernel import Run, replay
 from .liveness import Visits, liveness
 from .materialize import Log
 from .score import Scoring, no_scoring, scoring_inputs
-from .state import CHANGES_SIZE, LOG_SIZE, STATUS, State, new_state
+from .state import ADAPTIVE_SIZE, CHANGES_SIZE, LOG_SIZE, STATUS, State, new_state
 from .versions import Rules, settings_versions
 
 
@@ -78,6 +78,7 @@ def run(encoded: Encoded, log_capacity: int | None = None, *, figures: bool = Tr
     while True:
         state = new_state(
             encoded,
+            rules,
             derive=True,
             scoring=False,
             figures=figures,
@@ -92,7 +93,8 @@ def run(encoded: Encoded, log_capacity: int | None = None, *, figures: bool = Tr
             heap_capacity *= 4
         else:
             used = int(state.counters[LOG_SIZE])
-            return Log(state.log[:used], state.log_floats[:used])
+            learned = state.adaptive_log[: int(state.counters[ADAPTIVE_SIZE])]
+            return Log(state.log[:used], state.log_floats[:used], learned)
 
 
 def _replay(plan: Run, state: State) -> int:
@@ -113,6 +115,8 @@ def scoring_run(encoded: Encoded, settings: CoreSettings, shared: dict | None = 
     taken from `shared` when another configuration computed it."""
     shared = {} if shared is None else shared
     rules = settings_versions(settings, [], encoded.inputs.skip).rules
+    if (rules.slow_ms > 0).any():  # its starts are keyed on attempts, not encoded to score
+        raise UnsupportedHistory("the slow-call rule (scoring)")
     track_tasks = bool(rules.ranks[0, WORKER_DISCONNECTION] == TASK_TYPE)
     key = ("visits", float(rules.heartbeat_ms[0]), track_tasks)
     if key not in shared:
@@ -132,6 +136,7 @@ def score_run(encoded: Encoded, plan: Run) -> ScoreTotals:
     while True:
         state = new_state(
             encoded,
+            plan.rules,
             derive=False,
             scoring=True,
             figures=False,

@@ -10,8 +10,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .codes import FAILURE, FAILURE_TYPES, STRATEGIES
 from .encode import Encoded
 from .moments import STATUS as STATUS  # the status slot of `counters`
+from .versions import Rules
 
 # Circuit columns.
 (
@@ -31,8 +33,12 @@ from .moments import STATUS as STATUS  # the status slot of `counters`
     OPEN_FIRING,  # 1 = its open_longer_than_s alert fires
     CAPACITY_FIRING,  # 1 = its class_capacity_below alert fires (a class circuit)
     DIRTY,  # 1 = its class's capacity is to be judged again (a class circuit)
-) = range(16)
-CIRCUIT_COLUMNS = 16
+    WINDOW_HEAD,  # its window's ring (window.py): the oldest entry, the entries,
+    WINDOW_SIZE,
+    WINDOW_FAILURES,  # and how many are failures and slow successes
+    WINDOW_SLOW,
+) = range(20)
+CIRCUIT_COLUMNS = 20
 # Worker columns. STARTED: how many tasks it has started and not finished; INCOMING: how
 # many a move command sent it that have not started anywhere or finished; SKEWED: its
 # clock_skew alert fires.
@@ -55,11 +61,20 @@ HEAP_SIZE, HEAP_PUSHES, LOG_SIZE, CHANGES_SIZE, MARKED_SIZE, RECORD, VERSION = r
 # dirty classes held; 1 = any of those to write or judge (checked after each step).
 KNOWN, OPEN_COUNT, HALF_OPEN_COUNT, HEALTH_DIRTY, HEALTH_FIRING = range(8, 13)
 PENDING_SIZE, DIRTY_SIZE, ALERT_WORK = range(13, 16)
-COUNTERS = 16
+ADAPTIVE_SIZE = 16  # rows of `State.adaptive_log` written
+# The window's verdict on the outcome being counted: the rules met (window.py bits), and the
+# outcomes, failures and slow successes it judged.
+WINDOW_MET, WINDOW_N, WINDOW_FAILURE_COUNT, WINDOW_SLOW_COUNT = range(17, 21)
+COUNTERS = 21
+# Adaptive ladders: a command awaiting its outcome (per trial key, fleet.py `_awaiting`):
+# 1 = one awaits, and the (failure type, class circuit, strategy) its outcome is a trial of.
+AWAITING, TRIAL_FAILURE_TYPE, TRIAL_CLASS, TRIAL_STRATEGY = range(4)
+# `State.learned` per (failure type, class circuit, strategy): trials, successes.
+TRIALS, TRIAL_SUCCESSES = range(2)
 
 # Log rows: what every row has, then a payload that depends on its type.
 ROW_TYPE, ROW_RECORD, ROW_TS, ROW_VERSION = range(4)
-LOG_COLUMNS = 15
+LOG_COLUMNS = 18
 TRANSITION, COMMAND, MIGRATION, FIGURES, ALERT = range(5)  # row types
 # A transition's payload, and its float: the circuit's reset_timeout_s.
 (
@@ -73,10 +88,15 @@ TRANSITION, COMMAND, MIGRATION, FIGURES, ALERT = range(5)  # row types
     REASON,
     REASON_FAILURE_TYPE,
     REASON_BLAME,
-) = range(4, 14)
+    TRANSITION_MET,  # the window's verdict when an outcome opened it (window.py bits)
+    TRANSITION_N,
+    TRANSITION_WINDOW_FAILURES,
+    TRANSITION_WINDOW_SLOW,
+) = range(4, 18)
 RESET_TIMEOUT = 0
 # Why a circuit changed state (REASON), and what a failure that opened it was (REASON_BLAME).
 THRESHOLD, FAILED_HALF_OPEN, SUCCESSES, TIMEOUT_ELAPSED, BY_FORCE_OPEN, BY_RESET = range(6)
+WINDOW_FAILURE, WINDOW_SUCCESS = 6, 7  # opened by a window rule alone: on a failure, a success
 NO_BLAME, BLAME_TYPE, BLAME_GUARD, BLAME_LOST = range(4)
 # A command's or a migration's payload (the first four shared).
 STRATEGY, TARGET, HAS_TARGET_CHECKPOINT, TARGET_CHECKPOINT = range(4, 8)
@@ -84,6 +104,10 @@ STRATEGY, TARGET, HAS_TARGET_CHECKPOINT, TARGET_CHECKPOINT = range(4, 8)
 # states after the failure; the class's and task type's due ms; floats: their reset_timeout_s.
 GUARDED, WORKER_STATE, CLASS_STATE, TASK_TYPE_STATE, CLASS_DUE_MS, TASK_TYPE_DUE_MS = range(8, 14)
 CLASS_RESET_TIMEOUT, TASK_TYPE_RESET_TIMEOUT = 0, 1
+# ... and, when its version learns and the ladder planned it, its row of `State.adaptive_log`
+# (each candidate rung's strategy, trials and successes), else -1.
+ADAPTIVE_ROW = 14
+ADAPTIVE_COLUMNS = 9
 # A migration off a lost worker: its TASK_STARTED record, the worker, the loss's due ms.
 MIGRATED_START, MIGRATED_WORKER, LOSS_DUE_MS = range(8, 11)
 # A circuit's figures: its counters, then its worker's class circuit (-1: no worker known),
@@ -122,13 +146,24 @@ class State(NamedTuple):
     pending: np.ndarray  # int64 [capacity, LOG_COLUMNS]: alerts held to their step's end (derive)
     dirty: np.ndarray  # int64 [circuit]: classes whose capacity is to be judged (derive)
     scratch: np.ndarray  # int64: a lost worker's started tasks, sorted (derive)
+    awaiting: np.ndarray  # int64 [trial key, 4] (adaptive)
+    learned: np.ndarray  # int64 [(failure type x circuit + circuit) x strategy + strategy, 2]
+    adaptive_log: np.ndarray  # int64 [FAILURE record, ADAPTIVE_COLUMNS] (adaptive)
+    window_offsets: np.ndarray  # int64 [circuit + 1]: each circuit's ring (windows)
+    window_ts: np.ndarray  # int64: an entry's decision ms (windows)
+    window_kind: np.ndarray  # int64: window.py SUCCESS, FAILURE or SLOW (windows)
+    starts: np.ndarray  # int64 [trial key, 2]: 1 = started, and its decision ms (slow)
     derive: bool  # write the derived records (transitions, commands, migrations)
     scoring: bool  # score the transitions and outcomes
     figures: bool  # mark circuits and write their figures at each TICK (with derive)
+    adaptive: bool  # learn each strategy's success (a settings version has adaptive ladders)
+    windows: bool  # keep each circuit's window of outcomes (a version has a window rule)
+    slow: bool  # time each task attempt from its start (a version has the slow-call rule)
 
 
 def new_state(
     encoded: Encoded,
+    rules: Rules,
     *,
     derive: bool,
     scoring: bool,
@@ -149,6 +184,11 @@ def new_state(
     circuits[:, LAST_CHANGE] = -1
     circuits[:, OUTAGE_SINCE] = -1
     pairs_per_worker = int(np.diff(fleet.worker_pairs_offsets).max(initial=0))
+    inputs = encoded.inputs
+    adaptive = derive and len(inputs.trial_next) > 0 and bool(rules.min_samples.any())
+    windows = bool(rules.window_on.any())
+    slow = bool((rules.slow_ms > 0).any())
+    offsets = _window_offsets(encoded, rules) if windows else np.zeros(n_circ + 1, np.int64)
     return State(
         circuits,
         np.zeros(n_circ),
@@ -169,7 +209,44 @@ def new_state(
         sized(log_capacity // 16 + 256, LOG_COLUMNS, keep=derive),
         sized(n_circ, keep=derive),
         sized(pairs_per_worker, keep=derive),
+        sized(int(inputs.trial_next.max(initial=-1)) + 1, 4, keep=adaptive),
+        sized(len(FAILURE_TYPES) * n_circ * len(STRATEGIES), 2, keep=adaptive),
+        sized(int(np.count_nonzero(inputs.kind == FAILURE)), ADAPTIVE_COLUMNS, keep=adaptive),
+        offsets,
+        np.zeros(int(offsets[-1]), np.int64),
+        np.zeros(int(offsets[-1]), np.int64),
+        sized(int(inputs.trial_now.max(initial=-1)) + 1, 2, keep=slow),
         derive,
         scoring,
         figures,
+        adaptive,
+        windows,
+        slow,
     )
+
+
+def _window_offsets(encoded: Encoded, rules: Rules) -> np.ndarray:
+    """Each circuit's ring: room for every outcome it can ever count, and no more than the
+    largest count window of its kind plus one (an entry is added before the oldest
+    leaves). Each outcome comes from a worker event naming the circuit as worker, class or
+    task type, and so does each lost worker's disconnection (a loss needs an event since
+    the last: its worker's, its class's; a task type's, a start): twice those, plus one."""
+    inputs, fleet = encoded.inputs, encoded.fleet
+    n_circ = len(fleet.circuit_rank)
+    events = inputs.worker >= 0
+    named = np.concatenate(
+        [
+            fleet.worker_circuit[inputs.worker[events]],
+            inputs.hardware_class[events],
+            inputs.task_type[inputs.task_type >= 0],
+        ]
+    )
+    room = 2 * np.bincount(named.astype(np.int64), minlength=n_circ) + 1
+    for rank in range(3):
+        counts = rules.window_count[:, rank]
+        if (counts > 0).all():  # count windows only: bounded by the largest
+            kind = fleet.circuit_rank == rank
+            room[kind] = np.minimum(room[kind], int(counts.max()) + 1)
+    offsets = np.zeros(n_circ + 1, np.int64)
+    np.cumsum(room, out=offsets[1:])
+    return offsets

@@ -35,15 +35,25 @@ class Rules(NamedTuple):
     backoff_done: np.ndarray  # int64 [version, rank]: 1 = the last step repeats forever
     ranks: np.ndarray  # int64 [version, failure type]: the rank of the circuit it counts on
     max_retries: np.ndarray  # int64 [version]
+    min_samples: np.ndarray  # int64 [version]: adaptive_min_samples while adaptive, else 0
     heartbeat_ms: np.ndarray  # float64 [version]: heartbeat_timeout_s x 1000
     guard_fraction: np.ndarray  # float64 [version]: the fleet guard's max_open_fraction
     guard_min: np.ndarray  # int64 [version]: the fleet guard's guard_min_workers
+    # The sliding window (circuit.py `CircuitParams`), per [version, rank]:
+    window_on: np.ndarray  # int64: 1 = the failure-rate or slow-call rule is on
+    window_count: np.ndarray  # int64: a count window's size; 0 for a time window
+    window_ms: np.ndarray  # float64: a time window's span
+    minimum_calls: np.ndarray  # int64
+    failure_rate: np.ndarray  # float64: percent; 0 = off
+    slow_ms: np.ndarray  # float64: a success at least this long is slow; 0 = off
+    slow_rate: np.ndarray  # float64: percent
     # The alert rules (0 = off) and what a CONFIG_CHANGED switching to a version changed:
     capacity_below: np.ndarray  # float64 [version]: class_capacity_below, percent
     open_longer_ms: np.ndarray  # float64 [version]: open_longer_than_s x 1000
     escalations: np.ndarray  # int64 [version]: 1 = escalations alert
     health_below: np.ndarray  # float64 [version]: fleet_health_below
-    skew_ms: np.ndarray  # float64 [version]: max_skew_s x 1000 while clock_skew, else 0
+    skew_ms: np.ndarray  # float64 [version]: max_skew_s x 1000
+    skew_alerts: np.ndarray  # int64 [version]: 1 = clock_skew fires (it resolves either way)
     alerts_changed: np.ndarray  # int64 [version]: its [alerts] differ from the version before
     open_longer_changed: np.ndarray  # int64 [version]: its open_longer_than_s differs
 
@@ -80,17 +90,8 @@ def settings_versions(
 
 def _refuse_unsupported(settings: CoreSettings) -> None:
     """The rules the twin does not replay yet: the caller falls back to the core."""
-    circuits = settings.circuits
-    for kind in CircuitKind:
-        kind_settings = circuits.for_kind(kind)
-        if kind_settings.failure_rate_threshold > 0:
-            raise UnsupportedHistory(f"the failure-rate rule ({kind.value} circuits)")
-        if kind_settings.slow_call_duration_s > 0:
-            raise UnsupportedHistory(f"the slow-call rule ({kind.value} circuits)")
-    if circuits.worker.outlier_stdev_factor > 0:
+    if settings.circuits.worker.outlier_stdev_factor > 0:
         raise UnsupportedHistory("outlier ejection (worker outlier_stdev_factor)")
-    if settings.recovery.adaptive:
-        raise UnsupportedHistory("adaptive ladders (recovery.adaptive)")
 
 
 def _rules(settings: list[CoreSettings], config_version: np.ndarray) -> Rules:
@@ -116,14 +117,26 @@ def _rules(settings: list[CoreSettings], config_version: np.ndarray) -> Rules:
         backoff_done,
         np.array([attribution_ranks(s.circuits.attribution) for s in settings], np.int64),
         np.array([s.recovery.max_retries for s in settings], np.int64),
+        np.array(
+            [s.recovery.adaptive_min_samples if s.recovery.adaptive else 0 for s in settings],
+            np.int64,
+        ),
         np.array([s.recovery.heartbeat_timeout_s * 1000.0 for s in settings], np.float64),
         np.array([s.circuits.worker.max_open_fraction for s in settings], np.float64),
         np.array([s.circuits.worker.guard_min_workers for s in settings], np.int64),
+        np.array([[p.window_on for p in row] for row in params], np.int64),
+        np.array([[p.window_count for p in row] for row in params], np.int64),
+        np.array([[p.window_ms for p in row] for row in params], np.float64),
+        np.array([[p.minimum_calls for p in row] for row in params], np.int64),
+        np.array([[p.failure_rate_threshold for p in row] for row in params], np.float64),
+        np.array([[p.slow_ms for p in row] for row in params], np.float64),
+        np.array([[p.slow_rate_threshold for p in row] for row in params], np.float64),
         np.array([s.alerts.class_capacity_below for s in settings], np.float64),
         np.array([s.alerts.open_longer_than_s * 1000.0 for s in settings], np.float64),
         np.array([int(s.alerts.escalations) for s in settings], np.int64),
         np.array([s.alerts.fleet_health_below for s in settings], np.float64),
-        np.array([skew_ms(s) for s in settings], np.float64),
+        np.array([s.clock.max_skew_s * 1000.0 for s in settings], np.float64),
+        np.array([int(s.alerts.clock_skew) for s in settings], np.int64),
         np.array([0] + [int(a.alerts != b.alerts) for a, b in pairwise(settings)], np.int64),
         np.array(
             [0]
@@ -134,11 +147,6 @@ def _rules(settings: list[CoreSettings], config_version: np.ndarray) -> Rules:
             np.int64,
         ),
     )
-
-
-def skew_ms(settings: CoreSettings) -> float:
-    """The clock skew a worker may have (ms) as fleet.py reads it: 0 while the rule is off."""
-    return settings.clock.max_skew_s * 1000.0 if settings.alerts.clock_skew else 0.0
 
 
 def _backoff(params: CircuitParams) -> tuple[list[float], bool]:

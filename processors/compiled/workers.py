@@ -6,6 +6,7 @@ worker: the least loaded, then the healthiest."""
 
 from __future__ import annotations
 
+from .adaptive import await_trial
 from .alerts import closed, create, dirty_class, queue_alert
 from .circuits import count_failure
 from .codes import (
@@ -252,6 +253,10 @@ def _migrate(run, state, w, home, due_ms, at) -> None:
         log[row, LOSS_DUE_MS] = due_ms
         log[row, HAS_TARGET_CHECKPOINT] = 0
         log[row, TARGET] = -1
+        if state.adaptive:  # its outcome will be a trial of this move (or escalation)
+            strategy = ESCALATION if started[p, ATTEMPT] >= max_retries else DIFFERENT_WORKER
+            trial = run.inputs.trial_next[started[p, STARTED_BY]]
+            await_trial(state, trial, WORKER_DISCONNECTION, home, strategy)
         if started[p, ATTEMPT] >= max_retries:
             log[row, STRATEGY] = ESCALATION
             checkpoints[key, HAS_CHECKPOINT] = 0

@@ -30,6 +30,7 @@ from faultstream.events.config import Settings
 from faultstream.events.decode import InputDecoder
 from faultstream.events.jsonl import write_records
 from faultstream.events.models import (
+    Alert,
     CircuitState,
     CircuitStateChanged,
     DeadLetter,
@@ -175,6 +176,8 @@ def read_topic(settings: Settings, name: str) -> list:
 
 
 def derived_id(record: DerivedRecord) -> str:
+    if isinstance(record, Alert):  # its FIRING and RESOLVED share the alert_id
+        return f"{record.alert_id}/{record.state}"
     return record.command_id if isinstance(record, RecoveryCommand) else record.event_id
 
 
@@ -188,6 +191,7 @@ def published(settings: Settings) -> list[DerivedRecord]:
         read_topic(settings, "circuits")
         + read_topic(settings, "commands")
         + read_topic(settings, "figures")
+        + read_topic(settings, "alerts")
     )
 
 
@@ -273,6 +277,8 @@ def by_key(records: list[DerivedRecord]) -> dict[str, list[DerivedRecord]]:
     for record in records:
         if isinstance(record, RecoveryCommand):
             key = f"task:{record.task_id}"
+        elif isinstance(record, Alert):  # keyed by alert_id: FIRING, then RESOLVED
+            key = f"alert:{record.alert_id}"
         else:  # transitions and figures: each on its own topic, in order per circuit
             key = f"{type(record).__name__}:{record.key}"
         groups[key].append(record)

@@ -205,3 +205,22 @@ def test_an_alert_moved_in_time_is_one_change(state: str) -> None:
     (change,) = diff_derived(actual, other).changes
     assert (change.kind, change.actual_ts, change.other_ts) == ("moved", 1_000, 2_000)
     assert change.describe().startswith(f"moved   alert worker:w1 clock_skew {state} at")
+
+
+def test_the_alerts_cli_prints_the_alerts_of_a_history_oldest_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from faultstream.cli import main
+
+    path = tmp_path / "h.duckdb"
+    with HistoryWriter(path) as writer:
+        writer.append_derived([alert("b", 7), alert("a", 3), alert("a", 9, "RESOLVED")])
+    assert main(["alerts", "--db", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        '{"type":"alert",' + a.model_dump_json()[1:]
+        for a in (alert("a", 3), alert("b", 7), alert("a", 9, "RESOLVED"))
+    ]
+    # A history is printed, never posted: the webhook reads the topic.
+    assert main(["alerts", "--db", str(path), "--webhook", "http://127.0.0.1:9/x"]) == 2
+    assert "--webhook reads the alerts topic" in capsys.readouterr().err

@@ -19,8 +19,7 @@ import pytest
 from histories import History, commands, moves, transitions
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from test_compiled_core import build, core_lines, step
-from test_tune_fast import core_settings as random_settings
+from test_compiled_core import build, core_lines, replay_settings, step
 
 from faultstream.events.config import CoreSettings
 from faultstream.events.models import InputRecord, Operator, derived_to_json
@@ -91,7 +90,7 @@ def assert_same_encoding(from_columns: Encoded, from_records: Encoded) -> None:
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(step, min_size=10, max_size=120).map(build),
-    random_settings(),
+    replay_settings(),
     st.integers(-1, 200),
     st.integers(-1, 200),
 )
@@ -126,7 +125,7 @@ def test_replay_from_duckdb_columns_equals_fleet_core_over_its_records(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-@given(st.lists(step, min_size=10, max_size=120).map(build), random_settings())
+@given(st.lists(step, min_size=10, max_size=120).map(build), replay_settings())
 def test_replay_from_read_model_columns_equals_fleet_core_over_its_records(
     records: list[InputRecord], core: CoreSettings
 ) -> None:

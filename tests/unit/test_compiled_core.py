@@ -59,6 +59,19 @@ CONFIGS = [
     {"circuits": {"worker": {"half_open_max_calls": 0}}},  # invalid: ignored
     {"circuits": {"attribution": ATTRIBUTIONS[1]}},
     {"circuits": {"attribution": ATTRIBUTIONS[2]}},
+    {"alerts": {"open_longer_than_s": 3}},  # outages' clocks again, shorter or longer
+    {"alerts": {"open_longer_than_s": 40}},
+    {"alerts": {"open_longer_than_s": 0}},
+    {"alerts": {"class_capacity_below": 0, "fleet_health_below": 95}},
+    {"alerts": {"class_capacity_below": 80, "escalations": False}},
+    {"alerts": {"clock_skew": False}},
+    {"alerts": {"clock_skew": True}, "clock": {"max_skew_s": 1.5}},
+    {"recovery": {"adaptive": True, "adaptive_min_samples": 2}},  # learned so far counts
+    {"recovery": {"adaptive": False}},
+    {"circuits": {"worker": {"failure_rate_threshold": 40, "minimum_number_of_calls": 3}}},
+    {"circuits": {"task_type": {"slow_call_duration_s": 1, "minimum_number_of_calls": 2}}},
+    {"circuits": {"hardware_class": {"sliding_window_type": "time", "sliding_window_size": 3}}},
+    {"circuits": {"worker": {"failure_rate_threshold": 0, "slow_call_duration_s": 0}}},
 ]
 
 step = st.tuples(
@@ -82,6 +95,12 @@ step = st.tuples(
             "late",
             "move",
             "skewed",
+            "drift",
+            "load",
+            "retry",
+            "retry",
+            "timed",
+            "timed",
         ]
     ),
     st.integers(0, len(WORKERS) - 1),
@@ -160,7 +179,69 @@ def build(steps: list[tuple]) -> list[InputRecord]:
         elif kind == "move":  # the worker now reports another class
             classes[worker] = CLASSES[choice % len(CLASSES)]
             h.heartbeat(worker, ts, hardware_class=classes[worker])
+        elif kind == "drift":  # a clock a few seconds off (or back within): clock_skew
+            h.heartbeat(worker, max(0, ts + choice % 6_000 - 3_000), hardware_class=hw,
+                        received_at=ts)  # fmt: skip
+        elif kind == "retry":  # a failure, then its task's next attempt: a trial of the command
+            first = choice % 3
+            retried = ("RESOURCE_EXHAUSTION", "HARDWARE_ERROR", "TIMEOUT")[(choice >> 2) % 3]
+            oom = {"batch_size": "8", "precision": "fp32"} if choice % 4 else {}
+            h.failure(worker, ts, retried, hardware_class=hw, task_type=task_type, task_id=task,
+                      attempt=first, attributes=oom)  # fmt: skip
+            outcome = h.success if choice & 192 else h.failure
+            outcome(worker, ts + 1, hardware_class=hw, task_type=task_type, task_id=task,
+                    attempt=first + 1)  # fmt: skip
+        elif kind == "timed":  # a task attempt started and succeeded a while later: slow?
+            h.started(worker, ts, hardware_class=hw, task_type=task_type, task_id=task,
+                      attempt=attempt % 3)  # fmt: skip
+            ts += choice % 4_000
+            h.success(worker, ts, hardware_class=hw, task_type=task_type, task_id=task,
+                      attempt=attempt % 3)  # fmt: skip
+        elif kind == "load":  # several tasks started (or restarted) at once: unequal loads
+            for n in range(1 + choice % 3):
+                h.started(worker, ts, hardware_class=hw, task_type=task_type,
+                          task_id=f"t-{((choice >> 2) + n * 3) % 5}", attempt=attempt)  # fmt: skip
     return h.records
+
+
+@st.composite
+def replay_settings(draw: st.DrawFn) -> CoreSettings:
+    """Random circuit settings (test_tune_fast's) with random alert rules (0: off), clock
+    skew limits, adaptive ladders (learning from a few trials, or not at all), and sliding
+    windows of outcomes (failure-rate and slow-call rules, often off)."""
+    core = draw(random_settings())
+
+    def window() -> dict:
+        minimum = draw(st.integers(1, 6))
+        time_window = draw(st.booleans())
+        return {
+            "failure_rate_threshold": draw(st.sampled_from([0, 0, 25, 50, 66.6, 100])),
+            "slow_call_duration_s": draw(st.sampled_from([0, 0, 0.5, 2.5])),
+            "slow_call_rate_threshold": draw(st.sampled_from([10, 50, 100])),
+            "minimum_number_of_calls": minimum,
+            "sliding_window_type": "time" if time_window else "count",
+            "sliding_window_size": draw(
+                st.sampled_from([1, 4.5, 30]) if time_window else st.integers(minimum, 12)
+            ),
+        }
+
+    return core.merged(
+        {
+            "circuits": {kind: window() for kind in ("worker", "hardware_class", "task_type")},
+            "recovery": {
+                "adaptive": draw(st.booleans()),
+                "adaptive_min_samples": draw(st.integers(1, 4)),
+            },
+            "alerts": {
+                "class_capacity_below": draw(st.sampled_from([0, 25, 50, 66.7, 100])),
+                "open_longer_than_s": draw(st.sampled_from([0, 1, 4.5, 30, 900])),
+                "escalations": draw(st.booleans()),
+                "fleet_health_below": draw(st.sampled_from([0, 50, 70, 88.88, 99.5, 100])),
+                "clock_skew": draw(st.booleans()),
+            },
+            "clock": {"max_skew_s": draw(st.sampled_from([0.5, 2, 120]))},
+        }
+    )
 
 
 def core_lines(records: list[InputRecord], core: CoreSettings | None = None) -> list[str]:
@@ -173,7 +254,7 @@ def compiled_lines(records: list[InputRecord], core: CoreSettings | None = None)
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(step, min_size=10, max_size=150).map(build), random_settings())
+@given(st.lists(step, min_size=10, max_size=150).map(build), replay_settings())
 def test_compiled_replay_equals_fleet_core_byte_for_byte(
     records: list[InputRecord], core: CoreSettings
 ) -> None:
@@ -357,3 +438,124 @@ def test_commands_planned_alike_do_not_share_their_parameters() -> None:
     assert first.parameters == second.parameters == {"batch_size": "4"}
     assert first.parameters is not second.parameters
     assert compiled_lines(h.records) == core_lines(h.records)
+
+
+def test_moves_go_to_the_least_loaded_worker_in_start_order() -> None:
+    h = History()
+    for worker, tasks in (("w2", 2), ("w3", 1), ("w4", 0)):
+        for n in range(tasks):
+            h.started(worker, 1_000, task_id=f"t-{worker}-{n}")
+        h.heartbeat(worker, 1_000)
+    for task in ("t-a", "t-b", "t-c"):
+        h.started("w1", 1_000, task_id=task)
+    h.started("w1", 2_000, task_id="t-a")  # restarted: last in start order now
+    for worker in ("w2", "w3", "w4"):
+        h.heartbeat(worker, 20_000)
+    h.tick(40_000)  # w1 lost: t-b to w4 (none in flight), t-c to w3 (1 each, w3 by id), t-a
+    h.started("w4", 41_000, task_id="t-b")  # t-b arrives: in flight on w4 as started
+    h.failure("w4", 42_000, "WORKER_CRASH", task_id="t-w4-x")
+    outputs = replay_compiled(h.records)
+    moved = [(c.task_id, c.target_worker_id) for c in commands(outputs)]
+    assert moved[:3] == [("t-b", "w4"), ("t-c", "w3"), ("t-a", "w4")]
+    assert compiled_lines(h.records) == core_lines(h.records)
+
+
+def test_each_alert_rule_fires_and_resolves_as_the_core_does() -> None:
+    fast = core_settings(
+        circuits={
+            "worker": {"failure_threshold": 1, "recovery_timeout_s": 5, "success_threshold": 1}
+        },
+        alerts={"open_longer_than_s": 10, "fleet_health_below": 90, "class_capacity_below": 60},
+        clock={"max_skew_s": 2},
+    )
+    h = History()
+    for worker in ("w1", "w2"):
+        h.heartbeat(worker, 1_000)
+    h.failure("w1", 2_000, "WORKER_CRASH", attempt=3)  # w1 opens (1 of 2 available): the
+    # class below 60 %, the fleet's health below 90, the task escalated
+    h.heartbeat("w2", 2_500, received_at=6_000)  # w2's clock 3.5 s behind
+    h.heartbeat("w2", 7_000)  # back within
+    h.tick(15_000)  # w1 half-open since 7 s: still no CLOSED for 10 s
+    h.success("w1", 16_000)  # closes w1: all resolve
+    h.config(17_000, {"alerts": {"open_longer_than_s": 1}})
+    h.failure("w2", 18_000, "WORKER_CRASH")
+    h.heartbeat("w1", 25_000)  # w2 not CLOSED for 1 s
+    outputs = replay_compiled(h.records, fast)
+    fired = {(a.rule, a.state) for a in outputs if type(a).__name__ == "Alert"}
+    for rule in ("class_capacity_below", "open_longer_than_s", "escalations", "clock_skew"):
+        assert {(rule, "FIRING"), (rule, "RESOLVED")} <= fired, rule
+    assert ("fleet_health_below", "FIRING") in fired
+    assert compiled_lines(h.records, fast) == core_lines(h.records, fast)
+
+
+def test_outlier_ejection_is_refused_by_name() -> None:
+    """The one rule the twin does not replay: the caller falls back to the core."""
+    changes = {"circuits": {"worker": {"outlier_stdev_factor": 1.9}}}
+    h = History()
+    h.failure("w1", 1_000, "WORKER_CRASH")
+    with pytest.raises(UnsupportedHistory, match="outlier"):
+        encode_history(h.records, CoreSettings().merged(changes))
+    h.config(2_000, changes)  # switched on mid-history
+    with pytest.raises(UnsupportedHistory, match="outlier"):
+        encode_history(h.records)
+
+
+def test_window_rules_open_on_slow_successes_and_a_failure_rate() -> None:
+    windows = core_settings(
+        circuits={
+            "task_type": {"slow_call_duration_s": 1, "minimum_number_of_calls": 3},
+            "worker": {"failure_rate_threshold": 50, "minimum_number_of_calls": 4},
+        }
+    )
+    h = History()
+    for n in range(3):  # three slow calls of bert: its circuit opens on the third success
+        h.started("w1", 1_000 + 3_000 * n, task_id=f"t-{n}")
+        h.success("w1", 2_500 + 3_000 * n, task_id=f"t-{n}")
+    h.failure("w2", 12_000, "WORKER_CRASH", task_type="resnet")
+    h.success("w2", 12_500, task_type="resnet")
+    h.failure("w2", 13_000, "WORKER_CRASH", task_type="resnet")  # 2 of 3: too few calls
+    h.failure("w2", 13_500, "WORKER_CRASH", task_type="resnet")  # 3 of 4 ≥ 50 %
+    reasons = [t.reason for t in transitions(replay_compiled(h.records, windows))]
+    assert reasons[0] == "slow_call_rate 3/3 ≥ 100%"
+    assert reasons[1] == "WORKER_CRASH; failure_rate 3/4 ≥ 50%"
+    assert compiled_lines(h.records, windows) == core_lines(h.records, windows)
+
+
+learning_step = st.tuples(
+    st.sampled_from(["retry", "retry", "retry", "success", "started", "silence", "failure"]),
+    st.integers(0, len(WORKERS) - 1),
+    st.integers(0, 3_000),
+    st.integers(0, len(FAILURE_TYPES) - 1),
+    st.sampled_from(["bert", "resnet"]),
+    st.integers(0, 2**16),
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(learning_step, min_size=10, max_size=150).map(build), replay_settings())
+def test_adaptive_ladders_replay_equals_fleet_core(
+    records: list[InputRecord], core: CoreSettings
+) -> None:
+    """Histories of failures and their tasks' next attempts: trials the ladders learn from."""
+    core = core.merged({"recovery": {"adaptive": True}})
+    expected = core_lines(records, core)
+    try:
+        got = compiled_lines(records, core)
+    except UnsupportedHistory as exc:
+        assert "rounding" in str(exc)
+        return
+    assert got == expected
+
+
+def test_adaptive_ladder_picks_the_rung_that_succeeded() -> None:
+    learning = core_settings(recovery={"adaptive": True, "adaptive_min_samples": 1})
+    h = History()
+    oom = {"batch_size": "8", "precision": "fp32"}
+    h.failure("w1", 1_000, "RESOURCE_EXHAUSTION", task_id="t-a", attributes=oom)  # batch
+    h.failure("w1", 2_000, "RESOURCE_EXHAUSTION", task_id="t-a", attempt=1, attributes=oom)
+    h.success("w1", 3_000, task_id="t-a", attempt=2)  # precision: 1/1, batch: 0/1
+    h.failure("w1", 4_000, "RESOURCE_EXHAUSTION", task_id="t-b", attributes=oom)
+    outputs = replay_compiled(h.records, learning)
+    last = commands(outputs)[-1]
+    assert last.strategy == "REDUCED_PRECISION" and "adaptive" in last.reason
+    assert compiled_lines(h.records, learning) == core_lines(h.records, learning)

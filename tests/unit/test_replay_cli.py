@@ -227,7 +227,7 @@ def test_replay_writes_the_figures_the_core_publishes_at_each_tick(tmp_path: Pat
 
 
 def test_diff_compares_decisions_only_leaving_figures_out() -> None:
-    from faultstream.events.models import CircuitFigures
+    from faultstream.events.models import Alert, CircuitFigures
     from faultstream.processors.core import FleetCore
     from faultstream.processors.offline.diff import diff_derived
 
@@ -238,8 +238,9 @@ def test_diff_compares_decisions_only_leaving_figures_out() -> None:
     core = FleetCore()
     derived = [o for r in h.records for o in core.process(r)]
     decisions = [o for o in derived if not isinstance(o, CircuitFigures)]
-    assert len(decisions) == 6 and len(derived) > len(decisions)
+    alerts = [o for o in decisions if isinstance(o, Alert)]  # decisions too, and compared
+    assert len(decisions) == 6 + len(alerts) and len(derived) > len(decisions)
     # What really happened holds no figures (or other ones): no change is reported.
     for actual, other in ((decisions, derived), (derived, decisions), (derived, derived)):
         report = diff_derived(actual, other)
-        assert (report.changes, report.unchanged) == ([], 6)
+        assert (report.changes, report.unchanged) == ([], len(decisions))

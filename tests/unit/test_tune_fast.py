@@ -164,6 +164,8 @@ ATTRIBUTIONS = [
 def core_settings(draw: st.DrawFn) -> CoreSettings:
     def circuit(threshold_max: int) -> dict:
         success = draw(st.integers(1, 3))
+        minimum = draw(st.integers(1, 6))
+        time_window = draw(st.booleans())
         return {
             "failure_threshold": draw(st.integers(1, threshold_max)),
             "recovery_timeout_s": draw(st.sampled_from([0.5, 1.5, 2, 3.3, 7, 20])),
@@ -171,6 +173,13 @@ def core_settings(draw: st.DrawFn) -> CoreSettings:
             "max_reset_timeout_s": draw(st.sampled_from([4, 9.9, 60, 600])),
             "success_threshold": success,
             "half_open_max_calls": success + draw(st.integers(0, 2)),
+            # The failure-rate rule (often off); scoring refuses the slow-call rule.
+            "failure_rate_threshold": draw(st.sampled_from([0, 0, 0, 30, 50, 100])),
+            "minimum_number_of_calls": minimum,
+            "sliding_window_type": "time" if time_window else "count",
+            "sliding_window_size": draw(
+                st.sampled_from([1, 4.5, 30]) if time_window else st.integers(minimum, 12)
+            ),
         }
 
     worker = circuit(4) | {
@@ -280,6 +289,20 @@ def test_unsupported_history_falls_back_to_the_core_with_a_note(capsys) -> None:
         assert result.score == evaluate(h.records, result.candidate.settings)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "exact path" in err and "CONFIG_CHANGED" in err
+
+
+def test_rules_the_twin_does_not_score_fall_back_to_the_core_with_a_note(capsys) -> None:
+    h = History()
+    for i in range(30):  # tasks that take 1 s: slow calls at 0.5 s
+        h.started("w1", 2_000 * i, task_id=f"t-{i}")
+        h.success("w1", 2_000 * i + 1_000, task_id=f"t-{i}")
+    grid = ["worker.slow_call_duration_s=0,0.5", "worker.minimum_number_of_calls=5"]
+    candidates, _ = expand_grid(parse_grid(grid), CoreSettings())
+    results = run_grid(h.records, candidates, processes=1)
+    for result in results:
+        assert result.score == evaluate(h.records, result.candidate.settings)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exact path" in err and "slow-call" in err
 
 
 def test_exact_flag_skips_the_compiled_path(monkeypatch, capsys) -> None:
