@@ -225,7 +225,8 @@ class AlertRules(BaseModel):
 class AlertSettings(AlertRules):
     """`[alerts]`: the rules, and where `faultstream alerts` posts them."""
 
-    webhook_url: str = ""
+    # Often carries a token (a chat webhook's path): kept secret, never printed or logged.
+    webhook_url: SecretStr = SecretStr("")
 
     def rules(self) -> AlertRules:
         return AlertRules(**self.model_dump(exclude={"webhook_url"}))

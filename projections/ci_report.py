@@ -22,6 +22,7 @@ import duckdb
 
 from faultstream.events.exceptions import FaultstreamError
 
+from .alerts import FIRING_SQL
 from .queries import History
 
 RUN = "map_extract(attributes, 'pytest.run')[1]"
@@ -228,12 +229,13 @@ def _open_circuits(history: History, start: int | None) -> list[dict[str, Any]]:
 
 
 def _alerts(history: History, start: int | None) -> dict[str, Any]:
-    """Alerts raised in the window; `available` is False for a history without them."""
+    """Alerts firing now that fired in the window; `available` is False for a history
+    without them."""
     if not _has_table(history, "alerts"):
         return {"available": False, "firing": 0}
     where, params = ("WHERE ts >= ?", [start]) if start is not None else ("", [])
     try:
-        rows = _rows(history, f"SELECT count(*) AS n FROM alerts {where}", params)
+        rows = _rows(history, f"SELECT count(*) AS n FROM ({FIRING_SQL}) {where}", params)
     except duckdb.Error:  # a table of another layout: say nothing rather than guess
         return {"available": False, "firing": 0}
     return {"available": True, "firing": int(rows[0]["n"])}

@@ -105,7 +105,10 @@ class History:
                 return
             manifest = read_manifest(self.read_models_dir)
             for table in TABLES:
-                files = [str(self.read_models_dir / path) for path, _ in manifest.files[table]]
+                published = manifest.files.get(table)
+                if published is None:  # by a projector older than this table: none of it yet
+                    continue
+                files = [str(self.read_models_dir / path) for path, _ in published]
                 listed = ", ".join(f"'{f}'" for f in files)
                 self.con.execute(
                     f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet([{listed}])"

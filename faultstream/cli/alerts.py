@@ -83,7 +83,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"{flag} reads the alerts topic; --db and --read-models print a "
                            "recorded history")  # fmt: skip
         return _print_history(args, settings)
-    url = settings.alerts.webhook_url if args.webhook is None else args.webhook
+    url = settings.alerts.webhook_url.get_secret_value() if args.webhook is None else args.webhook
     webhook = Webhook(url) if url else None
     configure_logging(args.log_format, "alerts")  # stderr: stdout holds the JSON lines
     settings = with_kafka_flags(settings, args.bootstrap_servers, args.prefix)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from faultstream.cli import main
@@ -236,3 +237,19 @@ def test_the_read_models_tell_the_same(db: Path, tmp_path: Path, capsys) -> None
         main(["report", "--read-models", str(models), "--format", "json", "--since", "run-1"]) == 0
     )
     assert json.loads(capsys.readouterr().out) == from_db
+
+
+LATER = 4_000_000_000_000  # after every run of the fixture
+
+
+def test_only_alerts_still_firing_are_counted(db: Path, capsys) -> None:
+    con = duckdb.connect(str(db))
+    row = "(?, ?, 'escalations', 'task', ?, 'critical', ?, 'm', 'x')"
+    for alert_id, ts, task, state in (
+        ("a1", LATER, "t1", "FIRING"),
+        ("a1", LATER + 1, "t1", "RESOLVED"),  # fired, then resolved: not counted
+        ("a2", LATER + 2, "t2", "FIRING"),
+    ):
+        con.execute(f"INSERT INTO alerts VALUES {row}", [alert_id, ts, task, state])
+    con.close()
+    assert report_json(db, capsys)["alerts"] == {"available": True, "firing": 1}
