@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from faultstream.events.admin import LOGICAL_TOPICS
@@ -209,3 +211,17 @@ def test_a_time_window_defaults_to_60_seconds_and_a_count_window_to_100_calls(tm
     assert circuits.worker.sliding_window_size == 60
     assert circuits.task_type.sliding_window_size == 60
     assert circuits.hardware_class.sliding_window_size == 100
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_the_sample_configuration_is_the_defaults() -> None:
+    assert load_settings(DOCS / "faultstream.toml").core == CoreSettings()
+
+
+def test_the_rules_demo_configuration_switches_every_rule_on() -> None:
+    core = load_settings(DOCS / "rules-demo.toml").core
+    worker = core.circuits.worker
+    assert worker.failure_rate_threshold and worker.slow_call_duration_s
+    assert worker.outlier_stdev_factor and core.recovery.adaptive
