@@ -27,12 +27,14 @@ SEVERITY = {
 
 
 class AlertBook:
-    """The firing alerts, by (rule, subject kind, subject id) -> alert_id."""
+    """The firing alerts, by (rule, subject kind, subject id) -> alert_id; and the tasks
+    whose escalation fires (asked at every SUCCESS)."""
 
-    __slots__ = ("firing",)
+    __slots__ = ("firing", "tasks")
 
     def __init__(self) -> None:
         self.firing: dict[tuple[str, str, str], str] = {}
+        self.tasks: set[str] = set()
 
     def fire(
         self, rule: str, kind: str, subject: str, message: str, ts: int, caused_by: str
@@ -42,6 +44,8 @@ class AlertBook:
         if key in self.firing:
             return None
         aid = self.firing[key] = alert_id(rule, kind, subject, ts, caused_by)
+        if rule == ESCALATIONS:
+            self.tasks.add(subject)
         return _alert(aid, AlertState.FIRING, key, message, ts, caused_by)
 
     def resolve(
@@ -52,6 +56,8 @@ class AlertBook:
         aid = self.firing.pop(key, None)
         if aid is None:
             return None
+        if rule == ESCALATIONS:
+            self.tasks.discard(subject)
         return _alert(aid, AlertState.RESOLVED, key, message, ts, caused_by)
 
     def fires(self, rule: str, kind: str, subject: str) -> bool:

@@ -217,10 +217,10 @@ class FleetCore:
         while heap and heap[0][0] <= now:
             entry = heappop(heap)
             due, _, rank, _, target, gen = entry
-            ts = max(math.ceil(due), floor_ts)
             if rank == BOUNDARY:
                 if gen != self._boundary_gen:
                     continue
+                ts = max(math.ceil(due), floor_ts)
                 self._judge_outliers(ts, caused_by, out)
                 self._push_boundary()
             elif rank < LOST:
@@ -240,8 +240,10 @@ class FleetCore:
                 if due >= now:
                     not_yet.append(entry)
                     continue
+                ts = max(math.ceil(due), floor_ts)
                 self._lose_worker(target, due, caused_by, floor_ts, out)
             else:
+                ts = max(math.ceil(due), floor_ts)
                 if not self._open_too_long(target, gen, due, ts, caused_by):
                     continue
             if self._pending_alerts or self._dirty_classes or self._health_dirty:
@@ -384,7 +386,7 @@ class FleetCore:
                 self._transitioned(circuit, changed)
                 if circuit.state is OPEN:  # a window rule opened it
                     self._push_half_open(circuit)
-        if self._alerts.fires(ESCALATIONS, "task", task_id):  # type: ignore[arg-type]
+        if self._alerts.tasks and task_id in self._alerts.tasks:
             self._queue_alert(
                 self._alerts.resolve(
                     ESCALATIONS, "task", task_id, f"task {task_id} succeeded", now, event.event_id

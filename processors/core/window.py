@@ -42,14 +42,25 @@ class OutcomeWindow:
         count = params.window_count
         if count:
             while len(entries) > count:
-                self._drop_oldest()
+                _, gone = entries.popleft()
+                if gone == FAILURE:
+                    self.failures -= 1
+                elif gone == SLOW:
+                    self.slow -= 1
         else:
             horizon = ts - params.window_ms
             while entries[0][0] <= horizon:
                 self._drop_oldest()
-        if len(entries) < params.minimum_calls:  # the common case while it fills
+        n = len(entries)
+        if n < params.minimum_calls:  # the common case while it fills
             return ""
-        return self.judge(params, len(entries), self.failures, self.slow)
+        # Judged inline (every outcome of a full window comes here); named when met.
+        rate, slow_rate = params.failure_rate_threshold, params.slow_rate_threshold
+        if (rate > 0 and self.failures * 100.0 >= rate * n) or (
+            params.slow_ms > 0 and self.slow * 100.0 >= slow_rate * n
+        ):
+            return self.judge(params, n, self.failures, self.slow)
+        return ""
 
     def failure_would_meet(self, params: CircuitParams, ts: int) -> bool:
         """Whether one more failure at `ts` would meet a rule (nothing changes): the fleet
