@@ -58,6 +58,7 @@ from .workers import ClassMembers, Worker, fleet_guard_holds, pick_target, remem
 
 SEEN_IDS_PER_WORKER = 10_000
 SEEN_CONTROL_IDS = 100_000
+AWAITED_COMMANDS = 100_000  # commands whose outcome may still come (adaptive trials)
 # Ranks of due moments that tie on moment and id: an outlier boundary (id "") first, then
 # circuits half-opening (their kind rank), lost workers, circuits open too long (4 + rank).
 BOUNDARY = -1
@@ -581,7 +582,12 @@ class FleetCore:
                 self._queue_alert(
                     self._alerts.fire(ESCALATIONS, "task", task_id, message, ts, caused_by)
                 )
-        self._awaiting[task_id, attempt + 1] = (*failure, strategy)
+        awaiting = self._awaiting
+        key = (task_id, attempt + 1)
+        awaiting.pop(key, None)  # a newer command for the same attempt: the newest waits
+        awaiting[key] = (*failure, strategy)
+        if len(awaiting) > AWAITED_COMMANDS:  # one whose task never ran again: forget it
+            del awaiting[next(iter(awaiting))]
         return RecoveryCommand.model_construct(
             command_id=cid,
             ts=ts,

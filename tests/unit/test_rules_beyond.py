@@ -403,3 +403,19 @@ def test_an_alert_rule_set_in_the_configuration_file(tmp_path, capsys) -> None:
         if d["type"] == "alert"
     ]
     assert alerts == [("open_longer_than_s", "worker", "w1", START + 60_001)]
+
+
+def test_commands_whose_task_never_ran_again_are_forgotten_oldest_first(monkeypatch) -> None:
+    from faultstream.processors.core import FleetCore, fleet
+
+    monkeypatch.setattr(fleet, "AWAITED_COMMANDS", 2)
+    h = History()
+    for task in ("t1", "t2", "t3"):  # three commands await their attempt 1
+        h.failure("g1", START, "TIMEOUT", task_id=task)
+    for task in ("t1", "t2", "t3"):
+        h.success("g1", START + 1_000, task_id=task, attempt=1)
+    core = FleetCore()
+    for record in h.records:
+        core.process(record)
+    # t1's command was forgotten: only t2's and t3's outcomes became trials.
+    assert core._learned == {("TIMEOUT", "cuda", "IMMEDIATE_RETRY"): [2, 2]}
