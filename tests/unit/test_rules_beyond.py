@@ -21,13 +21,20 @@ START = 1_764_355_200_000
 
 
 def replay(tmp_path: Path, h: History, config: str, capsys) -> list[dict[str, Any]]:
-    """The derived records of `h` replayed under the TOML `config`, as JSON objects."""
+    """The derived records of `h` replayed by the core under the TOML `config`, as JSON
+    objects; replay's own choice of engine (the compiled twin where it is exact) must
+    write the very same lines."""
     history, settings = tmp_path / "history.jsonl", tmp_path / "faultstream.toml"
     history.write_text("".join(record.model_dump_json() + "\n" for record in h.records))
     settings.write_text(config)
-    capsys.readouterr()
-    assert main(["replay", "--input", str(history), "--config", str(settings)]) == 0
-    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    outputs = []
+    for engine in (["--engine", "core"], []):
+        capsys.readouterr()
+        assert main(["replay", "--input", str(history), "--config", str(settings), *engine]) == 0
+        outputs.append(capsys.readouterr().out)
+    core, chosen = outputs
+    assert chosen == core
+    return [json.loads(line) for line in core.splitlines()]
 
 
 def opened(derived: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
