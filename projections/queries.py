@@ -36,6 +36,7 @@ _CIRCUIT_COLUMNS = {"worker": "worker_id", "hardware_class": "hardware_class",
 # same ts is the one landed later): (file, row in file) in the read models, where parts are
 # named in append order; rowid in a DuckDB file.
 _LANDED_FIGURES = "landed_circuit_figures"
+FIGURES_NOW_TABLE = "circuit_figures_now"
 _LANDING = ("_landing_file", "_landing_row")
 
 
@@ -165,8 +166,13 @@ class History:
             self.refresh()
             cached = self._cache.get("figures") if at is None else None
             if cached is None:
-                sql = newest_figures_sql(self._landed_figures(), _LANDING, at)
-                rows = self._rows(f"SELECT * EXCLUDE (_landing_file, _landing_row) FROM ({sql})")
+                if at is None and self._has(FIGURES_NOW_TABLE):
+                    rows = self._rows(f"SELECT * FROM {FIGURES_NOW_TABLE}")  # kept by the writer
+                else:
+                    sql = newest_figures_sql(self._landed_figures(), _LANDING, at)
+                    rows = self._rows(
+                        f"SELECT * EXCLUDE (_landing_file, _landing_row) FROM ({sql})"
+                    )
                 cached = in_view_order(rows)
                 if at is None:
                     self._cache["figures"] = cached
@@ -233,6 +239,13 @@ class History:
             for row in self.figures(at)
             if row["circuit_kind"] == "hardware_class"
         }
+
+    def _has(self, table: str) -> bool:
+        """Whether the history has `table` (a view over read models counts)."""
+        (found,) = self._rows(
+            "SELECT count(*) AS n FROM information_schema.tables WHERE table_name = ?", [table]
+        )
+        return bool(found["n"])
 
     def _landed_figures(self) -> str:
         """`circuit_figures` with its landing-order columns (`_LANDING`)."""

@@ -35,16 +35,18 @@ from .schema import TABLES
 
 MANIFEST = "manifest.json"
 LOCK_FILE = "writer.lock"
-CURRENT_STATE_TABLES = ("circuit_states", "checkpoints")
+CURRENT_STATE_TABLES = ("circuit_states", "checkpoints", "circuit_figures_now")
 # What identifies a current-state table's content (a row's event_id changes with it), and
 # its order in the file.
 _FINGERPRINT = {
     "circuit_states": "hash(event_id, ts)",
     "checkpoints": "hash(event_id, ts)",
+    "circuit_figures_now": "hash(event_id, ts)",
 }
 _ORDER = {
     "circuit_states": "circuit_kind, circuit_id",
     "checkpoints": "task_id",
+    "circuit_figures_now": "circuit_kind, circuit_id",
 }
 APPEND_ONLY_TABLES = tuple(name for name in TABLES if name not in CURRENT_STATE_TABLES)
 # A part below this many rows is "small"; this many small parts get merged into one.

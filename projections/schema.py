@@ -182,6 +182,9 @@ TABLES: dict[str, Columns] = {
     "recovery_outcomes": RECOVERY_OUTCOMES,
     "health_snapshots": HEALTH_SNAPSHOTS,
     "circuit_figures": CIRCUIT_FIGURES,
+    # The newest circuit_figures row of each circuit, kept by the writer: what "now" reads,
+    # in one row per circuit however long the history (circuit_figures grows every TICK).
+    "circuit_figures_now": CIRCUIT_FIGURES,
     "alerts": ALERTS,
 }
 # A record delivered again is the same record: same id and same ts. Matching on ts too lets
@@ -200,7 +203,14 @@ DEDUPE_KEYS: dict[str, tuple[str, ...]] = {
 _EXTRA_DDL = [
     # circuit_states is one row per circuit: the newest transition.
     "ALTER TABLE circuit_states ADD PRIMARY KEY (circuit_kind, circuit_id)",
+    "ALTER TABLE circuit_figures_now ADD PRIMARY KEY (circuit_kind, circuit_id)",
 ]
+# Filled from the history when a file written before it gets the table.
+_BACKFILL = {
+    "circuit_figures_now": "INSERT INTO circuit_figures_now SELECT * FROM circuit_figures "
+    "QUALIFY row_number() OVER (PARTITION BY circuit_kind, circuit_id "
+    "ORDER BY ts DESC, rowid DESC) = 1",
+}
 
 
 def create_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -224,6 +234,8 @@ def create_tables(con: duckdb.DuckDBPyConnection) -> None:
         for ddl in _EXTRA_DDL:
             if f" {name} " in ddl:
                 con.execute(ddl)
+        if name in _BACKFILL and existing:
+            con.execute(_BACKFILL[name])
 
 
 def arrow_schema(columns: Columns) -> pa.Schema:

@@ -302,7 +302,11 @@ class HistoryWriter:
         if b.commands:
             commands = self._append("commands", _arrow(COMMANDS, b.commands), registered)
         if b.figures:
-            self._append("circuit_figures", _arrow(CIRCUIT_FIGURES, b.figures), registered)
+            figures = self._append(
+                "circuit_figures", _arrow(CIRCUIT_FIGURES, b.figures), registered
+            )
+            if figures.num_rows:
+                self._upsert_current("circuit_figures_now", figures)
         if b.alerts:
             self._append("alerts", _arrow(ALERTS, b.alerts), registered)
         if events is not None and events.num_rows:
@@ -366,6 +370,22 @@ class HistoryWriter:
             "QUALIFY row_number() OVER (PARTITION BY circuit_kind, circuit_id ORDER BY n DESC) = 1"
         )
         self.con.unregister("ordered_transitions")
+
+    def _upsert_current(self, table: str, rows: pa.Table) -> None:
+        """Each circuit's newest row of `rows` replaces its row in `table`, unless that one
+        is newer (a redelivered old record); rows of one ts: the later one landed wins."""
+        order = pa.array(range(rows.num_rows), pa.int64())
+        self.con.register("ordered_rows", rows.append_column("n", order))
+        columns = [name for name in rows.column_names if name not in ("circuit_kind", "circuit_id")]
+        updates = ", ".join(f"{name} = excluded.{name}" for name in columns)
+        self.con.execute(
+            f"INSERT INTO {table} SELECT * EXCLUDE (n) FROM ordered_rows "
+            "QUALIFY row_number() OVER (PARTITION BY circuit_kind, circuit_id "
+            "ORDER BY ts DESC, n DESC) = 1 "
+            f"ON CONFLICT (circuit_kind, circuit_id) DO UPDATE SET {updates} "
+            f"WHERE excluded.ts >= {table}.ts"
+        )
+        self.con.unregister("ordered_rows")
 
     def _upsert_checkpoints(self) -> None:
         columns = ", ".join(CHECKPOINTS)

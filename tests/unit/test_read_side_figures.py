@@ -192,6 +192,72 @@ def test_a_history_recorded_before_circuit_figures_says_so(tmp_path) -> None:
     writer.append_inputs([failure("f1", 1_000), tick("k1", 2_000)])
     writer.flush()
     writer.con.execute("DROP TABLE circuit_figures")
+    writer.con.execute("DROP TABLE circuit_figures_now")
     writer.close()
     with History.from_db(db) as history, pytest.raises(HistoryError, match="circuit_figures"):
         history.circuit_breakers()
+
+
+# --- the current figures: one row per circuit, kept by the writer (fleet scale) ---------------
+
+
+def newest_by_history(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    """Each circuit's newest circuit_figures row, read from the whole history."""
+    return sorted(con.execute(
+        "SELECT * FROM circuit_figures QUALIFY row_number() OVER (PARTITION BY circuit_kind, "
+        "circuit_id ORDER BY ts DESC, rowid DESC) = 1").fetchall())  # fmt: skip
+
+
+@checks
+@given(histories)
+def test_the_current_figures_are_each_circuits_newest_in_the_history(
+    records: list[InputRecord],
+) -> None:
+    con = landed(ending_in_a_tick(records)).writer.con
+    assert sorted(con.execute("SELECT * FROM circuit_figures_now").fetchall()) == (
+        newest_by_history(con)
+    )
+
+
+def test_an_older_figure_landing_late_does_not_replace_a_newer_one() -> None:
+    records = [failure("f1", 1_000), tick("k1", 2_000), failure("f2", 3_000), tick("k2", 4_000)]
+    core = FleetCore(FAST)
+    derived = [out for record in records for out in core.process(record)]
+    writer = HistoryWriter(":memory:")
+    writer.append_inputs(records)
+    writer.append_derived(derived)
+    writer.flush()
+    newest = sorted(writer.con.execute("SELECT * FROM circuit_figures_now").fetchall())
+    older = next(d for d in derived if type(d).__name__ == "CircuitFigures" and d.ts == 2_000)
+    writer.append_derived([older.model_copy(update={"event_id": "late"})])
+    writer.flush()
+    assert sorted(writer.con.execute("SELECT * FROM circuit_figures_now").fetchall()) == newest
+
+
+def test_a_history_file_from_before_the_current_figures_gets_them_on_opening(tmp_path) -> None:
+    db = tmp_path / "old.duckdb"
+    pipeline = EmbeddedPipeline(FAST, writer=HistoryWriter(db))
+    pipeline.ingest_many([failure("f1", 1_000), tick("k1", 2_000), failure("f2", 3_000),
+                          tick("k2", 4_000)])  # fmt: skip
+    pipeline.close()
+    con = duckdb.connect(str(db))
+    expected = newest_by_history(con)
+    con.execute("DROP TABLE circuit_figures_now")
+    con.close()
+    HistoryWriter(db).close()  # the next writer to open it fills the table from the history
+    con = duckdb.connect(str(db))
+    assert sorted(con.execute("SELECT * FROM circuit_figures_now").fetchall()) == expected
+    con.close()
+
+
+def test_read_models_publish_the_current_figures(tmp_path) -> None:
+    db, directory = tmp_path / "h.duckdb", tmp_path / "models"
+    pipeline = EmbeddedPipeline(FAST, writer=HistoryWriter(db))
+    pipeline.ingest_many([failure("f1", 1_000), tick("k1", 2_000)])
+    pipeline.flush()
+    with ReadModelPublisher(pipeline.writer.con, directory) as publisher:  # type: ignore[union-attr]
+        manifest = publisher.publish()
+    pipeline.close()
+    assert manifest.files["circuit_figures_now"]
+    with History.from_db(db) as from_db, History.from_read_models(directory) as from_rm:
+        assert from_rm.figures() == from_db.figures() != []
