@@ -14,7 +14,12 @@ from .codes import RUNG_BATCH, RUNG_PRECISION, STRATEGY_CODE
 from .jit import step
 from .state import (
     ADAPTIVE_SIZE,
+    AWAIT_HEAD,
+    AWAIT_STAMP,
+    AWAIT_TAIL,
+    AWAITED,
     AWAITING,
+    STAMP,
     TRIAL_CLASS,
     TRIAL_FAILURE_TYPE,
     TRIAL_STRATEGY,
@@ -37,14 +42,33 @@ def _learned_at(state, failure_type, class_circuit, strategy) -> int:
 
 
 @step
-def await_trial(state, key, failure_type, class_circuit, strategy) -> None:
+def await_trial(run, state, key, failure_type, class_circuit, strategy) -> None:
     """A command for trial key `key` (a task and the attempt it asks for): its outcome will be
-    a trial of `strategy` (a newer command for the same key replaces it)."""
-    awaiting = state.awaiting
+    a trial of `strategy`. A newer command for the same key replaces it (and is the newest);
+    past fleet.py AWAITED_COMMANDS awaiting, the oldest is forgotten (its task never ran)."""
+    awaiting, counters, queue = state.awaiting, state.counters, state.await_queue
+    if awaiting[key, AWAITING] == 0:
+        counters[AWAITED] += 1
+    counters[AWAIT_STAMP] += 1
     awaiting[key, AWAITING] = 1
     awaiting[key, TRIAL_FAILURE_TYPE] = failure_type
     awaiting[key, TRIAL_CLASS] = class_circuit
     awaiting[key, TRIAL_STRATEGY] = strategy
+    awaiting[key, STAMP] = counters[AWAIT_STAMP]
+    tail = counters[AWAIT_TAIL]
+    queue[tail, 0] = key
+    queue[tail, 1] = counters[AWAIT_STAMP]
+    counters[AWAIT_TAIL] = tail + 1
+    if counters[AWAITED] <= run.rules.awaited_commands[0]:
+        return
+    while True:  # the oldest still awaiting (entries replaced or answered since are stale)
+        head = counters[AWAIT_HEAD]
+        counters[AWAIT_HEAD] = head + 1
+        oldest = queue[head, 0]
+        if awaiting[oldest, AWAITING] == 1 and awaiting[oldest, STAMP] == queue[head, 1]:
+            awaiting[oldest, AWAITING] = 0
+            counters[AWAITED] -= 1
+            return
 
 
 @step
@@ -55,6 +79,7 @@ def trial_outcome(run, state, i, success) -> None:
     if key < 0 or awaiting[key, AWAITING] == 0:
         return
     awaiting[key, AWAITING] = 0
+    state.counters[AWAITED] -= 1
     failure_type, class_circuit = awaiting[key, TRIAL_FAILURE_TYPE], awaiting[key, TRIAL_CLASS]
     at = _learned_at(state, failure_type, class_circuit, awaiting[key, TRIAL_STRATEGY])
     state.learned[at, TRIALS] += 1

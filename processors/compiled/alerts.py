@@ -57,7 +57,7 @@ from .state import (
 )
 
 
-@step
+@inlined_step
 def closed(circuit_state) -> int:
     return 1 if circuit_state == CLOSED else 0
 
@@ -254,7 +254,7 @@ def transitioned(run, state, c, from_state, to_state, ts) -> None:
             queue_alert(state, OPEN_LONGER_RULE, RESOLVED, c, ts, 0)
 
 
-@inlined_step
+@step
 def judge_skew(run, state, i, w, now) -> None:
     """fleet.py `_judge_skew`: worker `w`'s clock off by more than max_skew_s fires (while
     the rule is on); its next event within it resolves (the rule on or off)."""

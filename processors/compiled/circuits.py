@@ -216,7 +216,7 @@ def count_success(run, state, c, ts, duration) -> None:
             close(run, state, c, ts, SUCCESSES)
 
 
-@step
+@inlined_step
 def _success_in_window(run, state, c, ts, duration) -> None:
     rank = run.fleet.circuit_rank[c]
     version = state.counters[VERSION]

@@ -97,6 +97,7 @@ class Fleet(NamedTuple):
     class_offsets: np.ndarray  # int64 [circuit + 1]: member slots of each class circuit
     ladders: np.ndarray  # int64 [failure type, rung]: strategy codes, -1 past the end
     cpu_circuit: int  # the hardware_class circuit "cpu", or -1
+    classes_by_id: np.ndarray  # int64: the hardware_class circuits in id order (outliers)
 
 
 class RecordFields(Protocol):
@@ -458,6 +459,9 @@ def assemble(
         class_offsets,
         _ladders(),
         names.index(cpu) if cpu in names else -1,
+        np.flatnonzero(circuit_rank == 1)[
+            np.argsort(circuit_order[circuit_rank == 1], kind="stable")
+        ].astype(np.int64),
     )
     versions = settings_versions(settings or CoreSettings(), configs, skip)
     if extras is not None and any(_attempts_matter(s) for s in versions.settings):

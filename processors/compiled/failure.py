@@ -26,6 +26,7 @@ from .state import (
     GUARDED,
     HAS_CHECKPOINT,
     HAS_TARGET_CHECKPOINT,
+    INTERVAL_FAILURES,
     RUNNING,
     STARTED,
     STATE,
@@ -72,6 +73,8 @@ def on_failure(run, state, i, w, class_circuit, now) -> None:
         create(run, state, task_type)
         if state.adaptive:  # the outcome of the command it carried out, before planning
             trial_outcome(run, state, i, 0)
+        if state.outliers and run.rules.outlier_factor[state.counters[VERSION]] > 0:
+            state.workers[w, INTERVAL_FAILURES] += 1
         if state.slow:  # the attempt is over: no success of it is timed
             state.starts[inputs.trial_now[i], 0] = 0
     if state.scoring:
@@ -160,7 +163,9 @@ def _command(run, state, i, w, class_circuit, task_type, now, guarded) -> None:
         state.checkpoints[key, HAS_CHECKPOINT] = 0  # the task is given up: forget it
         escalated(run, state, key, now, row)
     if state.adaptive:
-        await_trial(state, inputs.trial_next[i], inputs.failure_type[i], class_circuit, strategy)
+        await_trial(
+            run, state, inputs.trial_next[i], inputs.failure_type[i], class_circuit, strategy
+        )
     log[row, ADAPTIVE_ROW] = adaptive_row
     log[row, GUARDED] = guarded
     log[row, WORKER_STATE] = worker_state

@@ -6,8 +6,10 @@ a code with its arguments. A `Run` is what the loop reads: the history (`encode.
 settings versions (`versions.py`), the inputs to visit with the workers they reveal lost
 (`liveness.py`), and what the scorer compares with (`score.py`). The `State` it evolves
 says what it keeps besides the circuits: the log of derived records, the score, the
-figures. One circuit's rules are in `circuits.py`, a worker's in `workers.py`, a FAILURE's
-count and command in `failure.py`, the half-open due moments in `heap.py`.
+figures. One circuit's rules are in `circuits.py` (its window of outcomes in `window.py`),
+a worker's in `workers.py`, a FAILURE's count and command in `failure.py` (learned rungs in
+`adaptive.py`), outlier workers in `outliers.py`, the alerts in `alerts.py`, the due
+moments (half-openings, outages, outlier boundaries) in `heap.py`.
 """
 
 from __future__ import annotations
@@ -36,10 +38,13 @@ from .figures import publish_figures
 from .heap import KEY, LOST_RANK, pop_due, sort_key
 from .jit import inlined_step, step
 from .liveness import Visits
+from .moments import ceil_ms
+from .outliers import BOUNDARY_KEY, judge_outliers, push_boundary, stop_boundaries
 from .score import Scoring, finish_score, observe_success
 from .state import (
     ALERT_WORK,
     ATTEMPT,
+    BOUNDARY_GEN,
     CHECKPOINT_SEQ,
     DUE_MS,
     ESCALATED,
@@ -48,10 +53,12 @@ from .state import (
     HALF_OPEN_SUCCESSES,
     HAS_CHECKPOINT,
     HEAP_SIZE,
+    INTERVAL_SUCCESSES,
     NO_BLAME,
     RECORD,
     RESOLVED,
     RUNNING,
+    SKEWED,
     STARTED,
     STARTED_BY,
     STATE,
@@ -79,6 +86,8 @@ def replay(run, state) -> None:
     incomplete: the caller falls back to the core, or runs again with bigger buffers."""
     visits, counters = run.visits, state.counters
     loss = 0
+    if state.outliers and run.rules.outlier_factor[0] > 0:  # the first boundary, from 0
+        push_boundary(run, state, 0)
     for v in range(visits.record.shape[0]):
         i = visits.record[v]
         counters[RECORD] = i
@@ -103,11 +112,23 @@ def replay(run, state) -> None:
 
 
 @step
-def _pop_first(run, state, floor_ts) -> None:
-    """The first due moment: a circuit half-opens at its due ms, unless the entry is stale
-    (the circuit changed state since); or a circuit not CLOSED for open_longer_than_s
-    (alerts.py `outage_due`). The alerts are judged after it."""
-    if state.heap_entries[0, KEY] % 8 > LOST_RANK:
+def _pop_first(run, state, floor_ts, now) -> None:
+    """The first due moment: an outlier boundary (judged, the next one set from `now`); a
+    circuit half-opening at its due ms, unless the entry is stale (the circuit changed
+    state since); or a circuit not CLOSED for open_longer_than_s (alerts.py
+    `outage_due`). The alerts are judged after it."""
+    key = state.heap_entries[0, KEY]
+    if key == BOUNDARY_KEY:
+        due, _, generation = pop_due(state)
+        if generation != state.counters[BOUNDARY_GEN]:
+            return
+        ts = max(ceil_ms(due), floor_ts)
+        judge_outliers(run, state, ts)
+        push_boundary(run, state, now)
+        if state.counters[ALERT_WORK] == 1:
+            judge_alerts(run, state, ts)
+        return
+    if key % 8 > LOST_RANK:
         due, c, since = pop_due(state)
         outage_due(run, state, due, c, since, floor_ts)
         return
@@ -131,7 +152,7 @@ def _reveal_due(run, state, now, before, first_loss, end_loss) -> None:
     counters, heap_due, entries = state.counters, state.heap_due, state.heap_entries
     if not state.derive:
         while counters[HEAP_SIZE] > 0 and heap_due[0] <= before:
-            _pop_first(run, state, before)
+            _pop_first(run, state, before, now)
     visits, worker_order = run.visits, run.fleet.worker_order
     loss = first_loss
     while True:
@@ -141,7 +162,7 @@ def _reveal_due(run, state, now, before, first_loss, end_loss) -> None:
             key = sort_key(worker_order[visits.lost_worker[loss]], LOST_RANK)
             from_heap = heap_due[0] < due or (heap_due[0] == due and entries[0, KEY] < key)
         if from_heap:
-            _pop_first(run, state, before)
+            _pop_first(run, state, before, now)
             if counters[STATUS] != OK:
                 return
             continue
@@ -171,6 +192,11 @@ def _apply(run, state, i, now) -> None:
                 state.counters[VERSION] = version
                 if state.derive:
                     on_config(run, state, version)
+                if state.outliers:  # fleet.py `_outliers_changed`
+                    if run.rules.outlier_restart[version] == 1:
+                        push_boundary(run, state, now)
+                    elif run.rules.outlier_stop[version] == 1:
+                        stop_boundaries(state)
         elif state.figures:  # a TICK: the figures that changed since the last
             publish_figures(run, state, now)
         return
@@ -202,8 +228,10 @@ def _apply(run, state, i, now) -> None:
         ):
             checkpoints[key, HAS_CHECKPOINT] = 1
             checkpoints[key, CHECKPOINT_SEQ] = inputs.checkpoint_seq[i]
-    if state.derive:
-        judge_skew(run, state, i, w, now)
+    if state.derive:  # clock skew: judged only for a skewed worker or a clock off
+        limit = run.rules.skew_ms[state.counters[VERSION]]
+        if state.workers[w, SKEWED] == 1 or abs(inputs.skew[i]) > limit:
+            judge_skew(run, state, i, w, now)
 
 
 @inlined_step
@@ -223,6 +251,8 @@ def _on_success(run, state, i, w, class_circuit, now) -> None:
         create(run, state, task_type)
         if state.adaptive:
             trial_outcome(run, state, i, 1)
+        if state.outliers and run.rules.outlier_factor[state.counters[VERSION]] > 0:
+            state.workers[w, INTERVAL_SUCCESSES] += 1
     duration = -1  # ms since the attempt's newest start (slow calls); -1: none
     if state.slow:
         attempt = inputs.trial_now[i]

@@ -86,6 +86,11 @@ from .state import (
     MIGRATED_START,
     MIGRATED_WORKER,
     MIGRATION,
+    OUTLIER,
+    OUTLIER_CLASS,
+    OUTLIER_LIMIT,
+    OUTLIER_MEAN,
+    OUTLIER_RATE,
     REASON,
     REASON_BLAME,
     REASON_FAILURE_TYPE,
@@ -255,7 +260,18 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
             ) = _TRANSITION_FIELDS(row)
             circuit_kind, circuit_id = names[circuit]
             from_state, to_state = STATES[from_code], STATES[to_code]
-            if reason_code == WINDOW_SUCCESS:
+            if reason_code == OUTLIER:
+                sample_size, class_circuit = row[TRANSITION_N], row[OUTLIER_CLASS]
+                rate, limit, mean = (
+                    floats[OUTLIER_RATE],
+                    floats[OUTLIER_LIMIT],
+                    floats[OUTLIER_MEAN],
+                )
+                reason = (
+                    f"outlier: success rate {rate:.1%} below {limit:.1%} "
+                    f"(mean {mean:.1%} of {sample_size} {names[class_circuit][1]} workers)"
+                )
+            elif reason_code == WINDOW_SUCCESS:
                 reason = _rates(_WINDOW_FIELDS(row), settings[version], circuit_kind)
             elif reason_code in (THRESHOLD, FAILED_HALF_OPEN, WINDOW_FAILURE):
                 if blame == BLAME_LOST:

@@ -117,6 +117,8 @@ def scoring_run(encoded: Encoded, settings: CoreSettings, shared: dict | None = 
     rules = settings_versions(settings, [], encoded.inputs.skip).rules
     if (rules.slow_ms > 0).any():  # its starts are keyed on attempts, not encoded to score
         raise UnsupportedHistory("the slow-call rule (scoring)")
+    if (rules.outlier_factor > 0).any():  # it judges classes' members, not kept to score
+        raise UnsupportedHistory("outlier ejection (scoring)")
     track_tasks = bool(rules.ranks[0, WORKER_DISCONNECTION] == TASK_TYPE)
     key = ("visits", float(rules.heartbeat_ms[0]), track_tasks)
     if key not in shared:

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .codes import FAILURE, FAILURE_TYPES, STRATEGIES
+from .codes import FAILURE, FAILURE_TYPES, STRATEGIES, TASK_STARTED
 from .encode import Encoded
 from .moments import STATUS as STATUS  # the status slot of `counters`
 from .versions import Rules
@@ -42,8 +42,9 @@ CIRCUIT_COLUMNS = 20
 # Worker columns. STARTED: how many tasks it has started and not finished; INCOMING: how
 # many a move command sent it that have not started anywhere or finished; SKEWED: its
 # clock_skew alert fires.
-EXISTS, LOST, CLASS, STARTED, INCOMING, SKEWED = range(6)
-WORKER_COLUMNS = 6
+# INTERVAL_*: its outcomes since the last outlier boundary.
+EXISTS, LOST, CLASS, STARTED, INCOMING, SKEWED, INTERVAL_SUCCESSES, INTERVAL_FAILURES = range(8)
+WORKER_COLUMNS = 8
 # Class columns (per circuit; used for hardware_class circuits): live workers, those whose
 # own circuit is OPEN or FORCED_OPEN, and those whose own circuit is CLOSED.
 LIVE, OPENED, CLOSED_LIVE = range(3)
@@ -65,10 +66,15 @@ ADAPTIVE_SIZE = 16  # rows of `State.adaptive_log` written
 # The window's verdict on the outcome being counted: the rules met (window.py bits), and the
 # outcomes, failures and slow successes it judged.
 WINDOW_MET, WINDOW_N, WINDOW_FAILURE_COUNT, WINDOW_SLOW_COUNT = range(17, 21)
-COUNTERS = 21
+MOVES = 21  # tasks a move command sent somewhere, not yet started anywhere or finished
+BOUNDARY_GEN = 22  # the live outlier boundary timer's generation (older ones are stale)
+# Commands awaiting their outcome: how many, the queue's head and tail, the newest stamp.
+AWAITED, AWAIT_HEAD, AWAIT_TAIL, AWAIT_STAMP = range(23, 27)
+COUNTERS = 27
 # Adaptive ladders: a command awaiting its outcome (per trial key, fleet.py `_awaiting`):
 # 1 = one awaits, and the (failure type, class circuit, strategy) its outcome is a trial of.
-AWAITING, TRIAL_FAILURE_TYPE, TRIAL_CLASS, TRIAL_STRATEGY = range(4)
+# STAMP: its place in `State.await_queue` (the oldest is forgotten past AWAITED_COMMANDS).
+AWAITING, TRIAL_FAILURE_TYPE, TRIAL_CLASS, TRIAL_STRATEGY, STAMP = range(5)
 # `State.learned` per (failure type, class circuit, strategy): trials, successes.
 TRIALS, TRIAL_SUCCESSES = range(2)
 
@@ -97,6 +103,9 @@ RESET_TIMEOUT = 0
 # Why a circuit changed state (REASON), and what a failure that opened it was (REASON_BLAME).
 THRESHOLD, FAILED_HALF_OPEN, SUCCESSES, TIMEOUT_ELAPSED, BY_FORCE_OPEN, BY_RESET = range(6)
 WINDOW_FAILURE, WINDOW_SUCCESS = 6, 7  # opened by a window rule alone: on a failure, a success
+OUTLIER = 8  # ejected as an outlier worker: TRANSITION_N holds the sample's size,
+OUTLIER_CLASS = 16  # this column its class circuit, the floats its rate, limit and mean
+OUTLIER_RATE, OUTLIER_LIMIT, OUTLIER_MEAN = 1, 2, 3
 NO_BLAME, BLAME_TYPE, BLAME_GUARD, BLAME_LOST = range(4)
 # A command's or a migration's payload (the first four shared).
 STRATEGY, TARGET, HAS_TARGET_CHECKPOINT, TARGET_CHECKPOINT = range(4, 8)
@@ -138,7 +147,7 @@ class State(NamedTuple):
     heap_due: np.ndarray  # float64: due moments of half-openings (heap.py)
     heap_entries: np.ndarray  # int64 [capacity, 4]
     log: np.ndarray  # int64 [capacity, LOG_COLUMNS] (derive)
-    log_floats: np.ndarray  # float64 [capacity, 2] (derive)
+    log_floats: np.ndarray  # float64 [capacity, 4] (derive)
     changes: np.ndarray  # int64 [capacity, 3]: the scorer's transitions (scoring)
     scores: np.ndarray  # int64: the scorer's totals (score.py) (scoring)
     marked: np.ndarray  # int64 [circuit]: the circuits marked since the last TICK (figures)
@@ -146,19 +155,24 @@ class State(NamedTuple):
     pending: np.ndarray  # int64 [capacity, LOG_COLUMNS]: alerts held to their step's end (derive)
     dirty: np.ndarray  # int64 [circuit]: classes whose capacity is to be judged (derive)
     scratch: np.ndarray  # int64: a lost worker's started tasks, sorted (derive)
-    awaiting: np.ndarray  # int64 [trial key, 4] (adaptive)
+    awaiting: np.ndarray  # int64 [trial key, 5] (adaptive)
+    await_queue: np.ndarray  # int64 [command, 2]: (trial key, stamp) in order (adaptive)
     learned: np.ndarray  # int64 [(failure type x circuit + circuit) x strategy + strategy, 2]
     adaptive_log: np.ndarray  # int64 [FAILURE record, ADAPTIVE_COLUMNS] (adaptive)
     window_offsets: np.ndarray  # int64 [circuit + 1]: each circuit's ring (windows)
     window_ts: np.ndarray  # int64: an entry's decision ms (windows)
     window_kind: np.ndarray  # int64: window.py SUCCESS, FAILURE or SLOW (windows)
     starts: np.ndarray  # int64 [trial key, 2]: 1 = started, and its decision ms (slow)
+    moved: np.ndarray  # int8 [task key]: 1 = a move is pending (MOVED_TO, in a small array)
+    sample: np.ndarray  # float64 [class slots]: an outlier sample's rates (outliers)
+    sampled: np.ndarray  # int64 [class slots]: and their workers (outliers)
     derive: bool  # write the derived records (transitions, commands, migrations)
     scoring: bool  # score the transitions and outcomes
     figures: bool  # mark circuits and write their figures at each TICK (with derive)
     adaptive: bool  # learn each strategy's success (a settings version has adaptive ladders)
     windows: bool  # keep each circuit's window of outcomes (a version has a window rule)
     slow: bool  # time each task attempt from its start (a version has the slow-call rule)
+    outliers: bool  # judge outlier workers at interval boundaries (with derive)
 
 
 def new_state(
@@ -188,6 +202,10 @@ def new_state(
     adaptive = derive and len(inputs.trial_next) > 0 and bool(rules.min_samples.any())
     windows = bool(rules.window_on.any())
     slow = bool((rules.slow_ms > 0).any())
+    outliers = derive and bool((rules.outlier_factor > 0).any())
+    # Commands: one per FAILURE, one per lost worker's task (a TASK_STARTED each at most).
+    commands = int(np.count_nonzero((inputs.kind == FAILURE) | (inputs.kind == TASK_STARTED)))
+    slots = int(np.diff(fleet.class_offsets).max(initial=0))
     offsets = _window_offsets(encoded, rules) if windows else np.zeros(n_circ + 1, np.int64)
     return State(
         circuits,
@@ -201,7 +219,7 @@ def new_state(
         np.empty(heap_capacity),
         np.empty((heap_capacity, 4), np.int64),
         np.empty((log_capacity if derive else 0, LOG_COLUMNS), np.int64),
-        np.empty((log_capacity if derive else 0, 2), np.float64),
+        np.empty((log_capacity if derive else 0, 4), np.float64),
         np.empty((changes_capacity if scoring else 0, 3), np.int64),
         np.zeros(7, np.int64),
         sized(n_circ, keep=figures),
@@ -209,19 +227,24 @@ def new_state(
         sized(log_capacity // 16 + 256, LOG_COLUMNS, keep=derive),
         sized(n_circ, keep=derive),
         sized(pairs_per_worker, keep=derive),
-        sized(int(inputs.trial_next.max(initial=-1)) + 1, 4, keep=adaptive),
+        sized(int(inputs.trial_next.max(initial=-1)) + 1, 5, keep=adaptive),
+        sized(commands, 2, keep=adaptive),
         sized(len(FAILURE_TYPES) * n_circ * len(STRATEGIES), 2, keep=adaptive),
         sized(int(np.count_nonzero(inputs.kind == FAILURE)), ADAPTIVE_COLUMNS, keep=adaptive),
         offsets,
         np.zeros(int(offsets[-1]), np.int64),
         np.zeros(int(offsets[-1]), np.int64),
         sized(int(inputs.trial_now.max(initial=-1)) + 1, 2, keep=slow),
+        sized(int(inputs.task_key.max(initial=-1)) + 1, keep=derive, dtype=np.int8),
+        sized(slots, keep=outliers, dtype=np.float64),
+        sized(slots, keep=outliers),
         derive,
         scoring,
         figures,
         adaptive,
         windows,
         slow,
+        outliers,
     )
 
 

@@ -16,9 +16,10 @@ import numpy as np
 from faultstream.events.config import CoreSettings
 from faultstream.events.exceptions import ConfigError
 from faultstream.events.models import CircuitKind
+from faultstream.processors.core import fleet as core_fleet
 from faultstream.processors.core.circuit import CircuitParams
 
-from .codes import BACKOFF_STEPS, UnsupportedHistory, attribution_ranks
+from .codes import BACKOFF_STEPS, attribution_ranks
 
 
 class Rules(NamedTuple):
@@ -47,6 +48,16 @@ class Rules(NamedTuple):
     failure_rate: np.ndarray  # float64: percent; 0 = off
     slow_ms: np.ndarray  # float64: a success at least this long is slow; 0 = off
     slow_rate: np.ndarray  # float64: percent
+    # Outlier ejection, per [version]: worker outlier_stdev_factor (0 = off), interval ms,
+    # minimum hosts, request volume; and what switching to a version does to the boundary
+    # timer (fleet.py `_outliers_changed`): 1 = a new one from now, 1 = none any more.
+    outlier_factor: np.ndarray  # float64
+    outlier_ms: np.ndarray  # float64
+    outlier_hosts: np.ndarray  # int64
+    outlier_volume: np.ndarray  # int64
+    outlier_restart: np.ndarray  # int64
+    outlier_stop: np.ndarray  # int64
+    awaited_commands: np.ndarray  # int64 [1]: fleet.py AWAITED_COMMANDS, the trials kept
     # The alert rules (0 = off) and what a CONFIG_CHANGED switching to a version changed:
     capacity_below: np.ndarray  # float64 [version]: class_capacity_below, percent
     open_longer_ms: np.ndarray  # float64 [version]: open_longer_than_s x 1000
@@ -73,7 +84,6 @@ def settings_versions(
     """The settings after each CONFIG_CHANGED (`configs`: record index, config) the core
     applies: a repeat (`skip`) is not applied, an invalid one is ignored as FleetCore
     ignores it."""
-    _refuse_unsupported(initial)
     settings = [initial]
     config_version = np.full(len(skip), -1, np.int64) if configs else _NO_SWITCHES
     for i, config in configs:
@@ -83,19 +93,13 @@ def settings_versions(
             settings.append(settings[-1].merged(config))
         except ConfigError:
             continue
-        _refuse_unsupported(settings[-1])
         config_version[i] = len(settings) - 1
     return Versions(settings, _rules(settings, config_version))
 
 
-def _refuse_unsupported(settings: CoreSettings) -> None:
-    """The rules the twin does not replay yet: the caller falls back to the core."""
-    if settings.circuits.worker.outlier_stdev_factor > 0:
-        raise UnsupportedHistory("outlier ejection (worker outlier_stdev_factor)")
-
-
 def _rules(settings: list[CoreSettings], config_version: np.ndarray) -> Rules:
     n = len(settings)
+    workers = [s.circuits.worker for s in settings]
     params = [[CircuitParams.of(s.circuits.for_kind(k)) for k in CircuitKind] for s in settings]
     backoffs = [[_backoff(p) for p in row] for row in params]
     width = max(len(table) for row in backoffs for table, _ in row)
@@ -131,6 +135,32 @@ def _rules(settings: list[CoreSettings], config_version: np.ndarray) -> Rules:
         np.array([[p.failure_rate_threshold for p in row] for row in params], np.float64),
         np.array([[p.slow_ms for p in row] for row in params], np.float64),
         np.array([[p.slow_rate_threshold for p in row] for row in params], np.float64),
+        np.array([w.outlier_stdev_factor for w in workers], np.float64),
+        np.array([w.outlier_interval_s * 1000.0 for w in workers], np.float64),
+        np.array([w.outlier_minimum_hosts for w in workers], np.int64),
+        np.array([w.outlier_request_volume for w in workers], np.int64),
+        np.array(
+            [0]
+            + [
+                int(
+                    b.outlier_stdev_factor > 0
+                    and (
+                        a.outlier_stdev_factor == 0 or b.outlier_interval_s != a.outlier_interval_s
+                    )
+                )
+                for a, b in pairwise(workers)
+            ],
+            np.int64,
+        ),
+        np.array(
+            [0]
+            + [
+                int(a.outlier_stdev_factor > 0 and b.outlier_stdev_factor == 0)
+                for a, b in pairwise(workers)
+            ],
+            np.int64,
+        ),
+        np.array([core_fleet.AWAITED_COMMANDS], np.int64),  # read now: a test may lower it
         np.array([s.alerts.class_capacity_below for s in settings], np.float64),
         np.array([s.alerts.open_longer_than_s * 1000.0 for s in settings], np.float64),
         np.array([int(s.alerts.escalations) for s in settings], np.int64),

@@ -39,7 +39,7 @@ def clear_window(state, c) -> None:
     circuits[c, WINDOW_SLOW] = 0
 
 
-@step
+@inlined_step
 def _judge(run, version, rank, n, failures, slow) -> int:
     """window.py `judge`: the rules met by these counts (bits)."""
     rules = run.rules
@@ -54,7 +54,7 @@ def _judge(run, version, rank, n, failures, slow) -> int:
     return met
 
 
-@step
+@inlined_step
 def _drop_oldest(state, c, start, capacity) -> None:
     circuits = state.circuits
     head = circuits[c, WINDOW_HEAD]
@@ -67,7 +67,7 @@ def _drop_oldest(state, c, start, capacity) -> None:
     circuits[c, WINDOW_SIZE] -= 1
 
 
-@step
+@inlined_step
 def enter(run, state, c, rank, ts, outcome) -> int:
     """window.py `enter`: one outcome added, the oldest aged out, and the rules judged; the
     verdict (bits) returned and left in the counters with the counts it judged."""

@@ -42,6 +42,7 @@ from .state import (
     MIGRATED_WORKER,
     MIGRATION,
     MOVED_TO,
+    MOVES,
     OPENED,
     RUNNING,
     STARTED,
@@ -141,12 +142,16 @@ def arrive(run, state, w, class_circuit) -> None:
 @inlined_step
 def arrived(state, key) -> None:
     """fleet.py `_arrived`: task `key` started somewhere or finished, so it is no longer in
-    flight to the worker a move command sent it to."""
+    flight to the worker a move command sent it to. (Most inputs find no move pending:
+    they skip the task's row, a cache miss in a long history.)"""
+    counters = state.counters
+    if counters[MOVES] == 0 or state.moved[key] == 0:
+        return
     tasks = state.checkpoints
-    target = tasks[key, MOVED_TO]
-    if target > 0:
-        state.workers[target - 1, INCOMING] -= 1
-        tasks[key, MOVED_TO] = 0
+    state.workers[tasks[key, MOVED_TO] - 1, INCOMING] -= 1
+    tasks[key, MOVED_TO] = 0
+    state.moved[key] = 0
+    counters[MOVES] -= 1
 
 
 @step
@@ -154,7 +159,9 @@ def moving(state, key, target) -> None:
     """fleet.py `_moving`: a move command sent task `key` to worker `target`."""
     arrived(state, key)
     state.checkpoints[key, MOVED_TO] = target + 1
+    state.moved[key] = 1
     state.workers[target, INCOMING] += 1
+    state.counters[MOVES] += 1
 
 
 @step
@@ -189,6 +196,8 @@ def pick_target(run, state, c, failed) -> int:
             best = m
             best_load = load
             best_failures = failures
+            if load == 0 and failures == 0:  # nothing beats it; ties go to the first by id
+                break
     return best
 
 
@@ -256,7 +265,7 @@ def _migrate(run, state, w, home, due_ms, at) -> None:
         if state.adaptive:  # its outcome will be a trial of this move (or escalation)
             strategy = ESCALATION if started[p, ATTEMPT] >= max_retries else DIFFERENT_WORKER
             trial = run.inputs.trial_next[started[p, STARTED_BY]]
-            await_trial(state, trial, WORKER_DISCONNECTION, home, strategy)
+            await_trial(run, state, trial, WORKER_DISCONNECTION, home, strategy)
         if started[p, ATTEMPT] >= max_retries:
             log[row, STRATEGY] = ESCALATION
             checkpoints[key, HAS_CHECKPOINT] = 0

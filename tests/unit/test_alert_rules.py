@@ -232,3 +232,61 @@ def test_a_skew_alert_switched_off_still_resolves_on_an_event_within_the_limit()
         ("w1", "FIRING", START),
         ("w1", "RESOLVED", START + 4),
     ]
+
+
+# --- the book's ids and tasks ---------------------------------------------------------------
+
+
+def test_a_task_named_like_a_worker_keeps_its_escalation_when_the_workers_alert_resolves() -> None:
+    settings = core_settings(**only("escalations", escalations=True, clock_skew=True))
+    h = History()
+    h.failure("w2", START, "PERSISTENT_ERROR", task_id="w1")  # task "w1" escalated
+    h.heartbeat("w1", START + 500_000, received_at=START + 1)  # worker "w1": skewed
+    h.heartbeat("w1", START + 2, received_at=START + 2)  # and resolved
+    h.success("w2", START + 3, task_id="w1")  # task "w1" succeeds: its escalation resolves
+    assert [(a.rule, a.subject_id, a.state) for a in alerts(h.run(settings))] == [
+        ("escalations", "w1", "FIRING"),
+        ("clock_skew", "w1", "FIRING"),
+        ("clock_skew", "w1", "RESOLVED"),
+        ("escalations", "w1", "RESOLVED"),
+    ]
+
+
+def test_a_resolved_escalation_is_forgotten() -> None:
+    settings = core_settings(**only("escalations", escalations=True))
+    h = History()
+    for i in range(3):
+        h.failure("w1", START + i, "PERSISTENT_ERROR", task_id=f"t{i}")
+    for i in range(3):
+        h.success("w1", START + 10 + i, task_id=f"t{i}")
+    core = FleetCore(settings)
+    outputs = run(h.records, core=core)
+    assert [a.state for a in alerts(outputs)] == ["FIRING"] * 3 + ["RESOLVED"] * 3
+    # Nothing is kept for tasks that succeeded: an escalated task each, for ever, otherwise.
+    assert (core._alerts.firing, core._alerts.tasks) == ({}, set())
+
+
+def test_an_alert_id_is_derived_from_rule_subject_moment_and_input() -> None:
+    """What a reprocessing repeats: the FIRING's rule, subject, ts and caused_by, hashed."""
+    from faultstream.processors.core.ids import alert_id
+
+    settings = core_settings(
+        **only("escalations", escalations=True, clock_skew=True, class_capacity_below=50)
+    )
+    h = History()
+    h.heartbeat("w1", START + 500_000, received_at=START)  # clock skew on w1
+    h.failure("w1", START + 1, "PERSISTENT_ERROR", task_id="t1")  # escalation of t1
+    h.operator("FORCE_OPEN", "worker", "w1", START + 2)  # no capacity left in cuda
+    h.heartbeat("w1", START + 3, received_at=START + 3)
+    h.success("w1", START + 4, task_id="t1")
+    h.operator("RESET", "worker", "w1", START + 5)
+    h.operator("FORCE_OPEN", "worker", "w1", START + 6)  # the same alert again: a new id
+    outputs = alerts(h.run(settings))
+    fired = {a.alert_id: a for a in outputs if a.state == "FIRING"}
+    assert len(fired) == 4 and len(outputs) == 7
+    for a in outputs:
+        firing = fired[a.alert_id]  # a RESOLVED record carries its FIRING's id
+        assert (firing.rule, firing.subject_id) == (a.rule, a.subject_id)
+        assert a.alert_id == alert_id(
+            a.rule, a.subject_kind, a.subject_id, firing.ts, firing.caused_by
+        )

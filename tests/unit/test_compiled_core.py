@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import random
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from faultstream.processors.compiled import (
     run,
 )
 from faultstream.processors.core import FleetCore
+from faultstream.processors.core import fleet as core_fleet
 
 WORKERS = ["w1", "w2", "w3", "w4", "w5", "cuda", "c1", "c2"]  # "cuda" also names a class
 CLASSES = ["cuda", "cuda", "cuda", "cuda", "rocm", "cpu", "cpu", "cpu"]
@@ -72,6 +74,8 @@ CONFIGS = [
     {"circuits": {"task_type": {"slow_call_duration_s": 1, "minimum_number_of_calls": 2}}},
     {"circuits": {"hardware_class": {"sliding_window_type": "time", "sliding_window_size": 3}}},
     {"circuits": {"worker": {"failure_rate_threshold": 0, "slow_call_duration_s": 0}}},
+    {"circuits": {"worker": {"outlier_stdev_factor": 0.5, "outlier_interval_s": 4}}},
+    {"circuits": {"worker": {"outlier_stdev_factor": 0}}},
 ]
 
 step = st.tuples(
@@ -191,6 +195,14 @@ def build(steps: list[tuple]) -> list[InputRecord]:
             outcome = h.success if choice & 192 else h.failure
             outcome(worker, ts + 1, hardware_class=hw, task_type=task_type, task_id=task,
                     attempt=first + 1)  # fmt: skip
+        elif kind == "burst":  # outcomes of every worker of the class: outlier samples
+            for n, other in enumerate(WORKERS):
+                if classes[other] == hw:
+                    for k in range(3):
+                        ok = (choice >> ((n * 3 + k) % 16)) & 1 or n % 3
+                        outcome = h.success if ok else h.failure
+                        outcome(other, ts + k, hardware_class=hw, task_type=task_type,
+                                task_id=f"t-{other}-{k}")  # fmt: skip
         elif kind == "timed":  # a task attempt started and succeeded a while later: slow?
             h.started(worker, ts, hardware_class=hw, task_type=task_type, task_id=task,
                       attempt=attempt % 3)  # fmt: skip
@@ -225,9 +237,19 @@ def replay_settings(draw: st.DrawFn) -> CoreSettings:
             ),
         }
 
+    outliers = {
+        "outlier_stdev_factor": draw(st.sampled_from([0, 0, 0.5, 1.9])),
+        "outlier_interval_s": draw(st.sampled_from([3, 10, 45.5])),
+        "outlier_minimum_hosts": draw(st.integers(1, 4)),
+        "outlier_request_volume": draw(st.integers(1, 4)),
+    }
     return core.merged(
         {
-            "circuits": {kind: window() for kind in ("worker", "hardware_class", "task_type")},
+            "circuits": {
+                "worker": window() | outliers,
+                "hardware_class": window(),
+                "task_type": window(),
+            },
             "recovery": {
                 "adaptive": draw(st.booleans()),
                 "adaptive_min_samples": draw(st.integers(1, 4)),
@@ -488,16 +510,58 @@ def test_each_alert_rule_fires_and_resolves_as_the_core_does() -> None:
     assert compiled_lines(h.records, fast) == core_lines(h.records, fast)
 
 
-def test_outlier_ejection_is_refused_by_name() -> None:
-    """The one rule the twin does not replay: the caller falls back to the core."""
-    changes = {"circuits": {"worker": {"outlier_stdev_factor": 1.9}}}
+def test_outlier_ejection_ejects_the_worst_worker_of_a_class() -> None:
+    ejecting = core_settings(
+        circuits={
+            "worker": {
+                "outlier_stdev_factor": 1,
+                "outlier_interval_s": 10,
+                "outlier_minimum_hosts": 3,
+                "outlier_request_volume": 4,
+            }
+        }
+    )
     h = History()
-    h.failure("w1", 1_000, "WORKER_CRASH")
-    with pytest.raises(UnsupportedHistory, match="outlier"):
-        encode_history(h.records, CoreSettings().merged(changes))
-    h.config(2_000, changes)  # switched on mid-history
-    with pytest.raises(UnsupportedHistory, match="outlier"):
-        encode_history(h.records)
+    for n in range(8):  # w4 fails half its tasks; the others none
+        for worker in ("w1", "w2", "w3", "w4"):
+            if worker == "w4" and n % 2:
+                h.failure(worker, 1_000 + 500 * n, "TIMEOUT")
+            else:
+                h.success(worker, 1_000 + 500 * n)
+    h.tick(10_500)  # the boundary at 10 s judged
+    h.config(11_000, {"circuits": {"worker": {"outlier_interval_s": 7}}})
+    h.tick(30_000)
+    opened = [t for t in transitions(replay_compiled(h.records, ejecting)) if "outlier" in t.reason]
+    assert [t.circuit_id for t in opened] == ["w4"]
+    assert compiled_lines(h.records, ejecting) == core_lines(h.records, ejecting)
+
+
+ejecting_step = st.tuples(
+    st.sampled_from(
+        ["burst", "burst", "burst", "success", "failure", "tick", "silence", "config", "move"]
+    ),
+    st.integers(0, len(WORKERS) - 1),
+    st.integers(0, 3_000),
+    st.integers(0, len(FAILURE_TYPES) - 1),
+    st.sampled_from(["bert", "resnet"]),
+    st.integers(0, 2**16),
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(ejecting_step, min_size=10, max_size=100).map(build), replay_settings())
+def test_outlier_ejection_replay_equals_fleet_core(
+    records: list[InputRecord], core: CoreSettings
+) -> None:
+    """Histories where whole classes report outcomes together: outlier samples to judge."""
+    core = core.merged({"circuits": {"worker": {"outlier_stdev_factor": 0.8}}})
+    expected = core_lines(records, core)
+    try:
+        got = compiled_lines(records, core)
+    except UnsupportedHistory as exc:
+        assert "rounding" in str(exc)
+        return
+    assert got == expected
 
 
 def test_window_rules_open_on_slow_successes_and_a_failure_rate() -> None:
@@ -559,3 +623,29 @@ def test_adaptive_ladder_picks_the_rung_that_succeeded() -> None:
     last = commands(outputs)[-1]
     assert last.strategy == "REDUCED_PRECISION" and "adaptive" in last.reason
     assert compiled_lines(h.records, learning) == core_lines(h.records, learning)
+
+
+def test_commands_awaiting_their_outcome_past_the_bound_are_forgotten_alike(monkeypatch) -> None:
+    learning = core_settings(recovery={"adaptive": True, "adaptive_min_samples": 1})
+    oom = {"batch_size": "8"}
+    h = History()
+    h.failure("w1", 1_000, "RESOURCE_EXHAUSTION", task_id="t-a", attributes=oom)
+    h.failure("w1", 2_000, "RESOURCE_EXHAUSTION", task_id="t-b", attributes=oom)
+    h.success("w1", 3_000, task_id="t-a", attempt=1)  # a trial, unless t-a was forgotten
+    h.failure("w1", 4_000, "RESOURCE_EXHAUSTION", task_id="t-c", attributes=oom)
+    learned = commands(replay_compiled(h.records, learning))[-1]
+    assert "adaptive" in learned.reason
+    monkeypatch.setattr(core_fleet, "AWAITED_COMMANDS", 1)  # read by both engines
+    forgot = commands(replay_compiled(h.records, learning))[-1]
+    assert "adaptive" not in forgot.reason  # t-a's command was forgotten for t-b's
+    assert compiled_lines(h.records, learning) == core_lines(h.records, learning)
+    rng = random.Random(7)
+    kinds = ["retry", "failure", "failure", "failure", "started", "success", "silence"]
+    steps = [
+        (rng.choice(kinds), rng.randrange(len(WORKERS)), rng.randrange(3_000),
+         rng.randrange(len(FAILURE_TYPES)), rng.choice(["bert", "resnet"]), rng.randrange(2**16))
+        for _ in range(400)
+    ]  # fmt: skip
+    records = build(steps)
+    monkeypatch.setattr(core_fleet, "AWAITED_COMMANDS", 2)
+    assert compiled_lines(records, learning) == core_lines(records, learning)

@@ -920,3 +920,116 @@ def test_every_part_of_a_derived_id_matters() -> None:
     }
     assert len(migrations) == 4
     assert command_id("e5") != command_id("e6")
+
+
+# --- class membership and load, edge by edge ------------------------------------------------
+
+
+def test_a_busier_worker_between_does_not_hide_an_idle_one_after_it() -> None:
+    h = History()
+    h.started("a", ts=100, task_id="a1")  # a: 1 in flight
+    h.started("b", ts=100, task_id="b1")  # b: 2 in flight
+    h.started("b", ts=100, task_id="b2")
+    h.heartbeat("c", ts=100)  # c: idle, last by id
+    h.failure("w1", ts=1_000, failure_type="WORKER_CRASH", task_id="t1")
+    assert last_command(h).target_worker_id == "c"
+
+
+def test_a_worker_that_moves_class_leaves_its_old_classs_capacity() -> None:
+    settings = core_settings(
+        alerts={"class_capacity_below": 50, "open_longer_than_s": 0, "escalations": False,
+                "fleet_health_below": 0, "clock_skew": False}
+    )  # fmt: skip
+    h = History()
+    h.heartbeat("w1", ts=1_000)
+    h.heartbeat("w2", ts=1_000)
+    h.heartbeat("w1", ts=2_000, hardware_class="rocm")  # cuda: w2 alone
+    h.operator("FORCE_OPEN", "worker", "w2", ts=3_000)
+    fired = [o for o in h.run(settings) if o.__class__.__name__ == "Alert"]
+    assert [(a.subject_id, a.message) for a in fired] == [
+        ("cuda", "0 of 1 live cuda workers available, below 50%")
+    ]
+
+
+def test_in_flight_counts_started_tasks_and_moves_not_yet_started() -> None:
+    from faultstream.processors.core.workers import in_flight
+
+    h = History()
+    h.started("a", ts=100, task_id="a1")  # a and b: one task running each
+    h.started("b", ts=100, task_id="b1")
+    h.failure("w1", ts=1_000, failure_type="WORKER_CRASH", task_id="t1")
+    h.failure("w1", ts=1_001, failure_type="WORKER_CRASH", task_id="t2")
+    core = FleetCore()
+    out = run(h.records, core=core)
+    targets = [c.target_worker_id for c in commands(out)]
+    assert targets == ["a", "b"]  # a by id at 1 each, then b (1) before a (2)
+    assert (in_flight(core._workers["a"]), in_flight(core._workers["b"])) == (2, 2)
+
+
+# --- adaptive ladders: which measured rung wins (recovery.py adaptive_plan) ------------------
+
+OOM_ATTRIBUTES = {"batch_size": "8", "precision": "fp32"}
+RUNGS = ("REDUCED_BATCH_SIZE", "REDUCED_PRECISION", "FALLBACK_CPU")
+
+
+def adaptive_choice(*measured: tuple[int, int]):
+    """The plan of a first RESOURCE_EXHAUSTION on cuda (rungs: smaller batch, lower precision,
+    cpu) given (successes, trials) measured for its first rungs (none for the others), with
+    adaptive_min_samples 2."""
+    from faultstream.processors.core.circuit import Circuit
+    from faultstream.processors.core.recovery import plan_failure
+
+    params = CircuitParams(5, 30.0, 2.0, 300.0, 3, 3)
+    learned = {
+        ("RESOURCE_EXHAUSTION", "cuda", strategy): [trials, successes]
+        for strategy, (successes, trials) in zip(
+            RUNGS, (*measured, (0, 0), (0, 0))[:3], strict=True
+        )
+    }
+    return plan_failure(
+        failure_type=FailureType.RESOURCE_EXHAUSTION, attempt=0, max_retries=3, event_id="e1",
+        hardware_class="cuda", attributes=OOM_ATTRIBUTES, worker=Circuit(0, "g1", params),
+        hardware=Circuit(1, "cuda", params), task_type=Circuit(2, "train", params), now=0,
+        learned=learned, min_samples=2,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("measured", "chosen"),
+    [
+        # best (s + 1) / (t + 2) among the rungs with at least 2 trials
+        (((0, 4), (0, 2)), "REDUCED_PRECISION"),  # 1/6 < 1/4: the static rung is worse
+        (((1, 2), (0, 2), (0, 2)), "REDUCED_BATCH_SIZE"),  # 2/4 beats 1/4 and 1/4
+        (((2, 2), (0, 2), (3, 3)), "FALLBACK_CPU"),  # 4/5 beats 3/4: found after a worse one
+        (((1, 2), (1, 3)), "REDUCED_BATCH_SIZE"),  # 2/4 beats 2/5
+        (((0, 2), (1, 5)), "REDUCED_PRECISION"),  # 2/7 beats 1/4, by a little
+        (((1, 2), (0, 3)), "REDUCED_BATCH_SIZE"),  # 2/4 beats 1/5
+        (((0, 2), (1, 2)), "REDUCED_PRECISION"),  # 2/4 beats 1/4
+        (((0, 2), (0, 2)), "REDUCED_BATCH_SIZE"),  # a tie: ladder order
+        (((0, 2), (1, 1), (2, 2)), "FALLBACK_CPU"),  # a rung under the minimum is skipped
+    ],
+)
+def test_the_adaptive_rung_is_the_best_estimate_ties_to_ladder_order(measured, chosen) -> None:
+    plan = adaptive_choice(*measured)
+    assert plan.strategy == chosen
+    assert plan.reason.endswith(
+        f"-> {chosen}; RESOURCE_EXHAUSTION ladder rung {RUNGS.index(chosen)}"
+    )
+
+
+def test_an_adaptive_choice_keeps_its_rungs_parameters_and_target() -> None:
+    precision = adaptive_choice((0, 2), (2, 2))
+    assert (precision.parameters, precision.target_hardware_class) == ({"precision": "fp16"}, None)
+    cpu = adaptive_choice((0, 2), (0, 2), (2, 2))
+    assert (cpu.parameters, cpu.target_hardware_class) == ({}, "cpu")
+
+
+def test_the_static_ladder_names_its_exhaustion_and_the_failures_own_delay() -> None:
+    from faultstream.processors.core.recovery import Plan, ladder_plan
+
+    assert ladder_plan(FailureType.PERSISTENT_ERROR, 1, "e1", "cuda", {}) == Plan(
+        "ESCALATION", "PERSISTENT_ERROR ladder exhausted at attempt 1"
+    )
+    plan = ladder_plan(FailureType.TIMEOUT, 1, "e7", "cuda", {})
+    assert (plan.strategy, plan.delay_s) == ("DELAYED_RETRY", retry_delay_s(1, "e7"))
+    assert plan.delay_s != retry_delay_s(1, "None")

@@ -426,3 +426,172 @@ def test_commands_whose_task_never_ran_again_are_forgotten_oldest_first(monkeypa
         core.process(record)
     # t1's command was forgotten: only t2's and t3's outcomes became trials.
     assert core._learned == {("TIMEOUT", "cuda", "IMMEDIATE_RETRY"): [2, 2]}
+
+
+# --- the windows' counts, edge by edge (each written to fail when that detail alone breaks) ---
+
+
+def mixed(h: History, worker: str, pattern: str, ts: int, step_ms: int = 1_000) -> list[str]:
+    """One outcome every `step_ms` from `ts`: S a quick success, s a success that took over
+    20 s (its start is sent first), F a WORKER_CRASH, . nothing; their event ids."""
+    for i, outcome in enumerate(pattern):
+        if outcome == "s":
+            h.started(worker, ts - 20_000, task_id=f"{worker}-{i}")
+    ids = []
+    for i, outcome in enumerate(pattern):
+        at, task = ts + i * step_ms, f"{worker}-{i}"
+        if outcome == "F":
+            ids.append(h.failure(worker, at, "WORKER_CRASH", task_id=task).event_id)
+        elif outcome in "Ss":
+            ids.append(h.success(worker, at, task_id=task).event_id)
+    return ids
+
+
+SLOW_COUNT = """
+[circuits.worker]
+slow_call_duration_s = 10
+slow_call_rate_threshold = 50
+sliding_window_size = 4
+minimum_number_of_calls = 4
+"""
+TIME = 'sliding_window_type = "time"\nsliding_window_size = 3\nminimum_number_of_calls = 3\n'
+TIME_RATE = "[circuits.worker]\nfailure_rate_threshold = 50\n" + TIME
+TIME_SLOW = "[circuits.worker]\nslow_call_duration_s = 10\nslow_call_rate_threshold = 50\n" + TIME
+
+
+def test_a_count_window_forgets_exactly_one_failure_per_eviction(tmp_path, capsys) -> None:
+    h = History()
+    # F S S S | F evicts the F (1 of 4) | S | F: S F S F, 2 of 4 at the last and not before.
+    ids = outcomes(h, "w1", "FSSSFSF", START)
+    assert opened(replay(tmp_path, h, RATE, capsys)) == [
+        ("w1", "WORKER_CRASH; failure_rate 2/4 ≥ 50%", ids[6])
+    ]
+
+
+def test_a_count_window_forgets_exactly_one_slow_call_per_eviction(tmp_path, capsys) -> None:
+    h = History()
+    ids = mixed(h, "w1", "sSSSsSs", START + 60_000)  # S s S s at the last: 2 of 4
+    assert opened(replay(tmp_path, h, SLOW_COUNT, capsys)) == [
+        ("w1", "slow_call_rate 2/4 ≥ 50%", ids[6])
+    ]
+    h = History()
+    mixed(h, "w1", "sSSSSSs", START + 60_000)  # the first s is gone: S S S s, 1 of 4
+    assert opened(replay(tmp_path, h, SLOW_COUNT, capsys)) == []
+
+
+def test_a_time_window_forgets_exactly_the_failures_that_age_out(tmp_path, capsys) -> None:
+    h = History()
+    outcomes(h, "w1", "FSSSSF", START)  # the 3-s window holds S S F at the last: 1 of 3
+    assert opened(replay(tmp_path, h, TIME_RATE, capsys)) == []
+    h = History()
+    ids = outcomes(h, "w1", "FSSFSF", START)  # F S F at the last: 2 of 3, never before
+    assert opened(replay(tmp_path, h, TIME_RATE, capsys)) == [
+        ("w1", "WORKER_CRASH; failure_rate 2/3 ≥ 50%", ids[5])
+    ]
+
+
+def test_a_time_window_forgets_exactly_the_slow_calls_that_age_out(tmp_path, capsys) -> None:
+    h = History()
+    mixed(h, "w1", "sSSSSs", START + 60_000)  # S S s at the last: 1 of 3
+    assert opened(replay(tmp_path, h, TIME_SLOW, capsys)) == []
+    h = History()
+    ids = mixed(h, "w1", "SsSs", START + 60_000)  # a quick success ages out: s S s, 2 of 3
+    assert opened(replay(tmp_path, h, TIME_SLOW, capsys)) == [
+        ("w1", "slow_call_rate 2/3 ≥ 50%", ids[3])
+    ]
+    h = History()
+    ids = mixed(h, "w1", "sSSsSs", START + 60_000)  # s S s at the last, never before
+    assert opened(replay(tmp_path, h, TIME_SLOW, capsys)) == [
+        ("w1", "slow_call_rate 2/3 ≥ 50%", ids[5])
+    ]
+
+
+BOTH = """
+[circuits.worker]
+failure_rate_threshold = {failure}
+slow_call_duration_s = 10
+slow_call_rate_threshold = {slow}
+sliding_window_size = 3
+minimum_number_of_calls = 3
+"""
+
+
+@pytest.mark.parametrize(
+    ("failure", "slow", "pattern", "reason"),
+    [
+        # 2 of 3 is 66.7 %: below 67 %, named only for the rule it meets
+        (67, 33, "FFs", "slow_call_rate 1/3 ≥ 33%"),
+        (33, 67, "Fss", "failure_rate 1/3 ≥ 33%"),
+        (50, 30, "FsF", "WORKER_CRASH; failure_rate 2/3 ≥ 50%; slow_call_rate 1/3 ≥ 30%"),
+    ],
+)
+def test_each_rate_is_named_only_when_met_to_the_percent(
+    tmp_path, capsys, failure, slow, pattern, reason
+) -> None:
+    h = History()
+    ids = mixed(h, "w1", pattern, START + 60_000)
+    config = BOTH.format(failure=failure, slow=slow)
+    assert opened(replay(tmp_path, h, config, capsys)) == [("w1", reason, ids[2])]
+
+
+def test_a_one_percent_rate_and_a_one_millisecond_slow_call_are_rules_too(tmp_path, capsys) -> None:
+    h = History()
+    ids = outcomes(h, "w1", "SSSF", START)
+    config = RATE.replace("= 50", "= 1")
+    assert opened(replay(tmp_path, h, config, capsys)) == [
+        ("w1", "WORKER_CRASH; failure_rate 1/4 ≥ 1%", ids[3])
+    ]
+    h = History()
+    timed_success(h, "gpu1", "t1", START, 0)
+    last = timed_success(h, "gpu1", "t2", START + 5_000, 0.005)
+    config = SLOW.replace("slow_call_duration_s = 10", "slow_call_duration_s = 0.001")
+    assert opened(replay(tmp_path, h, config, capsys)) == [
+        ("gpu1", "slow_call_rate 1/2 ≥ 50%", last)
+    ]
+
+
+# The fleet guard asks whether one more failure would meet a window rule before counting it:
+# w2 is forced open, so half the cuda class is out and a "yes" sends w1's failure to the class.
+GUARD = "guard_min_workers = 2\nmax_open_fraction = 0.5\n"
+
+
+def guarded(derived: list[dict[str, Any]]) -> list[bool]:
+    """For each command, whether the fleet guard counted its failure on the class."""
+    return ["fleet_guard" in d["reason"] for d in derived if d["type"] == "recovery_command"]
+
+
+@pytest.mark.parametrize(
+    ("config", "pattern", "step_ms", "expected"),
+    [
+        # count window of 4, minimum 4
+        (RATE, "F", 1_000, [False]),  # 1 call: below the minimum, whatever the rate
+        (RATE, "SSSFF", 1_000, [False, True]),  # S S F F once the first S leaves: 2 of 4
+        (RATE.replace("= 50", "= 60"), "FSSSF", 1_000, [False, False]),  # the F leaves: 1 of 4
+        (RATE.replace("= 50", "= 60"), "SFFSF", 1_000, [False, False, True]),  # F F S F: 3 of 4
+        # time window of 3 s, minimum 3
+        (TIME_RATE.replace("= 50", "= 60"), "SFSF", 1_000, [False, True]),  # F S F: 2 of 3
+        (TIME_RATE.replace("= 50", "= 60"), "S.S.FS..F", 500, [False, True]),  # two age out
+        # the slow-call rule: a failure can complete the minimum (or age quick successes out)
+        (SLOW_COUNT.replace("= 4", "= 3"), "ssF", 1_000, [True]),  # s s F: 2 of 3 slow
+        (SLOW_COUNT.replace("= 4", "= 3"), "sSSF", 1_000, [False]),  # the s leaves: 0 of 3
+        (TIME_SLOW.replace("calls = 3", "calls = 2"), "SSs.F", 1_000, [True]),  # s F: 1 of 2
+    ],
+)
+def test_the_guard_question_counts_the_window_the_failure_would_make(
+    tmp_path, capsys, config, pattern, step_ms, expected
+) -> None:
+    h = History()
+    h.heartbeat("w2", START)
+    h.operator("FORCE_OPEN", "worker", "w2", START)
+    mixed(h, "w1", pattern, START + 21_000, step_ms)  # slow starts at +1 s; w2 stays live
+    assert guarded(replay(tmp_path, h, config + GUARD, capsys)) == expected
+
+
+def test_an_adaptive_ladder_with_no_rung_left_escalates_naming_it(tmp_path, capsys) -> None:
+    h = History()
+    h.failure("g1", START, "PERSISTENT_ERROR", task_id="t1", attempt=1)  # its ladder: 1 rung
+    command = last_command(replay(tmp_path, h, ADAPTIVE, capsys))
+    assert (command["strategy"], command["reason"]) == (
+        "ESCALATION",
+        "PERSISTENT_ERROR ladder exhausted at attempt 1",
+    )
