@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from faultstream.events.config import CircuitSettings
@@ -130,23 +129,14 @@ class Circuit:
     # --- outcomes ------------------------------------------------------------------
 
     def on_success(
-        self,
-        params: CircuitParams,
-        ts: int,
-        caused_by: str,
-        slow: bool = False,
-        held: Callable[[], bool] | None = None,
+        self, params: CircuitParams, ts: int, caused_by: str
     ) -> CircuitStateChanged | None:
-        """`slow`: the success took at least `slow_call_duration_s`; `held`: asked before a
-        window rule opens the circuit (the fleet guard), True holds the opening back."""
+        """The counters; a half-open circuit may close. (While CLOSED, the caller also
+        enters the success in the window: `success_in_window`.)"""
         self.total_successes += 1
         state = self.state
         if state is CLOSED:
             self.consecutive_failures = 0
-            if params.window_on:
-                met = self._window().enter(params, ts, SLOW if slow else SUCCESS)
-                if met and (held is None or not held()):
-                    return self._open(params, ts, caused_by, met)
         elif state is HALF_OPEN:
             self.half_open_successes += 1
             if self.half_open_successes >= params.success_threshold:
@@ -173,10 +163,15 @@ class Circuit:
             return self._open(params, ts, caused_by, f"{reason}; failed while half-open")
         return None
 
-    def open_outlier(
+    def success_in_window(self, params: CircuitParams, ts: int, slow: bool) -> str:
+        """A success of this CLOSED circuit enters its window: the rules it meets, as a
+        reason ('' for none). The caller opens it (`open_by`) unless the guard holds."""
+        return self._window().enter(params, ts, SLOW if slow else SUCCESS)
+
+    def open_by(
         self, params: CircuitParams, ts: int, caused_by: str, reason: str
     ) -> CircuitStateChanged:
-        """An outlier worker ejected (the fleet decided, not this circuit's outcomes)."""
+        """Opened by a rule the fleet judged: a window met on a success, an outlier."""
         return self._open(params, ts, caused_by, reason)
 
     def _window(self) -> OutcomeWindow:

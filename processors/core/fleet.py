@@ -376,12 +376,14 @@ class FleetCore:
         for circuit in (worker.circuit, worker.hw_circuit, task_type):
             mark(circuit)
             kind = params[circuit.rank]
-            if kind.window_on:
+            closed = circuit.state is CLOSED
+            changed = circuit.on_success(kind, now, event.event_id)
+            if closed and kind.window_on:
                 slow = kind.slow_ms > 0 and duration >= kind.slow_ms
-                held = self._guard(worker) if circuit.rank == WORKER else None
-                changed = circuit.on_success(kind, now, event.event_id, slow, held)
-            else:
-                changed = circuit.on_success(kind, now, event.event_id)
+                met = circuit.success_in_window(kind, now, slow)
+                # The fleet guard holds back a worker's opening: then nothing changes.
+                if met and not (circuit.rank == WORKER and self._guard_holds(worker)):
+                    changed = circuit.open_by(kind, now, event.event_id, met)
             if changed is not None:
                 out.append(changed)
                 self._transitioned(circuit, changed)
@@ -407,7 +409,7 @@ class FleetCore:
         guarded = (
             rank == WORKER
             and circuit.would_open_on_failure(self._params[WORKER], self.now)
-            and self._guard(worker)()
+            and self._guard_holds(worker)
         )
         if guarded:
             circuit = worker.hw_circuit
@@ -450,10 +452,10 @@ class FleetCore:
             )
         )
 
-    def _guard(self, worker: Worker) -> Callable[[], bool]:
-        """Asks whether the fleet guard holds back opening `worker`'s circuit now."""
+    def _guard_holds(self, worker: Worker) -> bool:
+        """Whether the fleet guard holds back opening `worker`'s circuit now."""
         members = self._by_class[worker.hardware_class].workers
-        return lambda: fleet_guard_holds(worker, members, self._guard_min, self._guard_fraction)
+        return fleet_guard_holds(worker, members, self._guard_min, self._guard_fraction)
 
     def _finished(self, worker: Worker, task_id: str, attempt: int, *, success: bool) -> None:
         """A task's outcome: no longer moving, a trial of the command it carried out, and a
@@ -706,13 +708,13 @@ class FleetCore:
                 if rate >= limit:
                     break
                 circuit = member.circuit
-                if circuit.state is not CLOSED or self._guard(member)():
+                if circuit.state is not CLOSED or self._guard_holds(member):
                     continue
                 reason = (
                     f"outlier: success rate {rate:.1%} below {limit:.1%} "
                     f"(mean {mean:.1%} of {len(sample)} {class_id} workers)"
                 )
-                change = circuit.open_outlier(params, ts, caused_by, reason)
+                change = circuit.open_by(params, ts, caused_by, reason)
                 out.append(change)
                 self._transitioned(circuit, change)
                 self._push_half_open(circuit)

@@ -144,9 +144,10 @@ def pick_target(members: ClassMembers, failed_worker: str) -> str | None:
     once."""
     best: Worker | None = None
     best_load = best_failures = 0
+    closed = CLOSED
     for member in members.workers:
         circuit = member.circuit
-        if member.lost or circuit.state is not CLOSED or member.id == failed_worker:
+        if member.lost or circuit.state is not closed or member.id == failed_worker:
             continue
         load = len(member.tasks) + member.incoming
         if best is not None and load > best_load:
