@@ -132,7 +132,8 @@ class ClassMembers:
 
 def in_flight(worker: Worker) -> int:
     """Tasks started on the worker and not finished, plus tasks moved to it that have not
-    started anywhere or finished."""
+    started anywhere or finished. (The rule's definition; `pick_target`, on the hot path,
+    inlines it.)"""
     return len(worker.tasks) + worker.incoming
 
 

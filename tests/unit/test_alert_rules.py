@@ -3,6 +3,7 @@ when that rule alone is broken; FIRING once until RESOLVED, with the same alert_
 
 from __future__ import annotations
 
+import pytest
 from histories import History, alerts, commands, core_settings, run, without_alerts
 
 from faultstream.events.models import Alert, CircuitStateChanged, RecoveryCommand
@@ -290,3 +291,152 @@ def test_an_alert_id_is_derived_from_rule_subject_moment_and_input() -> None:
         assert a.alert_id == alert_id(
             a.rule, a.subject_kind, a.subject_id, firing.ts, firing.caused_by
         )
+
+
+# --- thresholds to the edge -----------------------------------------------------------------
+
+
+def test_capacity_exactly_at_the_threshold_is_not_below_it() -> None:
+    settings = core_settings(**only("class_capacity_below", class_capacity_below=50))
+    h = History()
+    h.heartbeat("w1", START)
+    h.heartbeat("w2", START)
+    h.operator("FORCE_OPEN", "worker", "w1", START + 1)  # 1 of 2: 50 %, not below
+    h.operator("FORCE_OPEN", "worker", "w2", START + 2)  # 0 of 2
+    assert [(a.state, a.message, a.ts) for a in alerts(h.run(settings))] == [
+        ("FIRING", "0 of 2 live cuda workers available, below 50%", START + 2)
+    ]
+
+
+def test_a_lost_class_resolves_when_a_worker_comes_back() -> None:
+    settings = core_settings(**only("class_capacity_below", class_capacity_below=50))
+    h = History()
+    h.heartbeat("w1", START)
+    h.tick(START + 31_000)  # lost at +30 s: 0 live workers
+    h.heartbeat("w1", START + 40_000)  # back
+    assert [(a.state, a.message, a.ts) for a in alerts(h.run(settings))] == [
+        ("FIRING", "0 of 0 live cuda workers available, below 50%", START + 30_000),
+        ("RESOLVED", "1 of 1 live cuda workers available", START + 40_000),
+    ]
+
+
+def test_fleet_health_exactly_at_the_threshold_is_not_below_it() -> None:
+    settings = core_settings(**only("fleet_health_below", fleet_health_below=75))
+    h = History()
+    for worker in ("w1", "w2", "w3"):  # 4 circuits with cuda
+        h.heartbeat(worker, START)
+    h.operator("FORCE_OPEN", "worker", "w1", START + 1)  # 75: not below
+    h.operator("FORCE_OPEN", "worker", "w2", START + 2)  # 50
+    assert [(a.state, a.message, a.ts) for a in alerts(h.run(settings))] == [
+        ("FIRING", "overall health 50, below 75", START + 2)
+    ]
+
+
+def test_a_skew_alert_says_by_how_much_and_within_what_it_is_back() -> None:
+    settings = core_settings(**only("clock_skew", clock_skew=True))
+    h = History()
+    h.heartbeat("w1", START + 130_000, received_at=START)
+    h.heartbeat("w1", START + 1_000, received_at=START + 1_000)
+    assert [(a.state, a.message, a.ts) for a in alerts(h.run(settings))] == [
+        ("FIRING", "worker w1's clock is +130s off the broker's", START),
+        ("RESOLVED", "worker w1's clock is within 120s again", START + 1_000),
+    ]
+
+
+# --- circuits open too long, to the edge ----------------------------------------------------
+
+
+def open_longer(seconds: float, **changes) -> dict:
+    return core_settings(**only("open_longer_than_s", open_longer_than_s=seconds), **changes)
+
+
+def test_an_outage_that_ended_does_not_fire_for_the_next_one() -> None:
+    h = History()
+    h.heartbeat("w1", START)
+    h.operator("FORCE_OPEN", "worker", "w1", START)
+    h.operator("RESET", "worker", "w1", START + 10_000)  # closed after 10 s
+    h.operator("FORCE_OPEN", "worker", "w1", START + 30_000)  # a new outage
+    h.tick(START + 61_000)  # the first outage's moment: the second is 31 s old
+    assert alerts(h.run(open_longer(60))) == []
+    h.tick(START + 91_000)
+    assert [(a.state, a.ts) for a in alerts(h.run(open_longer(60)))] == [("FIRING", START + 90_000)]
+
+
+def test_an_outage_timer_set_before_the_rule_was_switched_off_fires_nothing() -> None:
+    h = History()
+    h.heartbeat("w1", START)
+    h.operator("FORCE_OPEN", "worker", "w1", START)
+    h.config(START + 10_000, {"alerts": {"open_longer_than_s": 0}})
+    h.tick(START + 61_000)
+    assert alerts(h.run(open_longer(60))) == []
+
+
+def test_an_outage_waits_for_the_setting_grown_meanwhile() -> None:
+    h = History()
+    h.heartbeat("w1", START)
+    h.operator("FORCE_OPEN", "worker", "w1", START)
+    h.config(START + 30_000, {"alerts": {"open_longer_than_s": 120}})
+    h.tick(START + 61_000)  # the old moment: not yet
+    assert alerts(h.run(open_longer(60))) == []
+    h.tick(START + 121_000)
+    assert [(a.state, a.ts, a.message) for a in alerts(h.run(open_longer(60)))] == [
+        ("FIRING", START + 120_000, "worker circuit w1 not CLOSED for 120s")
+    ]
+
+
+@pytest.mark.parametrize("seconds", [60.0007, 60.0003])  # due at +60000.7 / +60000.3 ms
+def test_a_fractional_setting_fires_at_its_millisecond_rounded_up_naming_it(seconds) -> None:
+    h = History()
+    h.heartbeat("w1", START)
+    h.operator("FORCE_OPEN", "worker", "w1", START)
+    tick = h.tick(START + 61_000)
+    [fired] = alerts(h.run(open_longer(seconds)))
+    assert (fired.state, fired.ts, fired.message, fired.caused_by) == (
+        "FIRING",
+        START + 60_001,
+        f"worker circuit w1 not CLOSED for {seconds:g}s",
+        tick.event_id,
+    )
+
+
+def test_an_outage_alert_precedes_what_fell_due_after_it() -> None:
+    settings = open_longer(20, circuits={"worker": {"recovery_timeout_s": 30}})
+    h = History()
+    h.heartbeat("w1", START)
+    for i in range(5):
+        h.failure("w1", START + i, "WORKER_CRASH", task_id=f"t{i}")  # opens at +4 ms
+    h.tick(START + 60_000)  # reveals the alert (+20 s) and the half-opening (+30 s)
+    revealed = [o for o in h.run(settings) if isinstance(o, (Alert, CircuitStateChanged))]
+    assert [(type(o).__name__, o.ts) for o in revealed[1:3]] == [
+        ("Alert", START + 20_004),
+        ("CircuitStateChanged", START + 30_004),
+    ]
+
+
+# --- clock skew, to the edge ----------------------------------------------------------------
+
+
+def test_a_skewed_worker_back_at_exactly_the_limit_resolves() -> None:
+    settings = core_settings(**only("clock_skew", clock_skew=True))
+    h = History()
+    h.heartbeat("w1", START + 130_000, received_at=START)
+    h.heartbeat("w1", START + 121_000, received_at=START + 1_000)  # exactly 120 s: within
+    assert [(a.state, a.ts) for a in alerts(h.run(settings))] == [
+        ("FIRING", START),
+        ("RESOLVED", START + 1_000),
+    ]
+
+
+def test_a_clock_that_skews_again_fires_a_new_alert() -> None:
+    settings = core_settings(**only("clock_skew", clock_skew=True))
+    h = History()
+    h.heartbeat("w1", START + 130_000, received_at=START)
+    h.heartbeat("w1", START + 1_000, received_at=START + 1_000)
+    h.heartbeat("w1", START + 132_000, received_at=START + 2_000)
+    fired = alerts(h.run(settings))
+    assert [(a.state, a.ts) for a in fired] == [
+        ("FIRING", START),
+        ("RESOLVED", START + 1_000),
+        ("FIRING", START + 2_000),
+    ]
+    assert fired[2].alert_id != fired[0].alert_id

@@ -1033,3 +1033,27 @@ def test_the_static_ladder_names_its_exhaustion_and_the_failures_own_delay() -> 
     plan = ladder_plan(FailureType.TIMEOUT, 1, "e7", "cuda", {})
     assert (plan.strategy, plan.delay_s) == ("DELAYED_RETRY", retry_delay_s(1, "e7"))
     assert plan.delay_s != retry_delay_s(1, "None")
+
+
+def test_a_moved_task_that_starts_counts_once_on_its_target() -> None:
+    h = History()
+    h.started("a", ts=100, task_id="a1")  # a and b: one task running each
+    h.started("b", ts=100, task_id="b1")
+    h.failure("w1", ts=1_000, failure_type="WORKER_CRASH", task_id="t0")  # -> a (by id)
+    h.started("a", ts=2_000, task_id="t0", attempt=1)  # arrived: a runs 2, b 1
+    h.failure("w1", ts=3_000, failure_type="WORKER_CRASH", task_id="t1")
+    assert [c.target_worker_id for c in commands(h.run())] == ["a", "b"]
+
+
+def test_a_task_moved_again_before_it_starts_leaves_its_first_target() -> None:
+    h = History()
+    h.started("p", ts=100, task_id="r1")  # p busy, q idle
+    h.heartbeat("q", ts=100)
+    h.started("b", ts=100, task_id="t0")  # t0 runs on b ...
+    h.failure("w1", ts=1_000, failure_type="WORKER_CRASH", task_id="t0")  # ... and moves: q
+    h.success("p", ts=2_000, task_id="r1")  # p idle again
+    for worker in ("p", "q", "w1"):
+        h.heartbeat(worker, ts=20_000)
+    h.tick(31_000)  # b lost: t0 migrates off it, to p; q no longer expects it
+    h.failure("w1", ts=32_000, failure_type="WORKER_CRASH", task_id="t9")
+    assert [c.target_worker_id for c in commands(h.run())] == ["q", "p", "q"]

@@ -595,3 +595,196 @@ def test_an_adaptive_ladder_with_no_rung_left_escalates_naming_it(tmp_path, caps
         "ESCALATION",
         "PERSISTENT_ERROR ladder exhausted at attempt 1",
     )
+
+
+def test_the_outlier_limit_is_the_mean_less_factor_population_stdevs(tmp_path, capsys) -> None:
+    h = History()
+    fleet_minute(h, flaky_failures=3)  # 70 % among five at 100 %: mean 95 %, stdev 11.2 %
+    h.tick(BOUNDARY)
+    [(_, reason, _)] = opened(replay(tmp_path, h, OUTLIER, capsys))
+    assert reason == "outlier: success rate 70.0% below 73.8% (mean 95.0% of 6 cuda workers)"
+
+
+def eight_hosts_two_flaky(h: History) -> None:
+    """w0 fails 5 of its 10 tasks, w1 4, w2-w7 none, in the minute before BOUNDARY."""
+    at = BOUNDARY - MINUTE
+    for n in range(10):
+        for w in range(8):
+            worker = f"w{w}"
+            if n < {0: 5, 1: 4}.get(w, 0):
+                h.failure(worker, at + n * 5_000, "TIMEOUT", task_id=f"{worker}-{n}")
+            else:
+                h.success(worker, at + n * 5_000, task_id=f"{worker}-{n}")
+
+
+def test_outliers_are_ejected_worst_first_and_one_not_closed_shields_no_other(
+    tmp_path, capsys
+) -> None:
+    config = OUTLIER.replace("= 1.9", "= 1.0")  # limit 69.1 %: w0 at 50 %, w1 at 60 %
+    h = History()
+    eight_hosts_two_flaky(h)
+    h.tick(BOUNDARY)
+    assert [c for c, _, _ in opened(replay(tmp_path, h, config, capsys))] == ["w0", "w1"]
+    h = History()
+    eight_hosts_two_flaky(h)
+    h.operator("FORCE_OPEN", "worker", "w0", BOUNDARY - 1)  # still in the sample
+    h.tick(BOUNDARY)
+    [(worker, reason, _)] = opened(replay(tmp_path, h, config, capsys))
+    assert (worker, reason) == (
+        "w1",
+        "outlier: success rate 60.0% below 69.1% (mean 88.8% of 8 cuda workers)",
+    )
+
+
+def test_the_fleet_guard_holds_back_an_outlier_ejection(tmp_path, capsys) -> None:
+    h = History()
+    fleet_minute(h, flaky_failures=3)
+    for worker in ("w1", "w2", "w3"):  # half the class open: ejecting w0 would leave 2 of 6
+        h.operator("FORCE_OPEN", "worker", worker, BOUNDARY - 1)
+    h.tick(BOUNDARY)
+    assert opened(replay(tmp_path, h, OUTLIER + "guard_min_workers = 4\n", capsys)) == []
+
+
+def class_minute(h: History, prefix: str, hardware_class: str, failures: list[int], at: int):
+    """Workers `prefix`0, 1, … of `hardware_class` with 10 outcomes each, 5 s apart from
+    `at`; worker i fails the first failures[i] of its tasks."""
+    for n in range(10):
+        for w, failed in enumerate(failures):
+            worker, task = f"{prefix}{w}", f"{prefix}{w}-{n}-{at}"
+            if n < failed:
+                h.failure(worker, at + n * 5_000, "TIMEOUT", task_id=task,
+                          hardware_class=hardware_class)  # fmt: skip
+            else:
+                h.success(worker, at + n * 5_000, task_id=task, hardware_class=hardware_class)
+
+
+def test_a_fleet_failing_alike_ejects_no_one(tmp_path, capsys) -> None:
+    h = History()
+    fleet_minute(h, flaky_failures=0)  # all at 100 %: every rate equals the limit
+    h.tick(BOUNDARY)
+    assert opened(replay(tmp_path, h, OUTLIER, capsys)) == []
+
+
+def test_every_hardware_class_is_judged_on_its_own(tmp_path, capsys) -> None:
+    h = History()
+    class_minute(h, "c", "cpu", [0], BOUNDARY - MINUTE)  # cpu: one host, too few
+    fleet_minute(h, flaky_failures=3)
+    h.tick(BOUNDARY)
+    assert [c for c, _, _ in opened(replay(tmp_path, h, OUTLIER, capsys))] == ["w0"]
+    h = History()
+    class_minute(h, "c", "cpu", [3, 0, 0, 0, 0, 0], BOUNDARY - MINUTE)
+    fleet_minute(h, flaky_failures=3)
+    h.tick(BOUNDARY)
+    assert [c for c, _, _ in opened(replay(tmp_path, h, OUTLIER, capsys))] == ["c0", "w0"]
+
+
+def test_each_interval_is_judged_on_its_own_outcomes(tmp_path, capsys) -> None:
+    h = History()
+    fleet_minute(h, flaky_failures=0)  # a clean minute: judged, no one ejected
+    class_minute(h, "w", "cuda", [3, 0, 0, 0, 0, 0], BOUNDARY)  # the next one: w0 at 70 %
+    tick = h.tick(BOUNDARY + MINUTE)
+    assert opened(replay(tmp_path, h, OUTLIER, capsys)) == [
+        (
+            "w0",
+            "outlier: success rate 70.0% below 73.8% (mean 95.0% of 6 cuda workers)",
+            tick.event_id,
+        )
+    ]
+
+
+def test_a_new_interval_drops_the_boundary_of_the_old_one(tmp_path, capsys) -> None:
+    config = OUTLIER + "\n[recovery]\nheartbeat_timeout_s = 300\n"
+    h = History()
+    h.heartbeat("w0", START)  # the rule's first boundary: START + 60 s
+    h.config(START + 1, {"circuits": {"worker": {"outlier_interval_s": 120}}})
+    # From +30 s to +75 s: across the old boundary, within the new interval.
+    class_minute(h, "w", "cuda", [3, 0, 0, 0, 0, 0], START + 30_000)
+    tick = h.tick(START + 120_000)
+    assert opened(replay(tmp_path, h, config, capsys)) == [
+        (
+            "w0",
+            "outlier: success rate 70.0% below 73.8% (mean 95.0% of 6 cuda workers)",
+            tick.event_id,
+        )
+    ]
+
+
+OUTLIER_ON = {
+    "outlier_stdev_factor": 1.0,
+    "outlier_interval_s": 60,
+    "outlier_minimum_hosts": 5,
+    "outlier_request_volume": 10,
+}
+
+
+def test_outlier_ejection_switched_on_at_run_time_judges_from_the_next_boundary(
+    tmp_path, capsys
+) -> None:
+    h = History()
+    h.heartbeat("w0", START)
+    h.config(START + 1, {"circuits": {"worker": OUTLIER_ON}})  # off until now
+    fleet_minute(h, flaky_failures=3)
+    tick = h.tick(BOUNDARY)
+    assert [(c, by) for c, _, by in opened(replay(tmp_path, h, "", capsys))] == [
+        ("w0", tick.event_id)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("factor", "change"),
+    [
+        (1.9, {"outlier_stdev_factor": 0}),
+        (1.0, {"outlier_stdev_factor": 0}),  # a factor of 1 was on too
+        (1.9, {"outlier_stdev_factor": 0, "outlier_interval_s": 30}),  # off, whatever else
+    ],
+)
+def test_outlier_ejection_switched_off_before_its_boundary_ejects_no_one(
+    tmp_path, capsys, factor, change
+) -> None:
+    h = History()
+    fleet_minute(h, flaky_failures=3)
+    h.config(BOUNDARY - 1, {"circuits": {"worker": change}})
+    h.tick(BOUNDARY)
+    config = OUTLIER.replace("= 1.9", f"= {factor}")
+    assert opened(replay(tmp_path, h, config, capsys)) == []
+
+
+def test_a_new_factor_keeps_the_interval_and_its_counts(tmp_path, capsys) -> None:
+    h = History()
+    fleet_minute(h, flaky_failures=3)
+    h.config(BOUNDARY - 1, {"circuits": {"worker": {"outlier_stdev_factor": 1.8}}})
+    h.tick(BOUNDARY)
+    assert [reason for _, reason, _ in opened(replay(tmp_path, h, OUTLIER, capsys))] == [
+        "outlier: success rate 70.0% below 74.9% (mean 95.0% of 6 cuda workers)"
+    ]
+
+
+def test_outlier_counts_start_from_nothing_when_switched_back_on(tmp_path, capsys) -> None:
+    h = History()
+    h.heartbeat("w0", START)
+    h.config(START + 1, {"circuits": {"worker": {"outlier_stdev_factor": 0}}})
+    h.config(START + 2, {"circuits": {"worker": {"outlier_stdev_factor": 1.9}}})
+    fleet_minute(h, flaky_failures=3)
+    h.tick(BOUNDARY)
+    assert [reason for _, reason, _ in opened(replay(tmp_path, h, OUTLIER, capsys))] == [
+        "outlier: success rate 70.0% below 73.8% (mean 95.0% of 6 cuda workers)"
+    ]
+
+
+def test_a_boundary_is_judged_before_anything_else_due_that_millisecond(tmp_path, capsys) -> None:
+    h = History()
+    outcomes = [
+        (BOUNDARY - MINUTE + n * 5_000, f"w{w}", False) for n in range(10) for w in range(5)
+    ]
+    # A0 (its id sorts before every w) fails 3 of 10, the last 30 s before the boundary:
+    # it is lost at the boundary's very millisecond, but was live for its interval.
+    outcomes += [(BOUNDARY - 57_000 + n * 3_000, "A0", n < 3) for n in range(10)]
+    for i, (at, worker, failed) in enumerate(sorted(outcomes)):
+        if failed:
+            h.failure(worker, at, "TIMEOUT", task_id=f"t{i}")
+        else:
+            h.success(worker, at, task_id=f"t{i}")
+    tick = h.tick(BOUNDARY + 1)
+    assert [
+        (c, r.split(" below")[0], by) for c, r, by in opened(replay(tmp_path, h, OUTLIER, capsys))
+    ] == [("A0", "outlier: success rate 70.0%", tick.event_id)]
