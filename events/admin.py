@@ -208,7 +208,26 @@ def create_topics(kafka: KafkaSettings) -> list[str]:
                 continue
             raise KafkaAdminError(f"cannot create topic {spec.name}: {error.str()}") from None
         created.append(spec.name)
+    _await_metadata(kafka, {spec.name: spec.partitions for spec in wanted})
     return created
+
+
+def _await_metadata(kafka: KafkaSettings, partitions: dict[str, int]) -> None:
+    """Return once the broker's metadata shows each new topic with all its partitions: a
+    created topic reaches every broker's metadata a moment later (KRaft), and a client
+    started right after `topics create` should find it whole. Bounded; a broker slower
+    than that is left to the clients' own retries."""
+    deadline = time.monotonic() + _TIMEOUT_S
+    while time.monotonic() < deadline:
+        metadata = cluster_metadata(kafka, timeout_s=_CONNECT_TIMEOUT_S)
+        if all(
+            name in metadata.topics
+            and metadata.topics[name].error is None
+            and len(metadata.topics[name].partitions) == count
+            for name, count in partitions.items()
+        ):
+            return
+        time.sleep(0.1)
 
 
 def _raise_message_limits(admin: AdminClient, specs: list[TopicSpec]) -> None:
