@@ -2,12 +2,17 @@
 
 `FleetCore.process(record)` is a deterministic function of (state, record, settings): no
 clock, no I/O, no randomness. It evolves its own state in place (for speed) and returns
-the derived records in order. Read CIRCUITS.md beside it; the sections match.
+the derived records in order. Read docs/circuits.md beside it; the sections match.
 
 Figures: every change to what the views count (a circuit's counters and state, a worker's
 liveness, class or availability, a class's capacity) marks the circuits whose figures it
 changes; each TICK publishes one `circuit_figures` record per marked circuit, in (kind
-rank, id) order, and clears the marks (/tmp/figures-spec.md until the docs have it).
+rank, id) order, and clears the marks (docs/architecture.md, "One truth").
+
+Beyond consecutive failures: windows (window.py) are entered as outcomes are counted;
+outlier boundaries and open-too-long timers are due moments in the same heap as the
+half-openings and lost workers; alerts (alerts.py) are decided where their rule is and
+written after the records of their decision (`_judge_alerts`).
 """
 
 from __future__ import annotations
