@@ -130,7 +130,7 @@ def first_run_hint(after_s: float = 3.0) -> Iterator[None]:
         if compiling():
             print(
                 "faultstream replay: compiling the fast paths on their first run here "
-                "(about 35 s; later runs load them)",
+                "(about 2 minutes; later runs load them)",
                 file=sys.stderr,
                 flush=True,
             )

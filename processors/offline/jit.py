@@ -1,6 +1,7 @@
 """Numba's on-disk cache. A fast path's first call on a machine compiles it (replay's
-compiled core: about 35 s here); every later call, in any process, loads it in well under
-a second. This says which still has to compile, so a command can say why it is slow."""
+compiled core: about 2 minutes here); every later call, in any process, loads it in well
+under a second. This says which still has to compile, so a command can say why it is
+slow."""
 
 from __future__ import annotations
 
