@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,8 +26,8 @@ from faultstream.events.models import (
     CircuitStateChanged,
     DerivedRecord,
     FailureType,
-    RecoveryCommand,
     RecoveryStrategy,
+    trusted,
 )
 from faultstream.processors.core.alerts import (
     CAPACITY,
@@ -36,7 +35,7 @@ from faultstream.processors.core.alerts import (
     ESCALATIONS,
     FLEET_HEALTH,
     OPEN_LONGER,
-    SEVERITY,
+    alert_record,
 )
 from faultstream.processors.core.ids import (
     alert_id,
@@ -121,8 +120,6 @@ from .state import (
     WORKER_STATE,
 )
 
-_Record = TypeVar("_Record", CircuitStateChanged, RecoveryCommand, CircuitFigures, Alert)
-_set = object.__setattr__
 STATES = (CircuitState.CLOSED, CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.FORCED_OPEN)
 _ESCALATION = RecoveryStrategy.ESCALATION
 _DELAYED = RecoveryStrategy.DELAYED_RETRY
@@ -303,7 +300,7 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
             else:
                 raise AssertionError(f"log row with reason code {reason_code}")
             append(
-                _trusted(
+                trusted(
                     CircuitStateChanged,
                     {
                         "event_id": transition_id(
@@ -403,26 +400,25 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
                 raise AssertionError(
                     f"record {record}: kernel chose {strategy}, plan {plan.strategy}"
                 )
-            reason = f"fleet_guard; {plan.reason}" if guarded else plan.reason
+            if guarded:
+                plan = Plan(
+                    strategy,
+                    f"fleet_guard; {plan.reason}",
+                    plan.delay_s,
+                    plan.target_hardware_class,
+                    plan.parameters,
+                )
             append(
-                _trusted(
-                    RecoveryCommand,
-                    {
-                        "command_id": command_id(caused_by),
-                        "ts": ts,
-                        "task_id": task_id,
-                        "task_type": task_type,
-                        "worker_id": worker_id,
-                        "strategy": strategy,
-                        "attempt": attempt + 1,
-                        "delay_s": float(plan.delay_s),
-                        "target_worker_id": target,
-                        "target_hardware_class": plan.target_hardware_class,
-                        "parameters": dict(plan.parameters),  # a plan may be shared
-                        "checkpoint_seq": checkpoint,
-                        "reason": reason,
-                        "caused_by": caused_by,
-                    },
+                plan.command(
+                    command_id=command_id(caused_by),
+                    ts=ts,
+                    task_id=task_id,
+                    task_type=task_type,
+                    worker_id=worker_id,
+                    attempt=attempt,
+                    target=target,
+                    checkpoint=checkpoint,
+                    caused_by=caused_by,
                 )
             )
             continue
@@ -438,24 +434,16 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
         else:
             plan = Plan(_DIFFERENT_WORKER, reason)
         append(
-            _trusted(
-                RecoveryCommand,
-                {
-                    "command_id": migration_command_id(worker_id, due_ms, task_id),
-                    "ts": ts,
-                    "task_id": task_id,
-                    "task_type": task_type,
-                    "worker_id": worker_id,
-                    "strategy": plan.strategy,
-                    "attempt": attempt + 1,
-                    "delay_s": float(plan.delay_s),
-                    "target_worker_id": target,
-                    "target_hardware_class": plan.target_hardware_class,
-                    "parameters": plan.parameters,
-                    "checkpoint_seq": checkpoint,
-                    "reason": plan.reason,
-                    "caused_by": caused_by,
-                },
+            plan.command(
+                command_id=migration_command_id(worker_id, due_ms, task_id),
+                ts=ts,
+                task_id=task_id,
+                task_type=task_type,
+                worker_id=worker_id,
+                attempt=attempt,
+                target=target,
+                checkpoint=checkpoint,
+                caused_by=caused_by,
             )
         )
     return out
@@ -524,20 +512,8 @@ class _Alerts:
             aid = self.firing[key] = alert_id(rule, kind, subject_id, ts, caused_by)  # type: ignore[arg-type]
         else:
             aid = self.firing.pop(key)
-        return _trusted(
-            Alert,
-            {
-                "alert_id": aid,
-                "ts": ts,
-                "rule": rule,
-                "subject_kind": kind,
-                "subject_id": subject_id,
-                "severity": SEVERITY[rule],
-                "state": AlertState.FIRING if firing else AlertState.RESOLVED,
-                "message": message,
-                "caused_by": caused_by,
-            },
-        )
+        state = AlertState.FIRING if firing else AlertState.RESOLVED
+        return alert_record(aid, state, key, message, ts, caused_by)
 
 
 def _figures(
@@ -567,7 +543,7 @@ def _figures(
             live, available = bool(live_figure), bool(available_figure)
     elif circuit_kind is _CLASS_KIND:
         workers, live_workers, available_workers = by_kind, live_figure, available_figure
-    return _trusted(
+    return trusted(
         CircuitFigures,
         {
             "event_id": figures_id(caused_by, circuit_kind.value, circuit_id),
@@ -591,17 +567,6 @@ def _figures(
             "available_workers": available_workers,
         },
     )
-
-
-def _trusted(cls: type[_Record], values: dict[str, Any]) -> _Record:
-    """`cls.model_construct(**values)` for `values` naming every field: its walk over the
-    fields (for aliases and defaults these models do not have) was a third of the cost."""
-    record = cls.__new__(cls)
-    _set(record, "__dict__", values)
-    _set(record, "__pydantic_fields_set__", set(values))
-    _set(record, "__pydantic_extra__", None)
-    _set(record, "__pydantic_private__", None)
-    return record
 
 
 def _rates(window: tuple, settings: CoreSettings, kind: CircuitKind) -> str:

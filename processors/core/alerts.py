@@ -6,7 +6,7 @@ resolved, and gives the records their deterministic ids.
 
 from __future__ import annotations
 
-from faultstream.events.models import Alert, AlertState
+from faultstream.events.models import Alert, AlertState, trusted
 
 from .ids import alert_id
 
@@ -46,7 +46,7 @@ class AlertBook:
         aid = self.firing[key] = alert_id(rule, kind, subject, ts, caused_by)
         if rule == ESCALATIONS:
             self.tasks.add(subject)
-        return _alert(aid, AlertState.FIRING, key, message, ts, caused_by)
+        return alert_record(aid, AlertState.FIRING, key, message, ts, caused_by)
 
     def resolve(
         self, rule: str, kind: str, subject: str, message: str, ts: int, caused_by: str
@@ -58,13 +58,13 @@ class AlertBook:
             return None
         if rule == ESCALATIONS:
             self.tasks.discard(subject)
-        return _alert(aid, AlertState.RESOLVED, key, message, ts, caused_by)
+        return alert_record(aid, AlertState.RESOLVED, key, message, ts, caused_by)
 
     def fires(self, rule: str, kind: str, subject: str) -> bool:
         return (rule, kind, subject) in self.firing
 
 
-def _alert(
+def alert_record(
     aid: str,
     state: AlertState,
     key: tuple[str, str, str],
@@ -72,15 +72,20 @@ def _alert(
     ts: int,
     caused_by: str,
 ) -> Alert:
+    """The alert record of one firing or resolving of the alert `key` (rule, subject kind,
+    subject id), under its alert_id `aid`."""
     rule, kind, subject = key
-    return Alert.model_construct(
-        alert_id=aid,
-        ts=ts,
-        rule=rule,
-        subject_kind=kind,
-        subject_id=subject,
-        severity=SEVERITY[rule],
-        state=state,
-        message=message,
-        caused_by=caused_by,
+    return trusted(
+        Alert,
+        {
+            "alert_id": aid,
+            "ts": ts,
+            "rule": rule,
+            "subject_kind": kind,
+            "subject_id": subject,
+            "severity": SEVERITY[rule],
+            "state": state,
+            "message": message,
+            "caused_by": caused_by,
+        },
     )

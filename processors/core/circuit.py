@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from faultstream.events.config import CircuitSettings
 from faultstream.events.health import circuit_health
-from faultstream.events.models import CircuitKind, CircuitState, CircuitStateChanged
+from faultstream.events.models import CircuitKind, CircuitState, CircuitStateChanged, trusted
 
 from .ids import transition_id
 from .window import FAILURE, SLOW, SUCCESS, OutcomeWindow
@@ -129,14 +129,19 @@ class Circuit:
     # --- outcomes ------------------------------------------------------------------
 
     def on_success(
-        self, params: CircuitParams, ts: int, caused_by: str
-    ) -> CircuitStateChanged | None:
-        """The counters; a half-open circuit may close. (While CLOSED, the caller also
-        enters the success in the window: `success_in_window`.)"""
+        self, params: CircuitParams, ts: int, caused_by: str, duration: int
+    ) -> CircuitStateChanged | str | None:
+        """The counters; a half-open circuit may close; a CLOSED one enters the success (slow
+        when its `duration`, -1 if unknown, reaches slow_call_duration_s) in its window and
+        returns the rules that meets, as a reason: the caller opens it (`open_by`) unless
+        the fleet guard holds."""
         self.total_successes += 1
         state = self.state
         if state is CLOSED:
             self.consecutive_failures = 0
+            if params.window_on:
+                slow = params.slow_ms > 0 and duration >= params.slow_ms
+                return self._window().enter(params, ts, SLOW if slow else SUCCESS) or None
         elif state is HALF_OPEN:
             self.half_open_successes += 1
             if self.half_open_successes >= params.success_threshold:
@@ -162,11 +167,6 @@ class Circuit:
         elif state is HALF_OPEN:
             return self._open(params, ts, caused_by, f"{reason}; failed while half-open")
         return None
-
-    def success_in_window(self, params: CircuitParams, ts: int, slow: bool) -> str:
-        """A success of this CLOSED circuit enters its window: the rules it meets, as a
-        reason ('' for none). The caller opens it (`open_by`) unless the guard holds."""
-        return self._window().enter(params, ts, SLOW if slow else SUCCESS)
 
     def open_by(
         self, params: CircuitParams, ts: int, caused_by: str, reason: str
@@ -236,17 +236,21 @@ class Circuit:
             if self.window is not None:
                 self.window.clear()
             self.outage_since = ts if from_state is CLOSED else -1
-        return CircuitStateChanged.model_construct(
-            event_id=transition_id(caused_by, self.kind.value, self.id, from_state, to_state, ts),
-            ts=ts,
-            circuit_kind=self.kind,
-            circuit_id=self.id,
-            from_state=from_state,
-            to_state=to_state,
-            reason=reason,
-            consecutive_failures=self.consecutive_failures,
-            trips=self.trips,
-            reset_timeout_s=self.reset_timeout_s,
-            health=self.health,
-            caused_by=caused_by,
+        kind = self.kind
+        return trusted(
+            CircuitStateChanged,
+            {
+                "event_id": transition_id(caused_by, kind.value, self.id, from_state, to_state, ts),
+                "ts": ts,
+                "circuit_kind": kind,
+                "circuit_id": self.id,
+                "from_state": from_state,
+                "to_state": to_state,
+                "reason": reason,
+                "consecutive_failures": self.consecutive_failures,
+                "trips": self.trips,
+                "reset_timeout_s": self.reset_timeout_s,
+                "health": self.health,
+                "caused_by": caused_by,
+            },
         )

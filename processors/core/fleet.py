@@ -21,7 +21,8 @@ import math
 import pickle
 from collections import deque
 from collections.abc import Callable
-from heapq import heapify, heappop, heappush
+from heapq import heapify, heappop, heappush, heapreplace
+from operator import attrgetter
 from typing import Any
 
 from faultstream.events.classify import classify_message
@@ -56,7 +57,7 @@ from .circuit import (
     Circuit,
     CircuitParams,
 )
-from .ids import command_id, migration_command_id
+from .ids import command_id, figures_ids, migration_command_id
 from .recovery import MOVES_TASK, Learned, Plan, plan_failure
 from .view import capacity_view, circuits_view, figures, workers_view
 from .workers import ClassMembers, Worker, fleet_guard_holds, pick_target, remember
@@ -69,7 +70,9 @@ AWAITED_COMMANDS = 100_000  # commands whose outcome may still come (adaptive tr
 BOUNDARY = -1
 LOST = 3
 OUTAGE = 4
-_SNAPSHOT_VERSION = 4  # 3: figure marks; 4: windows, outliers, moves, trials, alerts
+# 3: figure marks; 4: windows, outliers, moves, trials, alerts; 5: windows' two deques, floors
+_SNAPSHOT_VERSION = 5
+_RANK_AND_ID = attrgetter("rank", "id")  # the order figures are published in
 _KIND_RANK = {
     CircuitKind.WORKER: WORKER,
     CircuitKind.HARDWARE_CLASS: HARDWARE_CLASS,
@@ -126,6 +129,8 @@ class FleetCore:
         }
         self._max_retries = settings.recovery.max_retries
         self._heartbeat_ms = settings.recovery.heartbeat_timeout_s * 1000.0
+        # A whole number of ms (the usual case): an int ms plus it needs no rounding.
+        self._heartbeat_whole = self._heartbeat_ms.is_integer()
         self._guard_fraction = circuits.worker.max_open_fraction
         self._guard_min = circuits.worker.guard_min_workers
         worker = circuits.worker
@@ -221,8 +226,13 @@ class FleetCore:
         now = self.now
         not_yet = []
         while heap and heap[0][0] <= now:
+            due, _, rank, _, target, gen = heap[0]
+            if rank == LOST and gen == target.timer_gen and not target.lost:
+                current = self._lost_due(target)
+                if current > due:  # seen since the timer was set: wait for the newer due
+                    self._push_lost_timer(target, current, replacing_top=True)
+                    continue
             entry = heappop(heap)
-            due, _, rank, _, target, gen = entry
             if rank == BOUNDARY:
                 if gen != self._boundary_gen:
                     continue
@@ -238,10 +248,6 @@ class FleetCore:
                 self._transitioned(target, change)
             elif rank == LOST:
                 if gen != target.timer_gen or target.lost:
-                    continue
-                current = self._lost_due(target)
-                if current > due:  # seen since the timer was set: wait for the newer due
-                    self._push_lost_timer(target, current)
                     continue
                 if due >= now:
                     not_yet.append(entry)
@@ -263,12 +269,17 @@ class FleetCore:
         heappush(self._heap, entry)
 
     def _lost_due(self, worker: Worker) -> float:
-        return round(worker.last_ts + self._heartbeat_ms, 6)
+        due = worker.last_ts + self._heartbeat_ms
+        return due if self._heartbeat_whole else round(due, 6)
 
-    def _push_lost_timer(self, worker: Worker, due: float) -> None:
+    def _push_lost_timer(self, worker: Worker, due: float, replacing_top: bool = False) -> None:
+        """The worker's timer, due at `due`; `replacing_top` the heap's top entry in the same
+        move (one sift instead of a pop and a push: each live worker's timer does that once
+        a timeout)."""
         worker.timer_gen += 1
         self._seq += 1
-        heappush(self._heap, (due, worker.id, LOST, self._seq, worker, worker.timer_gen))
+        entry = (due, worker.id, LOST, self._seq, worker, worker.timer_gen)
+        (heapreplace if replacing_top else heappush)(self._heap, entry)
 
     # --- workers -------------------------------------------------------------------
 
@@ -358,7 +369,7 @@ class FleetCore:
         tasks.pop(task_id, None)  # type: ignore[arg-type]  # a restart is its newest start
         tasks[task_id] = (event.attempt, event.task_type)  # type: ignore[index]
         self._starts[task_id, event.attempt] = self._received  # type: ignore[index]
-        if self._moves:
+        if task_id in self._moves:
             self._arrived(task_id)  # type: ignore[arg-type]
         self._circuit(TASK_TYPE, event.task_type)  # type: ignore[arg-type]
 
@@ -369,10 +380,8 @@ class FleetCore:
 
     def _on_success(self, worker: Worker, event: WorkerEvent, out: list) -> None:
         task_id = event.task_id
-        worker.tasks.pop(task_id, None)  # type: ignore[arg-type]
         self._checkpoints.pop(task_id, None)  # type: ignore[arg-type]
-        self._finished(worker, task_id, event.attempt, success=True)  # type: ignore[arg-type]
-        started = self._starts.pop((task_id, event.attempt), None)  # type: ignore[arg-type]
+        started = self._finished(worker, task_id, event.attempt, success=True)  # type: ignore[arg-type]
         task_type = self._circuit(TASK_TYPE, event.task_type)  # type: ignore[arg-type]
         now = self.now
         params = self._params
@@ -381,14 +390,12 @@ class FleetCore:
         for circuit in (worker.circuit, worker.hw_circuit, task_type):
             mark(circuit)
             kind = params[circuit.rank]
-            closed = circuit.state is CLOSED
-            changed = circuit.on_success(kind, now, event.event_id)
-            if closed and kind.window_on:
-                slow = kind.slow_ms > 0 and duration >= kind.slow_ms
-                met = circuit.success_in_window(kind, now, slow)
+            changed = circuit.on_success(kind, now, event.event_id, duration)
+            if isinstance(changed, str):  # a window rule met
                 # The fleet guard holds back a worker's opening: then nothing changes.
-                if met and not (circuit.rank == WORKER and self._guard_holds(worker)):
-                    changed = circuit.open_by(kind, now, event.event_id, met)
+                if circuit.rank == WORKER and self._guard_holds(worker):
+                    continue
+                changed = circuit.open_by(kind, now, event.event_id, changed)  # type: ignore[arg-type]
             if changed is not None:
                 out.append(changed)
                 self._transitioned(circuit, changed)
@@ -402,9 +409,7 @@ class FleetCore:
             )
 
     def _on_failure(self, worker: Worker, event: WorkerEvent, out: list) -> None:
-        worker.tasks.pop(event.task_id, None)  # type: ignore[arg-type]
         self._finished(worker, event.task_id, event.attempt, success=False)  # type: ignore[arg-type]
-        self._starts.pop((event.task_id, event.attempt), None)  # type: ignore[arg-type]
         failure_type = event.failure_type or classify_message(event.message)
         task_type = self._circuit(TASK_TYPE, event.task_type)  # type: ignore[arg-type]
         rank = self._attribution[failure_type]
@@ -462,12 +467,16 @@ class FleetCore:
         members = self._by_class[worker.hardware_class].workers
         return fleet_guard_holds(worker, members, self._guard_min, self._guard_fraction)
 
-    def _finished(self, worker: Worker, task_id: str, attempt: int, *, success: bool) -> None:
-        """A task's outcome: no longer moving, a trial of the command it carried out, and a
-        share of its worker's success rate in this outlier interval."""
-        if self._moves:
+    def _finished(self, worker: Worker, task_id: str, attempt: int, *, success: bool) -> int | None:
+        """A task's outcome: no longer in flight or moving, a trial of the command it
+        carried out, and a share of its worker's success rate in this outlier interval.
+        The received_at of that attempt's newest start (None: not seen) is returned."""
+        if worker.tasks.pop(task_id, None) is not None:
+            self._by_class[worker.hardware_class].lower(worker)  # its load fell
+        if task_id in self._moves:
             self._arrived(task_id)
-        trial = self._awaiting.pop((task_id, attempt), None)
+        key = (task_id, attempt)
+        trial = self._awaiting.pop(key, None)
         if trial is not None:
             counts = self._learned.setdefault(trial, [0, 0])
             counts[0] += 1
@@ -477,11 +486,13 @@ class FleetCore:
                 worker.interval_successes += 1
             else:
                 worker.interval_failures += 1
+        return self._starts.pop(key, None)
 
     def _arrived(self, task_id: str) -> None:
         target = self._moves.pop(task_id, None)
         if target is not None:
             target.incoming -= 1
+            self._by_class[target.hardware_class].lower(target)
 
     # --- circuits and commands -----------------------------------------------------
 
@@ -520,9 +531,8 @@ class FleetCore:
             if worker is not None:
                 marked.add(worker.hw_circuit)
                 if not worker.lost and (was is CLOSED or now_in is CLOSED):
-                    self._by_class[worker.hardware_class].closed_live += (
-                        1 if now_in is CLOSED else -1
-                    )
+                    members = self._by_class[worker.hardware_class]
+                    members.closed(worker, 1 if now_in is CLOSED else -1)
                     self._dirty_classes.add(worker.hardware_class)
         elif circuit.rank == HARDWARE_CLASS:
             members = self._by_class.get(circuit.id)
@@ -548,16 +558,18 @@ class FleetCore:
         """One circuit_figures per marked circuit, in (kind rank, id) order; marks cleared."""
         now = self.now
         workers, by_class = self._workers, self._by_class
-        for circuit in sorted(self._marked, key=_rank_and_id):
+        figures_id = figures_ids(caused_by)
+        for circuit in sorted(self._marked, key=_RANK_AND_ID):
+            event_id = figures_id(circuit.kind, circuit.id)
             if circuit.rank == WORKER:
-                out.append(figures(circuit, now, caused_by, worker=workers.get(circuit.id)))
+                worker = workers.get(circuit.id)
+                out.append(figures(circuit, now, caused_by, event_id, worker=worker))
             elif circuit.rank == HARDWARE_CLASS:
                 members = by_class.get(circuit.id)
-                out.append(
-                    figures(circuit, now, caused_by, members=members.workers if members else ())
-                )
+                known = members.capacity(circuit.state) if members else None
+                out.append(figures(circuit, now, caused_by, event_id, class_capacity=known))
             else:
-                out.append(figures(circuit, now, caused_by))
+                out.append(figures(circuit, now, caused_by, event_id))
         self._marked.clear()
 
     def _command(
@@ -595,20 +607,15 @@ class FleetCore:
         awaiting[key] = (*failure, strategy)
         if len(awaiting) > AWAITED_COMMANDS:  # one whose task never ran again: forget it
             del awaiting[next(iter(awaiting))]
-        return RecoveryCommand.model_construct(
+        return plan.command(
             command_id=cid,
             ts=ts,
             task_id=task_id,
             task_type=task_type,
             worker_id=worker.id,
-            strategy=strategy,
-            attempt=attempt + 1,
-            delay_s=float(plan.delay_s),
-            target_worker_id=target,
-            target_hardware_class=plan.target_hardware_class,
-            parameters=plan.parameters,
-            checkpoint_seq=checkpoint,
-            reason=plan.reason,
+            attempt=attempt,
+            target=target,
+            checkpoint=checkpoint,
             caused_by=caused_by,
         )
 
@@ -733,43 +740,46 @@ class FleetCore:
 
     def _judge_alerts(self, ts: int, caused_by: str, out: list[DerivedRecord]) -> None:
         """After a due moment or an input: the alerts it decided, then the threshold rules
-        (each class's capacity, in id order; the fleet's health) where anything changed."""
+        (each class's capacity, in id order; the fleet's health) where anything changed.
+        A rule fires when met and not firing, and resolves when firing and no longer met
+        (or switched off)."""
         out.extend(self._pending_alerts)
         self._pending_alerts.clear()
         book = self._alerts
         if self._dirty_classes:
             threshold = self._capacity_below
             for class_id in sorted(self._dirty_classes):
-                if not threshold and not book.fires(CAPACITY, "hardware_class", class_id):
+                firing = book.fires(CAPACITY, "hardware_class", class_id)
+                if not threshold and not firing:
                     continue
                 members = self._by_class.get(class_id)
-                live = members.live if members else 0
-                free = members.closed_live if members else 0
-                if self._circuits[HARDWARE_CLASS][class_id].state in OPENISH:
-                    free = 0
-                share = f"{free} of {live} live {class_id} workers available"
+                state = self._circuits[HARDWARE_CLASS][class_id].state
+                _, live, free = members.capacity(state) if members else (0, 0, 0)
                 # The share below the threshold, without dividing: both engines agree.
-                if threshold and (free * 100.0 < threshold * live or live == 0):
+                below = bool(threshold) and (free * 100.0 < threshold * live or live == 0)
+                if below == firing:
+                    continue
+                share = f"{free} of {live} live {class_id} workers available"
+                if below:
                     message = f"{share}, below {threshold:g}%"
                     alert = book.fire(CAPACITY, "hardware_class", class_id, message, ts, caused_by)
                 else:
                     alert = book.resolve(CAPACITY, "hardware_class", class_id, share, ts, caused_by)
-                if alert is not None:
-                    out.append(alert)
+                out.append(alert)  # type: ignore[arg-type]
             self._dirty_classes.clear()
         if self._health_dirty:
             self._health_dirty = False
             threshold = self._health_below
             health = overall_health(self._circuit_count, self._open_count, self._half_open_count)
-            text = f"overall health {health:g}"
-            if threshold and health < threshold:
-                alert = book.fire(
-                    FLEET_HEALTH, "fleet", "fleet", f"{text}, below {threshold:g}", ts, caused_by
-                )
-            else:
-                alert = book.resolve(FLEET_HEALTH, "fleet", "fleet", text, ts, caused_by)
-            if alert is not None:
-                out.append(alert)
+            below = bool(threshold) and health < threshold
+            if below != book.fires(FLEET_HEALTH, "fleet", "fleet"):
+                text = f"overall health {health:g}"
+                if below:
+                    text = f"{text}, below {threshold:g}"
+                    alert = book.fire(FLEET_HEALTH, "fleet", "fleet", text, ts, caused_by)
+                else:
+                    alert = book.resolve(FLEET_HEALTH, "fleet", "fleet", text, ts, caused_by)
+                out.append(alert)  # type: ignore[arg-type]
 
     def _push_outage_timer(self, circuit: Circuit) -> None:
         self._seq += 1
@@ -841,10 +851,6 @@ class FleetCore:
         core = cls.__new__(cls)
         core.__dict__.update(state)
         return core
-
-
-def _rank_and_id(circuit: Circuit) -> tuple[int, str]:
-    return circuit.rank, circuit.id
 
 
 def _rate_and_id(sample: tuple[float, str, Worker]) -> tuple[float, str]:

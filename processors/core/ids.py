@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from hashlib import blake2b
+from typing import Any
 
 _SEP = "\x1f"  # unit separator: keeps ("a", "bc") and ("ab", "c") apart
 JITTER = 0.2
@@ -20,12 +22,27 @@ def transition_id(
     return "cst-" + _digest(caused_by, circuit_kind, circuit_id, from_state, to_state, ts).hex()
 
 
+def figures_ids(caused_by: str) -> Callable[[str, str], str]:
+    """The event_ids of one TICK's circuit_figures records, by (circuit kind, circuit id):
+    `_digest(caused_by, kind, circuit_id)`, from a copy of the hash of its shared prefix
+    (a TICK makes thousands of them)."""
+    prefixes: dict[str, Any] = {}
+
+    def figures_id(circuit_kind: str, circuit_id: str) -> str:
+        prefix = prefixes.get(circuit_kind)
+        if prefix is None:
+            text = f"{caused_by}{_SEP}{circuit_kind}{_SEP}"
+            prefix = prefixes[circuit_kind] = blake2b(text.encode(), digest_size=8)
+        digest = prefix.copy()
+        digest.update(circuit_id.encode())
+        return "fig-" + digest.hexdigest()
+
+    return figures_id
+
+
 def figures_id(caused_by: str, circuit_kind: str, circuit_id: str) -> str:
-    """The event_id of a circuit_figures record: one per circuit and TICK at most. (The
-    digest of `_digest(caused_by, circuit_kind, circuit_id)`, spelled out: a TICK makes
-    many of them.)"""
-    text = f"{caused_by}{_SEP}{circuit_kind}{_SEP}{circuit_id}"
-    return "fig-" + blake2b(text.encode(), digest_size=8).hexdigest()
+    """The event_id of one circuit_figures record: one per circuit and TICK at most."""
+    return figures_ids(caused_by)(circuit_kind, circuit_id)
 
 
 def command_id(failure_event_id: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from faultstream.events.models import FailureType, RecoveryStrategy
+from faultstream.events.models import FailureType, RecoveryCommand, RecoveryStrategy, trusted
 
 from .circuit import FORCED_OPEN, OPENISH, Circuit
 from .ids import jitter
@@ -49,6 +49,41 @@ class Plan:
     delay_s: float = 0.0
     target_hardware_class: str | None = None
     parameters: dict[str, str] = field(default_factory=dict)
+
+    def command(
+        self,
+        *,
+        command_id: str,
+        ts: int,
+        task_id: str,
+        task_type: str | None,
+        worker_id: str,
+        attempt: int,
+        target: str | None,
+        checkpoint: int | None,
+        caused_by: str,
+    ) -> RecoveryCommand:
+        """The recovery_command carrying the plan out: the attempt after `attempt` of the
+        task, failed on `worker_id`, sent to `target` (None: wherever it is planned)."""
+        return trusted(
+            RecoveryCommand,
+            {
+                "command_id": command_id,
+                "ts": ts,
+                "task_id": task_id,
+                "task_type": task_type,
+                "worker_id": worker_id,
+                "strategy": self.strategy,
+                "attempt": attempt + 1,
+                "delay_s": float(self.delay_s),
+                "target_worker_id": target,
+                "target_hardware_class": self.target_hardware_class,
+                "parameters": dict(self.parameters),  # its own: a plan may be shared
+                "checkpoint_seq": checkpoint,
+                "reason": self.reason,
+                "caused_by": caused_by,
+            },
+        )
 
 
 def retry_delay_s(attempt: int, event_id: str) -> float:

@@ -9,10 +9,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from faultstream.events.health import fleet_aggregate
-from faultstream.events.models import CircuitFigures
+from faultstream.events.models import CircuitFigures, trusted
 
 from .circuit import CLOSED, HARDWARE_CLASS, OPENISH, WORKER, Circuit
-from .ids import figures_id
 
 if TYPE_CHECKING:
     from .workers import Worker
@@ -107,26 +106,24 @@ def figures(
     circuit: Circuit,
     ts: int,
     caused_by: str,
+    event_id: str,
     worker: Worker | None = None,
-    members: Iterable[Worker] = (),
+    class_capacity: tuple[int, int, int] | None = None,
 ) -> CircuitFigures:
-    """One circuit's figures at `ts` as the views give them: its state, counters and health
-    (circuits_view); for a worker circuit, its `worker` (None: not known) as workers_view
-    shows it; for a hardware_class circuit, the capacity of its `members`."""
+    """One circuit's figures at `ts` as the views give them, under `event_id` (ids.py
+    `figures_ids`): its state, counters and health (circuits_view); for a worker circuit,
+    its `worker` (None: not known) as workers_view shows it; for a hardware_class circuit,
+    its `class_capacity` (workers.py `ClassMembers.capacity`, the counts `capacity` gives)."""
     hardware_class = live = free = None
     known = live_workers = available_workers = None
     if circuit.rank == WORKER and worker is not None:
         hardware_class, live, free = worker_figures(worker)
     elif circuit.rank == HARDWARE_CLASS:
-        known, live_workers, available_workers = capacity(members)
-    kind = circuit.kind
-    # `CircuitFigures.model_construct(**fields)` without its walk over the fields (for
-    # aliases and defaults; it was most of the cost of a TICK): every field is given here.
-    record = _new_figures(CircuitFigures)
-    _set(record, "__dict__", {
-        "event_id": figures_id(caused_by, kind.value, circuit.id),
+        known, live_workers, available_workers = class_capacity or (0, 0, 0)
+    return trusted(CircuitFigures, {
+        "event_id": event_id,
         "ts": ts,
-        "circuit_kind": kind,
+        "circuit_kind": circuit.kind,
         "circuit_id": circuit.id,
         "state": circuit.state,
         "consecutive_failures": circuit.consecutive_failures,
@@ -144,12 +141,3 @@ def figures(
         "live_workers": live_workers,
         "available_workers": available_workers,
     })  # fmt: skip
-    _set(record, "__pydantic_fields_set__", _FIGURES_FIELDS.copy())
-    _set(record, "__pydantic_extra__", None)
-    _set(record, "__pydantic_private__", None)
-    return record
-
-
-_set = object.__setattr__
-_new_figures = CircuitFigures.__new__
-_FIGURES_FIELDS = set(CircuitFigures.model_fields)

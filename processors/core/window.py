@@ -20,38 +20,42 @@ SUCCESS, FAILURE, SLOW = 0, 1, 2  # what an entry is; SLOW is a slow success
 class OutcomeWindow:
     """The last N outcomes (a count window) or those of the last N seconds (a time window)."""
 
-    __slots__ = ("entries", "failures", "slow")
+    # Outcomes and their decision times side by side, not as (ms, outcome) pairs: entering
+    # then allocates nothing. (A count window keeps the times too: the settings may turn
+    # it into a time window.)
+    __slots__ = ("failures", "outcomes", "slow", "times")
 
     def __init__(self) -> None:
-        self.entries: deque[tuple[int, int]] = deque()  # (decision ms, SUCCESS|FAILURE|SLOW)
+        self.outcomes: deque[int] = deque()  # SUCCESS | FAILURE | SLOW, oldest first
+        self.times: deque[int] = deque()  # the decision ms of each
         self.failures = 0
         self.slow = 0
 
     def clear(self) -> None:
-        self.entries.clear()
+        self.outcomes.clear()
+        self.times.clear()
         self.failures = self.slow = 0
 
     def enter(self, params: CircuitParams, ts: int, outcome: int) -> str:
         """Add one outcome and judge: the rules it meets, as a reason ('' for none)."""
-        entries = self.entries
-        entries.append((ts, outcome))
+        outcomes, times = self.outcomes, self.times
+        outcomes.append(outcome)
+        times.append(ts)
         if outcome == FAILURE:
             self.failures += 1
         elif outcome == SLOW:
             self.slow += 1
         count = params.window_count
-        if count:
-            while len(entries) > count:
-                _, gone = entries.popleft()
-                if gone == FAILURE:
-                    self.failures -= 1
-                elif gone == SLOW:
-                    self.slow -= 1
+        if count:  # (more than one over only after a setting shrank it)
+            while len(outcomes) > count:
+                times.popleft()
+                self._forget(outcomes.popleft())
         else:
             horizon = ts - params.window_ms
-            while entries[0][0] <= horizon:
-                self._drop_oldest()
-        n = len(entries)
+            while times[0] <= horizon:
+                times.popleft()
+                self._forget(outcomes.popleft())
+        n = len(outcomes)
         if n < params.minimum_calls:  # the common case while it fills
             return ""
         # Judged inline (every outcome of a full window comes here); named when met.
@@ -65,18 +69,18 @@ class OutcomeWindow:
     def failure_would_meet(self, params: CircuitParams, ts: int) -> bool:
         """Whether one more failure at `ts` would meet a rule (nothing changes): the fleet
         guard asks before the failure is counted anywhere."""
-        entries = self.entries
+        outcomes = self.outcomes
         if params.window_count:
-            dropped = max(len(entries) + 1 - params.window_count, 0)
+            dropped = max(len(outcomes) + 1 - params.window_count, 0)
         else:
             horizon = ts - params.window_ms
             dropped = 0
-            for at, _ in entries:
+            for at in self.times:
                 if at > horizon:
                     break
                 dropped += 1
-        n, failures, slow = len(entries) + 1 - dropped, self.failures + 1, self.slow
-        for _, outcome in islice(entries, dropped):
+        n, failures, slow = len(outcomes) + 1 - dropped, self.failures + 1, self.slow
+        for outcome in islice(outcomes, dropped):
             failures -= outcome == FAILURE
             slow -= outcome == SLOW
         return bool(self.judge(params, n, failures, slow))
@@ -94,8 +98,8 @@ class OutcomeWindow:
             met.append(f"slow_call_rate {slow}/{n} ≥ {params.slow_rate_threshold:g}%")
         return "; ".join(met)
 
-    def _drop_oldest(self) -> None:
-        _, outcome = self.entries.popleft()
+    def _forget(self, outcome: int) -> None:
+        """The oldest outcome, just dropped, leaves the counts."""
         if outcome == FAILURE:
             self.failures -= 1
         elif outcome == SLOW:

@@ -8,6 +8,8 @@ from collections import deque
 from collections.abc import Iterable
 from itertools import accumulate
 
+from faultstream.events.models import CircuitState
+
 from .circuit import CLOSED, OPENISH, Circuit
 
 
@@ -97,18 +99,28 @@ def fleet_guard_holds(
     return live >= min_workers and (opened + 1) / live > max_open_fraction
 
 
+NO_FLOOR = 1 << 62  # the floor of a class with no worker able to take a task
+FEW_AT_FLOOR = 32  # above this many, `pick_target` scans in id order instead
+
+
 class ClassMembers:
     """The workers of one hardware class, kept in id order so that the first eligible
-    worker found is also the one that wins ties; and how many are live, and live with a
-    CLOSED circuit (the class's capacity, kept as its members change)."""
+    worker found is also the one that wins ties; how many are live, and live with a
+    CLOSED circuit (the class's capacity, kept as its members change); and a floor under
+    the tasks in flight on those that can take a move (`pick_target`)."""
 
-    __slots__ = ("closed_live", "ids", "live", "workers")
+    __slots__ = ("at_floor", "closed_live", "floor", "ids", "live", "workers")
 
     def __init__(self) -> None:
         self.ids: list[str] = []
         self.workers: list[Worker] = []
         self.live = 0
         self.closed_live = 0
+        # At most the fewest tasks in flight on any live, CLOSED member, and every such
+        # member with that many (among some that no longer are): lowered as a load falls
+        # or a worker can take tasks again, made exact by each scan that ends.
+        self.floor = NO_FLOOR
+        self.at_floor: set[Worker] = set()
 
     def add(self, worker: Worker) -> None:
         at = bisect_left(self.ids, worker.id)
@@ -121,6 +133,12 @@ class ClassMembers:
         del self.ids[at]
         del self.workers[at]
         self.count(worker, -1)
+        self.at_floor.discard(worker)
+
+    def capacity(self, class_state: CircuitState) -> tuple[int, int, int]:
+        """(known, live, available) with the class's circuit in `class_state`: what
+        view.py `capacity` counts over the members, from the counts kept."""
+        return len(self.workers), self.live, 0 if class_state in OPENISH else self.closed_live
 
     def count(self, worker: Worker, sign: int) -> None:
         """Add (1) or take away (-1) a member's share of the live and closed counts."""
@@ -128,6 +146,23 @@ class ClassMembers:
             self.live += sign
             if worker.circuit.state is CLOSED:
                 self.closed_live += sign
+                if sign > 0:
+                    self.lower(worker)
+
+    def closed(self, worker: Worker, sign: int) -> None:
+        """A live member's circuit became CLOSED (1) or left CLOSED (-1)."""
+        self.closed_live += sign
+        if sign > 0:
+            self.lower(worker)
+
+    def lower(self, worker: Worker) -> None:
+        """A member's load fell, or it can take tasks again: the floor follows it down."""
+        load = len(worker.tasks) + worker.incoming
+        if load < self.floor:
+            self.floor = load
+            self.at_floor = {worker}
+        elif load == self.floor:
+            self.at_floor.add(worker)
 
 
 def in_flight(worker: Worker) -> int:
@@ -139,25 +174,58 @@ def in_flight(worker: Worker) -> int:
 
 def pick_target(members: ClassMembers, failed_worker: str) -> str | None:
     """Among the live workers with a CLOSED circuit other than the failed one: the fewest
-    tasks in flight (`in_flight`), then the healthiest, then by id (members are in id
-    order, so a later worker must be strictly better). A CLOSED circuit's health only
-    falls with consecutive failures, to 70 at 3; an idle, fully healthy worker wins at
-    once."""
+    tasks in flight (`in_flight`), then the healthiest, then by id.
+
+    A CLOSED circuit's health only falls with consecutive failures, to 70 at 3. The few
+    members at the class's floor are looked at first: when one of them can take the task,
+    the floor is the fewest there are, and they are every worker with that few."""
+    at_floor, floor = members.at_floor, members.floor
+    if len(at_floor) <= FEW_AT_FLOOR:
+        best: Worker | None = None
+        best_key = (0, "")
+        for member in list(at_floor):
+            circuit = member.circuit
+            if (
+                member.lost
+                or circuit.state is not CLOSED
+                or len(member.tasks) + member.incoming != floor
+            ):
+                at_floor.discard(member)  # no longer at the floor: a scan finds it if due
+            elif member.id != failed_worker:
+                key = (min(circuit.consecutive_failures, 3), member.id)
+                if best is None or key < best_key:
+                    best, best_key = member, key
+        if best is not None:
+            return best.id
+    return _scan(members, failed_worker)
+
+
+def _scan(members: ClassMembers, failed_worker: str) -> str | None:
+    """`pick_target` over every member, in id order (a later worker must be strictly
+    better); a fully healthy one at the floor wins at once. A scan that ends makes the
+    floor exact."""
     best: Worker | None = None
     best_load = best_failures = 0
+    floor = members.floor
+    fewest, at_fewest = NO_FLOOR, []  # over every worker that can take tasks
     closed = CLOSED
     for member in members.workers:
         circuit = member.circuit
-        if member.lost or circuit.state is not closed or member.id == failed_worker:
+        if member.lost or circuit.state is not closed:
             continue
         load = len(member.tasks) + member.incoming
-        if best is not None and load > best_load:
+        if load <= fewest:
+            if load < fewest:
+                fewest, at_fewest = load, []
+            at_fewest.append(member)
+        if member.id == failed_worker or (best is not None and load > best_load):
             continue
         failures = circuit.consecutive_failures
         if failures > 3:
             failures = 3
         if best is None or load < best_load or failures < best_failures:
-            if load == 0 and failures == 0:
+            if load <= floor and failures == 0:
                 return member.id
             best, best_load, best_failures = member, load, failures
+    members.floor, members.at_floor = fewest, set(at_fewest)
     return None if best is None else best.id
