@@ -254,6 +254,7 @@ class DecideStage:
         self._snapshot_pause_s = time.perf_counter() - started
         metrics.SNAPSHOT_SECONDS.observe(self._snapshot_pause_s)
         metrics.SNAPSHOT_BYTES.set(len(data))
+        self.stats.snapshot(len(data), self._snapshot_pause_s)
         log.info(
             "decider snapshot at `.ordered` offset %d: %d bytes in %.0f ms",
             self.next_offset,

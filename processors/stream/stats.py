@@ -25,7 +25,12 @@ class BatchStats:
         self.busy_s = 0.0
         self.ages_ms: list[float] = []
         self.counts: Counter[str] = Counter()  # stage-specific, e.g. frames by path
+        self.snapshots: list[tuple[int, float]] = []  # (bytes, pause s) of each taken
         self._since = time.monotonic()
+
+    def snapshot(self, size: int, pause_s: float) -> None:
+        """A snapshot of the stage's state was taken: `size` bytes, `pause_s` stopped."""
+        self.snapshots.append((size, pause_s))
 
     def add(self, records: int, busy_s: float, oldest_ts_ms: float) -> None:
         self.batches += 1
@@ -54,9 +59,19 @@ class BatchStats:
             "age_p99_ms": round(p99, 1),
             "age_max_ms": round(oldest, 1),
         }
+        snapshots = ""
+        if self.snapshots:
+            largest = max(size for size, _ in self.snapshots)
+            longest_ms = max(pause for _, pause in self.snapshots) * 1000
+            snapshots = (
+                f"; {len(self.snapshots)} snapshots, largest {largest / 1e6:.1f} MB, "
+                f"longest pause {longest_ms:.0f} ms"
+            )
+            fields |= {"snapshots": len(self.snapshots), "snapshot_bytes_max": largest,
+                       "snapshot_pause_max_ms": round(longest_ms, 1)}  # fmt: skip
         log.info(
             "%s: %d records (%d batches%s) in %.1f s = %.0f/s, busy %.0f%%; "
-            "oldest record's age on arrival p50 %.0f ms, p99 %.0f ms, max %.0f ms",
+            "oldest record's age on arrival p50 %.0f ms, p99 %.0f ms, max %.0f ms%s",
             self.name,
             self.records,
             self.batches,
@@ -67,5 +82,6 @@ class BatchStats:
             p50,
             p99,
             oldest,
+            snapshots,
             extra={"fields": fields},
         )

@@ -440,3 +440,36 @@ def test_a_clock_that_skews_again_fires_a_new_alert() -> None:
         ("FIRING", START + 2_000),
     ]
     assert fired[2].alert_id != fired[0].alert_id
+
+
+def test_a_stale_outage_timer_holds_back_nothing_else_due() -> None:
+    h = History()
+    h.heartbeat("w1", START)
+    h.operator("FORCE_OPEN", "worker", "w1", START)
+    h.operator("RESET", "worker", "w1", START + 10_000)  # the +60 s timer goes stale
+    h.heartbeat("z", START + 32_000)  # lost at +62 s
+    h.heartbeat("w1", START + 55_000)
+    core = FleetCore(open_longer(60))
+    for record in h.records:
+        core.process(record)
+    core.process(h.tick(START + 70_000))  # the stale timer (+60 s) pops before z's (+62 s)
+    assert core.workers_view()["z"]["status"] == "lost"
+
+
+def test_an_outage_from_the_first_millisecond_follows_a_shorter_setting() -> None:
+    h = History()
+    h.heartbeat("w1", 0)
+    h.operator("FORCE_OPEN", "worker", "w1", 0)  # an outage since ts 0
+    h.config(1_000, {"alerts": {"open_longer_than_s": 5}})
+    h.tick(6_000)
+    assert [(a.state, a.ts) for a in alerts(h.run(open_longer(60)))] == [("FIRING", 5_000)]
+
+
+def test_fleet_health_below_a_threshold_set_at_run_time_fires_at_once() -> None:
+    h = History()
+    h.heartbeat("w1", START)
+    h.heartbeat("w2", START)
+    h.operator("FORCE_OPEN", "worker", "w1", START + 1)  # health 66.7: no rule yet
+    change = h.config(START + 2, {"alerts": {"fleet_health_below": 70}})
+    [fired] = alerts(h.run(core_settings(**only("fleet_health_below", fleet_health_below=0))))
+    assert (fired.state, fired.ts, fired.caused_by) == ("FIRING", START + 2, change.event_id)

@@ -1,9 +1,11 @@
 """The core publishes what it counts: at each TICK, one `circuit_figures` record per circuit
-whose figures changed since the last TICK (issue #13; the spec in /tmp/figures-spec.md
-until the docs have it). One test per marking rule; test_core_properties.py checks that at
+whose figures changed since the last TICK (issue #13; docs/architecture.md, "One truth").
+One test per marking rule; test_core_properties.py checks that at
 every TICK of random histories the published figures are the core's views."""
 
 from __future__ import annotations
+
+from hashlib import blake2b
 
 from histories import History, figures, run
 
@@ -279,3 +281,26 @@ def test_a_circuit_is_published_at_the_first_tick_after_it_is_created() -> None:
     (w9,) = core.process(h.tick(6_000))
     assert (w9.circuit_id, w9.state, w9.health) == ("w9", "FORCED_OPEN", 0.0)
     assert (w9.hardware_class, w9.live, w9.available) == (None, None, None)
+
+
+def test_a_class_forced_open_before_any_worker_reports_it_counts_none() -> None:
+    h = History()
+    h.operator("FORCE_OPEN", "hardware_class", "rocm", ts=1_000)
+    h.tick(2_000)
+    (rocm,) = figures(run(h.records))
+    assert (rocm.circuit_kind, rocm.circuit_id, rocm.state) == (
+        "hardware_class",
+        "rocm",
+        "FORCED_OPEN",
+    )
+    assert (rocm.workers, rocm.live_workers, rocm.available_workers) == (0, 0, 0)
+
+
+def test_a_figures_id_is_the_hash_of_its_tick_kind_and_circuit() -> None:
+    h = History()
+    h.heartbeat("w1", ts=1_000)
+    tick = h.tick(2_000)
+    ids = {(f.circuit_kind, f.circuit_id): f.event_id for f in figures(run(h.records))}
+    text = f"{tick.event_id}\x1fworker\x1fw1".encode()
+    assert ids["worker", "w1"] == "fig-" + blake2b(text, digest_size=8).hexdigest()
+    assert len(set(ids.values())) == len(ids) == 2  # w1 and cuda, each its own

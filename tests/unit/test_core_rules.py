@@ -813,6 +813,47 @@ def test_moves_pile_on_no_worker_each_counts_until_it_starts() -> None:
     assert last_command(h).target_worker_id == "a"
 
 
+def test_with_every_idle_worker_gone_the_search_passes_over_lost_and_open_ones() -> None:
+    h = History()
+    h.heartbeat("a-lost", ts=1_000)  # idle, silent from 1_000: lost at 31_000
+    h.heartbeat("b-open", ts=1_000)
+    h.operator("FORCE_OPEN", "worker", "b-open", ts=1_000)  # idle, but open
+    for worker in ("c", "d"):
+        h.started(worker, ts=1_000, task_id=f"{worker}1")
+    for worker in ("b-open", "c", "d"):
+        h.heartbeat(worker, ts=20_000)
+    h.started("w1", ts=35_000, task_id="w1-a")
+    h.started("w1", ts=35_000, task_id="w1-b")
+    h.failure("w1", ts=35_000, failure_type="WORKER_CRASH", task_id="w1-a")
+    assert last_command(h).target_worker_id == "c"  # one task, as d; c by id
+
+
+def busy_class(h: History, busy: tuple[str, ...]) -> None:
+    """Each of `busy` runs one task; g runs three, and fails them one by one (a move each)."""
+    for worker in busy:
+        h.started(worker, ts=1_000, task_id=f"{worker}1")
+    for n in range(3):
+        h.started("g", ts=1_000, task_id=f"g{n}")
+
+
+def test_every_worker_tied_at_the_fewest_tasks_stays_a_candidate() -> None:
+    h = History()
+    busy_class(h, ("c", "d", "e"))
+    h.failure("g", ts=2_000, failure_type="WORKER_CRASH", task_id="g0")  # -> c (then 2)
+    h.failure("g", ts=2_001, failure_type="WORKER_CRASH", task_id="g1")  # d, e at 1: d
+    assert [c.target_worker_id for c in commands(h.run())] == ["c", "d"]
+
+
+def test_the_healthiest_of_the_workers_tied_at_the_fewest_tasks_wins() -> None:
+    h = History()
+    crash(h, "c", 1, ts=500, attempt=3)  # escalated: c is CLOSED, at health 90
+    busy_class(h, ("c", "d", "e"))
+    h.failure("g", ts=2_000, failure_type="WORKER_CRASH", task_id="g0")  # -> d (then 2)
+    h.failure("g", ts=2_001, failure_type="WORKER_CRASH", task_id="g1")  # c 90, e 100: e
+    targets = [c.target_worker_id for c in commands(h.run()) if c.strategy != "ESCALATION"]
+    assert targets == ["d", "e"]
+
+
 def test_a_finished_task_no_longer_counts_on_the_worker_it_was_sent_to() -> None:
     h = History()
     for worker in ("a", "b"):
@@ -1043,6 +1084,17 @@ def test_a_moved_task_that_starts_counts_once_on_its_target() -> None:
     h.started("a", ts=2_000, task_id="t0", attempt=1)  # arrived: a runs 2, b 1
     h.failure("w1", ts=3_000, failure_type="WORKER_CRASH", task_id="t1")
     assert [c.target_worker_id for c in commands(h.run())] == ["a", "b"]
+
+
+def test_a_moved_task_that_starts_leaves_its_targets_moves() -> None:
+    h = History()
+    h.started("a", ts=100, task_id="a1")  # a runs one task, b two
+    h.started("b", ts=100, task_id="b1")
+    h.started("b", ts=100, task_id="b2")
+    h.failure("w1", ts=1_000, failure_type="WORKER_CRASH", task_id="t0")  # -> a
+    h.started("a", ts=2_000, task_id="t0", attempt=1)  # a runs two now, as b: a by id
+    h.failure("w1", ts=3_000, failure_type="WORKER_CRASH", task_id="t1")
+    assert [c.target_worker_id for c in commands(h.run())] == ["a", "a"]
 
 
 def test_a_task_moved_again_before_it_starts_leaves_its_first_target() -> None:

@@ -56,6 +56,23 @@ def test_a_stats_line_carries_its_figures_as_fields(processor_lines) -> None:
         assert fields[age] == pytest.approx(10_000, abs=1_000)
 
 
+def test_a_stats_line_says_the_snapshots_taken_their_largest_and_longest(processor_lines) -> None:
+    stage = BatchStats("decide")
+    stage.snapshot(3_000_000, 0.020)
+    stage.snapshot(2_500_000, 0.045)
+    stage._since -= stats.STATS_EVERY_S
+    stage.add(records=10, busy_s=0.1, oldest_ts_ms=time.time() * 1000)
+    stage.add(records=10, busy_s=0.1, oldest_ts_ms=time.time() * 1000)  # a new interval
+
+    first, *rest = processor_lines.getvalue().splitlines()
+    fields = json.loads(first)
+    assert fields["message"].endswith("; 2 snapshots, largest 3.0 MB, longest pause 45 ms")
+    assert (fields["snapshots"], fields["snapshot_bytes_max"]) == (2, 3_000_000)
+    assert fields["snapshot_pause_max_ms"] == 45.0
+    assert rest == []  # the next interval has not ended, and starts with no snapshots
+    assert stage.snapshots == []
+
+
 def test_a_line_is_one_object_whatever_the_message_holds() -> None:
     try:
         raise ValueError("bad\nvalue")

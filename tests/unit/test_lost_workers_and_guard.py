@@ -193,3 +193,15 @@ def test_fleet_guard_counts_only_live_workers() -> None:
     crash(h, "w2", 5, ts=40_000)
     crash(h, "w3", 5, ts=40_000)  # 3 of 4 live would be open (3 of 5 known would not)
     assert [m[1] for m in moves(h.run())] == ["w1", "w2"]
+
+
+def test_a_worker_silent_exactly_the_timeout_holds_back_nothing_else_due() -> None:
+    h = History()
+    for i in range(5):
+        h.failure("x", ts=21_000, failure_type="WORKER_CRASH", task_id=f"x{i}")  # x opens
+    h.heartbeat("x", ts=50_000)
+    h.started("w1", ts=51_000)  # silent for exactly 30 s at 81_000: not lost yet
+    h.heartbeat("x", ts=75_000)
+    h.tick(81_000)  # x half-opens at 81_000 too; w1's timer sorts first ("w1" < "x")
+    revealed = [(t.circuit_id, t.to_state, t.ts) for t in transitions(h.run())]
+    assert revealed == [("x", "OPEN", 21_000), ("x", "HALF_OPEN", 81_000)]

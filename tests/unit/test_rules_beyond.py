@@ -228,15 +228,17 @@ MINUTE = 60_000
 BOUNDARY = (START // MINUTE + 1) * MINUTE  # the first interval boundary after START
 
 
-def fleet_minute(h: History, flaky_failures: int, hosts: int = 6, others: int = 0) -> None:
-    """`hosts` workers with 10 outcomes each, 5 s apart, in the minute before BOUNDARY; w0
-    fails `flaky_failures` of its tasks, every other odd worker `others` (task failures:
-    the worker circuits count none)."""
+def fleet_minute(
+    h: History, flaky_failures: int, hosts: int = 6, others: int = 0, flaky: int = 0
+) -> None:
+    """`hosts` workers with 10 outcomes each, 5 s apart, in the minute before BOUNDARY; the
+    `flaky`-th (w0) fails `flaky_failures` of its tasks, every other odd worker `others`
+    (task failures: the worker circuits count none)."""
     at = BOUNDARY - MINUTE
     for n in range(10):
         for w in range(hosts):
             worker = f"w{w}"
-            failures = flaky_failures if w == 0 else others * (w % 2)
+            failures = flaky_failures if w == flaky else others * (w % 2)
             if n < failures:
                 h.failure(worker, at + n * 5_000, "TIMEOUT", task_id=f"{worker}-{n}")
             else:
@@ -254,6 +256,13 @@ def test_a_worker_failing_one_task_in_three_is_ejected_at_the_boundary(tmp_path,
     [opening] = [d for d in derived if d["type"] == "circuit_state_changed"]
     assert opening["ts"] == BOUNDARY
     assert opened(replay(tmp_path, h, "", capsys)) == []  # the seed's rule alone: never
+
+
+def test_the_worst_worker_is_ejected_wherever_its_id_sorts(tmp_path, capsys) -> None:
+    h = History()
+    fleet_minute(h, flaky_failures=3, flaky=5)  # w5, the last by id
+    h.tick(BOUNDARY)
+    assert [c for c, _, _ in opened(replay(tmp_path, h, OUTLIER, capsys))] == ["w5"]
 
 
 def test_an_outlier_needs_the_minimum_hosts_and_volume(tmp_path, capsys) -> None:
