@@ -473,3 +473,89 @@ def test_fleet_health_below_a_threshold_set_at_run_time_fires_at_once() -> None:
     change = h.config(START + 2, {"alerts": {"fleet_health_below": 70}})
     [fired] = alerts(h.run(core_settings(**only("fleet_health_below", fleet_health_below=0))))
     assert (fired.state, fired.ts, fired.caused_by) == ("FIRING", START + 2, change.event_id)
+
+
+def test_an_outage_alert_fires_until_the_circuit_is_closed_again() -> None:
+    settings = core_settings(
+        **only("open_longer_than_s", open_longer_than_s=100),
+        circuits={"task_type": {"failure_threshold": 1, "success_threshold": 1,
+                                "half_open_max_calls": 1}},
+    )  # fmt: skip
+    h = History()
+    h.failure("w1", START, "TIMEOUT", task_id="t1")  # bert opens; half-opens at +300 s
+    h.tick(START + 350_000)  # fired at +100 s, and half-open since +300 s: still firing
+    closing = h.success("w1", START + 400_000, task_id="t2")
+    fired, resolved = alerts(h.run(settings))
+    assert (fired.state, fired.ts) == ("FIRING", START + 100_000)
+    assert (resolved.state, resolved.ts, resolved.caused_by, resolved.message) == (
+        "RESOLVED",
+        START + 400_000,
+        closing.event_id,
+        "task_type circuit bert is CLOSED again",
+    )
+
+
+def test_fleet_health_counts_a_half_open_circuit_as_four_tenths_open() -> None:
+    settings = core_settings(**only("fleet_health_below", fleet_health_below=70))
+    h = History()
+    h.heartbeat("w2", START)  # circuits w2 and cuda; w1 and bert come with w1
+    for i in range(5):
+        h.failure("w1", START + 1 + i, "WORKER_CRASH", task_id=f"a{i}")  # 1 of 4 open: 75
+    for i in range(5):  # w1 half-open since +60 s; w2 opens: (1 + 0.4) of 4: 65
+        h.failure("w2", START + 70_000 + i, "WORKER_CRASH", task_id=f"b{i}")
+    h.failure("w1", START + 80_000, "WORKER_CRASH", task_id="c")  # reopens: 2 of 4: 50
+    h.operator("RESET", "worker", "w1", START + 90_000)  # 1 of 4: 75
+    assert [(a.state, a.message) for a in alerts(h.run(settings))] == [
+        ("FIRING", "overall health 65, below 70"),
+        ("RESOLVED", "overall health 75"),
+    ]
+
+
+def test_capacity_switched_off_resolves_every_class_that_fired() -> None:
+    settings = core_settings(**only("class_capacity_below", class_capacity_below=50))
+    h = History()
+    h.heartbeat("a1", START, hardware_class="acls")  # acls: 1 of 1, never fires
+    h.heartbeat("w1", START)
+    h.operator("FORCE_OPEN", "worker", "w1", START + 1)  # cuda: 0 of 1
+    h.config(START + 2, {"alerts": {"class_capacity_below": 0}})
+    assert summary(h.run(settings)) == [
+        ("class_capacity_below", "cuda", "FIRING", "critical"),
+        ("class_capacity_below", "cuda", "RESOLVED", "critical"),
+    ]
+
+
+def test_every_class_an_input_changed_is_judged() -> None:
+    settings = core_settings(**only("class_capacity_below", class_capacity_below=50))
+    h = History()
+    h.heartbeat("a1", START, hardware_class="acls")
+    h.heartbeat("m", START, hardware_class="acls")
+    h.heartbeat("w1", START)
+    h.operator("FORCE_OPEN", "worker", "w1", START + 1)  # cuda: 0 of 1
+    h.heartbeat("m", START + 2)  # m moves to cuda: acls 1 of 1, unchanged; cuda 1 of 2
+    outputs = h.run(settings)
+    assert summary(outputs) == [
+        ("class_capacity_below", "cuda", "FIRING", "critical"),
+        ("class_capacity_below", "cuda", "RESOLVED", "critical"),
+    ]
+    assert alerts(outputs)[1].ts == START + 2
+
+
+def test_a_class_known_only_by_its_circuit_has_no_capacity() -> None:
+    settings = core_settings(**only("class_capacity_below", class_capacity_below=50))
+    h = History()
+    h.operator("FORCE_OPEN", "hardware_class", "rocm", START)
+    [fired] = alerts(h.run(settings))
+    assert (fired.subject_id, fired.message) == (
+        "rocm",
+        "0 of 0 live rocm workers available, below 50%",
+    )
+
+
+def test_capacity_just_below_a_fractional_threshold_fires() -> None:
+    settings = core_settings(**only("class_capacity_below", class_capacity_below=50.5))
+    h = History()
+    h.heartbeat("w1", START)
+    h.heartbeat("w2", START)
+    h.operator("FORCE_OPEN", "worker", "w1", START + 1)  # 1 of 2: 50 % < 50.5 %
+    [fired] = alerts(h.run(settings))
+    assert fired.message == "1 of 2 live cuda workers available, below 50.5%"

@@ -854,6 +854,65 @@ def test_the_healthiest_of_the_workers_tied_at_the_fewest_tasks_wins() -> None:
     assert targets == ["d", "e"]
 
 
+def test_a_worker_closed_again_with_fewer_tasks_is_the_next_target() -> None:
+    h = History()
+    h.heartbeat("b", ts=500)
+    h.operator("FORCE_OPEN", "worker", "b", ts=500)  # idle, but open
+    busy_class(h, ("c", "d"))
+    h.failure("g", ts=2_000, failure_type="WORKER_CRASH", task_id="g0")  # -> c
+    h.operator("RESET", "worker", "b", ts=2_500)  # b takes tasks again, with none
+    h.failure("g", ts=3_000, failure_type="WORKER_CRASH", task_id="g1")
+    assert [c.target_worker_id for c in commands(h.run())] == ["c", "b"]
+
+
+def test_a_worker_whose_task_ends_joins_those_tied_at_the_fewest() -> None:
+    h = History()
+    busy_class(h, ("c", "d", "e"))
+    h.started("g", ts=1_000, task_id="g3")  # g stays above the fewest as it fails
+    h.started("h", ts=1_000, task_id="h1")
+    h.started("h", ts=1_000, task_id="h2")
+    h.failure("g", ts=2_000, failure_type="WORKER_CRASH", task_id="g0")  # -> c (then 2)
+    h.success("h", ts=2_500, task_id="h1")  # h runs one, as d and e
+    h.failure("g", ts=3_000, failure_type="WORKER_CRASH", task_id="g1")
+    assert [c.target_worker_id for c in commands(h.run())] == ["c", "d"]
+
+
+def test_a_target_that_received_a_move_and_started_another_task_is_not_at_the_fewest() -> None:
+    h = History()
+    busy_class(h, ("c", "d", "e"))
+    h.failure("g", ts=2_000, failure_type="WORKER_CRASH", task_id="g0")  # -> c
+    h.started("c", ts=2_500, task_id="c2")  # c: two running and one on its way
+    h.failure("g", ts=3_000, failure_type="WORKER_CRASH", task_id="g1")
+    assert [c.target_worker_id for c in commands(h.run())] == ["c", "d"]
+
+
+def test_a_failed_worker_first_by_id_still_gets_its_task_a_target() -> None:
+    h = History()
+    for worker in ("a", "a", "b", "c"):  # a runs two tasks, b and c one each
+        h.started(worker, ts=1_000, task_id=f"{worker}{len(h.records)}")
+    h.failure("a", ts=2_000, failure_type="WORKER_CRASH", task_id="a0")
+    assert last_command(h).target_worker_id == "b"
+
+
+def test_in_a_search_the_health_floor_ties_and_the_first_by_id_wins() -> None:
+    settings = core_settings(circuits={"worker": {"failure_threshold": 10}})
+    h = History()
+    crash(h, "c", 4, ts=100, attempt=3)  # health 70 (4 failures), escalated: no moves
+    crash(h, "d", 3, ts=100, attempt=3)  # health 70 (3 failures)
+    busy_class(h, ("c", "d"))
+    h.failure("g", ts=2_000, failure_type="WORKER_CRASH", task_id="g0")
+    assert last_command(h, settings).target_worker_id == "c"
+
+
+def test_in_a_large_idle_class_the_first_fully_healthy_worker_wins() -> None:
+    h = History()
+    crash(h, "n00", 1, ts=100, attempt=3)  # idle, health 90
+    for n in range(1, 40):
+        h.heartbeat(f"n{n:02d}", ts=100)  # idle, health 100
+    h.failure("z", ts=2_000, failure_type="WORKER_CRASH", task_id="z0")
+    assert last_command(h).target_worker_id == "n01"
+
+
 def test_a_finished_task_no_longer_counts_on_the_worker_it_was_sent_to() -> None:
     h = History()
     for worker in ("a", "b"):

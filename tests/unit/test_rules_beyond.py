@@ -198,6 +198,23 @@ def test_a_success_just_under_the_duration_is_not_slow(tmp_path, capsys) -> None
     assert opened(replay(tmp_path, h, SLOW, capsys)) == []
 
 
+def test_a_success_exactly_at_the_duration_is_slow(tmp_path, capsys) -> None:
+    h = History()
+    timed_success(h, "gpu1", "t1", START, 2)
+    last = timed_success(h, "gpu1", "t2", START + 5_000, 10)
+    assert opened(replay(tmp_path, h, SLOW, capsys)) == [("gpu1", "slow_call_rate 1/2 ≥ 50%", last)]
+
+
+def test_successes_counted_before_the_slow_rule_was_on_are_not_slow(tmp_path, capsys) -> None:
+    h = History()
+    for n in range(3):  # 30 s each, while only the failure rate is on
+        timed_success(h, "gpu1", f"t{n}", START + n * 40_000, 30)
+    h.config(START + 200_000, {"circuits": {"worker": {"slow_call_duration_s": 10,
+                                                       "slow_call_rate_threshold": 50}}})  # fmt: skip
+    timed_success(h, "gpu1", "t3", START + 210_000, 1)
+    assert opened(replay(tmp_path, h, RATE, capsys)) == []  # 0 of 4 slow, not 3 of 4
+
+
 def test_a_success_without_its_start_is_not_slow(tmp_path, capsys) -> None:
     h = History()
     timed_success(h, "gpu1", "t1", START, 2)
