@@ -209,8 +209,8 @@ def test_successes_counted_before_the_slow_rule_was_on_are_not_slow(tmp_path, ca
     h = History()
     for n in range(3):  # 30 s each, while only the failure rate is on
         timed_success(h, "gpu1", f"t{n}", START + n * 40_000, 30)
-    h.config(START + 200_000, {"circuits": {"worker": {"slow_call_duration_s": 10,
-                                                       "slow_call_rate_threshold": 50}}})  # fmt: skip
+    slow = {"slow_call_duration_s": 10, "slow_call_rate_threshold": 50}
+    h.config(START + 200_000, {"circuits": {"worker": slow}})
     timed_success(h, "gpu1", "t3", START + 210_000, 1)
     assert opened(replay(tmp_path, h, RATE, capsys)) == []  # 0 of 4 slow, not 3 of 4
 
