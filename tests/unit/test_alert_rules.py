@@ -559,3 +559,39 @@ def test_capacity_just_below_a_fractional_threshold_fires() -> None:
     h.operator("FORCE_OPEN", "worker", "w1", START + 1)  # 1 of 2: 50 % < 50.5 %
     [fired] = alerts(h.run(settings))
     assert fired.message == "1 of 2 live cuda workers available, below 50.5%"
+
+
+def test_a_clock_behind_the_brokers_fires_past_the_limit_not_at_it() -> None:
+    settings = core_settings(**only("clock_skew", clock_skew=True))
+    h = History()
+    h.heartbeat("w1", START, received_at=START + 120_000)  # exactly 120 s behind: within
+    late = h.heartbeat("w1", START + 1_000, received_at=START + 121_001)  # 120.001 s behind
+    [fired] = alerts(h.run(settings))
+    assert (fired.state, fired.caused_by, fired.message) == (
+        "FIRING",
+        late.event_id,
+        "worker w1's clock is -120.001s off the broker's",
+    )
+
+
+def test_a_circuit_that_closed_again_fires_nothing_when_the_setting_changes() -> None:
+    h = History()
+    h.heartbeat("w1", START)
+    h.operator("FORCE_OPEN", "worker", "w1", START)
+    h.operator("RESET", "worker", "w1", START + 10_000)  # its outage is over
+    h.config(START + 20_000, {"alerts": {"open_longer_than_s": 5}})
+    h.tick(START + 100_000)
+    assert alerts(h.run(open_longer(60))) == []
+
+
+def test_fleet_health_recovers_as_healthy_workers_join() -> None:
+    settings = core_settings(**only("fleet_health_below", fleet_health_below=70))
+    h = History()
+    h.heartbeat("w1", START)  # circuits w1, cuda
+    h.operator("FORCE_OPEN", "worker", "w1", START + 1)  # 1 of 2 open: 50
+    h.heartbeat("w2", START + 2)  # 1 of 3: 66.7
+    h.heartbeat("w3", START + 3)  # 1 of 4: 75
+    assert [(a.state, a.ts, a.message) for a in alerts(h.run(settings))] == [
+        ("FIRING", START + 1, "overall health 50, below 70"),
+        ("RESOLVED", START + 3, "overall health 75"),
+    ]

@@ -223,6 +223,41 @@ def test_a_success_without_its_start_is_not_slow(tmp_path, capsys) -> None:
     assert opened(replay(tmp_path, h, SLOW, capsys)) == []
 
 
+def test_a_success_without_its_start_is_not_slow_even_at_one_millisecond(tmp_path, capsys) -> None:
+    config = SLOW.replace("slow_call_duration_s = 10", "slow_call_duration_s = 0.001")
+    h = History()
+    h.success("gpu1", START, task_id="t1")  # no TASK_STARTED seen for either
+    h.success("gpu1", START + 1_000, task_id="t2")
+    assert opened(replay(tmp_path, h, config, capsys)) == []
+
+
+def test_a_circuit_a_success_opened_half_opens_after_its_timeout(tmp_path, capsys) -> None:
+    h = History()
+    timed_success(h, "gpu1", "t1", START, 2)
+    slow = timed_success(h, "gpu1", "t2", START + 5_000, 12)  # opens at START + 17 s
+    h.tick(START + 80_000)
+    derived = replay(tmp_path, h, SLOW, capsys)
+    moves = [(d["to_state"], d["ts"]) for d in derived if d["type"] == "circuit_state_changed"]
+    assert moves == [("OPEN", START + 17_000), ("HALF_OPEN", START + 77_000)]
+    assert opened(derived)[0][2] == slow
+
+
+def test_a_guarded_success_opens_nothing_and_still_counts_everywhere(tmp_path, capsys) -> None:
+    config = SLOW + "guard_min_workers = 2\nmax_open_fraction = 0.5\n"
+    h = History()
+    h.heartbeat("w2", START)
+    h.operator("FORCE_OPEN", "worker", "w2", START)  # half of the 2 cuda workers open
+    timed_success(h, "w1", "t1", START, 2)
+    timed_success(h, "w1", "t2", START + 5_000, 12)  # the slow-call rate is met: guarded
+    h.tick(START + 20_000)
+    derived = replay(tmp_path, h, config, capsys)
+    assert opened(derived) == []
+    counted = {
+        d["circuit_id"]: d["total_successes"] for d in derived if d["type"] == "circuit_figures"
+    }
+    assert (counted["w1"], counted["cuda"], counted["bert"]) == (2, 2, 2)
+
+
 def test_slowness_is_measured_on_the_brokers_clock(tmp_path, capsys) -> None:
     h = History()
     timed_success(h, "gpu1", "t1", START, 2)
@@ -452,6 +487,23 @@ def test_commands_whose_task_never_ran_again_are_forgotten_oldest_first(monkeypa
         core.process(record)
     # t1's command was forgotten: only t2's and t3's outcomes became trials.
     assert core._learned == {("TIMEOUT", "cuda", "IMMEDIATE_RETRY"): [2, 2]}
+
+
+def test_a_newer_command_for_the_same_attempt_is_the_last_forgotten(monkeypatch) -> None:
+    from faultstream.processors.core import FleetCore, fleet
+
+    monkeypatch.setattr(fleet, "AWAITED_COMMANDS", 2)
+    h = History()
+    h.failure("g1", START, "TIMEOUT", task_id="t1")
+    h.failure("g1", START, "TIMEOUT", task_id="t2")
+    h.failure("g1", START + 1, "TIMEOUT", task_id="t1")  # t1 planned again: now the newest
+    h.failure("g1", START + 2, "TIMEOUT", task_id="t3")  # one too many: t2 is forgotten
+    h.success("g1", START + 1_000, task_id="t1", attempt=1)
+    h.failure("g1", START + 1_000, "TIMEOUT", task_id="t2", attempt=1)
+    core = FleetCore()
+    for record in h.records:
+        core.process(record)
+    assert core._learned == {("TIMEOUT", "cuda", "IMMEDIATE_RETRY"): [1, 1]}  # t1's only
 
 
 # --- the windows' counts, edge by edge (each written to fail when that detail alone breaks) ---
