@@ -408,34 +408,22 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
                     plan.target_hardware_class,
                     plan.parameters,
                 )
-            append(
-                plan.command(
-                    command_id=command_id(caused_by),
-                    ts=ts,
-                    task_id=task_id,
-                    task_type=task_type,
-                    worker_id=worker_id,
-                    attempt=attempt,
-                    target=target,
-                    checkpoint=checkpoint,
-                    caused_by=caused_by,
+            cid = command_id(caused_by)
+        else:  # a task migrated off a lost worker (fleet.py `_lose_worker`)
+            task_id, task_type, attempt = next(started)
+            worker_id = names[worker_circuit][1]
+            reason = lost_reasons[version]
+            if strategy is _ESCALATION:
+                max_retries = settings[version].recovery.max_retries
+                plan = Plan(
+                    _ESCALATION, f"{reason}; attempt {attempt} reached max_retries {max_retries}"
                 )
-            )
-            continue
-        # A task migrated off a lost worker (fleet.py `_lose_worker`).
-        task_id, task_type, attempt = next(started)
-        worker_id = names[worker_circuit][1]
-        reason = lost_reasons[version]
-        if strategy is _ESCALATION:
-            max_retries = settings[version].recovery.max_retries
-            plan = Plan(
-                _ESCALATION, f"{reason}; attempt {attempt} reached max_retries {max_retries}"
-            )
-        else:
-            plan = Plan(_DIFFERENT_WORKER, reason)
+            else:
+                plan = Plan(_DIFFERENT_WORKER, reason)
+            cid = migration_command_id(worker_id, due_ms, task_id)
         append(
             plan.command(
-                command_id=migration_command_id(worker_id, due_ms, task_id),
+                command_id=cid,
                 ts=ts,
                 task_id=task_id,
                 task_type=task_type,
