@@ -9,6 +9,7 @@ tests/unit/test_compiled_core.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -40,7 +41,7 @@ from faultstream.processors.core.alerts import (
 from faultstream.processors.core.ids import (
     alert_id,
     command_id,
-    figures_id,
+    figures_ids,
     migration_command_id,
     transition_id,
 )
@@ -236,6 +237,7 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
     plans: dict[tuple, Plan] = {}
     out: list[DerivedRecord] = []  # one record per log row: out[row] is row's record
     append = out.append
+    figures_of = ("", figures_ids(""))  # a TICK's figure ids share a prefix: hashed once
     alerts = _Alerts(encoded, log, out)
     for row, floats, caused_by in zip(rows.tolist(), log.floats.tolist(), causes, strict=True):
         row_type, record, ts, version = row[0], row[1], row[2], row[3]
@@ -322,7 +324,9 @@ def _materialize(log: Log, encoded: Encoded) -> list[DerivedRecord]:
             )
             continue
         if row_type == FIGURES:
-            append(_figures(row, ts, caused_by, names))
+            if figures_of[0] != caused_by:
+                figures_of = (caused_by, figures_ids(caused_by))
+            append(_figures(row, ts, caused_by, figures_of[1], names))
             continue
         if row_type == COMMAND:
             (
@@ -505,7 +509,11 @@ class _Alerts:
 
 
 def _figures(
-    row: list[int], ts: int, caused_by: str, names: list[tuple[CircuitKind, str]]
+    row: list[int],
+    ts: int,
+    caused_by: str,
+    figures_id: Callable[[CircuitKind, str], str],
+    names: list[tuple[CircuitKind, str]],
 ) -> CircuitFigures:
     """A FIGURES row as view.py `figures` builds the record."""
     (
@@ -534,7 +542,7 @@ def _figures(
     return trusted(
         CircuitFigures,
         {
-            "event_id": figures_id(caused_by, circuit_kind.value, circuit_id),
+            "event_id": figures_id(circuit_kind, circuit_id),
             "ts": ts,
             "circuit_kind": circuit_kind,
             "circuit_id": circuit_id,
