@@ -9,6 +9,7 @@ not acknowledge).
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -39,8 +40,16 @@ _UUID4_SET = (0x4 << 76) | (0x2 << 62)
 # A private generator, seeded from os.urandom: a `random.seed(n)` elsewhere (a simulator,
 # a test) must not make two processes repeat ids, and neither may a fork.
 _ids = Random()
-os.register_at_fork(after_in_child=_ids.seed)
 _random_bits = _ids.getrandbits
+_forks = [0]  # forks between the first process and this one: a child needs new producers
+
+
+def _after_fork() -> None:
+    _ids.seed()
+    _forks[0] += 1
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def new_event_id() -> str:
@@ -82,6 +91,16 @@ class Emitter(AbstractContextManager["Emitter"]):
             )
         self.transport = transport
         self._heartbeat: tuple[threading.Thread, threading.Event] | None = None
+        # Sequenced ids, `<producer>.<n>`: the decider remembers a producer's numbers as
+        # ranges, so dropping repeats costs it next to nothing however many events it
+        # has seen (processors/core/repeats.py). A fresh producer per emitter and per
+        # process (a forked child draws its own); numbers come from a thread-safe count.
+        self._new_producer()
+
+    def _new_producer(self) -> None:
+        self.producer = f"{_random_bits(64):016x}"
+        self._numbers = itertools.count(1)
+        self._fork = _forks[0]
 
     # --- building events -----------------------------------------------------------------
 
@@ -106,7 +125,11 @@ class Emitter(AbstractContextManager["Emitter"]):
     def _send(
         self, kind: EventKind, event_id: str | None, ts: int | None, fields: dict[str, Any]
     ) -> str:
-        fields["event_id"] = new_event_id() if event_id is None else event_id
+        if event_id is None:
+            if self._fork != _forks[0]:
+                self._new_producer()
+            event_id = f"{self.producer}.{next(self._numbers)}"
+        fields["event_id"] = event_id
         fields["kind"] = kind
         fields["ts"] = time.time_ns() // 1_000_000 if ts is None else ts
         fields["worker_id"] = self.worker_id

@@ -38,6 +38,7 @@ from .encode import (
     assemble,
     dictionary_codes,
     rung_bits,
+    sequenced_column,
 )
 
 # The fields the circuits read (an encoding without commands: what scoring reads).
@@ -160,6 +161,7 @@ def _column_fields(table: pa.Table) -> _Fields:
         own_ts,
         ids,
         exact_ids,
+        *sequenced_column(event_ids),
         w_codes,
         worker_ids,
         hw_codes,

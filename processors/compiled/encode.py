@@ -29,8 +29,15 @@ from numba import njit
 from faultstream.events.classify import classify_message
 from faultstream.events.config import CoreSettings
 from faultstream.events.models import CircuitKind, InputRecord
-from faultstream.processors.core.fleet import SEEN_CONTROL_IDS, SEEN_IDS_PER_WORKER
 from faultstream.processors.core.recovery import _LOWER_PRECISION, LADDERS, _positive_int
+from faultstream.processors.core.repeats import (
+    MAX_DIGITS,
+    PRODUCERS_PER_WORKER,
+    RANGES_PER_PRODUCER,
+    SEEN_CONTROL_IDS,
+    SEEN_IDS_PER_WORKER,
+    sequence_number,
+)
 
 from .codes import (
     CHECKPOINT,
@@ -158,6 +165,8 @@ class _Fields:
     own_ts: np.ndarray  # the records' own `ts` (ts is the decision time)
     ids: np.ndarray
     event_ids: list[str] | pa.ChunkedArray | None
+    producers: np.ndarray  # sequenced ids (core/repeats.py): producer code, else -1
+    numbers: np.ndarray  # and their numbers
     w_codes: np.ndarray
     worker_ids: list
     hw_codes: np.ndarray
@@ -269,6 +278,7 @@ def _model_fields(inputs: Sequence[InputRecord]) -> _Fields:
         own_ts,
         np.fromiter(map(_id_hash, event_ids), np.int64, n),
         event_ids,
+        *_sequenced(event_ids),
         w_codes,
         worker_ids,
         hw_codes,
@@ -382,7 +392,15 @@ def assemble(
             key_ids = _exact_key_ids(f.event_ids, group)  # two ids, one hash
     window = np.full(n_work + 1, SEEN_IDS_PER_WORKER, np.int64)
     window[n_work] = SEEN_CONTROL_IDS
-    skip, scored = _dedupe(kind, group, key_ids, window)
+    # Sequenced ids: one key per (worker, producer).
+    producer = np.full(n, -1, np.int64)
+    sequenced = np.flatnonzero((f.producers >= 0) & is_worker)
+    producer[sequenced] = _key_ids(f.producers[sequenced], group[sequenced])[0]
+    skip, scored, gappy = _dedupe(kind, group, key_ids, window, producer, f.numbers)
+    if gappy:
+        raise UnsupportedHistory(
+            f"a producer of sequenced ids with more than {RANGES_PER_PRODUCER} gaps"
+        )
 
     n_circ = len(ids)
     circuit_rank = np.array(ranks, np.int64)
@@ -584,9 +602,13 @@ def _key_ids(values, groups):
 
 
 @njit(cache=True, nogil=True)
-def _dedupe(kind, group, key_ids, window):
-    """skip: the core ignores the record (its key is among the group's newest `window`
-    remembered ids); scored: the first outcome of its key (the score's unbounded set)."""
+def _dedupe(kind, group, key_ids, window, producer, number):
+    """skip: the core ignores the record (core/repeats.py): a sequenced id already among
+    its producer's numbers, while the worker still remembers that producer (the newest
+    PRODUCERS_PER_WORKER it admitted); any other id among the group's newest `window`.
+    scored: the first outcome of its key (the score's unbounded set). gappy: a producer
+    may have held more than RANGES_PER_PRODUCER ranges, which the core would start to
+    forget (each arrival that is not its previous number + 1 adds at most one range)."""
     n = kind.shape[0]
     skip = np.zeros(n, np.int8)
     scored = np.zeros(n, np.int8)
@@ -594,10 +616,34 @@ def _dedupe(kind, group, key_ids, window):
     added_at = np.zeros(n_keys, np.int64)  # the key's newest remembering, 1-based
     outcome_seen = np.zeros(n_keys, np.int8)
     remembered = np.zeros(window.shape[0], np.int64)
+    n_producers = producer.max() + 1 if n else 0
+    admitted_at = np.zeros(n_producers, np.int64)  # the producer's newest admission
+    previous = np.zeros(n_producers, np.int64)  # its previous arrival's number
+    breaks = np.zeros(n_producers, np.int64)  # arrivals that were not previous + 1
+    admitted = np.zeros(window.shape[0], np.int64)
+    gappy = False
     for i in range(n):
         key = key_ids[i]
         g = group[i]
-        if added_at[key] > 0 and added_at[key] > remembered[g] - window[g]:
+        p = producer[i]
+        if p >= 0:
+            a = admitted_at[p]
+            if a == 0 or a <= admitted[g] - PRODUCERS_PER_WORKER:  # new, or forgotten
+                admitted[g] += 1
+                a = admitted[g]
+                admitted_at[p] = a
+                previous[p] = 0
+                breaks[p] = 0
+            if number[i] != previous[p] + 1:
+                breaks[p] += 1
+                if breaks[p] >= RANGES_PER_PRODUCER:
+                    gappy = True
+            previous[p] = number[i]
+            if added_at[key] == a:
+                skip[i] = 1
+            else:
+                added_at[key] = a
+        elif added_at[key] > 0 and added_at[key] > remembered[g] - window[g]:
             skip[i] = 1
         else:
             remembered[g] += 1
@@ -605,4 +651,32 @@ def _dedupe(kind, group, key_ids, window):
         if (kind[i] == SUCCESS or kind[i] == FAILURE) and outcome_seen[key] == 0:
             outcome_seen[key] = 1
             scored[i] = 1
-    return skip, scored
+    return skip, scored, gappy
+
+
+def _sequenced(event_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per id: its producer's code (-1 for an id that is not sequenced) and number."""
+    codes: dict[str, int] = {}
+    producers = np.full(len(event_ids), -1, np.int64)
+    numbers = np.zeros(len(event_ids), np.int64)
+    for i, event_id in enumerate(event_ids):
+        if "." in event_id and (sequenced := sequence_number(event_id)) is not None:
+            producers[i] = codes.setdefault(sequenced[0], len(codes))
+            numbers[i] = sequenced[1]
+    return producers, numbers
+
+
+# core/repeats.py `sequence_number`, for a column: the producer is all before the last dot.
+SEQUENCED = rf"(?s)^(?P<producer>.+)\.(?P<number>[1-9][0-9]{{0,{MAX_DIGITS - 1}}})$"
+
+
+def sequenced_column(event_ids: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """`_sequenced` of a column of ids."""
+    parts = pc.extract_regex(event_ids.combine_chunks(), SEQUENCED)
+    if parts.null_count == len(parts):
+        return np.full(len(parts), -1, np.int64), np.zeros(len(parts), np.int64)
+    matched = pc.is_valid(parts).to_numpy(zero_copy_only=False)
+    codes, _ = dictionary_codes(pc.struct_field(parts, "producer"), values=False)
+    producers = np.where(matched, codes, -1).astype(np.int64)
+    numbers = pc.cast(pc.struct_field(parts, "number"), pa.int64())
+    return producers, numbers.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)

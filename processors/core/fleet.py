@@ -59,19 +59,19 @@ from .circuit import (
 )
 from .ids import command_id, figures_ids, migration_command_id
 from .recovery import MOVES_TASK, Learned, Plan, plan_failure
+from .repeats import SEEN_CONTROL_IDS, first_time, remember
 from .view import capacity_view, circuits_view, figures, workers_view
-from .workers import ClassMembers, Worker, fleet_guard_holds, pick_target, remember
+from .workers import ClassMembers, Worker, fleet_guard_holds, pick_target
 
-SEEN_IDS_PER_WORKER = 10_000
-SEEN_CONTROL_IDS = 100_000
 AWAITED_COMMANDS = 100_000  # commands whose outcome may still come (adaptive trials)
 # Ranks of due moments that tie on moment and id: an outlier boundary (id "") first, then
 # circuits half-opening (their kind rank), lost workers, circuits open too long (4 + rank).
 BOUNDARY = -1
 LOST = 3
 OUTAGE = 4
-# 3: figure marks; 4: windows, outliers, moves, trials, alerts; 5: windows' two deques, floors
-_SNAPSHOT_VERSION = 5
+# 3: figure marks; 4: windows, outliers, moves, trials, alerts; 5: windows' two deques, floors;
+# 6: sequenced ids' producers
+_SNAPSHOT_VERSION = 6
 _RANK_AND_ID = attrgetter("rank", "id")  # the order figures are published in
 _KIND_RANK = {
     CircuitKind.WORKER: WORKER,
@@ -158,16 +158,8 @@ class FleetCore:
         worker = None
         if handler is not None:
             worker = self._workers.get(record.worker_id)  # type: ignore[union-attr]
-            if worker is not None:
-                seen = worker.seen
-                if event_id in seen:
-                    return []
-                # Inline `remember`: this is the path every heartbeat takes.
-                seen.add(event_id)
-                order = worker.seen_order
-                order.append(event_id)
-                if len(order) > SEEN_IDS_PER_WORKER:
-                    seen.discard(order.popleft())
+            if worker is not None and not first_time(worker, event_id):
+                return []
         else:
             if event_id in self._control_seen:
                 return []
@@ -194,7 +186,7 @@ class FleetCore:
                 self._revive(worker)
         elif handler is not None:  # created after the due moments: they precede this input
             worker = self._new_worker(record, ts)  # type: ignore[arg-type]
-            remember(worker.seen, worker.seen_order, event_id, SEEN_IDS_PER_WORKER)
+            first_time(worker, event_id)
         if handler is not None:
             if handler is not _on_heartbeat:  # a heartbeat only marks the worker alive
                 self._received = ts

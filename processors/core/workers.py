@@ -26,6 +26,7 @@ class Worker:
         "interval_successes",
         "last_ts",
         "lost",
+        "producers",
         "seen",
         "seen_order",
         "skewed",
@@ -49,13 +50,14 @@ class Worker:
         self.skewed = False  # its clock was off by more than max_skew_s at its newest event
         self.seen: set[str] = set()
         self.seen_order: deque[str] = deque()
+        self.producers: dict[str, list[int]] = {}  # sequenced ids: producer -> ranges
 
-    # Snapshots: the recent ids are most of a worker's state. Pickled one by one they cost
+    # Snapshots: plain recent ids can be most of a worker's state. Pickled one by one they cost
     # ~0.5 µs each (the decider's snapshot pauses grew with history); as one joined string
     # and their lengths they are two buffers, and `seen` is rebuilt from them.
     _PLAIN = ("id", "circuit", "hardware_class", "hw_circuit", "last_ts", "lost", "timer_gen",
               "tasks", "incoming", "interval_successes", "interval_failures",
-              "skewed")  # fmt: skip
+              "skewed", "producers")  # fmt: skip
 
     def __getstate__(self) -> tuple:
         order = self.seen_order
@@ -67,17 +69,9 @@ class Worker:
         for name, value in zip(self._PLAIN, plain, strict=True):
             setattr(self, name, value)
         ends = list(accumulate(lengths))
-        order = [joined[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+        order = [joined[start:end] for start, end in zip([0, *ends], ends, strict=False)]
         self.seen_order = deque(order)
         self.seen = set(order)
-
-
-def remember(seen: set[str], order: deque[str], event_id: str, limit: int) -> None:
-    """Add an id to a bounded set that forgets the oldest first."""
-    seen.add(event_id)
-    order.append(event_id)
-    if len(order) > limit:
-        seen.discard(order.popleft())
 
 
 def fleet_guard_holds(

@@ -292,7 +292,7 @@ def test_restored_core_still_ignores_repeats_of_ids_seen_before_the_snapshot() -
 
 def test_snapshot_of_another_version_is_refused() -> None:
     data = pickle.dumps((1, {}), protocol=pickle.HIGHEST_PROTOCOL)
-    with pytest.raises(ValueError, match="snapshot: version 1, expected 5"):
+    with pytest.raises(ValueError, match="snapshot: version 1, expected 6"):
         FleetCore.restore(data)
     with pytest.raises(ValueError, match="snapshot: unreadable by this version"):
         FleetCore.restore(b"\x80\x05not a pickle")

@@ -16,9 +16,9 @@ from faultstream.events.config import CoreSettings
 from faultstream.events.models import FailureType, Tick, WorkerEvent
 from faultstream.processors.core import FleetCore
 from faultstream.processors.core.circuit import CircuitParams
-from faultstream.processors.core.fleet import SEEN_CONTROL_IDS, SEEN_IDS_PER_WORKER
 from faultstream.processors.core.ids import command_id, jitter, migration_command_id, transition_id
 from faultstream.processors.core.recovery import retry_delay_s
+from faultstream.processors.core.repeats import SEEN_CONTROL_IDS, SEEN_IDS_PER_WORKER
 
 
 def crash(h: History, worker: str, times: int, ts: int, step: int = 0, **fields) -> int:

@@ -29,7 +29,10 @@ from faultstream.projections.schema import create_tables
 from faultstream.projections.tables import HistoryWriter
 
 APP = str(Path(faultstream.dashboard.__file__).parent / "app.py")
-RUN_TIMEOUT_S = 60  # only stops a hung run; never a performance bound
+# Only stops a hung run, never a performance bound: a page that replays or tunes may first
+# compile the numba engine (minutes on a cold cache, as in a fresh clone), and pytest's own
+# 600-s timeout stops anything that truly hangs.
+RUN_TIMEOUT_S = 540
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from faultstream.processors.compiled import encode as encode_module
 from faultstream.processors.compiled.liveness import liveness
 from faultstream.processors.compiled.moments import STATUS, round6
 from faultstream.processors.compiled.runs import score_run, scoring_run
-from faultstream.processors.core.fleet import SEEN_IDS_PER_WORKER
+from faultstream.processors.core.repeats import SEEN_IDS_PER_WORKER
 from faultstream.processors.offline.sources import DuckDBSource
 from faultstream.processors.offline.tune import (
     ColumnarHistory,
