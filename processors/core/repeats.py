@@ -81,20 +81,33 @@ def remember(seen: set[str], order: deque[str], event_id: str, limit: int) -> No
 
 
 def first_time(worker: Worker, event_id: str) -> bool:
-    """Is this the first time `worker` sees the id? It is remembered either way."""
-    sequenced = sequence_number(event_id)
-    if sequenced is None:
-        seen = worker.seen
-        if event_id in seen:
-            return False
-        remember(seen, worker.seen_order, event_id, SEEN_IDS_PER_WORKER)
-        return True
-    producer, n = sequenced
-    producers = worker.producers
-    ranges = producers.get(producer)
-    if ranges is None:
-        producers[producer] = [n, n]
-        if len(producers) > PRODUCERS_PER_WORKER:
-            del producers[next(iter(producers))]  # the producer admitted first
-        return True
-    return add_number(ranges, n)
+    """Is this the first time `worker` sees the id? It is remembered either way.
+
+    Every worker event passes here, so `sequence_number` and the usual case of
+    `add_number` are inlined (tests/unit/test_repeats.py holds the three to one rule).
+    """
+    producer, _, number = event_id.rpartition(".")
+    if (
+        producer
+        and number.isdigit()
+        and number.isascii()
+        and number[0] != "0"
+        and len(number) <= MAX_DIGITS
+    ):
+        n = int(number)
+        producers = worker.producers
+        ranges = producers.get(producer)
+        if ranges is None:
+            producers[producer] = [n, n]
+            if len(producers) > PRODUCERS_PER_WORKER:
+                del producers[next(iter(producers))]  # the producer admitted first
+            return True
+        if n == ranges[-1] + 1:
+            ranges[-1] = n
+            return True
+        return add_number(ranges, n)
+    seen = worker.seen
+    if event_id in seen:
+        return False
+    remember(seen, worker.seen_order, event_id, SEEN_IDS_PER_WORKER)
+    return True

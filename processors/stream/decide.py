@@ -40,18 +40,17 @@ from faultstream.events.models import (
 from faultstream.processors.core import FleetCore
 from faultstream.processors.stream import metrics
 
-from .snapshots import SnapshotStore
+from .snapshots import CAN_FORK, ForkedSnapshot, SnapshotStore
 from .stats import BatchStats
 
 log = logging.getLogger("faultstream.processor")
 
-# A snapshot pickles the whole core on the event loop: too often and it stalls the loop
-# past the latency target; too rarely and a restart re-reads more of `.ordered`.
+# A snapshot stops the decider (for a fork where it can, else for the whole pickle): too
+# often and that adds up; too rarely and a restart re-reads more of `.ordered`.
 # settings.processor.snapshot_every_s (10 s by default) sets the time-based rhythm.
 SNAPSHOT_EVERY_RECORDS = 500_000
-# However often those ask, snapshots take at most this share of the decider's time: the
-# pause grows with the state (400 MB and about a second at 1,000 workers x the 10,000
-# recent ids each keeps for dropping repeats).
+# However often those ask, snapshots take at most this share of the decider's time (the
+# pickle grows with the fleet, and with plain ids with the 10,000 each worker remembers).
 SNAPSHOT_MAX_SHARE = 0.02
 CATCH_UP_FRAMES = 100  # per poll when re-reading `.ordered` after a restore
 # Local frames held while waiting for a gap (another instance's frames) to arrive through
@@ -85,6 +84,7 @@ class DecideStage:
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
         self._snapshot_pause_s = 0.0  # how long the last one stopped the decider
+        self._forked: ForkedSnapshot | None = None  # a snapshot a child is writing
         # One frame at a time, whichever way it came: outputs keep the history's order.
         self._lock = asyncio.Lock()
         # Acknowledged local frames not yet applied: offset -> (frame, timestamp ms).
@@ -95,6 +95,9 @@ class DecideStage:
         """The partition moved: the table, not memory, is the truth from now on."""
         self.core = None
         self._held.clear()
+        if self._forked is not None:
+            self._forked.abandon()
+            self._forked = None
 
     async def on_batch(self, events: Sequence[Any]) -> None:
         """Frames from the Faust agent, in offset order."""
@@ -239,6 +242,9 @@ class DecideStage:
         await self.app.producer.send(dlq, None, self.codec.encode(letter), None, None, None)
 
     async def _maybe_snapshot(self) -> None:
+        if self._forked is not None:
+            await self._finish_forked()
+            return
         since_s = time.monotonic() - self._snapshot_at
         every_s = self.settings.processor.snapshot_every_s
         if not snapshot_due(since_s, self._since_snapshot, every_s, self._snapshot_pause_s):
@@ -247,24 +253,49 @@ class DecideStage:
         # Only outputs already on the broker may be covered by a snapshot.
         await self.app.producer.flush()
         started = time.perf_counter()
+        self._since_snapshot = 0
+        self._snapshot_at = time.monotonic()
+        if CAN_FORK:  # the decider stops only for the fork; the child pickles
+            directory = self.settings.processor.data_dir
+            self._forked = ForkedSnapshot(self.core, self.next_offset, directory)
+            self._snapshot_pause_s = time.perf_counter() - started
+            return
         data = self.core.snapshot()
         self.store.save(self.next_offset, data)
+        await self._saved(self.next_offset, len(data), started)
+
+    async def _finish_forked(self) -> None:
+        forked = self._forked
+        assert forked is not None
+        try:
+            written = forked.result()
+        except OSError as exc:
+            log.warning("decider: %s; the next snapshot is taken as usual", exc)
+            self._forked = None
+            return
+        if written is None:
+            return  # the child is still writing
+        self._forked = None
+        fork_pause_s = self._snapshot_pause_s
+        started = time.perf_counter() - fork_pause_s  # the pause: the fork and this save
+        self.store.save_packed(forked.offset, written[1])
+        await self._saved(forked.offset, written[0], started)
+
+    async def _saved(self, offset: int, size: int, started: float) -> None:
         # The changelog write is buffered: flush so the log line below means "durable".
         await self.app.producer.flush()
         self._snapshot_pause_s = time.perf_counter() - started
         metrics.SNAPSHOT_SECONDS.observe(self._snapshot_pause_s)
-        metrics.SNAPSHOT_BYTES.set(len(data))
-        self.stats.snapshot(len(data), self._snapshot_pause_s)
+        metrics.SNAPSHOT_BYTES.set(size)
+        self.stats.snapshot(size, self._snapshot_pause_s)
         log.info(
             "decider snapshot at `.ordered` offset %d: %d bytes in %.0f ms",
-            self.next_offset,
-            len(data),
+            offset,
+            size,
             self._snapshot_pause_s * 1000,
-            extra={"fields": {"offset": self.next_offset, "bytes": len(data),
+            extra={"fields": {"offset": offset, "bytes": size,
                               "pause_ms": round(self._snapshot_pause_s * 1000, 1)}},
         )  # fmt: skip
-        self._since_snapshot = 0
-        self._snapshot_at = time.monotonic()
 
 
 def snapshot_due(since_s: float, since_records: int, every_s: float, last_pause_s: float) -> bool:

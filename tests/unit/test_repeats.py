@@ -24,6 +24,7 @@ from faultstream.processors.core.repeats import (
     PRODUCERS_PER_WORKER,
     RANGES_PER_PRODUCER,
     add_number,
+    first_time,
     sequence_number,
 )
 from faultstream.processors.offline.sources import REPLAY_COLUMNS, DuckDBSource
@@ -87,6 +88,23 @@ def test_only_a_positive_canonical_number_after_the_last_dot_makes_an_id_sequenc
     assert sequence_number("p." + "9" * 18) == ("p", 10**18 - 1)
     plain = ["p.0", "p.01", ".5", "p.", "p.5x", "p.٣", "p.²", "e17", "p." + "1" * 19]
     assert [sequence_number(i) for i in plain] == [None] * len(plain)
+
+
+def test_the_core_remembers_exactly_the_sequenced_ids_by_their_producer() -> None:
+    # `first_time` inlines `sequence_number`: the two must tell the same ids apart.
+    core = FleetCore()
+    core.process(WorkerEvent(event_id="first", kind="HEARTBEAT", ts=1, worker_id="w1",
+                             hardware_class="cuda"))  # fmt: skip
+    worker = core._workers["w1"]
+    assert all(first_time(worker, event_id) for event_id in TRICKY_IDS)
+    parsed = {i: sequence_number(i) for i in TRICKY_IDS}
+    assert worker.seen == {"first"} | {i for i, p in parsed.items() if p is None}
+    by_producer: dict[str, list[int]] = {}
+    for p in parsed.values():
+        if p is not None:
+            add_number(by_producer.setdefault(p[0], []), p[1])
+    assert worker.producers == by_producer
+    assert not any(first_time(worker, event_id) for event_id in TRICKY_IDS)
 
 
 def test_the_twins_two_readers_of_ids_agree_with_the_core() -> None:

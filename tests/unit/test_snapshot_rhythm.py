@@ -1,10 +1,20 @@
-"""When the decider snapshots its core: its own rhythm, bounded by what a snapshot costs."""
+"""When the decider snapshots its core: its own rhythm, bounded by what a snapshot costs;
+and how a forked child writes one while the decider goes on."""
 
+import os
+import time
+import zlib
+
+import pytest
+
+from faultstream.events.models import WorkerEvent
+from faultstream.processors.core import FleetCore
 from faultstream.processors.stream.decide import (
     SNAPSHOT_EVERY_RECORDS,
     SNAPSHOT_MAX_SHARE,
     snapshot_due,
 )
+from faultstream.processors.stream.snapshots import ForkedSnapshot, SnapshotStore
 
 
 def test_a_snapshot_is_due_after_the_configured_interval():
@@ -27,3 +37,62 @@ def test_a_slow_snapshot_spaces_out_the_next_ones():
     gap = 1.0 / SNAPSHOT_MAX_SHARE
     assert not snapshot_due(gap - 1, SNAPSHOT_EVERY_RECORDS, every_s=10.0, last_pause_s=1.0)
     assert snapshot_due(gap, 100, every_s=10.0, last_pause_s=1.0)
+
+
+# --- snapshots written by a forked child -------------------------------------------------
+
+
+def _core_after(records: int) -> FleetCore:
+    core = FleetCore()
+    for n in range(records):
+        event = WorkerEvent(event_id=f"p.{n + 1}", kind="FAILURE", ts=1_000 + n, worker_id="w1",
+                            hardware_class="cuda", task_id=f"t{n}", task_type="bert",
+                            failure_type="TIMEOUT")  # fmt: skip
+        core.process(event)
+    return core
+
+
+def _wait(forked: ForkedSnapshot) -> tuple[int, bytes]:
+    for _ in range(1_000):
+        written = forked.result()
+        if written is not None:
+            return written
+        time.sleep(0.01)
+    raise AssertionError("the snapshot's child did not finish")
+
+
+def test_a_forked_snapshot_is_the_core_as_it_was_at_the_fork(tmp_path) -> None:
+    core = _core_after(5)
+    expected = core.snapshot()
+    forked = ForkedSnapshot(core, offset=5, directory=str(tmp_path))
+    for n in range(5, 9):  # the decider goes on while the child writes
+        core.process(WorkerEvent(event_id=f"p.{n + 1}", kind="HEARTBEAT", ts=9_000 + n,
+                                 worker_id="w2", hardware_class="cuda"))  # fmt: skip
+    size, packed = _wait(forked)
+    assert size == len(expected) and zlib.decompress(packed) == expected
+    assert list(tmp_path.iterdir()) == []  # its file is gone once read
+    table: dict = {}
+    store = SnapshotStore(table)
+    store.save_packed(forked.offset, packed)
+    loaded = store.load()
+    assert loaded is not None and loaded.offset == 5
+    assert set(FleetCore.restore(loaded.data)._workers) == {"w1"}
+
+
+def test_a_failed_child_is_reported_and_leaves_no_file(tmp_path) -> None:
+    class Unpicklable(FleetCore):
+        def snapshot(self) -> bytes:
+            raise RuntimeError("cannot pickle")
+
+    forked = ForkedSnapshot(Unpicklable(), offset=0, directory=str(tmp_path))
+    with pytest.raises(OSError, match="child process failed"):
+        _wait(forked)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_abandoned_snapshot_stops_its_child_and_removes_its_file(tmp_path) -> None:
+    forked = ForkedSnapshot(_core_after(2_000), offset=0, directory=str(tmp_path))
+    forked.abandon()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ChildProcessError):
+        os.waitpid(forked.pid, os.WNOHANG)  # reaped: no zombie left behind
