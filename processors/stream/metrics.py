@@ -45,7 +45,7 @@ DECISION_LATENCY = Histogram(
 SNAPSHOT_SECONDS = Histogram(
     "faultstream_processor_snapshot_duration_seconds",
     "How long each snapshot of the decider's state paused it",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 SNAPSHOT_BYTES = Gauge(
     "faultstream_processor_snapshot_bytes", "Size of the decider's newest snapshot"
