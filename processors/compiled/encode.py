@@ -36,7 +36,6 @@ from faultstream.processors.core.repeats import (
     RANGES_PER_PRODUCER,
     SEEN_CONTROL_IDS,
     SEEN_IDS_PER_WORKER,
-    sequence_number,
 )
 
 from .codes import (
@@ -604,45 +603,69 @@ def _key_ids(values, groups):
 @njit(cache=True, nogil=True)
 def _dedupe(kind, group, key_ids, window, producer, number):
     """skip: the core ignores the record (core/repeats.py): a sequenced id already among
-    its producer's numbers, while the worker still remembers that producer (the newest
-    PRODUCERS_PER_WORKER it admitted); any other id among the group's newest `window`.
+    its producer's numbers while the worker still holds that producer (among the
+    PRODUCERS_PER_WORKER it used last); any other id among the group's newest `window`.
     scored: the first outcome of its key (the score's unbounded set). gappy: a producer
     may have held more than RANGES_PER_PRODUCER ranges, which the core would start to
     forget (each arrival that is not its previous number + 1 adds at most one range)."""
     n = kind.shape[0]
+    n_groups = window.shape[0]
     skip = np.zeros(n, np.int8)
     scored = np.zeros(n, np.int8)
     n_keys = key_ids.max() + 1 if n else 0
-    added_at = np.zeros(n_keys, np.int64)  # the key's newest remembering, 1-based
+    added_at = np.zeros(n_keys, np.int64)  # plain: its newest remembering; sequenced: life
     outcome_seen = np.zeros(n_keys, np.int8)
-    remembered = np.zeros(window.shape[0], np.int64)
+    remembered = np.zeros(n_groups, np.int64)
+    # Producers, held least recently used first: a producer is still held while fewer
+    # than PRODUCERS_PER_WORKER others of its worker were used since its own last use. A
+    # Fenwick tree per worker over its arrivals marks each producer's last use.
     n_producers = producer.max() + 1 if n else 0
-    admitted_at = np.zeros(n_producers, np.int64)  # the producer's newest admission
+    life = np.zeros(n_producers, np.int64)  # its current life (0: none yet)
+    last_use = np.zeros(n_producers, np.int64)  # arrival number within its worker
     previous = np.zeros(n_producers, np.int64)  # its previous arrival's number
     breaks = np.zeros(n_producers, np.int64)  # arrivals that were not previous + 1
-    admitted = np.zeros(window.shape[0], np.int64)
+    arrivals = np.zeros(n_groups + 1, np.int64)
+    for i in range(n):
+        if producer[i] >= 0:
+            arrivals[group[i] + 1] += 1
+    base = np.cumsum(arrivals)  # the worker's slice of the tree
+    tree = np.zeros(base[-1] + 1, np.int64)
+    used = np.zeros(n_groups, np.int64)  # its arrivals so far
+    marked = np.zeros(n_groups, np.int64)  # its producers used at least once
+    lives = 0
     gappy = False
     for i in range(n):
         key = key_ids[i]
         g = group[i]
         p = producer[i]
         if p >= 0:
-            a = admitted_at[p]
-            if a == 0 or a <= admitted[g] - PRODUCERS_PER_WORKER:  # new, or forgotten
-                admitted[g] += 1
-                a = admitted[g]
-                admitted_at[p] = a
+            b = base[g]
+            size = base[g + 1] - b
+            held = False
+            t = last_use[p]
+            if t > 0:
+                since = marked[g] - _prefix(tree, b, t)  # producers used after it
+                held = since < PRODUCERS_PER_WORKER
+                _add(tree, b, size, t, -1)
+                marked[g] -= 1
+            if not held:  # new, or forgotten: a fresh life
+                lives += 1
+                life[p] = lives
                 previous[p] = 0
                 breaks[p] = 0
+            used[g] += 1
+            last_use[p] = used[g]
+            _add(tree, b, size, used[g], 1)
+            marked[g] += 1
             if number[i] != previous[p] + 1:
                 breaks[p] += 1
                 if breaks[p] >= RANGES_PER_PRODUCER:
                     gappy = True
             previous[p] = number[i]
-            if added_at[key] == a:
+            if added_at[key] == life[p]:
                 skip[i] = 1
             else:
-                added_at[key] = a
+                added_at[key] = life[p]
         elif added_at[key] > 0 and added_at[key] > remembered[g] - window[g]:
             skip[i] = 1
         else:
@@ -654,29 +677,50 @@ def _dedupe(kind, group, key_ids, window, producer, number):
     return skip, scored, gappy
 
 
+@njit(cache=True, nogil=True)
+def _add(tree, base, size, i, delta):
+    """Fenwick tree over positions 1..size at tree[base + 1 : base + size + 1]."""
+    while i <= size:
+        tree[base + i] += delta
+        i += i & -i
+
+
+@njit(cache=True, nogil=True)
+def _prefix(tree, base, i):
+    total = 0
+    while i > 0:
+        total += tree[base + i]
+        i -= i & -i
+    return total
+
+
 def _sequenced(event_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`sequenced_column` of a list of ids."""
+    return sequenced_column(pa.array(event_ids, pa.string()))
+
+
+# core/repeats.py `sequence_number`: a number after the last dot, all before it the producer.
+_NUMBER = rf"^[1-9][0-9]{{0,{MAX_DIGITS - 1}}}$"
+
+
+def sequenced_column(event_ids: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Per id: its producer's code (-1 for an id that is not sequenced) and number."""
-    codes: dict[str, int] = {}
-    producers = np.full(len(event_ids), -1, np.int64)
-    numbers = np.zeros(len(event_ids), np.int64)
-    for i, event_id in enumerate(event_ids):
-        if "." in event_id and (sequenced := sequence_number(event_id)) is not None:
-            producers[i] = codes.setdefault(sequenced[0], len(codes))
-            numbers[i] = sequenced[1]
+    if isinstance(event_ids, pa.ChunkedArray):
+        event_ids = event_ids.combine_chunks()
+    n = len(event_ids)
+    producers = np.full(n, -1, np.int64)
+    numbers = np.zeros(n, np.int64)
+    dotted = np.flatnonzero(pc.match_substring(event_ids, ".").to_numpy(zero_copy_only=False))
+    if not len(dotted):
+        return producers, numbers
+    parts = pc.split_pattern(event_ids.take(pa.array(dotted)), ".", max_splits=1, reverse=True)
+    producer, number = pc.list_element(parts, 0), pc.list_element(parts, 1)
+    valid = pc.and_(
+        pc.greater(pc.utf8_length(producer), 0), pc.match_substring_regex(number, _NUMBER)
+    )
+    ok = valid.to_numpy(zero_copy_only=False)
+    rows = dotted[ok]
+    if len(rows):
+        producers[rows] = dictionary_codes(producer.filter(valid), values=False)[0]
+        numbers[rows] = pc.cast(number.filter(valid), pa.int64()).to_numpy(zero_copy_only=False)
     return producers, numbers
-
-
-# core/repeats.py `sequence_number`, for a column: the producer is all before the last dot.
-SEQUENCED = rf"(?s)^(?P<producer>.+)\.(?P<number>[1-9][0-9]{{0,{MAX_DIGITS - 1}}})$"
-
-
-def sequenced_column(event_ids: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """`_sequenced` of a column of ids."""
-    parts = pc.extract_regex(event_ids.combine_chunks(), SEQUENCED)
-    if parts.null_count == len(parts):
-        return np.full(len(parts), -1, np.int64), np.zeros(len(parts), np.int64)
-    matched = pc.is_valid(parts).to_numpy(zero_copy_only=False)
-    codes, _ = dictionary_codes(pc.struct_field(parts, "producer"), values=False)
-    producers = np.where(matched, codes, -1).astype(np.int64)
-    numbers = pc.cast(pc.struct_field(parts, "number"), pa.int64())
-    return producers, numbers.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)

@@ -7,7 +7,7 @@ Two kinds of id, two memories:
   its events 1, 2, 3, ... . A worker remembers, per producer, the numbers it has seen as
   ranges, so its memory grows with the gaps, not with the events: an emitter's events
   arrive nearly in order, and a spool resent after an outage fills its gap. Exact, however
-  old the resend, for the newest `PRODUCERS_PER_WORKER` producers of a worker (each up to
+  old the resend, for the `PRODUCERS_PER_WORKER` producers a worker used last (each up to
   `RANGES_PER_PRODUCER` ranges; past that its lowest numbers are forgotten).
 - **Any other** id: the newest `SEEN_IDS_PER_WORKER` of the worker, kept as strings.
 
@@ -100,8 +100,11 @@ def first_time(worker: Worker, event_id: str) -> bool:
         if ranges is None:
             producers[producer] = [n, n]
             if len(producers) > PRODUCERS_PER_WORKER:
-                del producers[next(iter(producers))]  # the producer admitted first
+                del producers[next(iter(producers))]  # the least recently used
             return True
+        if len(producers) > 1 and next(reversed(producers)) != producer:
+            del producers[producer]  # the most recently used go last
+            producers[producer] = ranges
         if n == ranges[-1] + 1:
             ranges[-1] = n
             return True

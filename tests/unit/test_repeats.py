@@ -270,17 +270,21 @@ def failure(worker: str, event_id: str, ts: int) -> WorkerEvent:
     )  # fmt: skip
 
 
-def test_a_worker_forgets_its_oldest_producer_past_the_bound_in_core_and_twin() -> None:
-    records = [failure("w1", f"p{k}.1", 1_000 + k) for k in range(PRODUCERS_PER_WORKER + 1)]
-    # p0 was forgotten when p10000 came: its id counts again (and p1 is forgotten in turn:
-    # the producer admitted first goes); p2's is still a repeat.
-    late = [failure("w1", "p0.1", 50_000), failure("w1", "p2.1", 50_001)]
+def test_a_worker_forgets_the_producer_it_heard_from_least_recently_in_core_and_twin() -> None:
+    records = [failure("w1", f"p{k}.1", 1_000 + k) for k in range(PRODUCERS_PER_WORKER)]
+    records.append(failure("w1", "p0.2", 20_000))  # p0 is heard from again: p1 is the oldest
+    records.append(failure("w1", f"p{PRODUCERS_PER_WORKER}.1", 20_001))  # one too many
     core = FleetCore()
     for record in records:
         core.process(record)
     assert len(core._workers["w1"].producers) == PRODUCERS_PER_WORKER
-    assert core.process(late[0]) != [] and core.process(late[1]) == []
-    history = records + late
+    assert "p1" not in core._workers["w1"].producers
+    assert core.process(failure("w1", "p0.1", 50_000)) == []  # still held
+    assert core.process(failure("w1", "p1.1", 50_001)) != []  # forgotten: it counts again
+    # p1's return pushed out p2, the oldest now; p3 is still held.
+    assert core.process(failure("w1", "p3.1", 50_002)) == []
+    assert core.process(failure("w1", "p2.1", 50_003)) != []
+    history = records + [failure("w1", f"p{k}.1", 50_000 + k) for k in (0, 1, 3, 2)]
     assert [derived_to_json(out) for out in replay_compiled(history)] == lines(history)
 
 
