@@ -122,6 +122,9 @@ class ForkedSnapshot:
         if self.pid == 0:  # the child: write, and leave without running any cleanup
             status = 1
             try:
+                # A signal must not wake the parent's event loop through the shared fd.
+                with contextlib.suppress(ValueError):  # (only the main thread may)
+                    signal.set_wakeup_fd(-1)
                 data = core.snapshot()
                 with os.fdopen(fd, "wb") as out:
                     out.write(len(data).to_bytes(8, "big"))
