@@ -288,6 +288,19 @@ def test_a_worker_forgets_the_producer_it_heard_from_least_recently_in_core_and_
     assert [derived_to_json(out) for out in replay_compiled(history)] == lines(history)
 
 
+def test_a_producer_heard_from_again_among_two_is_not_the_one_forgotten() -> None:
+    # Two producers, the older one heard from again: the other is now the oldest.
+    records = [failure("w1", "p0.1", 1_000), failure("w1", "p1.1", 1_001)]
+    records.append(failure("w1", "p0.2", 1_002))
+    records += [failure("w1", f"p{k}.1", 2_000 + k) for k in range(2, PRODUCERS_PER_WORKER + 1)]
+    core = FleetCore()
+    for record in records:
+        core.process(record)
+    assert "p0" in core._workers["w1"].producers and "p1" not in core._workers["w1"].producers
+    history = [*records, failure("w1", "p0.1", 50_000), failure("w1", "p1.1", 50_001)]
+    assert [derived_to_json(out) for out in replay_compiled(history)] == lines(history)
+
+
 def test_a_producer_with_more_gaps_than_the_bound_is_left_to_the_core_by_the_twin() -> None:
     gaps = [failure("w1", f"p.{2 * k + 2}", 1_000 + k) for k in range(RANGES_PER_PRODUCER)]
     replay_compiled(gaps[:-1])  # one gap fewer: the twin replays it
