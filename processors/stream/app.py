@@ -130,6 +130,7 @@ def create_app(
     datadir = instance_datadir(settings, instance_id)
     datadir.mkdir(parents=True, exist_ok=True)
     bind = web_host or settings.http.host
+    web_port_used = web_port or settings.processor.web_port
     replicas = cluster_replication_factor(kafka)
     app = faust.App(
         app_id,
@@ -153,11 +154,15 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         # A SIGKILLed instance holds its partitions until its session expires; keep that
-        # short so a restart (or the other instance) takes over within seconds.
+        # short so the other instance takes over within seconds. The instance itself,
+        # restarted, takes them back at once: it is a static member (KIP-345) of the group.
+        # Faust's assignor keeps each member's web URL with its assignment and refuses one
+        # made for another, so a new port makes a new member (which waits, as before).
+        consumer_group_instance_id=f"{app_id}-{instance_id}-{web_port_used}",
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
         broker_rebalance_timeout=20.0,
-        web_port=web_port or settings.processor.web_port,
+        web_port=web_port_used,
         web_bind=bind,
         # The name others would reach it by (Faust's canonical URL): the bound address, or
         # this host's name when it listens on every interface.
@@ -174,7 +179,10 @@ def create_app(
     )
     decider = DecideStage(app, settings, decoder, topics, table)
     # The naive baseline keeps the round trip through `.ordered` (one event at a time).
-    ingest = IngestStage(app, settings, decoder, topics, on_frame=None if naive else decider.offer)
+    ingest = IngestStage(
+        app, settings, decoder, topics, on_frame=None if naive else decider.offer,
+        member=instance_id,
+    )  # fmt: skip
     app.faultstream_decider = decider  # type: ignore[attr-defined]
     install_metrics_page(app, decider)
 

@@ -66,10 +66,12 @@ class IngestStage:
         decoder: InputDecoder,
         topics: Any,
         on_frame: Callable[[int, bytes, int], None] | None = None,
+        member: str | None = None,
     ) -> None:
         self.app = app
         # Called with (offset, frame, timestamp ms) of each frame the broker acknowledged.
         self.on_frame = on_frame
+        self.member = member  # the processor instance: its static membership of the group
         self.settings = settings
         self.decoder = decoder
         self.codec = decoder.codec
@@ -150,9 +152,12 @@ class IngestStage:
     async def run(self) -> None:
         """Consume the input topics until cancelled (the batched path)."""
         kafka = self.settings.kafka
+        group = f"{kafka.topic_prefix}-processor-ingest"
         consumer = AIOKafkaConsumer(
             **aiokafka_kwargs(kafka),
-            group_id=f"{kafka.topic_prefix}-processor-ingest",
+            group_id=group,
+            # Restarted, the instance takes its partitions back at once (KIP-345).
+            group_instance_id=None if self.member is None else f"{group}-{self.member}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=POLL_MAX_RECORDS,
