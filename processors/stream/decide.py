@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -85,6 +86,12 @@ class DecideStage:
         self._snapshot_at = time.monotonic()
         self._snapshot_pause_s = 0.0  # how long the last one stopped the decider
         self._forked: ForkedSnapshot | None = None  # a snapshot a child is writing
+        self._flush_s = 0.0  # the part of the last pause spent flushing outputs
+        # Deliveries of outputs sent and not yet acknowledged (oldest first), and those a
+        # forked snapshot covers: it is saved only once they are all on the broker.
+        self._unacked: deque[asyncio.Future[Any]] = deque()
+        self._covered: list[asyncio.Future[Any]] = []
+        self._confirming: asyncio.Future[None] | None = None  # its "durable" log line
         # One frame at a time, whichever way it came: outputs keep the history's order.
         self._lock = asyncio.Lock()
         # Acknowledged local frames not yet applied: offset -> (frame, timestamp ms).
@@ -98,6 +105,7 @@ class DecideStage:
         if self._forked is not None:
             self._forked.abandon()
             self._forked = None
+        self._covered = []
 
     async def on_batch(self, events: Sequence[Any]) -> None:
         """Frames from the Faust agent, in offset order."""
@@ -210,12 +218,15 @@ class DecideStage:
         outputs = [output for record in records for output in process(record)]
         self._since_snapshot += len(records)
         send, encode, topics = self.app.producer.send, self.codec.encode, self.topics
+        unacked = self._unacked
         for output in outputs:
             routed = destination(output, topics)
             if routed is None:
                 continue
             topic, key = routed
-            await send(topic, key.encode(), encode(output), None, None, None)
+            unacked.append(await send(topic, key.encode(), encode(output), None, None, None))
+        while unacked and unacked[0].done():
+            unacked.popleft()
         metrics.count_outputs(outputs)
         if records:  # in merge order: the first is the oldest input of the frame
             at_ms = (self._latency_from_inputs and records[0].received_at) or created_ms
@@ -243,28 +254,32 @@ class DecideStage:
 
     async def _maybe_snapshot(self) -> None:
         if self._forked is not None:
-            await self._finish_forked()
+            self._finish_forked()
             return
         since_s = time.monotonic() - self._snapshot_at
         every_s = self.settings.processor.snapshot_every_s
         if not snapshot_due(since_s, self._since_snapshot, every_s, self._snapshot_pause_s):
             return
         assert self.core is not None
-        # Only outputs already on the broker may be covered by a snapshot.
-        await self.app.producer.flush()
         started = time.perf_counter()
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
-        if CAN_FORK:  # the decider stops only for the fork; the child pickles
+        if CAN_FORK:  # the decider stops for the fork; the child pickles
+            # Only outputs on the broker may be covered by a snapshot: the ones still in
+            # flight are awaited before it is saved, not here.
+            self._covered = [delivery for delivery in self._unacked if not delivery.done()]
             directory = self.settings.processor.data_dir
             self._forked = ForkedSnapshot(self.core, self.next_offset, directory)
+            self._flush_s = 0.0
             self._snapshot_pause_s = time.perf_counter() - started
             return
+        await self.app.producer.flush()  # only outputs on the broker may be covered
+        self._flush_s = time.perf_counter() - started
         data = self.core.snapshot()
         self.store.save(self.next_offset, data)
-        await self._saved(self.next_offset, len(data), started)
+        self._saved(self.next_offset, len(data), time.perf_counter() - started)
 
-    async def _finish_forked(self) -> None:
+    def _finish_forked(self) -> None:
         forked = self._forked
         assert forked is not None
         try:
@@ -273,28 +288,35 @@ class DecideStage:
             log.warning("decider: %s; the next snapshot is taken as usual", exc)
             self._forked = None
             return
-        if written is None:
-            return  # the child is still writing
+        if written is None or not all(d.done() for d in self._covered):
+            return  # the child is still writing, or outputs it covers are in flight
         self._forked = None
-        fork_pause_s = self._snapshot_pause_s
-        started = time.perf_counter() - fork_pause_s  # the pause: the fork and this save
+        if any(d.cancelled() or d.exception() is not None for d in self._covered):
+            log.warning("decider: an output the snapshot covers was not delivered; dropped")
+            return
+        started = time.perf_counter()
         self.store.save_packed(forked.offset, written[1])
-        await self._saved(forked.offset, written[0], started)
+        # The pause: the fork before, and this save.
+        self._saved(
+            forked.offset, written[0], self._snapshot_pause_s + time.perf_counter() - started
+        )
 
-    async def _saved(self, offset: int, size: int, started: float) -> None:
-        # The changelog write is buffered: flush so the log line below means "durable".
-        await self.app.producer.flush()
-        self._snapshot_pause_s = time.perf_counter() - started
-        metrics.SNAPSHOT_SECONDS.observe(self._snapshot_pause_s)
+    def _saved(self, offset: int, size: int, pause_s: float) -> None:
+        self._snapshot_pause_s = pause_s
+        metrics.SNAPSHOT_SECONDS.observe(pause_s)
         metrics.SNAPSHOT_BYTES.set(size)
-        self.stats.snapshot(size, self._snapshot_pause_s)
+        self.stats.snapshot(size, pause_s)
+        # The changelog write is buffered: the log line waits until the broker has it (it
+        # means "durable"), in a task of its own, so the decider does not wait.
+        fields = {"offset": offset, "bytes": size, "pause_ms": round(pause_s * 1000, 1),
+                  "flush_ms": round(self._flush_s * 1000, 1)}  # fmt: skip
+        self._confirming = asyncio.ensure_future(self._log_durable(fields))
+
+    async def _log_durable(self, fields: dict[str, Any]) -> None:
+        await self.app.producer.flush()
         log.info(
-            "decider snapshot at `.ordered` offset %d: %d bytes in %.0f ms",
-            offset,
-            size,
-            self._snapshot_pause_s * 1000,
-            extra={"fields": {"offset": offset, "bytes": size,
-                              "pause_ms": round(self._snapshot_pause_s * 1000, 1)}},
+            "decider snapshot at `.ordered` offset %d: %d bytes, the decider paused %.0f ms",
+            fields["offset"], fields["bytes"], fields["pause_ms"], extra={"fields": fields},
         )  # fmt: skip
 
 

@@ -116,6 +116,7 @@ class ForkedSnapshot:
 
     def __init__(self, core: FleetCore, offset: int, directory: str) -> None:
         self.offset = offset
+        self._written: tuple[int, bytes] | None = None
         os.makedirs(directory, exist_ok=True)
         fd, self.path = tempfile.mkstemp(dir=directory, prefix="snapshot-", suffix=".part")
         self.pid = os.fork()
@@ -137,6 +138,8 @@ class ForkedSnapshot:
     def result(self) -> tuple[int, bytes] | None:
         """(the snapshot's size unpacked, its packed bytes) once the child is done, else
         None; raises OSError when the child failed."""
+        if self._written is not None:
+            return self._written
         pid, status = os.waitpid(self.pid, os.WNOHANG)
         if pid == 0:
             return None
@@ -145,7 +148,8 @@ class ForkedSnapshot:
                 raise OSError(f"the snapshot's child process failed (status {status})")
             with open(self.path, "rb") as written:
                 size = int.from_bytes(written.read(8), "big")
-                return size, written.read()
+                self._written = (size, written.read())
+                return self._written
         finally:
             os.unlink(self.path)
 

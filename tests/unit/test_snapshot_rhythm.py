@@ -96,3 +96,10 @@ def test_an_abandoned_snapshot_stops_its_child_and_removes_its_file(tmp_path) ->
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ChildProcessError):
         os.waitpid(forked.pid, os.WNOHANG)  # reaped: no zombie left behind
+
+
+def test_a_finished_snapshot_can_be_asked_for_again(tmp_path) -> None:
+    # The decider asks at every batch until the outputs the snapshot covers are delivered.
+    forked = ForkedSnapshot(_core_after(3), offset=3, directory=str(tmp_path))
+    first = _wait(forked)
+    assert forked.result() == first
