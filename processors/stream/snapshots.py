@@ -109,6 +109,7 @@ def pack(data: bytes) -> bytes:
 
 
 CAN_FORK = hasattr(os, "fork")
+_MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65_536
 
 
 class ForkedSnapshot:
@@ -126,6 +127,11 @@ class ForkedSnapshot:
                 # A signal must not wake the parent's event loop through the shared fd.
                 with contextlib.suppress(ValueError):  # (only the main thread may)
                     signal.set_wakeup_fd(-1)
+                # Nor may the child keep what the parent holds open: its instance lock (a
+                # flock, shared by both until the last holder closes it) would outlive a
+                # parent that was killed, and refuse its restart.
+                os.closerange(3, fd)
+                os.closerange(fd + 1, _MAX_FD)
                 data = core.snapshot()
                 with os.fdopen(fd, "wb") as out:
                     out.write(len(data).to_bytes(8, "big"))

@@ -103,3 +103,16 @@ def test_a_finished_snapshot_can_be_asked_for_again(tmp_path) -> None:
     forked = ForkedSnapshot(_core_after(3), offset=3, directory=str(tmp_path))
     first = _wait(forked)
     assert forked.result() == first
+
+
+def test_the_child_does_not_hold_the_parents_instance_lock(tmp_path) -> None:
+    # A parent killed while its child writes must be able to start again at once.
+    import fcntl
+
+    held = open(tmp_path / "instance.lock", "w")  # noqa: SIM115 - held across the fork
+    fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    forked = ForkedSnapshot(_core_after(30_000), offset=0, directory=str(tmp_path / "s"))
+    held.close()  # as the kernel does for a killed parent; the child may still be writing
+    with open(tmp_path / "instance.lock", "w") as again:
+        fcntl.flock(again.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: no BlockingIOError
+    _wait(forked)
