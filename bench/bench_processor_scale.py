@@ -144,7 +144,11 @@ def run(ids: str, workers: int, seconds: int, slots: int) -> dict:
         probe = failure("after-restart", int(time.time() * 1000))
         producer.produce(topic, codec.encode(probe), key=probe.worker_id.encode())
         producer.flush()
-        restore_s = wait_for_command(commands, codec, probe.task_id) - killed  # type: ignore[arg-type]
+        try:
+            restore_s = wait_for_command(commands, codec, probe.task_id) - killed  # type: ignore[arg-type]
+        except SystemExit as exc:  # reported in the table, not the end of the bench
+            print(exc, file=sys.stderr)
+            restore_s = float("nan")
     finally:
         proc.kill()
         proc.wait()
