@@ -48,8 +48,15 @@ class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes]] = []
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, *_: Any) -> None:
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, *_: Any
+    ) -> asyncio.Future[None]:
+        """Records what it is given; returns its delivery, as Faust's producer does (here
+        delivered at once)."""
         self.sent.append((topic, key, value))
+        delivered = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
 
 
 def test_the_decide_stage_sends_each_figures_record_to_the_figures_topic_by_circuit() -> None:
