@@ -1,7 +1,7 @@
 """Processor throughput and latency on the local broker: framed batches vs one-at-a-time.
 
     .venv/bin/python bench/bench_processor.py [--events 50000] [--rate 5000] [--paced-s 3]
-        [--runs 3] [--sustain-rate 20000] [--sustain-s 10]
+        [--runs 3] [--sustain-rate 20000] [--sustain-s 10] [--workers 200] [--ids sdk,plain]
 
 Per variant, on fresh topics: start `faultstream processor` (with `--naive` for the
 baseline), produce a history at full speed and time it through both stages (first
@@ -16,12 +16,19 @@ print the backlog over time: a rate is sustained when the backlog does not grow.
 of `--runs` runs (the machine is shared and noisy); each run's topics are deleted after
 it, as a broker slows down with thousands of partitions.
 
-The figures in BENCHMARKS.md: `--events 30000 --runs 5 --paced-s 10 --sustain-s 10`.
+Event ids are the SDK's (`<producer>.<n>`, a new producer per worker in each phase, as
+after a restart) unless `--ids plain` (unique text, the memory of the newest 10,000 ids
+per worker); `--ids sdk,plain` runs the framed variant once with each.
+
+The figures in BENCHMARKS.md: `--events 30000 --runs 5 --paced-s 10 --sustain-s 10`, and
+for 50,000 events/s `--workers 1000 --ids sdk,plain --skip-naive --sustain-rate 50000
+--sustain-s 60 --paced-s 10`.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import socket
 import statistics
@@ -30,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import (
@@ -55,25 +63,46 @@ from faultstream.events.models import WorkerEvent
 
 FAULTSTREAM = str(Path(sys.executable).parent / "faultstream")
 BOOTSTRAP = os.environ.get("FAULTSTREAM_TEST_BOOTSTRAP", "127.0.0.1:9092")
-WORKERS = 200
 FAILURE_EVERY = 20
 
 
-def history(n: int, start_ts: int, tag: str) -> list[WorkerEvent]:
-    """Heartbeats, starts and successes across 200 workers; every 20th a FAILURE."""
-    events = []
-    for i in range(n):
-        worker = f"w{i % WORKERS}"
-        hardware = "cuda" if i % WORKERS < WORKERS // 2 else "cpu"
-        common = dict(event_id=f"{tag}-{i}", ts=start_ts + i // 20, worker_id=worker)
-        if i % FAILURE_EVERY == 0:
-            kind = dict(kind="FAILURE", task_id=f"t{i}", task_type="bert", failure_type="TIMEOUT")
-        elif i % 3 == 0:
-            kind = dict(kind="HEARTBEAT")
-        else:
-            kind = dict(kind="SUCCESS", task_id=f"t{i}", task_type="bert")
-        events.append(WorkerEvent(hardware_class=hardware, **common, **kind))
-    return events
+@dataclass(frozen=True)
+class Fleet:
+    """The workers a bench history comes from, and the event ids they send."""
+
+    workers: int = 200
+    ids: str = "sdk"  # "sdk": `<producer>.<n>` as the SDK's Emitter sends; "plain": unique text
+
+    def history(
+        self, n: int, start_ts: int, tag: str, failures_only: bool = False
+    ) -> list[WorkerEvent]:
+        """Heartbeats, starts and successes; every 20th a FAILURE. Each `tag` is a new
+        emitter on every worker (a new producer, numbered from 1), as after a restart."""
+        events = []
+        numbers: dict[str, int] = {}
+        for i in range(n * FAILURE_EVERY if failures_only else n):
+            if failures_only and i % FAILURE_EVERY:
+                continue
+            slot = i % self.workers
+            worker = f"w{slot}"
+            hardware = "cuda" if slot < self.workers // 2 else "cpu"
+            numbers[worker] = number = numbers.get(worker, 0) + 1
+            if self.ids == "sdk":
+                producer = hashlib.blake2b(f"{tag}/{worker}".encode(), digest_size=8).hexdigest()
+                event_id = f"{producer}.{number}"
+            else:
+                event_id = f"{tag}-{i}"
+            common = dict(event_id=event_id, ts=start_ts + i // 20, worker_id=worker)
+            if i % FAILURE_EVERY == 0:
+                kind = dict(
+                    kind="FAILURE", task_id=f"t{i}", task_type="bert", failure_type="TIMEOUT"
+                )
+            elif i % 3 == 0:
+                kind = dict(kind="HEARTBEAT")
+            else:
+                kind = dict(kind="SUCCESS", task_id=f"t{i}", task_type="bert")
+            events.append(WorkerEvent(hardware_class=hardware, **common, **kind))
+        return events
 
 
 def end_offsets(consumer: Consumer, topic: str) -> int:
@@ -116,6 +145,7 @@ def wait_for(consumer: Consumer, topic: str, count: int, deadline_s: float = 300
 
 
 def run_once(
+    fleet: Fleet,
     naive: bool,
     n_events: int,
     rate: int,
@@ -137,12 +167,13 @@ def run_once(
     try:
         now = int(time.time() * 1000)
         # Warm up: the processor has joined its group once the first command is out.
-        for event in history(FAILURE_EVERY, now, "warm"):
+        for event in fleet.history(FAILURE_EVERY, now, "warm"):
             producer.produce(events_topic, codec.encode(event), key=event.worker_id.encode())
         producer.flush()
         wait_for(probe, commands, 1, deadline_s=120)
 
-        batch = [(e.worker_id.encode(), codec.encode(e)) for e in history(n_events, now, "load")]
+        load = fleet.history(n_events, now, "load")
+        batch = [(e.worker_id.encode(), codec.encode(e)) for e in load]
         expected = 1 + n_events // FAILURE_EVERY
         lag_samples: list[int] = []
         started = time.perf_counter()
@@ -157,9 +188,9 @@ def run_once(
         finished = wait_for(probe, commands, expected)
         throughput = n_events / (finished - started)
 
-        to_topic, to_reader = paced_latencies(settings, codec, producer, rate, paced_s)
+        to_topic, to_reader = paced_latencies(fleet, settings, codec, producer, rate, paced_s)
         if sustain is not None:
-            sustained_backlog(settings, codec, producer, probe, *sustain)
+            sustained_backlog(fleet, settings, codec, producer, probe, *sustain)
     finally:
         proc.kill()
         proc.wait()
@@ -189,13 +220,13 @@ def stamp_on_append(topic: str) -> None:
 
 
 def paced_latencies(
-    settings: Settings, codec: Codec, producer: Producer, rate: int, seconds: float
+    fleet: Fleet, settings: Settings, codec: Codec, producer: Producer, rate: int, seconds: float
 ) -> list[float]:
     """Produce failures at `rate`/s for `seconds`; ms from each produce to its command
     on the output topic (the broker's append time), and to this bench's reader."""
     n = int(rate * seconds)
     sent: dict[str, float] = {}
-    events = history(n * FAILURE_EVERY, int(time.time() * 1000), "paced")[::FAILURE_EVERY]
+    events = fleet.history(n, int(time.time() * 1000), "paced", failures_only=True)
     topic = settings.kafka.topic("events")
     reader = Consumer(
         {
@@ -235,6 +266,7 @@ def paced_latencies(
 
 
 def sustained_backlog(
+    fleet: Fleet,
     settings: Settings,
     codec: Codec,
     producer: Producer,
@@ -247,7 +279,7 @@ def sustained_backlog(
     topic = settings.kafka.topic("events")
     base = end_offsets(probe, commands)
     n = int(rate * seconds)
-    batch = [(e.worker_id.encode(), codec.encode(e)) for e in history(n, now_ms(), "steady")]
+    batch = [(e.worker_id.encode(), codec.encode(e)) for e in fleet.history(n, now_ms(), "steady")]
     samples: list[tuple[float, int]] = []
     begin = time.perf_counter()
     next_sample = begin
@@ -305,15 +337,25 @@ def main() -> None:
     parser.add_argument("--sustain-rate", type=int, default=20_000)
     parser.add_argument("--sustain-s", type=float, default=10.0)
     parser.add_argument("--skip-naive", action="store_true", help="e.g. for a stretch rate")
+    parser.add_argument("--workers", type=int, default=200)
+    parser.add_argument(
+        "--ids",
+        default="sdk",
+        help="comma-separated: sdk (`<producer>.<n>`, as the SDK sends), plain (unique text); "
+        "the framed variant runs once for each",
+    )
     args = parser.parse_args()
+    kinds = args.ids.split(",")
+    variants = [("naive (one event at a time)", True, kinds[0])] * (not args.skip_naive)
+    variants += [(f"framed batches, {ids} ids", False, ids) for ids in kinds]
     rows = {}
-    variants = (("naive (one event at a time)", True), ("framed batches", False))
-    for name, naive in variants[args.skip_naive :]:
+    for name, naive, ids in variants:
         print(name, flush=True)
+        fleet = Fleet(args.workers, ids)
         sustain = None if naive else (args.sustain_rate, args.sustain_s)
         runs = []
         for _ in range(args.runs):
-            runs.append(run_once(naive, args.events, args.rate, args.paced_s, sustain))
+            runs.append(run_once(fleet, naive, args.events, args.rate, args.paced_s, sustain))
             print("  " + "  ".join(f"{k} {v:.1f}" for k, v in runs[-1].items()), flush=True)
         rows[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     columns = list(next(iter(rows.values())))
@@ -324,8 +366,8 @@ def main() -> None:
     print(f"{'variant':<30}" + "".join(f"{c:>17}" for c in columns))
     for name, row in rows.items():
         print(f"{name:<30}" + "".join(f"{row[c]:>17.1f}" for c in columns))
-    if len(rows) == 2:
-        base, fast = rows.values()
+    if not args.skip_naive:
+        base, fast = list(rows.values())[:2]
         print(f"speed-up: {fast['events/s'] / base['events/s']:.1f}x")
 
 

@@ -41,7 +41,7 @@ from faultstream.events.models import (
 from faultstream.processors.core import FleetCore
 from faultstream.processors.stream import metrics
 
-from .snapshots import CAN_FORK, ForkedSnapshot, SnapshotStore
+from .snapshots import CAN_FORK, ForkedSnapshot, SnapshotStore, remove_stale_parts
 from .stats import BatchStats
 
 log = logging.getLogger("faultstream.processor")
@@ -159,6 +159,8 @@ class DecideStage:
             del held[offset]
 
     def _restore(self) -> None:
+        if removed := remove_stale_parts(self.settings.processor.data_dir):
+            log.info("decider: removed %d unfinished snapshot file(s) of a killed run", removed)
         snapshot = self.store.load()
         if snapshot is None:
             self.core, self.next_offset = FleetCore(self.settings.core), 0

@@ -25,8 +25,10 @@ import hashlib
 import os
 import signal
 import tempfile
+import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -109,7 +111,22 @@ def pack(data: bytes) -> bytes:
 
 
 CAN_FORK = hasattr(os, "fork")
+PART_PATTERN = "snapshot-*.part"
+STALE_PART_S = 600.0  # a child writes for about a second per 10,000 workers
 _MAX_FD = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65_536
+
+
+def remove_stale_parts(directory: str, older_than_s: float = STALE_PART_S) -> int:
+    """Delete the files of snapshot children that never finished (killed with their
+    parent); a young one may be another instance's child still writing. Returns how many."""
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for part in Path(directory).glob(PART_PATTERN):
+        with contextlib.suppress(FileNotFoundError):
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
+                removed += 1
+    return removed
 
 
 class ForkedSnapshot:

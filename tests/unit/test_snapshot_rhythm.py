@@ -14,7 +14,11 @@ from faultstream.processors.stream.decide import (
     SNAPSHOT_MAX_SHARE,
     snapshot_due,
 )
-from faultstream.processors.stream.snapshots import ForkedSnapshot, SnapshotStore
+from faultstream.processors.stream.snapshots import (
+    ForkedSnapshot,
+    SnapshotStore,
+    remove_stale_parts,
+)
 
 
 def test_a_snapshot_is_due_after_the_configured_interval():
@@ -116,3 +120,23 @@ def test_the_child_does_not_hold_the_parents_instance_lock(tmp_path) -> None:
     with open(tmp_path / "instance.lock", "w") as again:
         fcntl.flock(again.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: no BlockingIOError
     _wait(forked)
+
+
+def test_a_killed_runs_unfinished_snapshot_files_are_removed_but_a_young_one_is_kept(
+    tmp_path,
+) -> None:
+    # A SIGKILL mid-snapshot leaves the child's file; another instance's child may be
+    # writing one right now.
+    old, young, other = (
+        tmp_path / "snapshot-old.part",
+        tmp_path / "snapshot-young.part",
+        tmp_path / "old.json",
+    )
+    for path in (old, young, other):
+        path.write_bytes(b"x")
+    an_hour_ago = time.time() - 3_600
+    for path in (old, other):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    assert remove_stale_parts(str(tmp_path), older_than_s=600) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json", "snapshot-young.part"]
+    assert remove_stale_parts(str(tmp_path / "missing")) == 0
