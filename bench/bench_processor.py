@@ -12,7 +12,8 @@ end-to-end lag in events) as it goes; then produce failures at a paced rate for
 output topic (the broker's append time: the topic is set to stamp records on append)
 and, for comparison, to this bench's own reader (which adds its polling). For the
 batched variant, last, produce at a steady `--sustain-rate` for `--sustain-s` seconds and
-print the backlog over time: a rate is sustained when the backlog does not grow. Medians
+print the backlog over time: a rate is sustained when the backlog does not grow (the
+table: its largest in each half of the time, and the seconds it took to drain). Medians
 of `--runs` runs (the machine is shared and noisy); each run's topics are deleted after
 it, as a broker slows down with thousands of partitions.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import os
 import socket
 import statistics
@@ -189,8 +191,9 @@ def run_once(
         throughput = n_events / (finished - started)
 
         to_topic, to_reader = paced_latencies(fleet, settings, codec, producer, rate, paced_s)
+        held = {}
         if sustain is not None:
-            sustained_backlog(fleet, settings, codec, producer, probe, *sustain)
+            held = sustained_backlog(fleet, settings, codec, producer, probe, *sustain)
     finally:
         proc.kill()
         proc.wait()
@@ -204,6 +207,7 @@ def run_once(
         "p50 ms": statistics.median(to_topic),
         "p99 ms": statistics.quantiles(to_topic, n=100)[98],
         "p99 reader ms": statistics.quantiles(to_reader, n=100)[98],
+        **held,
     }
 
 
@@ -273,8 +277,10 @@ def sustained_backlog(
     probe: Consumer,
     rate: int,
     seconds: float,
-) -> None:
-    """Produce at `rate` events/s for `seconds`; print the backlog every second."""
+) -> dict[str, float]:
+    """Produce at `rate` events/s for `seconds`; print the backlog every second. Returns
+    the largest backlog in each half of the time producing, and the seconds it took
+    after producing stopped for every command to be out."""
     commands = settings.kafka.topic("commands")
     topic = settings.kafka.topic("events")
     base = end_offsets(probe, commands)
@@ -309,6 +315,13 @@ def sustained_backlog(
         f"after {drained:.1f} s); backlog in events over time:"
     )
     print("   " + "  ".join(f"{t:.0f}s:{lag}" for t, lag in samples), flush=True)
+    producing = [lag for t, lag in samples if t < produce_s]
+    half = len(producing) // 2
+    return {
+        "held 1st half": max(producing[:half], default=0),
+        "held 2nd half": max(producing[half:], default=0),
+        "drain s": drained - produce_s,
+    }
 
 
 def now_ms() -> int:
@@ -358,14 +371,14 @@ def main() -> None:
             runs.append(run_once(fleet, naive, args.events, args.rate, args.paced_s, sustain))
             print("  " + "  ".join(f"{k} {v:.1f}" for k, v in runs[-1].items()), flush=True)
         rows[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-    columns = list(next(iter(rows.values())))
+    columns = list(rows[max(rows, key=lambda name: len(rows[name]))])
     print(
         f"{args.events} events, paced latency at {args.rate}/s for {args.paced_s:.0f} s, "
         f"median of {args.runs} runs"
     )
     print(f"{'variant':<30}" + "".join(f"{c:>17}" for c in columns))
     for name, row in rows.items():
-        print(f"{name:<30}" + "".join(f"{row[c]:>17.1f}" for c in columns))
+        print(f"{name:<30}" + "".join(f"{row.get(c, math.nan):>17.1f}" for c in columns))
     if not args.skip_naive:
         base, fast = list(rows.values())[:2]
         print(f"speed-up: {fast['events/s'] / base['events/s']:.1f}x")
