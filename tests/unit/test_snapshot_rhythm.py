@@ -109,17 +109,35 @@ def test_a_finished_snapshot_can_be_asked_for_again(tmp_path) -> None:
     assert forked.result() == first
 
 
+class _HeldCore:
+    """A core whose snapshot waits for `gate` to exist: its child is alive until then."""
+
+    def __init__(self, gate) -> None:
+        self.gate = gate
+
+    def snapshot(self) -> bytes:
+        while not self.gate.exists():
+            time.sleep(0.001)
+        return b"state"
+
+
 def test_the_child_does_not_hold_the_parents_instance_lock(tmp_path) -> None:
-    # A parent killed while its child writes must be able to start again at once.
+    # A parent killed while its child writes must be able to start again at once: by the
+    # time the fork returns, the child has closed every descriptor it inherited.
     import fcntl
 
+    gate = tmp_path / "gate"
     held = open(tmp_path / "instance.lock", "w")  # noqa: SIM115 - held across the fork
     fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    forked = ForkedSnapshot(_core_after(30_000), offset=0, directory=str(tmp_path / "s"))
-    held.close()  # as the kernel does for a killed parent; the child may still be writing
-    with open(tmp_path / "instance.lock", "w") as again:
-        fcntl.flock(again.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: no BlockingIOError
-    _wait(forked)
+    forked = ForkedSnapshot(_HeldCore(gate), offset=0, directory=str(tmp_path / "s"))
+    held.close()  # as the kernel does for a killed parent
+    try:
+        assert os.waitpid(forked.pid, os.WNOHANG) == (0, 0)  # the child is still writing
+        with open(tmp_path / "instance.lock", "w") as again:
+            fcntl.flock(again.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: no BlockingIOError
+    finally:
+        gate.touch()
+    assert zlib.decompress(_wait(forked)[1]) == b"state"
 
 
 def test_a_killed_runs_unfinished_snapshot_files_are_removed_but_a_young_one_is_kept(
