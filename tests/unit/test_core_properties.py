@@ -418,10 +418,10 @@ class Model:
             assert out.caused_by == record.event_id
             assert before <= out.ts <= now
             if isinstance(out, CircuitStateChanged):
-                # Distinct transitions never share an id. (The same move of the same
-                # circuit revealed twice by one input does: test_core_rules.py, xfail.)
+                # Distinct transitions never share an id, not even the same move of a
+                # circuit revealed twice by one input (test_core_rules.py names that case).
                 move = (out.caused_by, out.circuit_kind, out.circuit_id, out.from_state,
-                        out.to_state)  # fmt: skip
+                        out.to_state, out.ts)  # fmt: skip
                 assert self.ids.setdefault(out.event_id, move) == move
                 self.transition(record, before, now, out)
             elif isinstance(out, CircuitFigures):  # after the TICK's transitions
